@@ -1,0 +1,74 @@
+/*
+** qmp.h: private declarations shared by the files of the qmp.core module.
+** Only luaopen_qmp_core is exported; everything here has hidden visibility.
+*/
+#if !defined(qmp_h)
+#define qmp_h
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <lua.h>
+#include <lauxlib.h>
+
+#if LUA_VERSION_NUM < 504
+#error "qmp requires Lua 5.4"
+#endif
+
+#pragma GCC visibility push(hidden)
+
+/* Registry names of the metatables the C files share. */
+#define QMP_ERROR_MT   "qmp.Error"    /* error objects: { kind =, message =, ... } */
+#define QMP_ARRAY_MT   "qmp.array"    /* marks a table that encodes as a JSON array */
+#define QMP_UINT64_MT  "qmp.uint64"   /* userdata: an unsigned integer above 2^63-1 */
+#define QMP_DECODER_MT "qmp.Decoder"  /* streaming framer + decoder */
+#define QMP_CONN_MT    "qmp.Conn"     /* a monitor connection */
+
+/* Limits; each can be overridden at build time. */
+#if !defined(QMP_MAX_MESSAGE)
+#define QMP_MAX_MESSAGE (10 << 20)  /* default max_message, as libvirt and qemu.qmp */
+#endif
+#if !defined(QMP_MAX_DEPTH)
+#define QMP_MAX_DEPTH 1000          /* JSON nesting, decode and encode (cJSON's own cap) */
+#endif
+
+/* JSON null is this light userdata (qmp.null), as in lua-cjson. */
+#define qmp_pushnull(L) lua_pushlightuserdata(L, NULL)
+#define qmp_isnull(L, i) (lua_islightuserdata(L, i) && lua_touserdata(L, i) == NULL)
+
+/* qmp_core.c: errors.  Push fail (nil) and an error object { kind, message };
+** return 2 so a C function can 'return qmp_fail(...)'. */
+int qmp_fail(lua_State *L, const char *kind, const char *fmt, ...);
+/* Push only the error object. */
+void qmp_pusherror(lua_State *L, const char *kind, const char *fmt, ...);
+
+/* uint64.c: boxed unsigned 64-bit integers above INT64_MAX. */
+void qmp_uint64_open(lua_State *L);             /* module table at top */
+void qmp_pushuint64(lua_State *L, uint64_t v);
+int qmp_touint64(lua_State *L, int idx, uint64_t *v);  /* 1 if idx is a qmp.uint64 */
+
+/* encode.c: Lua value -> JSON text. */
+void qmp_encode_open(lua_State *L);             /* adds encode to the module table */
+/* Append the JSON text of the value at idx to b; raises on unencodable values. */
+void qmp_encode_value(lua_State *L, luaL_Buffer *b, int idx);
+
+/* decode.c: framer + cJSON tree -> Lua. */
+void qmp_decode_open(lua_State *L);             /* adds decode, decoder, events */
+
+/* A streaming decoder: bytes in, one JSON text at a time out. */
+typedef struct qmp_decoder qmp_decoder;
+qmp_decoder *qmp_decoder_new(lua_State *L, size_t max_message);  /* pushes it */
+/* Make room for at least n more bytes; returns the write position. */
+char *qmp_decoder_reserve(lua_State *L, qmp_decoder *d, size_t n);
+void qmp_decoder_commit(qmp_decoder *d, size_t n);   /* n bytes were written */
+/* Push the next message (1), nothing (0: need more bytes), or fail+error (2). */
+int qmp_decoder_next(lua_State *L, int didx);
+size_t qmp_decoder_pending(qmp_decoder *d);          /* bytes of a partial message */
+
+/* transport.c: sockets. */
+void qmp_transport_open(lua_State *L);          /* adds connect_unix, connect_tcp, fdopen */
+double qmp_monotime(void);                      /* seconds, CLOCK_MONOTONIC */
+
+#pragma GCC visibility pop
+
+#endif

@@ -1,0 +1,105 @@
+--- Event types: one metatable per event name.
+-- qmp.events[name] is the type (and metatable) of every event of that name;
+-- types for names the library has never seen are created on first sight,
+-- so every event, known or not, gets a type.  A type is open for extension:
+--   function qmp.events.BLOCK_IO_ERROR:is_fatal() ... end
+-- Reading ev.member returns a method of the type if there is one, else
+-- ev.data.member, else a field of the type (doc, fields, ...).
+local core = require "qmp.core"
+
+local type, rawget, rawset, pairs, tostring = type, rawget, rawset, pairs, tostring
+local concat, sort, format, date = table.concat, table.sort, string.format, os.date
+
+local events = core.events  -- shared with the C decoder, which looks types up here
+
+--- Methods every event has (types inherit them).
+local Event = {}
+
+--- Seconds since the epoch as a float, or nil when QEMU had no clock (-1).
+function Event:time()
+  local ts = rawget(self, "timestamp")
+  if type(ts) ~= "table" or type(ts.seconds) ~= "number" or ts.seconds < 0 then return nil end
+  return ts.seconds + (ts.microseconds or 0) / 1e6
+end
+
+--- true when this event is named name.
+function Event:is(name)
+  return rawget(self, "event") == name
+end
+
+-- Members an operator looks at first, in this order; the rest follow sorted.
+local FIRST = { "device", "id", "node-name", "qom-path", "action", "operation", "status",
+                "reason", "guest", "type", "tray-open", "offset", "len" }
+
+local function scalar(v)
+  local t = type(v)
+  if t == "string" then
+    return (v == "" or v:find("[%s=\"]")) and format("%q", v) or v
+  end
+  if t == "table" then
+    local ok, text = pcall(core.encode, v)
+    return ok and text or tostring(v)
+  end
+  if v == core.null then return "null" end
+  return tostring(v)
+end
+
+--- "12:00:01.234567 BLOCK_IO_ERROR device=ide0-hd1 operation=write action=stop"
+function Event:__tostring()
+  local parts, seen = {}, {}
+  local t = Event.time(self)
+  local ts = t and (date("%Y-%m-%d %H:%M:%S", t // 1) .. format(".%06d", self.timestamp.microseconds or 0))
+             or "(no time)"
+  parts[1] = ts
+  parts[2] = tostring(rawget(self, "event"))
+  local data = rawget(self, "data")
+  if type(data) == "table" then
+    local mt = getmetatable(self)
+    local first = mt and rawget(mt, "first") or FIRST
+    for _, k in ipairs(first) do
+      if data[k] ~= nil then parts[#parts + 1] = k .. "=" .. scalar(data[k]); seen[k] = true end
+    end
+    local rest = {}
+    for k in pairs(data) do
+      if not seen[k] then rest[#rest + 1] = tostring(k) end
+    end
+    sort(rest)
+    for _, k in ipairs(rest) do parts[#parts + 1] = k .. "=" .. scalar(data[k]) end
+  end
+  return concat(parts, " ")
+end
+
+local base = { __index = Event }
+
+--- Create (or complete) the type for name.  known: part of the catalogue.
+local function new_type(name, known)
+  local T = rawget(events, name)
+  if T then return T end
+  T = { name = name, known = known or false, __name = "qmp.event." .. name,
+        __tostring = Event.__tostring }
+  T.__index = function(ev, k)
+    local v = T[k]                     -- the type's methods and fields, then Event's
+    if type(v) == "function" then return v end
+    local data = rawget(ev, "data")
+    if type(data) == "table" then
+      local d = data[k]
+      if d ~= nil then return d end
+    end
+    return v
+  end
+  rawset(events, name, setmetatable(T, base))
+  return T
+end
+
+-- The decoder asks for events[name]; unknown names get a type on first sight.
+setmetatable(events, {
+  __index = function(_, name)
+    if type(name) == "string" then return new_type(name, false) end
+  end,
+})
+
+return {
+  types = events,
+  Event = Event,
+  new_type = new_type,
+}

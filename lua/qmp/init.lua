@@ -1,0 +1,28 @@
+--- qmp: the Lua 5.4 library for QEMU's machine protocol.
+--   local qmp = require "qmp"
+--   local vm <close> = assert(qmp.connect("/run/vm1/qmp.sock"))
+--   print(assert(vm:execute("query-status")).status)
+local core = require "qmp.core"
+local events = require "qmp.events"
+local errors = require "qmp.errors"
+local filter = require "qmp.filter"
+local Client = require "qmp.client"
+
+local qmp = {
+  _VERSION = "qmp " .. core._VERSION,
+  connect = Client.connect,
+  Client = Client,
+  events = events.types,     -- qmp.events.STOP is the type of STOP events
+  Event = events.Event,      -- methods every event has
+  errors = errors,
+  match = filter.match,
+  null = core.null,
+  array = core.array,        -- qmp.array{} encodes as [] (a plain {} is an object)
+  uint64 = core.uint64,      -- integers above 2^63-1, as decoded
+  decode = core.decode,      -- (text) -> value | nil, err
+  encode = core.encode,      -- (value) -> text; raises on unencodable values
+  decoder = core.decoder,    -- ({ max_message = n }) -> d; d:feed(bytes); d:next()
+  monotime = core.monotime,
+}
+
+return qmp
