@@ -1,0 +1,10 @@
+std = "lua54"
+max_line_length = 120
+
+files["spec"] = {
+  std = "+busted",
+  read_globals = { "TEST_TIMEOUT" },
+}
+files["spec/helper.lua"] = {
+  globals = { "TEST_TIMEOUT" },
+}

@@ -1,0 +1,77 @@
+# qmp: build the C core, run the specs, the demo and the benchmarks.
+# `make` builds qmp/core.so; `make test` also installs missing packages.
+
+LUA        ?= lua5.4
+BUSTED     ?= busted --lua=$(LUA)
+BUSTED_ARGS ?=
+LUACHECK   ?= luacheck
+PKG_CONFIG ?= pkg-config
+
+CFLAGS  ?= -O2 -g
+WARN    := -Wall -Wextra -Werror -Wshadow -Wmissing-prototypes -Wstrict-prototypes
+QMP_CFLAGS = -std=c99 -fPIC -fvisibility=hidden -D_GNU_SOURCE $(WARN) \
+             $(LUA_CFLAGS) $(CJSON_CFLAGS)
+
+# Recursive (=) on purpose: evaluated when the recipe runs, i.e. after
+# `deps` may have installed pkg-config and the -dev packages.
+# Only Lua's include flags: a module must not link liblua, it gets the
+# Lua API from the interpreter that loads it (lua5.4 has it built in).
+LUA_CFLAGS   = $(shell $(PKG_CONFIG) --cflags lua5.4 2>/dev/null || echo -I/usr/include/lua5.4)
+CJSON_CFLAGS = $(shell $(PKG_CONFIG) --cflags libcjson 2>/dev/null)
+CJSON_LIBS   = $(shell $(PKG_CONFIG) --libs libcjson 2>/dev/null || echo -lcjson)
+
+SRCS := $(wildcard csrc/*.c)
+HDRS := $(wildcard csrc/*.h)
+CORE := qmp/core.so
+
+# Debian packages needed to build, test and run the demo.
+DEBS := lua5.4 liblua5.4-dev libcjson-dev lua-busted lua-socket lua-cqueues \
+        lua-luv luarocks qemu-system-x86 qemu-utils pkg-config gcc make
+
+# Lets lua5.4 (and only lua5.4) find the in-tree modules.
+RUN_ENV := LUA_PATH_5_4='./lua/?.lua;./lua/?/init.lua;;' LUA_CPATH_5_4='./?.so;;' LUA=$(LUA)
+
+.PHONY: build deps test demo bench lint clean
+# deps must finish before build starts, even under -j.
+.NOTPARALLEL:
+
+build: $(CORE)
+
+# Few small sources: one compiler run rebuilds them all when any changes.
+$(CORE): $(SRCS) $(HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(QMP_CFLAGS) $(CFLAGS) -shared -o $@ $(SRCS) $(LDFLAGS) $(CJSON_LIBS)
+
+# Installs only what is missing, so it is a quick no-op (no root) when all is there.
+deps:
+	@missing=; \
+	for p in $(DEBS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  if [ "$$(id -u)" -eq 0 ]; then sudo=; \
+	  elif command -v sudo >/dev/null; then sudo=sudo; \
+	  else echo "root needed to install:$$missing" >&2; exit 1; fi; \
+	  $$sudo apt-get update && \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
+	fi
+
+# busted's configuration is in .busted; its last line is "N passed, M failed".
+test: deps build
+	$(BUSTED) $(BUSTED_ARGS)
+
+demo: deps build
+	sh examples/demo.sh
+
+bench: build
+	@if [ -f spec/bench/run.lua ]; then $(RUN_ENV) $(LUA) spec/bench/run.lua; \
+	else echo "no benchmarks (spec/bench/run.lua)"; fi
+
+lint:
+	@if command -v $(LUACHECK) >/dev/null; then $(LUACHECK) lua spec examples; \
+	else echo "$(LUACHECK) not installed; skipping lint"; fi
+
+# csrc/*.o are left behind by `luarocks make`.
+clean:
+	rm -rf qmp csrc/*.o

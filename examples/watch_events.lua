@@ -1,0 +1,27 @@
+#!/usr/bin/env lua5.4
+--- Print every event of a running VM as one readable line.
+--   lua5.4 examples/watch_events.lua SOCKET [FILTER ...]
+-- SOCKET is any qmp.connect address ("/run/vm1/qmp.sock", "tcp:127.0.0.1:4444").
+-- FILTERs are event names or globs ("STOP", "BLOCK_JOB_*"); default: all events.
+local qmp = require "qmp"
+
+local address = arg[1]
+if not address then
+  io.stderr:write("usage: watch_events.lua SOCKET [FILTER ...]\n")
+  os.exit(2)
+end
+local names = #arg > 1 and { table.unpack(arg, 2) } or "*"
+
+local vm <close> = assert(qmp.connect(address, { name = address }))
+local v = vm.greeting.QMP.version.qemu
+io.stderr:write(("watching %s (QEMU %d.%d.%d); Ctrl-C to stop\n"):format(address, v.major, v.minor, v.micro))
+while true do
+  local ev, err = vm:wait(names, nil, 3600)
+  if ev then
+    print(ev)
+    io.stdout:flush()
+  elseif err.kind ~= "timeout" then
+    io.stderr:write(tostring(err), "\n")
+    break
+  end
+end

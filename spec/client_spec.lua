@@ -1,0 +1,396 @@
+-- The client against a scripted fake QMP peer: the protocol's edge cases.
+local qmp = require "qmp"
+local fake = require "support.fake_qmp"
+
+local EV = fake.event
+local OK = fake.reply("{}")
+
+-- The usual opening: greeting, then the capabilities handshake.
+local function opening(extra)
+  local steps = { { greet = true }, { expect = "qmp_capabilities", reply = OK } }
+  for _, s in ipairs(extra or {}) do steps[#steps + 1] = s end
+  return steps
+end
+
+local cleanup = require("support.cleanup")(after_each)
+
+local function serve(steps)
+  local srv = fake.start(steps)
+  cleanup(function() srv:stop() end)
+  return srv
+end
+
+local function connect(srv, opts)
+  local vm, err = qmp.connect(srv.path, opts or { timeout = 5 })
+  assert(vm, tostring(err) .. "\n" .. srv:log())
+  cleanup(function() vm:close() end)
+  return vm
+end
+
+describe("qmp.connect()", function()
+  it("reads the greeting and negotiates oob when it is offered", function()
+    local srv = serve(opening({ { wait_close = true } }))
+    local vm = connect(srv)
+    assert.equal(7, vm.greeting.QMP.version.qemu.major)
+    assert.is_true(vm.oob)
+    vm:close()
+    assert.is_true(srv:wait(5))
+    assert.matches('"enable":%["oob"%]', srv:received()[1])
+  end)
+
+  it("negotiates without arguments when oob is not offered", function()
+    local srv = serve({ { greet = { capabilities = {} } }, { expect = "qmp_capabilities", reply = OK },
+                        { wait_close = true } })
+    local vm = connect(srv)
+    assert.is_false(vm.oob)
+    local ret, err = vm:execute_oob("migrate-pause")
+    assert.is_nil(ret)
+    assert.equal("unsupported", err.kind)
+    vm:close()
+    srv:wait(5)
+    assert.not_matches("arguments", srv:received()[1])
+  end)
+
+  it("keeps events sent before the greeting and during negotiation, in order", function()
+    local srv = serve({
+      { send = EV("VSERPORT_CHANGE", '{"id": "c0", "open": true}') },
+      { greet = true },
+      { expect = "qmp_capabilities" },
+      { send = EV("RTC_CHANGE", '{"offset": 1, "qom-path": "/machine/unattached/device[0]"}') },
+      { send = '{"return": {}, "id": %ID}\r\n' },
+      { wait_close = true },
+    })
+    local vm = connect(srv)
+    local list = vm:events_pending()
+    assert.equal(2, #list)
+    assert.equal("VSERPORT_CHANGE", list[1].event)
+    assert.equal("RTC_CHANGE", list[2].event)
+    assert.equal(1, assert(vm:wait("RTC_CHANGE", nil, 1)).offset)
+    assert.equal("c0", assert(vm:wait("VSERPORT_CHANGE", nil, 1)).id)
+  end)
+
+  it("times out on a peer that never greets", function()
+    local srv = serve({ { hold = 10 } })
+    local t0 = qmp.monotime()
+    local vm, err = qmp.connect(srv.path, { timeout = 0.3 })
+    assert.is_nil(vm)
+    assert.equal("timeout", err.kind)
+    assert.matches("greeting", tostring(err))
+    assert.is_true(qmp.monotime() - t0 < 3)
+  end)
+
+  it("rejects a peer that is not a QMP monitor", function()
+    local srv = serve({ { send = '{"hello": "world"}\r\n' }, { hold = 5 } })
+    local vm, err = qmp.connect(srv.path, { timeout = 2 })
+    assert.is_nil(vm)
+    assert.equal("protocol", err.kind)
+    assert.matches("greeting", err.message)
+  end)
+
+  it("reports a failed negotiation as a protocol error", function()
+    local srv = serve({ { greet = true },
+      { expect = "qmp_capabilities",
+        reply = '{"error": {"class": "GenericError", "desc": "nope"}, "id": %ID}' }, { hold = 5 } })
+    local vm, err = qmp.connect(srv.path, { timeout = 2 })
+    assert.is_nil(vm)
+    assert.equal("protocol", err.kind)
+    assert.matches("negotiation failed.*nope", err.message)
+  end)
+
+  it("returns refused for a missing socket", function()
+    local vm, err = qmp.connect("/nonexistent/dir/qmp.sock", { timeout = 1 })
+    assert.is_nil(vm)
+    assert.equal("refused", err.kind)
+    assert.matches("No such file", tostring(err))
+  end)
+
+  it("raises for a socket path longer than sun_path", function()
+    assert.has_error(function() qmp.connect("/" .. ("x"):rep(200)) end)
+    local ok, msg = pcall(qmp.connect, "/" .. ("x"):rep(200))
+    assert.is_false(ok)
+    assert.matches("too long", msg)
+  end)
+
+  it("raises on misuse of its options", function()
+    assert.has_error(function() qmp.connect("/tmp/x.sock", { timeout = "soon" }) end)
+    assert.has_error(function() qmp.connect("/tmp/x.sock", 5) end)
+    assert.has_error(function() qmp.connect(42) end)
+    assert.has_error(function() qmp.connect("tcp:localhost") end)
+  end)
+
+  it("checks the peer uid with expect_uid", function()
+    local srv = serve(opening({ { wait_close = true } }))
+    local vm, err = qmp.connect(srv.path, { timeout = 2, expect_uid = 4242 })
+    assert.is_nil(vm)
+    assert.equal("denied", err.kind)
+    local me = tonumber(io.popen("id -u"):read("l"))
+    local srv2 = serve(opening({ { wait_close = true } }))
+    local vm2 = connect(srv2, { timeout = 2, expect_uid = me })
+    assert.equal(me, vm2.peer.uid)
+  end)
+
+  it("accepts an fd the caller already has", function()
+    local socket = require "socket.unix"
+    local srv = serve(opening({ { expect = "query-status", reply = fake.reply('{"status": "running"}') },
+                                { wait_close = true } }))
+    local c = assert(socket())
+    assert(c:connect(srv.path))
+    local fd = c:getfd()
+    c:setfd(-1)  -- the qmp connection owns it now
+    local vm = assert(qmp.connect({ fd = fd }, { timeout = 2 }))
+    cleanup(function() vm:close() end)
+    assert.equal("running", assert(vm:execute("query-status")).status)
+  end)
+end)
+
+describe("vm:execute()", function()
+  it("returns the return member, matching replies by id", function()
+    local srv = serve(opening({
+      { expect = "query-status", reply = fake.reply('{"status": "running", "running": true}') },
+      { wait_close = true },
+    }))
+    local vm = connect(srv)
+    local st = assert(vm:execute("query-status"))
+    assert.equal("running", st.status)
+    assert.equal(2, vm.stats.replies)  -- qmp_capabilities, then query-status
+  end)
+
+  it("sends the arguments as JSON with exact integers", function()
+    local srv = serve(opening({ { expect = "block_set_io_throttle", expect_args = '"bps":1000000000000000', reply = OK },
+                                { wait_close = true } }))
+    local vm = connect(srv)
+    assert(vm:execute("block_set_io_throttle", { bps = 1000000000000000 }))
+  end)
+
+  it("keeps events that arrive while a command waits, in order", function()
+    local srv = serve(opening({
+      { expect = "stop" },
+      { send = EV("STOP") .. EV("BLOCK_JOB_READY", '{"device": "j0", "len": 1, "offset": 1, "speed": 0, "type": "mirror"}') },
+      { send = '{"return": {}, "id": %ID}\r\n' .. EV("RESUME") },
+      { wait_close = true },
+    }))
+    local vm = connect(srv)
+    assert(vm:execute("stop"))
+    local stop = assert(vm:wait("STOP", nil, 1))
+    assert.equal(qmp.events.STOP, getmetatable(stop))
+    assert.equal("j0", assert(vm:wait("BLOCK_JOB_*", nil, 1)).device)
+    assert.equal("RESUME", assert(vm:wait({ "RESUME", "STOP" }, nil, 1)).event)
+  end)
+
+  it("returns a QMP error as kind qmp with class and desc", function()
+    local srv = serve(opening({
+      { expect = "nope", reply = '{"id": %ID, "error": {"class": "CommandNotFound", "desc": "The command nope has not been found"}}' },
+      { wait_close = true },
+    }))
+    local vm = connect(srv)
+    local ret, err = vm:execute("nope")
+    assert.is_nil(ret)
+    assert.equal("qmp", err.kind)
+    assert.equal("CommandNotFound", err.class)
+    assert.equal("The command nope has not been found", err.desc)
+    assert.equal("qmp: nope: CommandNotFound: The command nope has not been found", tostring(err))
+    assert.not_matches("\n", tostring(err))
+  end)
+
+  it("takes an id-less error as the answer to the command in flight", function()
+    local srv = serve(opening({
+      { expect = "x", reply = '{"error": {"class": "GenericError", "desc": "JSON parse error"}}' },
+      { wait_close = true },
+    }))
+    local vm = connect(srv)
+    local _, err = vm:execute("x")
+    assert.equal("qmp", err.kind)
+    assert.equal("JSON parse error", err.desc)
+  end)
+
+  it("reports a reply with neither return nor error", function()
+    local srv = serve(opening({ { expect = "x", reply = '{"id": %ID}' }, { wait_close = true } }))
+    local vm = connect(srv)
+    local _, err = vm:execute("x")
+    assert.equal("protocol", err.kind)
+  end)
+
+  it("drops a late reply after a timeout and answers the next command correctly", function()
+    local srv = serve(opening({
+      { expect = "slow" },
+      { sleep = 0.4 },
+      { send = '{"return": "late", "id": %ID}\r\n' },
+      { expect = "fast", reply = fake.reply('"fast"') },
+      { wait_close = true },
+    }))
+    local vm = connect(srv)
+    local ret, err = vm:execute("slow", nil, { timeout = 0.1 })
+    assert.is_nil(ret)
+    assert.equal("timeout", err.kind)
+    assert.matches("slow", err.message)
+    assert.equal("fast", assert(vm:execute("fast")))
+    assert.equal(1, vm.stats.stale)
+  end)
+
+  it("drops and counts replies with unknown ids", function()
+    local srv = serve(opening({
+      { expect = "q" },
+      { send = '{"return": "bogus", "id": "someone-else"}\r\n{"return": 7, "id": 12}\r\n' },
+      { send = '{"return": "mine", "id": %ID}\r\n' },
+      { wait_close = true },
+    }))
+    local vm = connect(srv)
+    assert.equal("mine", assert(vm:execute("q")))
+    assert.equal(2, vm.stats.unknown)
+  end)
+
+  it("works when every byte arrives on its own", function()
+    local srv = serve({
+      { send = fake.greeting, chunk = 1 },
+      { expect = "qmp_capabilities" },
+      { send = EV("STOP") .. '{"return": {}, "id": %ID}\r\n', chunk = 1 },
+      { expect = "query-name" },
+      { send = '{"return": {"name": "vm-1"}, "id": %ID}\r\n', chunk = 3 },
+      { wait_close = true },
+    })
+    local vm = connect(srv)
+    assert.equal("vm-1", assert(vm:execute("query-name")).name)
+    assert.equal("STOP", assert(vm:wait("STOP", nil, 1)).event)
+  end)
+
+  it("understands a pretty=on monitor", function()
+    local srv = serve({
+      { send = '{\r\n    "QMP": {\r\n        "version": {\r\n            "qemu": {"micro": 22, "minor": 2, "major": 7},\r\n' ..
+               '            "package": ""\r\n        },\r\n        "capabilities": [\r\n            "oob"\r\n        ]\r\n    }\r\n}\r\n' },
+      { expect = "qmp_capabilities", reply = '{\r\n    "return": {\r\n    },\r\n    "id": %ID\r\n}' },
+      { expect = "query-status", reply = '{\r\n    "return": {\r\n        "status": "prelaunch"\r\n    },\r\n    "id": %ID\r\n}' },
+      { wait_close = true },
+    })
+    local vm = connect(srv)
+    assert.equal("prelaunch", assert(vm:execute("query-status")).status)
+  end)
+
+  it("passes HMP through with vm:hmp()", function()
+    local srv = serve(opening({
+      { expect = "human-monitor-command", expect_args = '"command%-line":"info status"',
+        reply = fake.reply('"VM status: paused (prelaunch)\\r\\n"') },
+      { wait_close = true },
+    }))
+    local vm = connect(srv)
+    assert.equal("VM status: paused (prelaunch)\r\n", assert(vm:hmp("info status")))
+  end)
+
+  it("sends exec-oob when oob was negotiated", function()
+    local srv = serve(opening({ { expect = "migrate-pause", expect_args = '"exec%-oob"', reply = OK },
+                                { wait_close = true } }))
+    local vm = connect(srv)
+    assert.same({}, assert(vm:execute_oob("migrate-pause")))
+  end)
+
+  it("raises on misuse", function()
+    local srv = serve(opening({ { wait_close = true } }))
+    local vm = connect(srv)
+    assert.has_error(function() vm:execute(nil) end)
+    assert.has_error(function() vm:execute("x", "not a table") end)
+    assert.has_error(function() vm:execute("x", { f = print }) end)
+    assert.has_error(function() vm:execute("x", nil, { timeout = -1 }) end)
+  end)
+end)
+
+describe("connection loss", function()
+  it("fails the pending command with closed at EOF inside a message, keeping earlier events", function()
+    local srv = serve(opening({ { expect = "query-status" },
+                                { send = EV("STOP") .. '{"return": {"sta' }, { close = true } }))
+    local vm = connect(srv)
+    local ret, err = vm:execute("query-status")
+    assert.is_nil(ret)
+    assert.equal("closed", err.kind)
+    assert.matches("bytes discarded", err.message)
+    assert.is_true(vm:closed())
+    assert.equal("STOP", assert(vm:wait("STOP", nil, 1)).event)
+    local _, again = vm:execute("query-status")
+    assert.equal("closed", again.kind)
+  end)
+
+  it("closes the connection on garbage from the peer", function()
+    local srv = serve(opening({ { expect = "x" }, { send = "Welcome to HTTP\r\n" }, { hold = 5 } }))
+    local vm = connect(srv)
+    local _, err = vm:execute("x")
+    assert.equal("closed", err.kind)
+    assert.equal("protocol", err.cause.kind)
+    assert.is_true(vm:closed())
+  end)
+
+  it("gives toolarge for a message over max_message", function()
+    local srv = serve(opening({ { expect = "x" }, { send = '{"return": "' .. ("a"):rep(5000) .. '", "id": %ID}\r\n' },
+                                { hold = 5 } }))
+    local vm = connect(srv, { timeout = 5, max_message = 1000 })
+    local _, err = vm:execute("x")
+    assert.equal("toolarge", err.cause.kind)
+  end)
+
+  it("survives hostile nesting", function()
+    local srv = serve(opening({ { expect = "x" }, { send = '{"return": ' .. ("["):rep(200000) }, { hold = 5 } }))
+    local vm = connect(srv)
+    local _, err = vm:execute("x")
+    assert.equal("protocol", err.cause.kind)
+    assert.matches("nesting", err.cause.message)
+  end)
+
+  it("treats quit as done even when QEMU closes first", function()
+    local srv = serve(opening({ { expect = "quit" },
+                                { send = EV("SHUTDOWN", '{"guest": false, "reason": "host-qmp-quit"}') },
+                                { close = true } }))
+    local vm = connect(srv)
+    assert.same({}, assert(vm:execute("quit")))
+    assert.is_false(assert(vm:wait("SHUTDOWN", nil, 1)).guest)
+    local _, err = vm:execute("query-status")
+    assert.equal("closed", err.kind)
+  end)
+
+  it("closes idempotently, and works as a to-be-closed variable", function()
+    local srv = serve(opening({ { wait_close = true } }))
+    do
+      local vm <close> = assert(qmp.connect(srv.path, { timeout = 5 }))
+      assert.is_false(vm:closed())
+    end
+    assert.is_true(srv:wait(5))
+    local srv2 = serve(opening({ { wait_close = true } }))
+    local vm = connect(srv2)
+    vm:close()
+    vm:close()
+    local _, err = vm:execute("query-status")
+    assert.equal("closed", err.kind)
+    assert.matches("closed", tostring(vm))
+  end)
+end)
+
+describe("event queue", function()
+  it("skips events outside the interest set", function()
+    local srv = serve(opening({ { expect = "x" }, { send = EV("RTC_CHANGE", '{"offset": 1}') .. EV("STOP") },
+                                { send = '{"return": {}, "id": %ID}\r\n' }, { wait_close = true } }))
+    local vm = connect(srv, { timeout = 5, events = { "STOP" } })
+    assert(vm:execute("x"))
+    assert.equal(1, #vm:events_pending())
+    assert.equal(1, vm.stats.skipped)
+  end)
+
+  it("counts and reports an overflow instead of losing events silently", function()
+    local burst = {}
+    for i = 1, 10 do burst[i] = EV("RTC_CHANGE", '{"offset": ' .. i .. '}') end
+    local srv = serve(opening({ { expect = "x" }, { send = table.concat(burst) },
+                                { send = '{"return": {}, "id": %ID}\r\n' }, { wait_close = true } }))
+    local vm = connect(srv, { timeout = 5, max_queue = 4 })
+    local reported = {}
+    vm.on_error = function(err) reported[#reported + 1] = err end
+    assert(vm:execute("x"))
+    assert.equal(6, vm.stats.overflow)
+    assert.equal("overflow", reported[1].kind)
+    local left = vm:events_pending()
+    assert.equal(4, #left)
+    assert.equal(7, left[1].offset)   -- the oldest went first
+  end)
+
+  it("wait() times out with kind timeout", function()
+    local srv = serve(opening({ { hold = 5 } }))
+    local vm = connect(srv)
+    local ev, err = vm:wait("STOP", nil, 0.1)
+    assert.is_nil(ev)
+    assert.equal("timeout", err.kind)
+  end)
+end)

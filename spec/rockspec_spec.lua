@@ -1,0 +1,43 @@
+-- The rockspec builds and installs a working library on its own: a
+-- `luarocks make` into a fresh tree, then a lua5.4 that sees only that tree.
+local tmp = require "support.tmp"
+
+-- Run a shell command; returns success and its combined output.
+local function run(cmd)
+  local p = assert(io.popen("(" .. cmd .. ") 2>&1"))
+  local out = p:read("a")
+  local ok = p:close()
+  return ok == true, out
+end
+
+describe("qmp-scm-1.rockspec #slow", function()
+  it("installs with luarocks make and loads from the tree", function()
+    local dir = tmp.dir("rock")
+    finally(function() tmp.remove(dir) end)
+
+    -- luarocks builds objects next to the sources and writes ./qmp/core.so,
+    -- so build in a copy and leave the working tree alone.
+    local src, tree = dir .. "/src", dir .. "/tree"
+    assert(run("mkdir " .. tmp.quote(src) .. " && cp -R csrc lua examples qmp-scm-1.rockspec " ..
+      tmp.quote(src)))
+    local ok, out = run("cd " .. tmp.quote(src) .. " && luarocks --lua-version=5.4 make" ..
+      " --deps-mode=none --tree=" .. tmp.quote(tree) .. " qmp-scm-1.rockspec")
+    assert.is_true(ok, out)
+
+    -- Only the tree on the module paths: nothing from the source checkout.
+    local share, lib = tree .. "/share/lua/5.4", tree .. "/lib/lua/5.4"
+    local env = "LUA_INIT= LUA_INIT_5_4= " ..
+      "LUA_PATH_5_4=" .. tmp.quote(share .. "/?.lua;" .. share .. "/?/init.lua") ..
+      " LUA_CPATH_5_4=" .. tmp.quote(lib .. "/?.so")
+    local script = [[
+      print(package.searchpath("qmp.core", package.cpath))
+      require "qmp.core"
+      print(require("qmp").encode({ a = 1 }))
+    ]]
+    ok, out = run("cd / && " .. env .. " lua5.4 -e " .. tmp.quote(script))
+    assert.is_true(ok, out)
+    local core_path, json = out:match("^([^\n]*)\n([^\n]*)")
+    assert.are.equal(lib .. "/qmp/core.so", core_path, out)
+    assert.matches('^{%s*"a"%s*:%s*1%s*}$', json, nil, false, out)
+  end)
+end)

@@ -1,0 +1,146 @@
+-- Scripted fake QMP peer for protocol edge-case specs. The server runs as a
+-- separate process (fake_qmp_server.lua) because the client under test
+-- blocks in C and cannot share a process with its peer.
+--
+--   local srv = fake.start({ { greet = true },
+--                            { expect = "qmp_capabilities", reply = fake.reply("{}") } })
+--   ... connect to srv.path ...
+--   srv:stop()
+--
+-- Step kinds (one per step table, played in order after the first accept):
+--   { greet = true }                 QEMU 7.2 greeting offering "oob"
+--   { greet = { capabilities = {} } } greeting with the given capabilities
+--   { send = "text", chunk = n }     raw bytes (include "\r\n"); optionally n
+--                                    bytes per write. %ID = id of the last command
+--   { expect = "name", reply = "json", expect_args = "lua pattern" }
+--                                    read one command line; its "execute" or
+--                                    "exec-oob" must equal name ("*" = any) and
+--                                    the line must match expect_args; then send
+--                                    reply with %ID replaced and "\r\n" appended
+--   { sleep = seconds }              pause
+--   { close = true }                 close the connection
+--   { wait_close = true }            read until the client closes (max 30 s)
+--   { hold = seconds }               read and discard until EOF or time is up
+--   { accept = true }                accept the next connection
+--   { shutdown_write = true }        half-close: client sees EOF, server still reads
+-- A command without an id gets its reply without the ', "id": %ID' part.
+local proc = require "support.proc"
+local tmp = require "support.tmp"
+
+local M = {}
+
+-- Interpreter for the server process.
+M.lua = "lua5.4"
+
+local here = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
+local SERVER = here .. "fake_qmp_server.lua"
+
+-- The greeting of QEMU 7.2 as packaged by Debian 12, with capabilities.
+function M.greeting_with(capabilities)
+  local caps = {}
+  for i, c in ipairs(capabilities or { "oob" }) do caps[i] = '"' .. c .. '"' end
+  return '{"QMP": {"version": {"qemu": {"micro": 22, "minor": 2, "major": 7}, ' ..
+    '"package": "Debian 1:7.2+dfsg-7+deb12u18"}, "capabilities": [' ..
+    table.concat(caps, ", ") .. ']}}\r\n'
+end
+
+M.greeting = M.greeting_with()
+
+-- An event line; data_json is raw JSON text or nil.
+function M.event(name, data_json)
+  local data = data_json and (', "data": ' .. data_json) or ""
+  return '{"event": "' .. name .. '"' .. data ..
+    ', "timestamp": {"seconds": 1700000000, "microseconds": 1234}}\r\n'
+end
+
+-- A success reply for an expect step (no "\r\n": the step appends it).
+function M.reply(json)
+  return '{"return": ' .. json .. ', "id": %ID}'
+end
+
+-- Lua source for a steps table (strings, numbers, booleans, tables only).
+local function serialize(v)
+  local t = type(v)
+  if t == "string" or t == "number" then
+    return string.format("%q", v)
+  elseif t == "boolean" then
+    return tostring(v)
+  elseif t == "table" then
+    local parts = {}
+    for k, x in pairs(v) do
+      parts[#parts + 1] = "[" .. serialize(k) .. "] = " .. serialize(x)
+    end
+    return "{" .. table.concat(parts, ", ") .. "}"
+  end
+  error("fake_qmp: cannot serialize a " .. t, 3)
+end
+
+local Server = {}
+Server.__index = Server
+
+-- Servers not stopped yet, for stop_all().
+local running = {}
+
+-- Wait for the server to finish its steps by itself; true if it exited.
+function Server:wait(timeout)
+  return proc.wait_exit(self.pid, timeout or 5)
+end
+
+-- Kill the server if it still runs and remove its files. Idempotent.
+function Server:stop()
+  if self.stopped then return end
+  self.stopped = true
+  running[self] = nil
+  proc.terminate(self.pid, 2)
+  tmp.remove(self.dir)
+end
+
+-- The server's log: what it received, sent and why it exited.
+function Server:log()
+  return tmp.read(self.dir .. "/server.log") or ""
+end
+
+-- Raw command lines received so far, in order.
+function Server:received()
+  local lines = {}
+  for line in (tmp.read(self.dir .. "/received") or ""):gmatch("[^\n]+") do
+    lines[#lines + 1] = line
+  end
+  return lines
+end
+
+-- Exit status once the server has exited (0 = all steps done, 1 = unexpected
+-- input, 2 = watchdog), nil while it runs or if it was killed.
+function Server:status()
+  return tonumber(tmp.read(self.dir .. "/status") or "")
+end
+
+-- opts.start_timeout: seconds to wait for the socket (default 5).
+-- opts.watchdog: seconds after which the server gives up and exits 2 (default 60).
+function M.start(steps, opts)
+  opts = opts or {}
+  assert(type(steps) == "table", "fake_qmp.start: steps must be a table")
+  local dir = tmp.dir("fakeqmp")
+  local srv = setmetatable({ dir = dir, path = dir .. "/qmp.sock" }, Server)
+  tmp.write(dir .. "/steps.lua", "return " .. serialize(steps) .. "\n")
+  srv.pid = proc.spawn({ M.lua, SERVER, srv.path, dir .. "/steps.lua", dir .. "/received",
+    dir .. "/status", tostring(opts.watchdog or 60) }, dir .. "/server.log")
+
+  local up = proc.wait_until(function()
+    return proc.listening(srv.path) or not proc.alive(srv.pid)
+  end, opts.start_timeout or 5)
+  if not (up and proc.listening(srv.path)) then
+    local log = srv:log()
+    srv:stop()
+    error("fake QMP server did not start:\n" .. log, 2)
+  end
+  running[srv] = true
+  return srv
+end
+
+-- Stop every server a spec forgot (the spec helper calls this after each file).
+function M.stop_all()
+  for srv in pairs(running) do srv:stop() end
+end
+
+return M
