@@ -386,6 +386,23 @@ describe("event queue", function()
     assert.equal(7, left[1].offset)   -- the oldest went first
   end)
 
+  it("poll() queues what has arrived and reports the end of the stream", function()
+    local srv = serve(opening({ { sleep = 0.1 }, { send = EV("STOP") .. EV("RESUME") }, { close = true } }))
+    local vm = connect(srv)
+    assert.equal(0, vm:poll(0))
+    local n = assert(vm:poll(2))
+    assert.is_true(n >= 1)
+    assert.equal("STOP", assert(vm:wait("STOP", nil, 1)).event)
+    assert.equal("RESUME", assert(vm:wait("RESUME", nil, 1)).event)
+    local none, err
+    for _ = 1, 100 do  -- the close follows the events; bounded
+      none, err = vm:poll(0.05)
+      if none == nil then break end
+    end
+    assert.is_nil(none)
+    assert.equal("closed", err.kind)
+  end)
+
   it("wait() times out with kind timeout", function()
     local srv = serve(opening({ { hold = 5 } }))
     local vm = connect(srv)

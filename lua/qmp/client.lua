@@ -7,7 +7,7 @@ local errors = require "qmp.errors"
 local address = require "qmp.address"
 local filter = require "qmp.filter"
 
-local type, pairs, tostring, error, setmetatable = type, pairs, tostring, error, setmetatable
+local type, ipairs, tostring, error, setmetatable = type, ipairs, tostring, error, setmetatable
 local monotime, encode, max = core.monotime, core.encode, math.max
 
 local Client = {}
@@ -312,23 +312,20 @@ function Client:wait(names, data, timeout)
   end
 end
 
---- Read what is available (waiting up to timeout for the first message),
--- queue the events, then hand queued events to handlers.
--- Returns the number of events dispatched, or nil, err when the connection is closed.
+--- Read what is available without blocking longer than timeout (default 0)
+-- for the first message; events go to the queue.  Returns the number of
+-- events queued, or nil, err once the connection is closed and the queue empty.
 function Client:poll(timeout)
   local first = true
   while not self._closed do
-    local msg, err = self:_receive(first and (timeout or 0) or 0)
+    local msg = self:_receive(first and (timeout or 0) or 0)
     first = false
-    if msg == nil then
-      if err.kind ~= "timeout" then break end
-      break
-    end
+    if msg == nil then break end
     if msg ~= true then self:_stray(msg) end
   end
-  local n = self:dispatch()
-  if n == 0 and self._closed and self._qhead > self._qtail then return nil, self._closed end
-  return n
+  local queued = self._qtail - self._qhead + 1
+  if queued == 0 and self._closed then return nil, self._closed end
+  return queued
 end
 
 --- Queued events, oldest first, without taking them.
@@ -351,7 +348,6 @@ function Client:close()
   self.conn:close()
 end
 Client.__close = Client.close
-Client.__gc = function(self) self.conn:close() end
 
 function Client:__tostring()
   return ("qmp.Client (%s%s)"):format(self.name, self._closed and ", closed" or "")
@@ -360,34 +356,6 @@ end
 --- The connection's fd, for external event loops.
 function Client:fileno()
   return self.conn:fileno()
-end
-
--- Handlers: a minimal registry; dispatch runs outside any C frame, so handlers may yield.
-function Client:dispatch()
-  local n = 0
-  local handlers = self._handlers
-  while self._qhead <= self._qtail do
-    local ev = self._queue[self._qhead]
-    self._queue[self._qhead] = nil
-    self._qhead = self._qhead + 1
-    n = n + 1
-    if handlers then
-      for _, h in ipairs(handlers) do
-        if h.match(ev) then h.fn(ev, self) end
-      end
-    end
-  end
-  return n
-end
-
---- Register handler for events matching filter (and data filter).
-function Client:on(names, data, fn)
-  if fn == nil then data, fn = nil, data end
-  if type(fn) ~= "function" then error("qmp: on: handler must be a function", 2) end
-  local h = { match = filter.compile(names, data), fn = fn }
-  self._handlers = self._handlers or {}
-  self._handlers[#self._handlers + 1] = h
-  return h
 end
 
 return Client
