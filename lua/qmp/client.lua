@@ -63,6 +63,8 @@ function Client.connect(addr, opts)
     _stale = {},               -- ids whose caller gave up: late replies are dropped
     _interest = opts.events and filter.names(opts.events),
     _closed = nil,             -- the error that closed the connection
+    _handlers = {},            -- subscriptions, in registration order (handlers.lua)
+    _timers = {},              -- vm:after timers, sorted by due time
   }, Client)
   if opts.expect_uid ~= nil then
     local ok, why = vm:_check_peer(opts.expect_uid)
@@ -357,5 +359,7 @@ end
 function Client:fileno()
   return self.conn:fileno()
 end
+
+require("qmp.handlers")(Client)
 
 return Client

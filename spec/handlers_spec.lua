@@ -1,0 +1,164 @@
+-- Handlers, timers and the dispatch loop, against the scripted fake peer.
+local qmp = require "qmp"
+local fake = require "support.fake_qmp"
+
+local EV = fake.event
+local cleanup = require("support.cleanup")(after_each)
+
+local function vm_with(steps, opts)
+  local all = { { greet = true }, { expect = "qmp_capabilities", reply = fake.reply("{}") } }
+  for _, s in ipairs(steps) do all[#all + 1] = s end
+  local srv = fake.start(all)
+  cleanup(function() srv:stop() end)
+  local vm = assert(qmp.connect(srv.path, opts or { timeout = 5 }))
+  cleanup(function() vm:close() end)
+  return vm, srv
+end
+
+describe("vm:on()", function()
+  it("runs several handlers per event in registration order, events in arrival order", function()
+    local vm = vm_with({ { send = EV("STOP") .. EV("RESUME") .. EV("STOP") }, { hold = 5 } })
+    local seen = {}
+    vm:on("STOP", function(ev) seen[#seen + 1] = "a:" .. ev.event end)
+    vm:on({ "STOP", "RESUME" }, function(ev) seen[#seen + 1] = "b:" .. ev.event end)
+    vm:on("*", function(ev, v) assert.equal(vm, v); seen[#seen + 1] = "c:" .. ev.event end)
+    assert(vm:run({ timeout = 5, done = function() return #seen >= 8 end }))
+    assert.same({ "a:STOP", "b:STOP", "c:STOP", "b:RESUME", "c:RESUME", "a:STOP", "b:STOP", "c:STOP" }, seen)
+  end)
+
+  it("applies data filters", function()
+    local vm = vm_with({ { send = EV("BLOCK_IO_ERROR", '{"device": "ide0", "operation": "read", "action": "report"}')
+                               .. EV("BLOCK_IO_ERROR", '{"device": "virtio0", "operation": "write", "action": "stop"}')
+                               .. EV("VNC_CONNECTED", '{"server": {}, "client": {"host": "127.0.0.1", "service": "5901"}}') },
+                       { hold = 5 } })
+    local got = {}
+    vm:on("BLOCK_IO_ERROR", { action = "stop", device = qmp.match("^virtio"), operation = { "read", "write" } },
+          function(ev) got[#got + 1] = ev.device end)
+    vm:on("VNC_*", { client = { host = "127.0.0.1" } }, function(ev) got[#got + 1] = ev.client.service end)
+    vm:on("BLOCK_IO_ERROR", function(v) return v.device == "ide0" end, function(ev) got[#got + 1] = ev.action end)
+    assert(vm:run({ timeout = 5, done = function() return #got >= 3 end }))
+    assert.same({ "report", "virtio0", "5901" }, got)
+  end)
+
+  it("lets a handler remove itself or others while running; once runs once", function()
+    local vm = vm_with({ { send = EV("STOP") .. EV("STOP") .. EV("STOP") }, { hold = 5 } })
+    local a, b, c = 0, 0, 0
+    local sub_b
+    local sub_a
+    sub_a = vm:on("STOP", function() a = a + 1; sub_a:off(); sub_b:off() end)
+    sub_b = vm:on("STOP", function() b = b + 1 end)
+    vm:once("STOP", function() c = c + 1 end)
+    local total = 0
+    vm:on("STOP", function() total = total + 1 end)
+    assert(vm:run({ timeout = 5, done = function() return total >= 3 end }))
+    assert.same({ 1, 0, 1 }, { a, b, c })
+  end)
+
+  it("isolates a failing handler: reported with a traceback, counted, the loop goes on", function()
+    local vm = vm_with({ { send = EV("STOP") .. EV("RESUME") }, { hold = 5 } })
+    local reports, seen = {}, {}
+    vm.on_error = function(err) reports[#reports + 1] = err end
+    vm:on("STOP", function() error("boom") end)
+    vm:on("*", function(ev) seen[#seen + 1] = ev.event end)
+    assert(vm:run({ timeout = 5, done = function() return #seen >= 2 end }))
+    assert.same({ "STOP", "RESUME" }, seen)
+    assert.equal(1, vm.stats.handler_errors)
+    assert.equal("handler", reports[1].kind)
+    assert.matches("boom", reports[1].message)
+    assert.not_matches("\n", reports[1].message)
+    assert.matches("traceback", reports[1].traceback)
+  end)
+
+  it("lets a handler execute commands; events arriving meanwhile wait their turn", function()
+    local vm = vm_with({
+      { send = EV("BLOCK_IO_ERROR", '{"device": "d0", "operation": "read", "action": "stop"}') .. EV("STOP") },
+      { expect = "cont" }, { send = EV("RESUME") .. '{"return": {}, "id": %ID}\r\n' }, { hold = 5 },
+    })
+    local order = {}
+    vm:on("*", function(ev, v)
+      order[#order + 1] = ev.event
+      if ev.event == "BLOCK_IO_ERROR" then
+        assert(v:execute("cont"))
+        order[#order + 1] = "cont done"
+      end
+    end)
+    assert(vm:run({ timeout = 5, done = function() return #order >= 4 end }))
+    assert.same({ "BLOCK_IO_ERROR", "cont done", "STOP", "RESUME" }, order)
+  end)
+
+  it("lets handlers yield when the loop runs in a coroutine", function()
+    local vm = vm_with({ { send = EV("STOP") .. EV("RESUME") }, { hold = 5 } })
+    local seen = {}
+    vm:on("*", function(ev)
+      local resumed = coroutine.yield(ev.event)
+      seen[#seen + 1] = ev.event .. "/" .. resumed
+    end)
+    local co = coroutine.wrap(function() return vm:run({ timeout = 5, done = function() return #seen >= 2 end }) end)
+    assert.equal("STOP", co())
+    assert.equal("RESUME", co("one"))
+    assert.is_true(co("two"))
+    assert.same({ "STOP/one", "RESUME/two" }, seen)
+  end)
+end)
+
+describe("vm:run()", function()
+  it("ends on vm:stop() from a handler, leaving later events queued", function()
+    local vm = vm_with({ { send = EV("STOP") .. EV("RESUME") }, { hold = 5 } })
+    vm:poll(2)
+    vm:on("STOP", function(_, v) v:stop() end)
+    assert.is_true(vm:run({ timeout = 5 }))
+    assert.equal("RESUME", assert(vm:wait("RESUME", nil, 1)).event)
+  end)
+
+  it("returns timeout when nothing ends it", function()
+    local vm = vm_with({ { hold = 5 } })
+    local t0 = qmp.monotime()
+    local ok, err = vm:run({ timeout = 0.1 })
+    assert.is_nil(ok)
+    assert.equal("timeout", err.kind)
+    assert.is_true(qmp.monotime() - t0 < 2)
+  end)
+
+  it("returns closed after dispatching the last events", function()
+    local vm = vm_with({ { send = EV("SHUTDOWN", '{"guest": true, "reason": "guest-shutdown"}') }, { close = true } })
+    local got
+    vm:on("SHUTDOWN", function(ev) got = ev end)
+    local ok, err = vm:run({ timeout = 5 })
+    assert.is_nil(ok)
+    assert.equal("closed", err.kind)
+    assert.is_true(got.guest)
+  end)
+
+  it("runs timers in order, and not cancelled ones", function()
+    local vm = vm_with({ { hold = 5 } })
+    local fired = {}
+    vm:after(0.05, function() fired[#fired + 1] = "b" end)
+    vm:after(0, function() fired[#fired + 1] = "a" end)
+    local t = vm:after(0.02, function() fired[#fired + 1] = "never" end)
+    t:cancel()
+    vm:after(0.1, function(v) fired[#fired + 1] = "c"; v:stop() end)
+    assert.is_true(vm:run({ timeout = 5 }))
+    assert.same({ "a", "b", "c" }, fired)
+  end)
+end)
+
+describe("external event loops", function()
+  it("drive a client through pollfd/events/timeout and step (cqueues)", function()
+    local ok, cqueues = pcall(require, "cqueues")
+    if not ok then pending("lua-cqueues is not installed") return end
+    local vm = vm_with({ { sleep = 0.05 }, { send = EV("STOP") }, { sleep = 0.05 }, { send = EV("RESUME") }, { hold = 5 } })
+    local seen = {}
+    vm:on("*", function(ev) seen[#seen + 1] = ev.event end)
+    assert.equal(vm:fileno(), vm:pollfd())
+    assert.equal("r", vm:events())
+    local cq = cqueues.new()
+    cq:wrap(function()
+      while #seen < 2 do
+        cqueues.poll(vm, 2)
+        assert(vm:step())
+      end
+    end)
+    assert(cq:loop(5))
+    assert.same({ "STOP", "RESUME" }, seen)
+  end)
+end)
