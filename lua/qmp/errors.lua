@@ -21,6 +21,8 @@ errors.kinds = {
   qmp = "QEMU answered with an error: err.class and err.desc",
   unsupported = "the connection cannot do that: exec-oob without oob, fds over TCP",
   io = "another socket error",
+  overflow = "(vm.on_error only) the event queue was full: the oldest event was dropped",
+  handler = "(vm.on_error only) a handler or timer raised; err.traceback has the trace",
 }
 
 --- A new error object.  fields (optional) are copied into it.
