@@ -124,17 +124,13 @@ function Client:_handshake(deadline, negotiate)
   return true
 end
 
--- The connection is gone: remember why, release the fd.
+-- The connection is gone: remember why.  The fd stays open until vm:close(),
+-- so an external event loop never polls a closed (or reused) descriptor.
 function Client:_lost(err)
   if not self._closed then
     self._closed = err.kind == "closed" and err
       or errors.new("closed", "connection lost: " .. tostring(err), { cause = err })
-    self.conn:close()
   end
-end
-
-function Client:_closed_error()
-  return self._closed or errors.new("closed", "the connection is closed")
 end
 
 -- Put an event at the back of the queue; the oldest goes when it is full.
