@@ -51,6 +51,8 @@ build = {
     ["qmp.events"] = "lua/qmp/events.lua",
     ["qmp.filter"] = "lua/qmp/filter.lua",
     ["qmp.address"] = "lua/qmp/address.lua",
+    ["qmp.handlers"] = "lua/qmp/handlers.lua",
+    ["qmp.reconnect"] = "lua/qmp/reconnect.lua",
   },
   copy_directories = { "examples" },
 }

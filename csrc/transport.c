@@ -276,6 +276,17 @@ static int conn_recv(lua_State *L) {
   }
 }
 
+/* core.sleep(seconds): wait without busy-looping, EINTR-safe. */
+static int core_sleep(lua_State *L) {
+  double deadline = qmp_monotime() + luaL_checknumber(L, 1);
+  for (;;) {
+    double left = deadline - qmp_monotime();
+    if (!(left > 0)) break;
+    poll(NULL, 0, left * 1000 > INT_MAX ? INT_MAX : (int)ceil(left * 1000));
+  }
+  return 0;
+}
+
 /* Collect up to MAX_FDS integers from the list at idx. */
 static int check_fds(lua_State *L, int idx, int *fds) {
   int n = 0;
@@ -426,6 +437,7 @@ void qmp_transport_open(lua_State *L) {
     {"connect_unix", core_connect_unix},
     {"connect_tcp", core_connect_tcp},
     {"fdopen", core_fdopen},
+    {"sleep", core_sleep},
     {NULL, NULL}
   };
   if (luaL_newmetatable(L, QMP_CONN_MT)) {

@@ -29,6 +29,7 @@ local function check_opts(opts)
   if t ~= nil and (type(t) ~= "number" or t < 0) then
     error("qmp.connect: timeout must be a non-negative number of seconds", 3)
   end
+  Client._check_reconnect(opts.reconnect)
   local m = opts.max_queue
   if m ~= nil and (math.type(m) ~= "integer" or m < 1) then
     error("qmp.connect: max_queue must be a positive integer", 3)
@@ -51,7 +52,7 @@ function Client.connect(addr, opts)
   local vm = setmetatable({
     conn = conn,
     name = opts.name or address.label(a),
-    timeout = timeout,
+    default_timeout = timeout, -- for commands and waits; vm:timeout() is the cqueues method
     greeting = nil,
     oob = false,               -- out-of-band execution negotiated
     max_queue = opts.max_queue or DEFAULT_MAX_QUEUE,
@@ -63,6 +64,10 @@ function Client.connect(addr, opts)
     _stale = {},               -- ids whose caller gave up: late replies are dropped
     _interest = opts.events and filter.names(opts.events),
     _closed = nil,             -- the error that closed the connection
+    generation = 1,            -- counts connections: 2 after the first reconnect
+    _address = a, _opts = opts,
+    _reconnect = Client._check_reconnect(opts.reconnect),  -- reconnect.lua
+    _attempts = 0,
     _handlers = {},            -- subscriptions, in registration order (handlers.lua)
     _timers = {},              -- vm:after timers, sorted by due time
   }, Client)
@@ -130,14 +135,18 @@ function Client:_lost(err)
   if not self._closed then
     self._closed = err.kind == "closed" and err
       or errors.new("closed", "connection lost: " .. tostring(err), { cause = err })
+    if self._reconnect and not self._user_closed and not self._reconnecting then
+      self:_start_reconnect(self._closed)
+    end
   end
 end
 
 -- Put an event at the back of the queue; the oldest goes when it is full.
-function Client:_enqueue(ev)
+-- always: bypass the interest set (the client's own lifecycle events).
+function Client:_enqueue(ev, always)
   local stats = self.stats
   stats.events = stats.events + 1
-  if self._interest and not self._interest(ev) then
+  if self._interest and not always and not self._interest(ev) then
     stats.skipped = stats.skipped + 1
     return
   end
@@ -256,7 +265,7 @@ end
 -- opts.timeout overrides the connection's timeout; opts.fds passes fds.
 function Client:execute(name, args, opts)
   opts = check_command("execute", name, args, opts)
-  return self:_call({ execute = name, arguments = args }, opts.timeout or self.timeout, opts.fds)
+  return self:_call({ execute = name, arguments = args }, opts.timeout or self.default_timeout, opts.fds)
 end
 
 --- Run a command out-of-band (needs the oob capability).
@@ -265,7 +274,7 @@ function Client:execute_oob(name, args, opts)
   if not self.oob then
     return nil, errors.new("unsupported", "out-of-band execution was not negotiated with " .. self.name)
   end
-  return self:_call({ ["exec-oob"] = name, arguments = args }, opts.timeout or self.timeout, opts.fds)
+  return self:_call({ ["exec-oob"] = name, arguments = args }, opts.timeout or self.default_timeout, opts.fds)
 end
 
 --- Run an HMP command line; returns its output text.
@@ -294,19 +303,29 @@ end
 function Client:wait(names, data, timeout)
   if type(data) == "number" and timeout == nil then data, timeout = nil, data end
   local match = filter.compile(names, data)
-  timeout = timeout or self.timeout
+  timeout = timeout or self.default_timeout
   local deadline = monotime() + timeout
   while true do
     local ev = self:_take(match)
     if ev then return ev end
-    local msg, err = self:_receive(remaining(deadline))
-    if msg == nil then
-      if err.kind == "timeout" then
+    if self._closed and self._reconnect_timer then  -- reconnecting: let the timer run
+      local left = remaining(deadline)
+      if left <= 0 then
         return nil, errors.new("timeout", ("no matching event within %g s"):format(timeout))
       end
-      return nil, err
+      core.sleep(math.min(left, self:timeout() or left))
+      self:_run_timers()
+    else
+      local msg, err = self:_receive(remaining(deadline))
+      if msg == nil then
+        if err.kind == "timeout" then
+          return nil, errors.new("timeout", ("no matching event within %g s"):format(timeout))
+        end
+        if not self._reconnect_timer then return nil, err end
+      elseif msg ~= true then
+        self:_stray(msg)
+      end
     end
-    if msg ~= true then self:_stray(msg) end
   end
 end
 
@@ -340,6 +359,11 @@ end
 
 --- Close the connection.  Idempotent; queued events stay readable.
 function Client:close()
+  self._user_closed = true
+  if self._reconnect_timer then
+    self._reconnect_timer:cancel()
+    self._reconnect_timer = nil
+  end
   if not self._closed then
     self._closed = errors.new("closed", "the connection was closed by this client")
   end
@@ -357,5 +381,6 @@ function Client:fileno()
 end
 
 require("qmp.handlers")(Client)
+require("qmp.reconnect")(Client)
 
 return Client

@@ -130,11 +130,14 @@ return function(Client)
     self:poll(0)
     self:_run_timers()
     self:dispatch()
-    if self._closed and self._qhead > self._qtail then return nil, self._closed end
+    if self._closed and self._qhead > self._qtail and not self._reconnect_timer then
+      return nil, self._closed
+    end
     return true
   end
 
   --- The cqueues polling protocol, also handy for luv and others.
+  -- While reconnecting there is no socket: pollfd() is -1, timeout() says when to step.
   function Client:pollfd() return self.conn:fileno() end
   function Client:events() return "r" end
   function Client:timeout()
@@ -160,7 +163,9 @@ return function(Client)
         self._stop = false
         return true
       end
-      if self._closed and self._qhead > self._qtail then return nil, self._closed end
+      if self._closed and self._qhead > self._qtail and not self._reconnect_timer then
+        return nil, self._closed
+      end
       local wait = deadline - monotime()
       if wait <= 0 then
         return nil, errors.new("timeout", ("run: %g s passed"):format(opts.timeout))
@@ -170,6 +175,8 @@ return function(Client)
       if not self._closed then
         local msg = self:_receive(wait < huge and wait or nil)
         if msg ~= nil and msg ~= true then self:_stray(msg) end
+      elseif wait < huge then
+        core.sleep(wait)  -- reconnecting: nothing to read until the timer fires
       end
     end
   end
