@@ -53,6 +53,7 @@ build = {
     ["qmp.address"] = "lua/qmp/address.lua",
     ["qmp.handlers"] = "lua/qmp/handlers.lua",
     ["qmp.reconnect"] = "lua/qmp/reconnect.lua",
+    ["qmp.schema"] = "lua/qmp/schema.lua",
   },
   copy_directories = { "examples" },
 }

@@ -58,7 +58,7 @@ function Client.connect(addr, opts)
     max_queue = opts.max_queue or DEFAULT_MAX_QUEUE,
     on_error = default_on_error,
     stats = { events = 0, replies = 0, stale = 0, unknown = 0, overflow = 0,
-              skipped = 0, handler_errors = 0 },
+              skipped = 0, handler_errors = 0, invalid = 0 },
     _queue = {}, _qhead = 1, _qtail = 0,  -- events received, not yet consumed
     _nextid = 0,
     _stale = {},               -- ids whose caller gave up: late replies are dropped
@@ -68,6 +68,7 @@ function Client.connect(addr, opts)
     _address = a, _opts = opts,
     _reconnect = Client._check_reconnect(opts.reconnect),  -- reconnect.lua
     _attempts = 0,
+    _validating = opts.validate, -- check events against the live schema (schema.lua)
     _handlers = {},            -- subscriptions, in registration order (handlers.lua)
     _timers = {},              -- vm:after timers, sorted by due time
   }, Client)
@@ -76,6 +77,7 @@ function Client.connect(addr, opts)
     if not ok then conn:close(); return nil, why end
   end
   local ok, why = vm:_handshake(deadline, opts.negotiate ~= false)
+  if ok and opts.validate then ok, why = vm:schema() end
   if not ok then
     conn:close()
     return nil, why
@@ -150,6 +152,7 @@ function Client:_enqueue(ev, always)
     stats.skipped = stats.skipped + 1
     return
   end
+  if self._validating then self:_validate(ev) end
   local tail = self._qtail + 1
   self._queue[tail], self._qtail = ev, tail
   if tail - self._qhead + 1 > self.max_queue then
@@ -382,5 +385,6 @@ end
 
 require("qmp.handlers")(Client)
 require("qmp.reconnect")(Client)
+require("qmp.schema")(Client)
 
 return Client

@@ -23,6 +23,7 @@ errors.kinds = {
   io = "another socket error",
   overflow = "(vm.on_error only) the event queue was full: the oldest event was dropped",
   handler = "(vm.on_error only) a handler or timer raised; err.traceback has the trace",
+  schema = "(vm.on_error only) with validate, an event did not match the live schema",
 }
 
 --- A new error object.  fields (optional) are copied into it.

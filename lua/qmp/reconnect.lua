@@ -59,10 +59,16 @@ return function(Client)
       local ok
       if self._opts.expect_uid ~= nil then ok, err = self:_check_peer(self._opts.expect_uid) else ok = true end
       if ok then ok, err = self:_handshake(monotime() + self.default_timeout, self._opts.negotiate ~= false) end
+      self._schema = nil  -- the new QEMU may be another version
+      if ok and self._validating then ok, err = self:schema() end
+      local st
+      if ok then  -- what changed while the link was down
+        st, err = self:execute("query-status")
+        if not st and self._closed then ok = false end
+      end
       self._reconnecting = false
       if ok then
         self.generation = self.generation + 1
-        local st = self:execute("query-status")
         self:_synthetic("qmp.reconnected", {
           generation = self.generation, attempts = self._attempts,
           status = st and st.status, running = st and st.running,

@@ -1,0 +1,179 @@
+--- The live QAPI schema of a monitor (query-qmp-schema).
+-- vm:schema() reads it once per connection, completes the event types from
+-- it (members the catalogue lacks, enum values) and can check events
+-- against it: opts.validate = true reports mismatches through vm.on_error,
+-- never dropping the event.  QEMU masks type names (they are numbers), so
+-- types are described by shape: "str", "int", "enum", "object", "array of str".
+local core = require "qmp.core"
+local errors = require "qmp.errors"
+
+local type, ipairs, pairs, concat = type, ipairs, pairs, table.concat
+local mathtype, null, uint64_mt = math.type, core.null, core.uint64_mt
+
+local Schema = { __name = "qmp.Schema" }
+Schema.__index = Schema
+
+local schema = {}
+
+--- Index the entities of a query-qmp-schema reply.
+function schema.parse(entities)
+  local s = setmetatable({ types = {}, events = {}, commands = {} }, Schema)
+  for _, e in ipairs(entities) do
+    local meta = e["meta-type"]
+    if meta == "event" then s.events[e.name] = e
+    elseif meta == "command" then s.commands[e.name] = e
+    else s.types[e.name] = e end
+  end
+  return s
+end
+
+--- A short readable description of the type named name.
+function Schema:describe(name)
+  local t = self.types[name]
+  if not t then return name end
+  local meta = t["meta-type"]
+  if meta == "builtin" then return t.name end
+  if meta == "array" then return "array of " .. self:describe(t["element-type"]) end
+  return meta  -- enum, object, alternate
+end
+
+-- The members of an object, with those of the variant the tag selects.
+local function members_of(self, t, value)
+  local list = {}
+  for _, m in ipairs(t.members or {}) do list[#list + 1] = m end
+  if t.tag and t.variants and type(value) == "table" then
+    for _, v in ipairs(t.variants) do
+      if v.case == value[t.tag] then
+        local vt = self.types[v.type]
+        if vt then for _, m in ipairs(members_of(self, vt, value)) do list[#list + 1] = m end end
+      end
+    end
+  end
+  return list
+end
+
+local BUILTIN = {
+  string = function(v) return type(v) == "string" end,
+  int = function(v) return mathtype(v) == "integer" or getmetatable(v) == uint64_mt end,
+  number = function(v) return type(v) == "number" or getmetatable(v) == uint64_mt end,
+  boolean = function(v) return type(v) == "boolean" end,
+  null = function(v) return v == null end,
+  value = function() return true end,
+}
+
+-- Check value against the type named name; append problems ("path: what").
+function Schema:check(name, value, path, problems)
+  local t = self.types[name]
+  if not t then return end  -- a type we cannot see: no judgement
+  local meta = t["meta-type"]
+  if meta == "builtin" then
+    local ok = BUILTIN[t["json-type"]]
+    if ok and not ok(value) then
+      problems[#problems + 1] = ("%s: %s expected, got %s"):format(path, t.name, type(value))
+    end
+  elseif meta == "enum" then
+    local found = false
+    for _, v in ipairs(t.values or {}) do if v == value then found = true break end end
+    if not found then
+      problems[#problems + 1] = ("%s: %s is not one of the enum's values"):format(path, tostring(value))
+    end
+  elseif meta == "array" then
+    if type(value) ~= "table" then
+      problems[#problems + 1] = ("%s: array expected, got %s"):format(path, type(value))
+    else
+      for i, v in ipairs(value) do self:check(t["element-type"], v, path .. "[" .. i .. "]", problems) end
+    end
+  elseif meta == "object" then
+    if type(value) ~= "table" then
+      problems[#problems + 1] = ("%s: object expected, got %s"):format(path, type(value))
+      return
+    end
+    local known = {}
+    for _, m in ipairs(members_of(self, t, value)) do
+      known[m.name] = true
+      local v = value[m.name]
+      if v == nil then
+        if m.default == nil then problems[#problems + 1] = ("%s.%s: missing"):format(path, m.name) end
+      else
+        self:check(m.type, v, path .. "." .. m.name, problems)
+      end
+    end
+    for k in pairs(value) do
+      if not known[k] then problems[#problems + 1] = ("%s.%s: not in the schema"):format(path, tostring(k)) end
+    end
+  elseif meta == "alternate" then
+    for _, m in ipairs(t.members or {}) do
+      local trial = {}
+      self:check(m.type, value, path, trial)
+      if #trial == 0 then return end
+    end
+    problems[#problems + 1] = ("%s: matches no branch of the alternate"):format(path)
+  end
+end
+
+--- Problems of event ev against the schema: nil when it matches.
+function Schema:validate(ev)
+  local e = self.events[ev.event]
+  if not e then return { "no event " .. tostring(ev.event) .. " in the live schema" } end
+  local problems = {}
+  if e["arg-type"] then
+    self:check(e["arg-type"], ev.data, "data", problems)
+  elseif next(ev.data or {}) ~= nil then
+    problems[1] = "data: the event has no members"
+  end
+  return #problems > 0 and problems or nil
+end
+
+--- Complete the event types (qmp.events) from this schema: members the
+-- catalogue lacks, and enum values for every member that is an enum.
+function Schema:complete(types)
+  for name, e in pairs(self.events) do
+    local T = types[name]
+    local fields = T.fields or {}
+    T.fields = fields
+    local obj = e["arg-type"] and self.types[e["arg-type"]]
+    for _, m in ipairs(obj and members_of(self, obj) or {}) do
+      local f = fields[m.name]
+      if not f then
+        f = { type = self:describe(m.type), optional = m.default ~= nil or nil,
+              doc = "(from the live schema)" }
+        fields[m.name] = f
+      end
+      local mt = self.types[m.type]
+      if mt and mt["meta-type"] == "enum" and not f.values then
+        f.values = {}
+        for i, v in ipairs(mt.values or {}) do f.values[i] = v end
+      end
+    end
+    T.in_schema = true
+  end
+end
+
+return function(Client)
+  local events = require("qmp.events").types
+
+  --- The live schema, read once per connection: schema | nil, err.
+  function Client:schema()
+    if self._schema then return self._schema end
+    local entities, err = self:execute("query-qmp-schema", nil,
+                                       { timeout = math.max(self.default_timeout, 30) })
+    if not entities then return nil, err end
+    local s = schema.parse(entities)
+    s:complete(events)
+    self._schema = s
+    return s
+  end
+
+  -- Validation mode: report (never drop) an event that does not match.
+  function Client:_validate(ev)
+    local s = self._schema
+    if not s or ev.event:find("^qmp%.") then return end
+    local problems = s:validate(ev)
+    if problems then
+      self.stats.invalid = self.stats.invalid + 1
+      self:_report(errors.new("schema", ("%s does not match the live schema: %s")
+                                        :format(ev.event, concat(problems, "; ")),
+                              { event = ev, problems = problems }))
+    end
+  end
+end

@@ -1,0 +1,99 @@
+-- vm:schema(): completing event types from the live schema, and validation mode.
+local qmp = require "qmp"
+local fake = require "support.fake_qmp"
+local qemu = require "support.qemu"
+
+local cleanup = require("support.cleanup")(after_each)
+
+-- A tiny schema in query-qmp-schema's shape (QEMU masks type names as numbers).
+local SCHEMA = [==[[
+  {"name": "str", "meta-type": "builtin", "json-type": "string"},
+  {"name": "int", "meta-type": "builtin", "json-type": "int"},
+  {"name": "bool", "meta-type": "builtin", "json-type": "boolean"},
+  {"name": "0", "meta-type": "object", "members": []},
+  {"name": "1", "meta-type": "object", "members": [
+    {"name": "device", "type": "str"}, {"name": "action", "type": "9"},
+    {"name": "nospace", "type": "bool", "default": null}, {"name": "sizes", "type": "[int]", "default": null}]},
+  {"name": "9", "meta-type": "enum", "values": ["ignore", "report", "stop"]},
+  {"name": "[int]", "meta-type": "array", "element-type": "int"},
+  {"name": "STOP", "meta-type": "event", "arg-type": "0"},
+  {"name": "__com.example_DISK", "meta-type": "event", "arg-type": "1"}
+]]==]
+
+local function fake_vm(after, opts)
+  local steps = { { greet = true }, { expect = "qmp_capabilities", reply = fake.reply("{}") },
+                  { expect = "query-qmp-schema", reply = fake.reply(SCHEMA) } }
+  for _, s in ipairs(after) do steps[#steps + 1] = s end
+  local srv = fake.start(steps)
+  cleanup(function() srv:stop() end)
+  local vm = assert(qmp.connect(srv.path, opts or { timeout = 5 }))
+  cleanup(function() vm:close() end)
+  return vm
+end
+
+describe("vm:schema()", function()
+  it("completes event types with members and enum values, once per connection", function()
+    local vm = fake_vm({ { hold = 5 } })
+    local s = assert(vm:schema())
+    assert.equal(s, vm:schema())   -- cached: the fake would fail a second query
+    local T = qmp.events["__com.example_DISK"]
+    assert.is_false(T.known)
+    assert.is_true(T.in_schema)
+    assert.equal("str", T.fields.device.type)
+    assert.same({ "ignore", "report", "stop" }, T.fields.action.values)
+    assert.is_true(T.fields.nospace.optional)
+    assert.equal("array of int", T.fields.sizes.type)
+  end)
+
+  it("reports events that do not match the live schema, without dropping them", function()
+    local E = '{"device": "d0", "action": "stop"}'
+    local vm = fake_vm({ { send = fake.event("__com.example_DISK", E)
+                              .. fake.event("__com.example_DISK", '{"device": 5, "action": "explode", "extra": 1}')
+                              .. fake.event("__com.example_DISK", '{"action": "stop", "sizes": [1, "x"]}')
+                              .. fake.event("NOT_IN_SCHEMA") },
+                         { hold = 5 } }, { timeout = 5, validate = true })
+    local reports = {}
+    vm.on_error = function(err) reports[#reports + 1] = err end
+    local seen = {}
+    vm:on("*", function(ev) seen[#seen + 1] = ev end)
+    assert(vm:run({ timeout = 5, done = function() return #seen >= 4 end }))
+    assert.equal(4, #seen)                 -- nothing dropped
+    assert.equal(3, #reports)
+    assert.equal(3, vm.stats.invalid)
+    assert.equal("schema", reports[1].kind)
+    local text = table.concat(reports[1].problems, "|")
+    assert.matches("data.device: str expected", text)
+    assert.matches("data.action: explode is not one of", text)
+    assert.matches("data.extra: not in the schema", text)
+    text = table.concat(reports[2].problems, "|")
+    assert.matches("data.device: missing", text)
+    assert.matches("data.sizes%[2%]: int expected", text)
+    assert.matches("no event NOT_IN_SCHEMA", reports[3].message)
+  end)
+end)
+
+describe("the live schema of a real QEMU #qemu", function()
+  it("completes the types and finds the events QEMU really sends valid", function()
+    local machine = qemu.start({ args = { "-device", "ide-cd,id=cd0,bus=ide.1" } })
+    cleanup(function() machine:stop() end)
+    local vm = assert(qmp.connect(machine.sock, { timeout = 10, validate = true }))
+    cleanup(function() vm:close() end)
+    local reports = {}
+    vm.on_error = function(err) reports[#reports + 1] = tostring(err) end
+    local s = assert(vm:schema())
+    local n = 0
+    for _ in pairs(s.events) do n = n + 1 end
+    assert.is_true(n > 40)
+    assert.same({ "none", "host-error", "host-qmp-quit", "host-qmp-system-reset", "host-signal", "host-ui",
+                  "guest-shutdown", "guest-reset", "guest-panic", "subsystem-reset", "snapshot-load" },
+                qmp.events.SHUTDOWN.fields.reason.values)
+    assert.is_true(qmp.events.BLOCK_IO_ERROR.in_schema)
+    assert(vm:execute("cont")); assert(vm:wait("RESUME", nil, 5))
+    assert(vm:execute("stop")); assert(vm:wait("STOP", nil, 5))
+    assert(vm:execute("system_reset")); assert(vm:wait("RESET", nil, 5))
+    assert(vm:execute("eject", { id = "cd0", force = true })); assert(vm:wait("DEVICE_TRAY_MOVED", nil, 5))
+    assert(vm:execute("quit")); assert(vm:wait("SHUTDOWN", nil, 5))
+    assert.same({}, reports)
+    assert.equal(0, vm.stats.invalid)
+  end)
+end)
