@@ -292,42 +292,54 @@ static void type_event(lua_State *L, int msgidx, int eventsidx) {
 }
 
 /*
-** Decode text[0..len) (text[len] must be NUL) using the tree box at boxidx,
-** which must already be marked to-be-closed.  Pushes the value (1) or
-** fail + error (2).  Raises only on memory errors.
+** Parse text[0..len) (text[len] must be NUL) into box->tree.  Touches no
+** Lua state, so callers can restore the byte after the text at once.
+** Returns 1, or 0 with the reason in why.
 */
-static int decode_text(lua_State *L, int boxidx, int eventsidx,
-                       const char *text, size_t len, int sawfloat) {
-  TreeBox *box = (TreeBox *)lua_touserdata(L, boxidx);
+static int parse_text(TreeBox *box, const char *text, size_t len, char *why, size_t whysz) {
   const char *end = NULL;
-  cJSON *tree;
-  Walk w;
-  char buf[48];
-  if (box->tree != NULL)
-    return luaL_error(L, "qmp: decoder used re-entrantly");
-  tree = cJSON_ParseWithLengthOpts(text, len, &end, 0);
-  if (tree == NULL) {
+  char ex[48];
+  box->tree = cJSON_ParseWithLengthOpts(text, len, &end, 0);
+  if (box->tree == NULL) {
     size_t at = (end != NULL && end >= text) ? (size_t)(end - text) : 0;
     if (at > len) at = len;
-    return qmp_fail(L, "protocol", "invalid JSON at byte %d of a %d-byte message near '%s'",
-                    (int)at, (int)len, excerpt(buf, text + at, len - at));
+    snprintf(why, whysz, "invalid JSON at byte %d of a %d-byte message near '%s'",
+             (int)at, (int)len, excerpt(ex, text + at, len - at));
+    return 0;
   }
-  box->tree = tree;
   while (end < text + len && isspace_json((unsigned char)*end)) end++;
   if (end != text + len) {
-    cJSON_Delete(tree);
+    cJSON_Delete(box->tree);
     box->tree = NULL;
-    return qmp_fail(L, "protocol", "trailing data after the JSON value at byte %d: '%s'",
-                    (int)(end - text), excerpt(buf, end, (size_t)(text + len - end)));
+    snprintf(why, whysz, "trailing data after the JSON value at byte %d: '%s'",
+             (int)(end - text), excerpt(ex, end, (size_t)(text + len - end)));
+    return 0;
   }
+  return 1;
+}
+
+/*
+** Push the Lua value of box->tree (parsed from text) and free the tree; a
+** top-level event gets its type.  Raises only on memory errors (the box,
+** marked to-be-closed by the caller, then frees the tree).
+*/
+static void push_tree(lua_State *L, TreeBox *box, int eventsidx,
+                      const char *text, size_t len, int sawfloat) {
+  Walk w;
   w.L = L; w.text = text; w.len = len; w.sawfloat = sawfloat;
   w.numseen = 0; w.cur = 0; w.curcount = 0; w.curinstr = 0;
-  push_node(&w, tree);
-  cJSON_Delete(tree);
+  push_node(&w, box->tree);
+  cJSON_Delete(box->tree);
   box->tree = NULL;
-  if (lua_type(L, -1) == LUA_TTABLE && eventsidx != 0)
-    type_event(L, lua_gettop(L), eventsidx);
-  return 1;
+  if (lua_type(L, -1) == LUA_TTABLE)
+    type_event(L, lua_gettop(L), eventsidx);  /* may call Lua: the tree is gone */
+}
+
+/* The box at boxidx, checked for re-entrant use (a finalizer decoding mid-walk). */
+static TreeBox *freebox(lua_State *L, int boxidx) {
+  TreeBox *box = (TreeBox *)lua_touserdata(L, boxidx);
+  if (box->tree != NULL) luaL_error(L, "qmp: decoder used re-entrantly");
+  return box;
 }
 /* }====================================================== */
 
@@ -448,8 +460,9 @@ static int frame(lua_State *L, qmp_decoder *d, size_t *start, size_t *end) {
 int qmp_decoder_next(lua_State *L, int didx) {
   qmp_decoder *d = (qmp_decoder *)lua_touserdata(L, didx);
   size_t start = 0, end = 0;
-  char saved;
-  int r, top;
+  char saved, why[160];
+  TreeBox *box;
+  int r, ok, top;
   if (d->errkind != NULL) return qmp_fail(L, d->errkind, "%s", d->errmsg);
   r = frame(L, d, &start, &end);
   if (r != 1) return r;
@@ -457,11 +470,18 @@ int qmp_decoder_next(lua_State *L, int didx) {
   lua_getiuservalue(L, didx, UV_EVENTS);
   lua_getiuservalue(L, didx, UV_BOX);
   lua_toclose(L, top + 2);
-  saved = d->buf[end];  /* cap > len >= end: NUL-terminate in place */
+  box = freebox(L, top + 2);
+  saved = d->buf[end];  /* cap > len >= end: NUL-terminate in place for cJSON */
   d->buf[end] = '\0';
-  r = decode_text(L, top + 2, top + 1, d->buf + start, end - start, d->s.sawfloat);
+  ok = parse_text(box, d->buf + start, end - start, why, sizeof why);
   d->buf[end] = saved;
-  d->head = end;  /* consumed, even when it was bad JSON: the stream goes on */
+  d->head = end;  /* consumed before anything can raise; bad JSON too: the stream goes on */
+  if (ok) {
+    push_tree(L, box, top + 1, d->buf + start, end - start, d->s.sawfloat);
+    r = 1;
+  }
+  else
+    r = qmp_fail(L, "protocol", "%s", why);
   lua_closeslot(L, top + 2);
   lua_rotate(L, top + 1, r);  /* results down over the events table and box */
   lua_settop(L, top + r);
@@ -531,6 +551,8 @@ static int decoder_pending(lua_State *L) {
 static int core_decode(lua_State *L) {
   size_t len, pos = 0;
   const char *text = luaL_checklstring(L, 1, &len);
+  char why[160];
+  TreeBox *box;
   Scanner s;
   int r;
   memset(&s, 0, sizeof s);
@@ -540,9 +562,14 @@ static int core_decode(lua_State *L) {
   }
   lua_settop(L, 1);
   lua_getfield(L, LUA_REGISTRYINDEX, "qmp.events");
-  treebox_new(L);
+  box = treebox_new(L);
   lua_toclose(L, 3);
-  r = decode_text(L, 3, 2, text, len, s.sawfloat);  /* Lua strings end in NUL */
+  if (parse_text(box, text, len, why, sizeof why)) {  /* Lua strings end in NUL */
+    push_tree(L, box, 2, text, len, s.sawfloat);
+    r = 1;
+  }
+  else
+    r = qmp_fail(L, "protocol", "%s", why);
   lua_closeslot(L, 3);
   lua_rotate(L, 2, r);
   lua_settop(L, 1 + r);
