@@ -115,7 +115,10 @@ static int isspace_json(unsigned char c) {
 /* {====================================================== */
 /* Walk: cJSON tree -> Lua */
 
-typedef struct TreeBox { cJSON *tree; } TreeBox;
+typedef struct TreeBox {
+  cJSON *tree;          /* the tree being walked, or NULL */
+  int *busy;            /* the decoder's busy flag while a walk runs, or NULL */
+} TreeBox;
 
 typedef struct Walk {
   lua_State *L;
@@ -213,7 +216,7 @@ static int count_children(const cJSON *node) {
 static void push_node(Walk *w, const cJSON *node) {
   lua_State *L = w->L;
   const cJSON *child;
-  luaL_checkstack(L, 3, "JSON nesting too deep");
+  luaL_checkstack(L, 3, "cannot grow the Lua stack for a nested JSON value");
   switch (node->type & 0xFF) {
     case cJSON_False: lua_pushboolean(L, 0); break;
     case cJSON_True: lua_pushboolean(L, 1); break;
@@ -243,9 +246,14 @@ static void push_node(Walk *w, const cJSON *node) {
 
 static int treebox_close(lua_State *L) {
   TreeBox *box = (TreeBox *)lua_touserdata(L, 1);
-  if (box != NULL && box->tree != NULL) {
+  if (box == NULL) return 0;
+  if (box->tree != NULL) {
     cJSON_Delete(box->tree);
     box->tree = NULL;
+  }
+  if (box->busy != NULL) {  /* a walk was cut short by an error: the decoder is free again */
+    *box->busy = 0;
+    box->busy = NULL;
   }
   return 0;
 }
@@ -253,6 +261,7 @@ static int treebox_close(lua_State *L) {
 static TreeBox *treebox_new(lua_State *L) {
   TreeBox *box = (TreeBox *)lua_newuserdatauv(L, sizeof(TreeBox), 0);
   box->tree = NULL;
+  box->busy = NULL;
   luaL_setmetatable(L, TREEBOX_MT);
   return box;
 }
@@ -271,7 +280,8 @@ static const char *excerpt(char *out, const char *p, size_t n) {
 /* Give an event its type: the metatable events[name], created on first sight
 ** by the events table's __index (Lua).  Messages without data get data = {}. */
 static void type_event(lua_State *L, int msgidx, int eventsidx) {
-  if (lua_getfield(L, msgidx, "event") != LUA_TSTRING) {
+  lua_pushliteral(L, "event");
+  if (lua_rawget(L, msgidx) != LUA_TSTRING) {
     lua_pop(L, 1);
     return;
   }
@@ -284,9 +294,11 @@ static void type_event(lua_State *L, int msgidx, int eventsidx) {
   if (lua_type(L, -1) == LUA_TTABLE) lua_setmetatable(L, msgidx);
   else lua_pop(L, 1);
   lua_pop(L, 1);  /* the name */
-  if (lua_getfield(L, msgidx, "data") == LUA_TNIL) {
+  lua_pushliteral(L, "data");  /* raw: the type's __index must not answer */
+  if (lua_rawget(L, msgidx) == LUA_TNIL) {
+    lua_pushliteral(L, "data");
     lua_newtable(L);
-    lua_setfield(L, msgidx, "data");
+    lua_rawset(L, msgidx);
   }
   lua_pop(L, 1);
 }
@@ -335,12 +347,6 @@ static void push_tree(lua_State *L, TreeBox *box, int eventsidx,
     type_event(L, lua_gettop(L), eventsidx);  /* may call Lua: the tree is gone */
 }
 
-/* The box at boxidx, checked for re-entrant use (a finalizer decoding mid-walk). */
-static TreeBox *freebox(lua_State *L, int boxidx) {
-  TreeBox *box = (TreeBox *)lua_touserdata(L, boxidx);
-  if (box->tree != NULL) luaL_error(L, "qmp: decoder used re-entrantly");
-  return box;
-}
 /* }====================================================== */
 
 
@@ -357,6 +363,7 @@ struct qmp_decoder {
   size_t scan;          /* next byte for the scanner */
   size_t max_message;   /* largest message accepted */
   int inmsg;            /* the scanner is inside a message starting at head */
+  int busy;             /* a walk reads the buffer: it must not move */
   Scanner s;
   const char *errkind;  /* sticky framing error, or NULL */
   char errmsg[160];
@@ -383,6 +390,8 @@ qmp_decoder *qmp_decoder_new(lua_State *L, size_t max_message) {
 }
 
 char *qmp_decoder_reserve(lua_State *L, qmp_decoder *d, size_t n) {
+  if (d->busy)  /* e.g. a finalizer feeding the decoder in the middle of a walk */
+    luaL_error(L, "qmp: decoder used re-entrantly");
   if (d->head > 0 && d->cap - d->len <= n) {  /* slide the live bytes down first */
     memmove(d->buf, d->buf + d->head, d->len - d->head);
     d->len -= d->head;
@@ -463,6 +472,8 @@ int qmp_decoder_next(lua_State *L, int didx) {
   char saved, why[160];
   TreeBox *box;
   int r, ok, top;
+  if (d->busy)  /* a finalizer run by the walk: touch nothing, not even the framer */
+    return luaL_error(L, "qmp: decoder used re-entrantly");
   if (d->errkind != NULL) return qmp_fail(L, d->errkind, "%s", d->errmsg);
   r = frame(L, d, &start, &end);
   if (r != 1) return r;
@@ -470,14 +481,18 @@ int qmp_decoder_next(lua_State *L, int didx) {
   lua_getiuservalue(L, didx, UV_EVENTS);
   lua_getiuservalue(L, didx, UV_BOX);
   lua_toclose(L, top + 2);
-  box = freebox(L, top + 2);
+  box = (TreeBox *)lua_touserdata(L, top + 2);
   saved = d->buf[end];  /* cap > len >= end: NUL-terminate in place for cJSON */
   d->buf[end] = '\0';
   ok = parse_text(box, d->buf + start, end - start, why, sizeof why);
   d->buf[end] = saved;
   d->head = end;  /* consumed before anything can raise; bad JSON too: the stream goes on */
   if (ok) {
+    d->busy = 1;
+    box->busy = &d->busy;  /* cleared by the box if the walk raises */
     push_tree(L, box, top + 1, d->buf + start, end - start, d->s.sawfloat);
+    d->busy = 0;
+    box->busy = NULL;
     r = 1;
   }
   else

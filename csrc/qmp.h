@@ -67,6 +67,9 @@ size_t qmp_decoder_pending(qmp_decoder *d);          /* bytes of a partial messa
 
 /* transport.c: sockets. */
 void qmp_transport_open(lua_State *L);          /* adds connect_unix, connect_tcp, fdopen */
+
+/* poll.c: one poll() over many fds, for qmp.loop. */
+void qmp_poll_open(lua_State *L);              /* adds poll to the module table */
 double qmp_monotime(void);                      /* seconds, CLOCK_MONOTONIC */
 
 #pragma GCC visibility pop

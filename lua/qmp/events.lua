@@ -5,9 +5,12 @@
 --   function qmp.events.BLOCK_IO_ERROR:is_fatal() ... end
 -- Reading ev.member returns a method of the type if there is one, else
 -- ev.data.member, else a field of the type (doc, fields, ...).
+-- The types of the events in the catalogue (qmp.catalogue) exist from the
+-- start, with known = true and the catalogue's doc, since, fields, first,
+-- throttled; the others get known = false.
 local core = require "qmp.core"
 
-local type, rawget, rawset, pairs, tostring = type, rawget, rawset, pairs, tostring
+local type, rawget, rawset, pairs, ipairs, tostring = type, rawget, rawset, pairs, ipairs, tostring
 local concat, sort, format, date = table.concat, table.sort, string.format, os.date
 
 local events = core.events  -- shared with the C decoder, which looks types up here
@@ -85,10 +88,33 @@ local function new_type(name, known)
       local d = data[k]
       if d ~= nil then return d end
     end
+    -- A documented member the event lacks reads as nil, not as a field of
+    -- the type (NIC_RX_FILTER_CHANGED without "name" must not give T.name).
+    local fields = rawget(T, "fields")
+    if type(fields) == "table" and fields[k] ~= nil then return nil end
     return v
   end
   rawset(events, name, setmetatable(T, base))
   return T
+end
+
+-- A copy of a catalogue value, so that completing a type (vm:schema() adds
+-- members and enum values) never alters the catalogue itself.
+local function copy(v)
+  if type(v) ~= "table" then return v end
+  local c = {}
+  for k, x in pairs(v) do c[k] = copy(x) end
+  return c
+end
+
+-- The catalogue: every event this library documents gets its type now, so
+-- pairs(qmp.events) lists them all before any event arrives.
+for _, e in ipairs(require "qmp.catalogue") do
+  local T = new_type(e.name, true)
+  T.known = true
+  for _, k in ipairs({ "doc", "since", "removed", "fields", "first", "throttled", "throttle" }) do
+    T[k] = copy(e[k])
+  end
 end
 
 -- The decoder asks for events[name]; unknown names get a type on first sight.
@@ -97,6 +123,9 @@ setmetatable(events, {
     if type(name) == "string" then return new_type(name, false) end
   end,
 })
+
+-- Helpers of particular types (ev:progress(), ev:by_guest(), ...).
+require("qmp.event_methods")(events)
 
 return {
   types = events,

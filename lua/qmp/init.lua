@@ -7,11 +7,15 @@ local events = require "qmp.events"
 local errors = require "qmp.errors"
 local filter = require "qmp.filter"
 local Client = require "qmp.client"
+local loop = require "qmp.loop"
+local policy = require "qmp.policy"
 
 local qmp = {
   _VERSION = "qmp " .. core._VERSION,
   connect = Client.connect,
   Client = Client,
+  loop = loop,               -- qmp.loop{ vm1, vm2 }: one poll loop for many VMs
+  policy = policy,           -- qmp.policy.resume_on_io_error(vm, opts): see README
   events = events.types,     -- qmp.events.STOP is the type of STOP events
   Event = events.Event,      -- methods every event has
   errors = errors,

@@ -34,6 +34,7 @@ M.lua = "lua5.4"
 
 local here = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
 local SERVER = here .. "fake_qmp_server.lua"
+local MANY = here .. "fake_qmp_many.lua"
 
 -- The greeting of QEMU 7.2 as packaged by Debian 12, with capabilities.
 function M.greeting_with(capabilities)
@@ -126,6 +127,29 @@ function M.start(steps, opts)
   srv.pid = proc.spawn({ M.lua, SERVER, srv.path, dir .. "/steps.lua", dir .. "/received",
     dir .. "/status", tostring(opts.watchdog or 60) }, dir .. "/server.log")
 
+  local up = proc.wait_until(function()
+    return proc.listening(srv.path) or not proc.alive(srv.pid)
+  end, opts.start_timeout or 5)
+  if not (up and proc.listening(srv.path)) then
+    local log = srv:log()
+    srv:stop()
+    error("fake QMP server did not start:\n" .. log, 2)
+  end
+  running[srv] = true
+  return srv
+end
+
+-- A server for n connections on one socket (fake_qmp_many.lua): each is
+-- greeted and negotiated; once all n are in, connection k gets one
+-- RTC_CHANGE event with offset k; all stay open until their client closes.
+-- opts as for start.  The result has the methods of a start() server.
+function M.start_many(n, opts)
+  opts = opts or {}
+  assert(math.type(n) == "integer" and n > 0, "fake_qmp.start_many: n must be a positive integer")
+  local dir = tmp.dir("fakeqmp")
+  local srv = setmetatable({ dir = dir, path = dir .. "/qmp.sock" }, Server)
+  srv.pid = proc.spawn({ M.lua, MANY, srv.path, tostring(n), dir .. "/status",
+    tostring(opts.watchdog or 60) }, dir .. "/server.log")
   local up = proc.wait_until(function()
     return proc.listening(srv.path) or not proc.alive(srv.pid)
   end, opts.start_timeout or 5)

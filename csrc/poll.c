@@ -1,0 +1,78 @@
+/*
+** poll.c: one poll() over many monitor connections, for qmp.loop.
+**
+** core.poll(fds, timeout) waits until at least one fd of the list is
+** readable (or hung up, or in error) and returns the 1-based indices of the
+** ready ones; an empty list when the timeout passes.  As everywhere in the
+** core, the wait is against a CLOCK_MONOTONIC deadline and retried on EINTR.
+*/
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <poll.h>
+#include <string.h>
+
+#include "qmp.h"
+
+#if !defined(QMP_MAX_POLL)
+#define QMP_MAX_POLL 65536   /* fds in one core.poll call */
+#endif
+
+/* core.poll(fds, timeout) -> { index, ... } | nil, err
+** fds: list of integers (a negative fd is skipped); timeout: seconds,
+** nil = forever, 0 = just check. */
+static int core_poll(lua_State *L) {
+  lua_Integer n, i;
+  double t, deadline;
+  struct pollfd *p;
+  int r, ms, ready;
+  luaL_checktype(L, 1, LUA_TTABLE);
+  t = luaL_optnumber(L, 2, -1);
+  luaL_argcheck(L, !isnan(t), 2, "timeout must be a number");
+  deadline = t < 0 ? HUGE_VAL : qmp_monotime() + t;
+  n = luaL_len(L, 1);
+  if (n > QMP_MAX_POLL)
+    return luaL_argerror(L, 1, lua_pushfstring(L, "too many fds (%I, the limit is %d)",
+                                               n, (int)QMP_MAX_POLL));
+  /* Lua owns the array: an error below cannot leak it. */
+  p = (struct pollfd *)lua_newuserdatauv(L, (n > 0 ? (size_t)n : 1) * sizeof *p, 0);
+  for (i = 0; i < n; i++) {
+    lua_Integer fd;
+    int isint;
+    lua_geti(L, 1, i + 1);
+    fd = lua_tointegerx(L, -1, &isint);
+    if (!isint)
+      return luaL_argerror(L, 1, lua_pushfstring(L, "fds[%I] is not an integer",
+                                                 i + 1));
+    lua_pop(L, 1);
+    p[i].fd = (fd < 0 || fd > INT_MAX) ? -1 : (int)fd;
+    p[i].events = POLLIN;
+    p[i].revents = 0;
+  }
+  for (;;) {
+    if (deadline == HUGE_VAL) ms = -1;
+    else {
+      double left = deadline - qmp_monotime();
+      ms = left <= 0 ? 0 : left * 1000 > INT_MAX ? INT_MAX : (int)ceil(left * 1000);
+    }
+    r = poll(p, (nfds_t)n, ms);
+    if (r >= 0 || errno != EINTR) {
+      if (r < 0) return qmp_fail(L, "io", "poll: %s", strerror(errno));
+      if (r > 0 || ms == 0 || qmp_monotime() >= deadline) break;
+    }
+  }
+  lua_createtable(L, r > 0 ? r : 0, 0);
+  ready = 0;
+  for (i = 0; i < n; i++) {
+    if (p[i].fd >= 0 && p[i].revents != 0) {   /* POLLIN, POLLHUP, POLLERR, POLLNVAL */
+      lua_pushinteger(L, i + 1);
+      lua_rawseti(L, -2, ++ready);
+    }
+  }
+  return 1;
+}
+
+void qmp_poll_open(lua_State *L) {
+  lua_pushcfunction(L, core_poll);
+  lua_setfield(L, -2, "poll");
+}

@@ -1,0 +1,176 @@
+--- Policies: ready-made reactions to events, built on vm:on and vm:after.
+--   local p = qmp.policy.resume_on_io_error(vm, { retries = 3, window = 60 })
+--   vm:run()
+--   p:off()
+-- See README "Policies: resume after I/O error".
+local core = require "qmp.core"
+local errors = require "qmp.errors"
+
+local type, error, tostring, format = type, error, tostring, string.format
+local monotime, min = core.monotime, math.min
+
+local policy = {}
+
+local Policy = { __name = "qmp.Policy" }
+Policy.__index = Policy
+
+--- Stop the policy: remove its subscriptions and cancel pending resumes.
+-- Idempotent.
+function Policy:off()
+  if not self.active then return end
+  self.active = false
+  for _, sub in ipairs(self._subs) do sub:off() end
+  for t in pairs(self._timers) do t:cancel() end
+  self._timers = {}
+  for _, st in pairs(self.state) do st.pending = nil end
+end
+
+local function present(v)
+  return type(v) == "string" and v ~= "" and v or nil
+end
+
+-- The device an error is about: qom-path, else node-name, else device.
+-- (QEMU sends device = "" for -blockdev nodes.)
+local function device_key(ev)
+  return present(ev["qom-path"]) or present(ev["node-name"]) or present(ev.device) or "?"
+end
+
+local function check_number(opts, name, default, lowest, integer)
+  local v = opts[name]
+  if v == nil then return default end
+  if type(v) ~= "number" or v < lowest or (integer and math.type(v) ~= "integer") then
+    error(("qmp.policy.resume_on_io_error: %s must be %s >= %s")
+          :format(name, integer and "an integer" or "a number", tostring(lowest)), 3)
+  end
+  return v
+end
+
+local function check_function(opts, name)
+  local v = opts[name]
+  if v ~= nil and type(v) ~= "function" then
+    error(("qmp.policy.resume_on_io_error: %s must be a function"):format(name), 3)
+  end
+  return v
+end
+
+-- Report a failed command through vm.on_error; never raise.
+local function report(vm, what, err)
+  local message = "resume_on_io_error: " .. what .. ": " .. tostring(err and err.message or err)
+  local e = errors.new(err and err.kind or "io", message, { cause = err })
+  if vm._report then
+    vm:_report(e)
+  elseif vm.on_error then
+    pcall(vm.on_error, e, vm)
+  end
+end
+
+--- Resume a VM that an I/O error paused, a bounded number of times.
+-- On BLOCK_IO_ERROR with action "stop", wait delay * backoff^(n-1) seconds
+-- (n = resumes of that device within the last `window` seconds, this one
+-- included; at most max_delay), check that query-status says "io-error" and
+-- send cont.  After `retries` resumes of one device within the window, give
+-- up: call on_give_up(ev, vm) once and leave the VM paused.
+-- opts: retries (3), window (60), delay (1), backoff (2), max_delay (300),
+--       on_give_up(ev, vm), on_resume(ev, vm, attempt), log(line).
+-- Returns a handle: p:off(); p.resumes, p.give_ups, p.errors_seen; p.state.
+function policy.resume_on_io_error(vm, opts)
+  if type(vm) ~= "table" or type(vm.on) ~= "function" then
+    error("qmp.policy.resume_on_io_error: expected a client", 2)
+  end
+  if opts ~= nil and type(opts) ~= "table" then
+    error("qmp.policy.resume_on_io_error: options must be a table", 2)
+  end
+  opts = opts or {}
+  local retries = check_number(opts, "retries", 3, 0, true)
+  local window = check_number(opts, "window", 60, 0)
+  local delay = check_number(opts, "delay", 1, 0)
+  local backoff = check_number(opts, "backoff", 2, 1)
+  local max_delay = check_number(opts, "max_delay", 300, 0)
+  local on_give_up = check_function(opts, "on_give_up")
+  local on_resume = check_function(opts, "on_resume")
+  local log = check_function(opts, "log") or function() end
+
+  local p = setmetatable({
+    active = true,
+    resumes = 0,      -- cont commands sent and accepted
+    give_ups = 0,     -- give-up episodes
+    errors_seen = 0,  -- BLOCK_IO_ERROR events with action "stop"
+    state = {},       -- per device key: { times = {...}, pending = timer, gave_up = bool, errors = n }
+    _timers = {},
+    _subs = {},
+  }, Policy)
+
+  local function state_of(key)
+    local st = p.state[key]
+    if not st then
+      st = { times = {}, pending = nil, gave_up = false, errors = 0 }
+      p.state[key] = st
+    end
+    return st
+  end
+
+  -- Drop resume times older than the window; returns how many remain.
+  local function recent(st, now)
+    local kept = {}
+    for _, t in ipairs(st.times) do
+      if now - t < window then kept[#kept + 1] = t end
+    end
+    st.times = kept
+    return #kept
+  end
+
+  local function resume(key, st, ev, attempt, timer)
+    p._timers[timer] = nil
+    st.pending = nil
+    if not p.active then return end
+    local status, err = vm:execute("query-status")
+    if not status then report(vm, "query-status", err); return end
+    if status.status ~= "io-error" then
+      log(format("%s: not resuming: VM status is %q, not \"io-error\"", key, tostring(status.status)))
+      return
+    end
+    local ok, cerr = vm:execute("cont")
+    if not ok then report(vm, "cont", cerr); return end
+    st.times[#st.times + 1] = monotime()
+    p.resumes = p.resumes + 1
+    log(format("%s: cont sent (attempt %d of %d)", key, attempt, retries))
+    if on_resume then on_resume(ev, vm, attempt) end
+  end
+
+  local function on_error(ev)
+    if ev.action ~= "stop" then return end
+    p.errors_seen = p.errors_seen + 1
+    local key = device_key(ev)
+    local st = state_of(key)
+    st.errors = st.errors + 1
+    local what = tostring(ev.operation or "?") .. (ev.nospace == true and ", no space" or "")
+    if st.pending then return end            -- one resume already scheduled for this pause
+    local n = recent(st, monotime()) + 1
+    if n > retries then
+      if not st.gave_up then
+        st.gave_up = true
+        p.give_ups = p.give_ups + 1
+        log(format("giving up: %s: I/O error (%s) after %d resume%s within %g s; VM left paused",
+                   key, what, retries, retries == 1 and "" or "s", window))
+        if on_give_up then on_give_up(ev, vm) end
+      end
+      return
+    end
+    local wait = min(delay * backoff ^ (n - 1), max_delay)
+    log(format("%s: I/O error (%s), VM paused; resuming in %s s (attempt %d of %d)",
+               key, what, format(wait < 1 and "%.2f" or "%.1f", wait), n, retries))
+    local timer
+    timer = vm:after(wait, function() resume(key, st, ev, n, timer) end)
+    st.pending = timer
+    p._timers[timer] = true
+  end
+
+  p._subs[1] = vm:on("BLOCK_IO_ERROR", on_error)
+  -- Someone resumed the VM after a give-up: a new error starts a new episode.
+  p._subs[2] = vm:on("RESUME", function()
+    for _, st in pairs(p.state) do st.gave_up = false end
+  end)
+  return p
+end
+
+return policy

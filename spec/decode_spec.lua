@@ -1,0 +1,1032 @@
+-- qmp.core decode() and decoder(): JSON text to Lua values, and the framer
+-- that cuts a QMP byte stream into messages whatever the chunking.
+local core = require "qmp.core"
+require "qmp.events"  -- installs the event types (core.events[name])
+
+local decode = core.decode
+-- Locals: inside busted every global lookup is slow, and some tests below
+-- compare thousands of decoded messages.
+local type, next, rawget, rawequal, getmetatable, tostring, error =
+  type, next, rawget, rawequal, getmetatable, tostring, error
+local mathtype = math.type
+
+local function fixture(name)
+  local f = assert(io.open("spec/fixtures/" .. name, "rb"))
+  local text = f:read("a")
+  f:close()
+  return text
+end
+
+-- Marks an expected qmp.uint64 (an integer in 2^63 .. 2^64-1) by its digits.
+local U64 = {}
+local function U(digits) return setmetatable({ digits = digits }, U64) end
+
+-- A plain check for hot loops: luassert's assertions cost far more than the
+-- decoding they would check thousands of times over.
+local function check(ok, message)
+  if not ok then error(message, 2) end
+end
+
+local function show(v)
+  if type(v) == "string" then return string.format("%q", v) end
+  if mathtype(v) then return mathtype(v) .. " " .. tostring(v) end
+  if v == core.null then return "null" end
+  if type(v) == "table" and getmetatable(v) ~= U64 then return next(v) == nil and "{}" or "a table" end
+  return tostring(v)
+end
+
+-- Where and how actual differs from expected (path is where we are), or nil.
+-- Stricter than assert.same: integers and floats differ, a uint64 is checked by its digits
+-- and its metatable, tables are compared raw and, with with_mt, by metatable.
+local function slowdiff(expected, actual, with_mt, path)
+  if getmetatable(expected) == U64 then
+    if mathtype(actual) ~= nil or getmetatable(actual) ~= core.uint64_mt then
+      return path .. ": expected a qmp.uint64 " .. expected.digits .. ", got " .. show(actual)
+    end
+    if tostring(actual) ~= expected.digits then
+      return path .. ": expected " .. expected.digits .. ", got " .. tostring(actual)
+    end
+    return nil
+  end
+  if type(expected) ~= type(actual) then
+    return path .. ": expected " .. show(expected) .. ", got " .. show(actual)
+  end
+  if type(expected) == "number" then
+    if mathtype(expected) ~= mathtype(actual) or expected ~= actual
+       or (expected == 0 and 1 / expected ~= 1 / actual) then
+      return path .. ": expected " .. show(expected) .. ", got " .. show(actual)
+    end
+    return nil
+  end
+  if type(expected) == "userdata" and getmetatable(expected) == core.uint64_mt then
+    return slowdiff(U(tostring(expected)), actual, with_mt, path)
+  end
+  if type(expected) ~= "table" then
+    if rawequal(expected, actual) then return nil end
+    return path .. ": expected " .. show(expected) .. ", got " .. show(actual)
+  end
+  if with_mt and getmetatable(expected) ~= getmetatable(actual) then
+    return path .. ": different metatables"
+  end
+  for k, v in next, expected do
+    local d = slowdiff(v, rawget(actual, k), with_mt, path .. "[" .. show(k) .. "]")
+    if d then return d end
+  end
+  for k, v in next, actual do
+    if rawget(expected, k) == nil then
+      return path .. "[" .. show(k) .. "]: unexpected " .. show(v)
+    end
+  end
+  return nil
+end
+
+-- The fast check diff() makes first: most comparisons succeed, and building
+-- paths for them would cost more than the decoding under test.
+local function same(expected, actual, with_mt)
+  local te = type(expected)
+  if getmetatable(expected) == U64 then return slowdiff(expected, actual, with_mt, "") == nil end
+  if te ~= type(actual) then return false end
+  if te == "number" then
+    return mathtype(expected) == mathtype(actual) and expected == actual
+      and (expected ~= 0 or 1 / expected == 1 / actual)
+  end
+  if te ~= "table" then
+    return slowdiff(expected, actual, with_mt, "") == nil
+  end
+  if with_mt and getmetatable(expected) ~= getmetatable(actual) then return false end
+  for k, v in next, expected do
+    if not same(v, rawget(actual, k), with_mt) then return false end
+  end
+  for k in next, actual do
+    if rawget(expected, k) == nil then return false end
+  end
+  return true
+end
+
+-- nil when actual is expected, else where and how they differ.
+local function diff(expected, actual, with_mt)
+  if same(expected, actual, with_mt) then return nil end
+  return slowdiff(expected, actual, with_mt, "value")
+end
+
+local function assert_same(expected, actual, with_mt)
+  local d = diff(expected, actual, with_mt)
+  assert(d == nil, d)
+end
+
+local function assert_integer(expected, v)
+  assert.equal("integer", mathtype(v), "expected the integer " .. expected .. ", got " .. show(v))
+  assert.equal(expected, v)
+end
+
+local function assert_float(expected, v)
+  assert.equal("float", mathtype(v), "expected the float " .. expected .. ", got " .. show(v))
+  assert.equal(expected, v)
+end
+
+local function assert_uint64(digits, v)
+  local d = diff(U(digits), v)
+  assert(d == nil, d)
+end
+
+-- decode() must fail with kind; returns the error.
+local function decode_fails(text, kind)
+  local v, err = decode(text)
+  assert.is_nil(v, "expected an error for " .. string.format("%q", text:sub(1, 60)))
+  assert.is_table(err)
+  assert.equal(kind, err.kind)
+  assert.equal(core.Error, getmetatable(err))
+  assert.equal(err.kind .. ": " .. err.message, tostring(err))
+  return err
+end
+
+-- Every message d yields until it needs more bytes; an error fails the test.
+local function drain(d, out)
+  out = out or {}
+  while true do
+    local msg, err = d:next()
+    if msg == nil then
+      check(err == nil, err and tostring(err))
+      return out
+    end
+    out[#out + 1] = msg
+  end
+end
+
+-- The messages of text fed in pieces whose sizes size() gives.
+local function decode_chunked(text, size, opts)
+  local d = core.decoder(opts)
+  local out, pos = {}, 1
+  while pos <= #text do
+    local n = size(pos)
+    d:feed(text:sub(pos, pos + n - 1))
+    pos = pos + n
+    drain(d, out)
+  end
+  check(d:pending() == 0, "bytes left over")
+  return out
+end
+
+local function decode_stream(text, opts)
+  return decode_chunked(text, function() return #text end, opts)
+end
+
+local function split_in_two(text, at)
+  local d = core.decoder()
+  local out = drain(d:feed(text:sub(1, at)))
+  drain(d:feed(text:sub(at + 1)), out)
+  check(d:pending() == 0, "bytes left over")
+  return out
+end
+
+-- The real QEMU 7.2 session of spec/fixtures/qemu-7.2-session.txt.
+local VERSION = { qemu = { micro = 22, minor = 2, major = 7 }, package = "Debian 1:7.2+dfsg-7+deb12u18+b3" }
+local function session(ts)
+  local function t(i) return { seconds = ts[i][1], microseconds = ts[i][2] } end
+  return {
+    { QMP = { version = VERSION, capabilities = { "oob" } } },
+    { ["return"] = {} },
+    { ["return"] = { status = "prelaunch", singlestep = false, running = false }, id = 1 },
+    { timestamp = t(1), event = "RESUME", data = {} },
+    { ["return"] = {}, id = 2 },
+    { timestamp = t(2), event = "STOP", data = {} },
+    { ["return"] = {}, id = "s" },
+    { id = 3, error = { class = "CommandNotFound", desc = "The command no-such-command has not been found" } },
+    { timestamp = t(3), event = "RESET", data = { guest = false, reason = "host-qmp-system-reset" } },
+    { ["return"] = {}, id = 4 },
+    { timestamp = t(4), event = "DEVICE_TRAY_MOVED", data = { device = "", ["tray-open"] = true, id = "cd0" } },
+    { ["return"] = {}, id = 5 },
+    { ["return"] = VERSION, id = 6 },
+    { ["return"] = "VM status: paused (prelaunch)\r\n", id = 7 },
+    { timestamp = t(5), event = "SHUTDOWN", data = { guest = false, reason = "host-qmp-quit" } },
+    { ["return"] = {}, id = 8 },
+  }
+end
+
+local FIXTURES = {
+  { "qemu-7.2-session.txt", session({ { 1795288011, 599184 }, { 1795288012, 100241 }, { 1795288013, 103603 },
+                                       { 1795288013, 605158 }, { 1795288015, 109144 } }) },
+  { "qemu-7.2-pretty.txt", session({ { 1795288016, 636660 }, { 1795288017, 137745 }, { 1795288018, 141385 },
+                                      { 1795288018, 642951 }, { 1795288020, 146680 } }) },
+}
+
+-- The fixture as QEMU wrote it (\r\n), with \n only, and with no line breaks
+-- between messages at all.
+local function variants(name)
+  local crlf = fixture(name)
+  assert.equal(16, select(2, ("\n" .. crlf):gsub("\n{", "")), "messages in " .. name)
+  return {
+    { "\\r\\n", crlf },
+    { "\\n", (crlf:gsub("\r\n", "\n")) },
+    { "no newline", (crlf:gsub("}\r?\n{", "}{")) },
+  }
+end
+
+local function check_typed(list)
+  for i, msg in ipairs(list) do
+    if type(rawget(msg, "event")) == "string" then
+      assert.equal(core.events[rawget(msg, "event")], getmetatable(msg), "message " .. i)
+    else
+      assert.is_nil(getmetatable(msg), "message " .. i)
+    end
+  end
+end
+
+describe("qmp.core decode()", function()
+  describe("values", function()
+    it("accepts any JSON value at the top level", function()
+      assert_integer(1, decode("1"))
+      assert.equal("s", decode('"s"'))
+      assert.is_true(decode("true"))
+      assert.is_false(decode("false"))
+      assert.equal(core.null, decode("null"))
+      assert_same({}, decode("[]"))
+      assert_same({}, decode("{}"))
+      assert_same({ 1, "a", { b = false } }, decode('[1,"a",{"b":false}]'))
+    end)
+
+    it("allows whitespace around the value", function()
+      assert_same({ a = 1 }, decode(' \t\r\n{"a" : 1}\r\n \t'))
+      assert_same({ a = { 1, 2 } }, decode('{\r\n  "a": [\r\n    1,\r\n    2\r\n  ]\r\n}\r\n'))
+    end)
+
+    it("keeps JSON null as core.null, in arrays (positions kept) and objects", function()
+      assert.equal("userdata", type(core.null))
+      local t = decode('[null,1,null,"x",null]')
+      assert.equal(5, #t)
+      assert.equal(core.null, t[1])
+      assert_integer(1, t[2])
+      assert.equal(core.null, t[3])
+      assert.equal("x", t[4])
+      assert.equal(core.null, t[5])
+      local o = decode('{"a":null,"b":{"c":null}}')
+      assert.equal(core.null, o.a)
+      assert.equal(core.null, o.b.c)
+    end)
+
+    it("keeps keys case-sensitive", function()
+      local v = decode('{"Return":1,"ID":2}')
+      assert.is_nil(v["return"])
+      assert.is_nil(v.id)
+      assert_integer(1, v.Return)
+      assert_integer(2, v.ID)
+    end)
+
+    it("keeps the last of duplicate keys", function()
+      assert_same({ a = 2, b = "x" }, decode('{"a":1,"b":"x","a":2}'))
+      assert_same({ a = { 2 } }, decode('{"a":{"z":1},"a":[2]}'))
+      -- the exact-integer cursor counts the overwritten numbers too
+      local v = decode('{"a":18446744073709551615,"b":1.5,"a":9007199254740993,"c":9223372036854775808}')
+      assert_integer(9007199254740993, v.a)
+      assert_float(1.5, v.b)
+      assert_uint64("9223372036854775808", v.c)
+    end)
+
+    it("makes a table per object and array, never shared", function()
+      local v = decode('[{},{},[],[]]')
+      assert.are_not.equal(v[1], v[2])
+      assert.are_not.equal(v[3], v[4])
+    end)
+
+    it("requires a string", function()
+      assert.has_error(function() decode() end)
+      assert.has_error(function() decode({}) end)
+    end)
+  end)
+
+  describe("numbers", function()
+    it("keeps small integers as integers", function()
+      assert_integer(0, decode("0"))
+      assert_integer(0, decode("-0"))
+      assert_integer(-1, decode("-1"))
+      assert_integer(42, decode("42"))
+      assert_integer(9007199254740991, decode("9007199254740991"))
+      assert_integer(-9007199254740991, decode("-9007199254740991"))
+    end)
+
+    it("keeps every int64 exact, beyond 2^53", function()
+      assert_integer(9007199254740992, decode("9007199254740992"))
+      assert_integer(9007199254740993, decode("9007199254740993"))  -- 2^53 + 1: a double rounds it
+      assert_integer(-9007199254740993, decode("-9007199254740993"))
+      assert_integer(1234567890123456789, decode("1234567890123456789"))
+      assert_integer(math.maxinteger, decode("9223372036854775807"))
+      assert_integer(math.maxinteger - 1, decode("9223372036854775806"))
+      assert_integer(math.mininteger, decode("-9223372036854775808"))
+      assert_integer(math.mininteger + 1, decode("-9223372036854775807"))
+    end)
+
+    it("boxes 2^63 .. 2^64-1 as qmp.uint64", function()
+      assert_uint64("9223372036854775808", decode("9223372036854775808"))
+      assert_uint64("9223372036854775809", decode("9223372036854775809"))
+      assert_uint64("18446744073709551614", decode("18446744073709551614"))
+      assert_uint64("18446744073709551615", decode("18446744073709551615"))
+    end)
+
+    it("gives floats beyond the 64-bit ranges", function()
+      assert_float(18446744073709551616.0, decode("18446744073709551616"))
+      assert_float(-9223372036854775809.0, decode("-9223372036854775809"))
+      assert_float(1e30, decode("1000000000000000000000000000000"))
+      assert_float(-1e30, decode("-1000000000000000000000000000000"))
+    end)
+
+    it("keeps numbers written with a fraction or an exponent as floats", function()
+      assert_float(1.0, decode("1.0"))
+      assert_float(1000.0, decode("1e3"))
+      assert_float(100.0, decode("1E2"))
+      assert_float(100.0, decode("1e+2"))
+      assert_float(0.01, decode("1e-2"))
+      assert_float(-0.5, decode("-0.5"))
+      assert_float(9007199254740992.0, decode("9007199254740993.0"))
+      assert_float(1.8446744073709552e19, decode("18446744073709551615.0"))
+      assert_float(1e19, decode("1e19"))
+      local z = decode("-0.0")
+      assert_float(0.0, z)
+      assert.equal(-math.huge, 1 / z)
+      assert_float(math.huge, decode("1e999"))
+      assert_float(-math.huge, decode("-1e999"))
+    end)
+
+    it("gives timestamps as integers", function()
+      local ev = decode('{"timestamp": {"seconds": 1795288011, "microseconds": 599184}, "event": "STOP"}')
+      assert_integer(1795288011, ev.timestamp.seconds)
+      assert_integer(599184, ev.timestamp.microseconds)
+      ev = decode('{"event": "X", "data": {"t": 0.5}, "timestamp": {"seconds": 1795288011, "microseconds": 5}}')
+      assert_integer(1795288011, ev.timestamp.seconds)
+      assert_integer(5, ev.timestamp.microseconds)
+      assert_float(0.5, ev.data.t)
+    end)
+
+    it("finds big integers in arrays and nested objects, past strings that look like numbers", function()
+      local v = decode('{"a\\"1":"-2 3","k":[1.5,"9",18446744073709551615,{"x-1":9007199254740993}]}')
+      assert.equal("-2 3", v['a"1'])
+      assert_float(1.5, v.k[1])
+      assert.equal("9", v.k[2])
+      assert_uint64("18446744073709551615", v.k[3])
+      assert_integer(9007199254740993, v.k[4]["x-1"])
+
+      -- the same without any float in the message
+      v = decode('{"a\\"1":"-2 3","k":[7,"9",18446744073709551615,{"x-1":9007199254740993}],' ..
+                 '"-5":-9223372036854775808}')
+      assert_integer(7, v.k[1])
+      assert_uint64("18446744073709551615", v.k[3])
+      assert_integer(9007199254740993, v.k[4]["x-1"])
+      assert_integer(math.mininteger, v["-5"])
+
+      -- escaped backslashes right before a quote, and number-like keys and strings
+      v = decode('{"s":"\\\\","1e5":"\\\\\\"12","-0.5":[-1,"1.5e3",9223372036854775808],' ..
+                 '"18446744073709551615":9007199254740995,"t":"x\\"y\\\\","n":-9007199254740995}')
+      assert.equal("\\", v.s)
+      assert.equal('\\"12', v["1e5"])
+      assert_integer(-1, v["-0.5"][1])
+      assert.equal("1.5e3", v["-0.5"][2])
+      assert_uint64("9223372036854775808", v["-0.5"][3])
+      assert_integer(9007199254740995, v["18446744073709551615"])
+      assert.equal('x"y\\', v.t)
+      assert_integer(-9007199254740995, v.n)
+    end)
+
+    it("handles floats and big integers in one message", function()
+      local v = decode('{"f":0.5,"big":18446744073709551615,"i":9007199254740993,' ..
+                       '"neg":-9223372036854775808,"one":1.0,"n":[1e3,42,-0,2E1,' ..
+                       '9223372036854775807,18446744073709551616,-0.0,3]}')
+      assert_float(0.5, v.f)
+      assert_uint64("18446744073709551615", v.big)
+      assert_integer(9007199254740993, v.i)
+      assert_integer(math.mininteger, v.neg)
+      assert_float(1.0, v.one)
+      assert_float(1000.0, v.n[1])
+      assert_integer(42, v.n[2])
+      assert_integer(0, v.n[3])
+      assert_float(20.0, v.n[4])
+      assert_integer(math.maxinteger, v.n[5])
+      assert_float(18446744073709551616.0, v.n[6])
+      assert_float(0.0, v.n[7])
+      assert_integer(3, v.n[8])
+      assert.equal(8, #v.n)
+    end)
+
+    it("reads many numbers of every kind in document order", function()
+      math.randomseed(1846)
+      local text, expected = {}, {}
+      -- the decimal digits of the 64 bits of i read as unsigned
+      local function udigits(i) local q = (i >> 1) // 5; return string.format("%d%d", q, i - q * 10) end
+      local kinds = {
+        function() local i = math.random(-1000000, 1000000); return tostring(i), i end,
+        function() local i = math.random(0); return string.format("%d", i), i end,
+        function() local u = math.random(0) | math.mininteger; return udigits(u), U(udigits(u)) end,
+        function() local f = math.random(-1000000, 1000000) + 0.25; return string.format("%.2f", f), f end,
+        function() local e = math.random(0, 20); return "1e" .. e, 10.0 ^ e end,
+        function() return "-0", 0 end,
+        function() return '"-12 3e4\\"5,6]"', '-12 3e4"5,6]' end,
+        function() return '{"9-1":' .. "18446744073709551615" .. "}", { ["9-1"] = U("18446744073709551615") } end,
+      }
+      for i = 1, 400 do
+        local t, v = kinds[math.random(#kinds)]()
+        text[i], expected[i] = t, v
+      end
+      local doc = "[" .. table.concat(text, ",") .. "]"
+      assert_same(expected, decode(doc))
+      local obj = decode('{"x":' .. doc .. ',"y":"18446744073709551615"}')
+      assert_same({ x = expected, y = "18446744073709551615" }, obj)
+      -- and the same through the stream decoder, in random pieces
+      local msgs = decode_chunked('{"x":' .. doc .. '}\n', function() return math.random(1, 40) end)
+      assert_same({ { x = expected } }, msgs)
+    end)
+
+    it("reads '.' as the decimal point whatever the locale", function()
+      local saved = os.setlocale(nil, "numeric")
+      local locale = os.setlocale("de_DE.UTF-8", "numeric") or os.setlocale("fr_FR.UTF-8", "numeric")
+        or os.setlocale("de_DE.utf8", "numeric") or os.setlocale("fr_FR.utf8", "numeric")
+      finally(function() os.setlocale(saved, "numeric") end)
+      if not locale then
+        pending("no locale with a decimal comma is installed")
+        return
+      end
+      assert_same({ 1.5, -0.25, 1000.0, 18446744073709551616.0 }, decode("[1.5,-0.25,1e3,18446744073709551616]"))
+    end)
+  end)
+
+  describe("strings", function()
+    it("decodes the escapes", function()
+      assert.equal("\n\t\r\b\f\"\\/", decode('"\\n\\t\\r\\b\\f\\"\\\\\\/"'))
+      assert.equal("caf\xC3\xA9 \xC3\xA9 \xE2\x82\xAC", decode('"caf\\u00e9 \\u00E9 \\u20ac"'))
+      assert.equal("A\x7F\xC2\x80", decode('"\\u0041\\u007f\\u0080"'))
+    end)
+
+    it("joins a surrogate pair into one UTF-8 character", function()
+      assert.equal("\xF0\x9F\x98\x80", decode('"\\ud83d\\ude00"'))
+      assert.equal("<\xF4\x8F\xBF\xBF>", decode('"<\\uDBFF\\uDFFF>"'))
+    end)
+
+    it("passes raw UTF-8 and raw control characters through", function()
+      assert.equal("caf\xC3\xA9 \xF0\x9F\x98\x80", decode('"caf\xC3\xA9 \xF0\x9F\x98\x80"'))
+      assert.equal("\1\31\127a\tb\nc", decode('"\1\31\127a\tb\nc"'))
+    end)
+
+    it("rejects \\u0000, which a Lua string could hold but cJSON cuts short", function()
+      local err = decode_fails('{"a":"x\\u0000y"}', "protocol")
+      assert.matches("\\u0000", err.message, 1, true)
+      decode_fails('"\\u0000"', "protocol")
+    end)
+
+    it("rejects bad \\u escapes", function()
+      local err = decode_fails('"\\uZZZZ"', "protocol")
+      assert.matches("invalid \\u escape", err.message, 1, true)
+      decode_fails('"\\u12G4"', "protocol")
+      decode_fails('"\\u12"', "protocol")
+      decode_fails('"\\ud83d"', "protocol")         -- lone high surrogate
+      decode_fails('"\\udc00"', "protocol")         -- lone low surrogate
+      decode_fails('"\\ud83d\\u0041"', "protocol")  -- high surrogate, no low one
+    end)
+
+    it("rejects unknown escapes", function()
+      local err = decode_fails('"\\x41"', "protocol")
+      assert.matches("invalid escape", err.message, 1, true)
+      decode_fails('"\\a"', "protocol")
+      decode_fails('"\\U00e9"', "protocol")
+      decode_fails('"\\\0"', "protocol")
+    end)
+
+    it("rejects a raw NUL byte, in a string or not", function()
+      local err = decode_fails('{"a":"x\0y"}', "protocol")
+      assert.matches("NUL", err.message)
+      decode_fails('{"a":1\0}', "protocol")
+      decode_fails('{"a":1}\0', "protocol")
+    end)
+
+    it("decodes long strings", function()
+      local s = ("0123456789abcdef\xC3\xA9"):rep(100000)
+      local v = decode('{"s":"' .. s .. '","n":18446744073709551615}')
+      assert.equal(s, v.s)
+      assert_uint64("18446744073709551615", v.n)
+    end)
+  end)
+
+  describe("errors", function()
+    it("rejects trailing data", function()
+      local err = decode_fails('{"a":1} x', "protocol")
+      assert.matches("trailing", err.message)
+      decode_fails('{"a":1}{"b":2}', "protocol")
+      decode_fails("1 2", "protocol")
+      decode_fails('{"a":1}}', "protocol")
+    end)
+
+    it("rejects invalid JSON, telling where", function()
+      local err = decode_fails('{"a":1,}', "protocol")
+      assert.matches("byte 7 of a 8%-byte message", err.message)
+      err = decode_fails('{"return": {"a": tru}}', "protocol")
+      assert.matches("byte 17 of a 22%-byte message", err.message)
+      decode_fails('[1,2', "protocol")
+      decode_fails('{"a"}', "protocol")
+      decode_fails("{'a':1}", "protocol")
+      decode_fails("", "protocol")
+      decode_fails("  \r\n", "protocol")
+      decode_fails("-", "protocol")
+      decode_fails("nul", "protocol")
+    end)
+
+    it("accepts 1000 levels of nesting and rejects 1001", function()
+      local v = decode(("["):rep(1000) .. ("]"):rep(1000))
+      local depth = 0
+      while type(v) == "table" do depth = depth + 1; v = v[1] end
+      assert.equal(1000, depth)
+      local o = decode(('{"a":'):rep(999) .. "[]" .. ("}"):rep(999))
+      depth = 0
+      while type(o) == "table" do depth = depth + 1; o = o.a end
+      assert.equal(1000, depth)
+
+      local err = decode_fails(("["):rep(1001) .. ("]"):rep(1001), "protocol")
+      assert.matches("nesting", err.message)
+      decode_fails(('{"a":'):rep(1000) .. "[]" .. ("}"):rep(1000), "protocol")
+    end)
+
+    it("rejects very deep nesting cleanly", function()
+      local err = decode_fails(("["):rep(200000), "protocol")
+      assert.matches("nesting", err.message)
+      decode_fails(("["):rep(200000) .. ("]"):rep(200000), "protocol")
+      decode_fails(('{"a":'):rep(200000), "protocol")
+      decode_fails('{"a":"' .. ("["):rep(200000) .. '"} ' .. ("]"):rep(10), "protocol")
+      -- brackets inside strings do not count
+      assert.equal(("["):rep(200000), decode('"' .. ("["):rep(200000) .. '"'))
+    end)
+  end)
+
+  describe("events", function()
+    it("gives an event the type of its name, the same for every event of that name", function()
+      local a = decode('{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "STOP"}')
+      local b = decode('{"event": "STOP", "timestamp": {"seconds": 3, "microseconds": 4}}')
+      assert.is_table(core.events.STOP)
+      assert.equal(core.events.STOP, getmetatable(a))
+      assert.equal(getmetatable(a), getmetatable(b))
+      assert.equal("STOP", rawget(a, "event"))
+    end)
+
+    it("gives data = {} to an event without data, a new table each time", function()
+      local a = decode('{"event": "STOP", "timestamp": {"seconds": 1, "microseconds": 2}}')
+      local b = decode('{"event": "STOP", "timestamp": {"seconds": 1, "microseconds": 2}}')
+      assert_same({}, rawget(a, "data"))
+      assert_same({}, rawget(b, "data"))
+      assert.are_not.equal(rawget(a, "data"), rawget(b, "data"))
+    end)
+
+    it("keeps the data an event has", function()
+      local ev = decode('{"event": "RESET", "data": {"guest": false, "reason": "host-qmp-system-reset"}}')
+      assert_same({ guest = false, reason = "host-qmp-system-reset" }, rawget(ev, "data"))
+      assert.equal(core.events.RESET, getmetatable(ev))
+      ev = decode('{"event": "RESET", "data": null}')
+      assert.equal(core.null, rawget(ev, "data"))
+    end)
+
+    it("creates a type for a name never seen before", function()
+      local name = "__com.redhat_FOO"
+      finally(function() rawset(core.events, name, nil) end)
+      assert.is_nil(rawget(core.events, name))
+      local ev = decode('{"event": "__com.redhat_FOO", "data": {"x": 18446744073709551615}}')
+      local T = rawget(core.events, name)
+      assert.is_table(T)
+      assert.equal(T, getmetatable(ev))
+      assert.equal(name, T.name)
+      assert.is_false(T.known)
+      assert_uint64("18446744073709551615", rawget(ev, "data").x)
+      assert.are_not.equal(core.events.STOP, T)
+    end)
+
+    it("leaves a message whose event member is not a string a plain table", function()
+      for _, text in ipairs({ '{"event": 5, "return": {}}', '{"event": null}', '{"event": {"a": 1}}',
+                              '{"event": ["STOP"]}', '{"event": true}' }) do
+        local v = decode(text)
+        assert.is_nil(getmetatable(v), text)
+        assert.is_nil(rawget(v, "data"), text)
+      end
+    end)
+
+    it("types only a top-level object", function()
+      local v = decode('[{"event": "STOP"}]')
+      assert.is_nil(getmetatable(v[1]))
+      v = decode('{"return": {"event": "STOP"}}')
+      assert.is_nil(getmetatable(v["return"]))
+      assert.is_nil(rawget(v["return"], "data"))
+    end)
+
+    it("gives no type when no event types are installed, but still data = {}", function()
+      local mt = getmetatable(core.events)
+      finally(function() setmetatable(core.events, mt) end)
+      setmetatable(core.events, nil)
+      local ev = decode('{"event": "QMP_SPEC_UNTYPED_EVENT"}')
+      assert.is_nil(getmetatable(ev))
+      assert_same({}, rawget(ev, "data"))
+      assert.is_nil(rawget(core.events, "QMP_SPEC_UNTYPED_EVENT"))
+    end)
+
+    -- Types are open for extension (ev:data() could be a method, T.data a
+    -- default): the decoder must look at the message's own members only.
+    it("gives data = {} even when the type has a member named data", function()
+      local name = "QMP_SPEC_TYPE_WITH_DATA"
+      finally(function() rawset(core.events, name, nil) end)
+      core.events[name].data = function() return "a method" end
+      local ev = decode('{"event": "QMP_SPEC_TYPE_WITH_DATA"}')
+      assert.equal(core.events[name], getmetatable(ev))
+      assert_same({}, rawget(ev, "data"))
+      ev = decode('{"event": "QMP_SPEC_TYPE_WITH_DATA", "data": {"a": 1}}')
+      assert_same({ a = 1 }, rawget(ev, "data"))
+    end)
+  end)
+
+  describe("the QEMU 7.2 fixtures", function()
+    for _, f in ipairs(FIXTURES) do
+      local name, expected = f[1], f[2]
+      it("decodes every message of " .. name, function()
+        local text = fixture(name)
+        local list = decode_stream(text)
+        assert.equal(16, #list)
+        assert_same(expected, list)
+        check_typed(list)
+        -- one decode() per message gives the same
+        local pieces = {}
+        for msg in text:gmatch("%b{}") do pieces[#pieces + 1] = decode(msg) end
+        assert.equal(16, #pieces)
+        assert_same(list, pieces, true)
+      end)
+    end
+  end)
+end)
+
+describe("qmp.core decoder()", function()
+  describe("framing", function()
+    for _, f in ipairs(FIXTURES) do
+      local name, expected = f[1], f[2]
+      for _, variant in ipairs(variants(name)) do
+        local label, text = variant[1], variant[2]
+        describe(name .. " with " .. label .. " between messages", function()
+          local whole
+
+          before_each(function()
+            whole = decode_stream(text)
+            assert.equal(16, #whole)
+            assert_same(expected, whole)
+          end)
+
+          it("gives the same messages split in two at every byte", function()
+            for at = 0, #text do
+              local list = split_in_two(text, at)
+              local d = diff(whole, list, true)
+              check(d == nil, "split at byte " .. at .. ": " .. tostring(d))
+            end
+          end)
+
+          it("gives the same messages fed one byte at a time", function()
+            local list = decode_chunked(text, function() return 1 end)
+            assert_same(whole, list, true)
+          end)
+
+          it("gives the same messages fed in random pieces", function()
+            math.randomseed(72)
+            for _ = 1, 200 do
+              local max = math.random(1, 200)
+              local list = decode_chunked(text, function() return math.random(1, max) end)
+              assert_same(whole, list, true)
+            end
+          end)
+        end)
+      end
+    end
+
+    it("gives several messages fed at once, in order", function()
+      local d = core.decoder()
+      d:feed('{"a":1}{"b":2}\n{"c":3}\r\n{"d":')
+      assert_same({ a = 1 }, d:next())
+      assert_same({ b = 2 }, d:next())
+      assert_same({ c = 3 }, d:next())
+      assert.is_nil(d:next())
+      d:feed("4}")
+      assert_same({ d = 4 }, d:next())
+      assert.is_nil(d:next())
+    end)
+
+    it("skips any JSON whitespace between messages", function()
+      local list = decode_stream(' \t\r\n{"a":1} \t \r\n\r\n{"b":[ 1 , 2 ]}\n\n\n \t{"c":{}}\r\n   ')
+      assert_same({ { a = 1 }, { b = { 1, 2 } }, { c = {} } }, list)
+    end)
+
+    it("returns a single nil when it needs more bytes", function()
+      local d = core.decoder()
+      assert.equal(1, select("#", d:next()))
+      assert.is_nil(d:next())
+      d:feed('{"a":')
+      assert.equal(1, select("#", d:next()))
+      assert.is_nil(d:next())
+      d:feed("\r\n")
+      assert.is_nil(d:next())
+      d:feed('"}"}')
+      assert_same({ a = "}" }, d:next())
+    end)
+
+    it("does not end a message at a bracket inside a string", function()
+      local list = decode_chunked('{"a":"}]{[\\"}"}\n{"b":"\\\\"}\n', function() return 1 end)
+      assert_same({ { a = '}]{["}' }, { b = "\\" } }, list)
+    end)
+
+    it("counts the bytes of a partial message in pending()", function()
+      local d = core.decoder()
+      assert.equal(0, d:pending())
+      d:feed("  \r\n")
+      assert.is_nil(d:next())
+      assert.equal(0, d:pending())
+      d:feed('{"a":')
+      assert.is_nil(d:next())
+      assert.equal(5, d:pending())
+      d:feed('"xy')
+      assert.is_nil(d:next())
+      assert.equal(8, d:pending())
+      d:feed('"}\r\n{')
+      assert_same({ a = "xy" }, d:next())
+      assert.is_nil(d:next())
+      assert.equal(1, d:pending())
+      d:feed("}")
+      assert_same({}, d:next())
+      assert.equal(0, d:pending())
+    end)
+
+    it("returns itself from feed and ignores empty feeds", function()
+      local d = core.decoder()
+      assert.equal(d, d:feed(""))
+      assert.equal(d, d:feed('{"a":1}'))
+      assert_same({ a = 1 }, d:feed(""):next())
+      assert.has_error(function() d:feed() end)
+      assert.has_error(function() d:feed({}) end)
+    end)
+
+    it("keeps numbers, escapes and state right whatever the split", function()
+      local text = '{"a\\"1":"-2 3\\\\","e":"\\u00e9\\ud83d\\ude00\\/","k":[1e3,"9",18446744073709551615,' ..
+                   '{"x-1":9007199254740993}],"f":1E2,"g":-0,"h":-9223372036854775808,"i":12}\r\n'
+      local expected = { {
+        ['a"1'] = "-2 3\\", e = "\xC3\xA9\xF0\x9F\x98\x80/",
+        k = { 1000.0, "9", U("18446744073709551615"), { ["x-1"] = 9007199254740993 } },
+        f = 100.0, g = 0, h = math.mininteger, i = 12,
+      } }
+      assert_same(expected, decode_stream(text))
+      for at = 0, #text do
+        local d = diff(expected, split_in_two(text, at))
+        check(d == nil, "split at byte " .. at .. ": " .. tostring(d))
+      end
+      -- an exponent split from its digits still makes the message hold floats
+      local t2 = '{"a":1E2,"b":5}'
+      for at = 0, #t2 do
+        local d = diff({ { a = 100.0, b = 5 } }, split_in_two(t2, at))
+        check(d == nil, "split at byte " .. at .. ": " .. tostring(d))
+      end
+    end)
+
+    it("decodes a long message fed in small pieces", function()
+      local s = ('"\\\\0123456789\\u00e9'):rep(50000)  -- escapes all along
+      local text = '{"s":"' .. s:gsub('"', "") .. '","n":[18446744073709551615,-1]}\n'
+      local expected = ("\\0123456789\xC3\xA9"):rep(50000)
+      math.randomseed(5)
+      local list = decode_chunked(text, function() return math.random(1, 4096) end)
+      assert.equal(1, #list)
+      assert.equal(expected, list[1].s)
+      assert_uint64("18446744073709551615", list[1].n[1])
+      assert_integer(-1, list[1].n[2])
+    end)
+  end)
+
+  describe("events", function()
+    it("types events as decode() does", function()
+      finally(function() rawset(core.events, "__com.example_BAR", nil) end)
+      local list = decode_stream('{"event":"STOP","timestamp":{"seconds":1,"microseconds":2}}\n' ..
+                                 '{"event":"STOP","data":{"a":1}}\n{"event":"__com.example_BAR"}\n' ..
+                                 '{"event":7,"return":{}}\n')
+      assert.equal(core.events.STOP, getmetatable(list[1]))
+      assert.equal(core.events.STOP, getmetatable(list[2]))
+      assert_same({}, rawget(list[1], "data"))
+      assert_same({ a = 1 }, rawget(list[2], "data"))
+      assert.equal(rawget(core.events, "__com.example_BAR"), getmetatable(list[3]))
+      assert.is_table(getmetatable(list[3]))
+      assert.is_nil(getmetatable(list[4]))
+      assert.is_nil(rawget(list[4], "data"))
+    end)
+
+    -- An error raised while the decoder types an event (here by the events
+    -- table's __index; a memory error does the same) must not break the stream.
+    it("stays usable after an error raised while typing an event", function()
+      local mt = getmetatable(core.events)
+      finally(function()
+        setmetatable(core.events, mt)
+        rawset(core.events, "QMP_SPEC_FAILING_TYPE", nil)
+      end)
+      local d = core.decoder()
+      d:feed('{"event":"QMP_SPEC_FAILING_TYPE"}\n{"return":{},"id":1}\n')
+      setmetatable(core.events, { __index = function(_, name) error("no type for " .. name) end })
+      assert.has_error(function() d:next() end)
+      setmetatable(core.events, mt)
+      local rest = drain(d)
+      -- the failed message may come again or be dropped; what follows must come
+      assert.is_true(#rest >= 1, "nothing after the failed message")
+      assert_same({ ["return"] = {}, id = 1 }, rest[#rest])
+      if #rest == 2 then assert.equal("QMP_SPEC_FAILING_TYPE", rest[1].event) end
+      assert.is_true(#rest <= 2)
+    end)
+  end)
+
+  describe("errors", function()
+    -- d:next() fails with kind, and keeps failing so (sticky) even after more
+    -- good bytes; returns the error.
+    local function sticky(d, kind, pattern)
+      local msg, err = d:next()
+      assert.is_nil(msg)
+      assert.is_table(err, "expected an error")
+      assert.equal(kind, err.kind)
+      assert.equal(core.Error, getmetatable(err))
+      if pattern then assert.matches(pattern, err.message) end
+      d:feed('\n{"return":{}}\n')
+      for _ = 1, 3 do
+        local m2, err2 = d:next()
+        assert.is_nil(m2)
+        assert.equal(kind, err2.kind)
+        assert.equal(err.message, err2.message)
+      end
+      return err
+    end
+
+    it("stops for good on a top-level value that is not an object", function()
+      for _, text in ipairs({ "[1]\n", '"s"\n', "1\n", "null\n", "x", "}", "]" }) do
+        local d = core.decoder()
+        d:feed(text)
+        sticky(d, "protocol", "expected a JSON object")
+      end
+    end)
+
+    it("stops for good on garbage after a good message", function()
+      local d = core.decoder()
+      d:feed('{"a":1}\r\nx{"b":2}\n')
+      assert_same({ a = 1 }, d:next())
+      local err = sticky(d, "protocol", "expected a JSON object")
+      assert.matches("'x{", err.message, 1, true)
+    end)
+
+    it("stops for good on a bad escape, a \\u0000 or a NUL byte, whatever the split", function()
+      -- the first error d gives, past any good message; nil if it needs more bytes
+      local function first_error(d)
+        while true do
+          local msg, err = d:next()
+          if msg == nil then return err end
+        end
+      end
+      local cases = {
+        { '{"a":"\\x"}', "invalid escape in a string (byte 7 of a message)" },
+        { '{"a":"\\u00G0"}', "invalid \\u escape in a string (byte 10 of a message)" },
+        { '{"a":"\\u0000"}', "\\u0000 in a string is not supported" },
+        { '{"a":"x\0"}', "NUL byte in a message (byte 7 of a message)" },
+        { '{"a":1\0}', "NUL byte in a message (byte 6 of a message)" },
+        { '{"a":1}\n\0', "expected a JSON object" },
+      }
+      for _, case in ipairs(cases) do
+        local text, expected = case[1], case[2]
+        for at = 0, #text do
+          local d = core.decoder()
+          local err = first_error(d:feed(text:sub(1, at)))
+          if not err then err = first_error(d:feed(text:sub(at + 1))) end
+          assert(err, "no error for " .. string.format("%q", text) .. " split at " .. at)
+          assert.equal("protocol", err.kind)
+          assert.matches(expected, err.message, 1, true)
+          d:feed('{"b":1}\n')
+          local msg, again = d:next()
+          assert.is_nil(msg)
+          assert.equal(err.message, again.message)
+        end
+      end
+    end)
+
+    it("skips a framed message that is not valid JSON, once", function()
+      local d = core.decoder()
+      d:feed('{"a":1,}\n{"b":2}\n{"c":tru}{"d":[1,]}{"e":"\\ud83d"}\n{"f":3}\n')
+      local msg, err = d:next()
+      assert.is_nil(msg)
+      assert.equal("protocol", err.kind)
+      assert.matches("invalid JSON at byte 7 of a 8%-byte message", err.message)
+      assert_same({ b = 2 }, d:next())
+      for _ = 1, 3 do
+        msg, err = d:next()
+        assert.is_nil(msg)
+        assert.equal("protocol", err.kind)
+      end
+      assert_same({ f = 3 }, d:next())
+      assert.is_nil(d:next())
+    end)
+
+    it("accepts 1000 levels of nesting and rejects 1001 for good", function()
+      local ok = '{"a":' .. ("["):rep(999) .. ("]"):rep(999) .. "}\n"
+      local list = decode_stream(ok)
+      local v, depth = list[1], 0
+      while type(v) == "table" do depth = depth + 1; v = v.a or v[1] end
+      assert.equal(1000, depth)
+      local d = core.decoder()
+      d:feed('{"a":' .. ("["):rep(1000) .. ("]"):rep(1000) .. "}\n")
+      sticky(d, "protocol", "nesting too deep")
+    end)
+
+    it("rejects very deep nesting cleanly, whatever the chunking", function()
+      local d = core.decoder()
+      local text = '{"a":' .. ("["):rep(200000)
+      for i = 1, #text, 65536 do
+        d:feed(text:sub(i, i + 65535))
+        local msg, err = d:next()
+        assert.is_nil(msg)
+        if err then break end
+      end
+      sticky(d, "protocol", "nesting too deep")
+      d = core.decoder()
+      d:feed(("["):rep(200000))
+      sticky(d, "protocol", "expected a JSON object")
+    end)
+  end)
+
+  describe("max_message", function()
+    -- A message of exactly n bytes: {"s":"xxx..."}
+    local function message(n)
+      return '{"s":"' .. ("x"):rep(n - 8) .. '"}'
+    end
+
+    it("accepts a message of exactly max_message bytes", function()
+      local text = message(100)
+      assert.equal(100, #text)
+      local list = decode_stream("  \r\n" .. text .. "\r\n" .. text .. "\n", { max_message = 100 })
+      assert.equal(2, #list)
+      assert.equal(92, #list[1].s)
+      -- fed byte by byte too
+      list = decode_chunked(text .. "\n", function() return 1 end, { max_message = 100 })
+      assert.equal(1, #list)
+    end)
+
+    it("fails for good with toolarge one byte above", function()
+      local d = core.decoder({ max_message = 100 })
+      d:feed(message(101) .. "\n")
+      local msg, err = d:next()
+      assert.is_nil(msg)
+      assert.equal("toolarge", err.kind)
+      assert.matches("max_message %(100 bytes%)", err.message)
+      d:feed('{"a":1}\n')
+      msg, err = d:next()
+      assert.is_nil(msg)
+      assert.equal("toolarge", err.kind)
+    end)
+
+    it("fails as soon as a partial message is too large", function()
+      local d = core.decoder({ max_message = 100 })
+      d:feed(message(101):sub(1, 100))
+      assert.is_nil(d:next())
+      assert.equal(100, d:pending())
+      d:feed("x")
+      local msg, err = d:next()
+      assert.is_nil(msg)
+      assert.equal("toolarge", err.kind)
+    end)
+
+    it("stops taking bytes once a never-ending message is too large", function()
+      local mib = 1 << 20
+      local d = core.decoder({ max_message = mib })
+      local chunk = ("x"):rep(mib)
+      d:feed('{"s":"')
+      local failed_at, first
+      for i = 1, 100 do
+        d:feed(chunk)
+        local msg, err = d:next()
+        assert.is_nil(msg)
+        if err then
+          failed_at, first = failed_at or i, first or err
+          assert.equal("toolarge", err.kind)
+          assert.equal(first.message, err.message)
+        end
+      end
+      assert.equal(1, failed_at)  -- 6 + 1 MiB bytes: already above 1 MiB
+      -- what it holds did not grow after the error: later feeds were dropped
+      local held = d:pending()
+      assert.is_true(held <= mib + 6, "holds " .. held .. " bytes")
+      d:feed(chunk)
+      assert.equal(held, d:pending())
+      local _, err = d:next()
+      assert.equal("toolarge", err.kind)
+    end)
+
+    it("defaults to 10 MiB", function()
+      local big = '{"s":"' .. ("x"):rep((10 << 20) - 8) .. '"}'
+      assert.equal(10 << 20, #big)
+      local d = core.decoder()
+      assert.equal(10 << 20, #d:feed(big):next().s + 8)
+      d = core.decoder()
+      local _, err = d:feed(big:sub(1, -3) .. 'x"}'):next()
+      assert.equal("toolarge", err.kind)
+      assert.matches("10485760", err.message)
+    end)
+
+    it("checks its options", function()
+      assert.has_error(function() core.decoder({ max_message = 0 }) end)
+      assert.has_error(function() core.decoder({ max_message = -1 }) end)
+      assert.has_error(function() core.decoder({ max_message = 1.5 }) end)
+      assert.has_error(function() core.decoder({ max_message = "big" }) end)
+      assert.has_error(function() core.decoder(5) end)
+      assert.is_userdata(core.decoder())
+      assert.is_userdata(core.decoder({}))
+    end)
+  end)
+end)

@@ -1,0 +1,215 @@
+-- qmp.loop: one poll loop for many connections, against fake peers and,
+-- tagged #qemu, real QEMUs.
+local qmp = require "qmp"
+local core = require "qmp.core"
+local fake = require "support.fake_qmp"
+
+local EV = fake.event
+local cleanup = require("support.cleanup")(after_each)
+
+local function serve(steps)
+  local all = { { greet = true }, { expect = "qmp_capabilities", reply = fake.reply("{}") } }
+  for _, s in ipairs(steps) do all[#all + 1] = s end
+  local srv = fake.start(all)
+  cleanup(function() srv:stop() end)
+  return srv
+end
+
+local function connect(path, name)
+  local vm, err = qmp.connect(path, { timeout = 5, name = name })
+  assert(vm, tostring(err))
+  cleanup(function() vm:close() end)
+  return vm
+end
+
+describe("core.poll()", function()
+  it("returns the indices of the readable fds, skipping negative ones", function()
+    -- After a pause, so the event is not read along with the handshake.
+    local a = connect(serve({ { sleep = 0.1 }, { send = EV("STOP") }, { hold = 5 } }).path, "a")
+    local b = connect(serve({ { hold = 5 } }).path, "b")
+    local t0 = qmp.monotime()
+    local ready = assert(core.poll({ -1, b:pollfd(), a:pollfd() }, 2))
+    assert.same({ 3 }, ready)
+    assert.is_true(qmp.monotime() - t0 < 1.5)
+  end)
+
+  it("returns an empty list at the timeout; 0 just checks", function()
+    local b = connect(serve({ { hold = 5 } }).path, "b")
+    local t0 = qmp.monotime()
+    assert.same({}, core.poll({ b:pollfd() }, 0.1))
+    assert.is_true(qmp.monotime() - t0 >= 0.09)
+    assert.same({}, core.poll({ b:pollfd() }, 0))
+    assert.same({}, core.poll({}, 0))
+  end)
+
+  it("rejects non-integer fds and too many fds", function()
+    assert.has_error(function() core.poll({ "x" }, 0) end)
+    local many = {}
+    for i = 1, 65537 do many[i] = -1 end
+    assert.has_error(function() core.poll(many, 0) end)
+  end)
+end)
+
+describe("qmp.loop", function()
+  it("delivers each of 200 connections its own event, with the right vm", function()
+    local N = 200
+    local srv = fake.start_many(N)
+    cleanup(function() srv:stop() end)
+    local loop = qmp.loop()
+    local by_name = {}
+    for k = 1, N do
+      local vm = connect(srv.path, "vm" .. k)
+      by_name[vm.name] = k
+      loop:add(vm)
+    end
+    assert.equal(N, #loop:vms())
+    local got, count = {}, 0
+    loop:on("RTC_CHANGE", function(ev, vm)
+      assert.is_nil(got[vm.name])
+      got[vm.name] = ev.offset
+      count = count + 1
+    end)
+    local t0 = qmp.monotime()
+    assert.is_true(loop:run({ timeout = 10, done = function() return count >= N end }))
+    assert.is_true(qmp.monotime() - t0 < 10)
+    for name, k in pairs(by_name) do assert.equal(k, got[name], name) end
+    for _, vm in ipairs(loop:vms()) do vm:close() end
+    assert.is_true(srv:wait(5))
+    assert.equal(0, srv:status(), srv:log())
+  end)
+
+  it("keeps the others going when one peer closes, and reports it through on_close", function()
+    local a = connect(serve({ { sleep = 0.05 }, { send = EV("STOP") }, { close = true } }).path, "a")
+    local b = connect(serve({ { sleep = 0.3 }, { send = EV("RESUME") }, { hold = 5 } }).path, "b")
+    local c = connect(serve({ { sleep = 0.4 }, { send = EV("RESUME") }, { hold = 5 } }).path, "c")
+    local loop = qmp.loop{ a, b, c }
+    local seen, closed = {}, {}
+    loop.on_close = function(vm, err) closed[#closed + 1] = vm.name .. ":" .. err.kind end
+    loop:on("*", function(ev, vm) seen[#seen + 1] = vm.name .. ":" .. ev.event end)
+    assert.is_true(loop:run({ timeout = 5, done = function() return #seen >= 3 end }))
+    assert.same({ "a:STOP", "b:RESUME", "c:RESUME" }, seen)
+    assert.same({ "a:closed" }, closed)
+    assert.same({ b, c }, loop:vms())
+  end)
+
+  it("ends with closed when the last VM has gone", function()
+    local a = connect(serve({ { send = EV("STOP") }, { close = true } }).path, "a")
+    local loop = qmp.loop{ a }
+    local seen = 0
+    loop:on("STOP", function() seen = seen + 1 end)
+    local ok, err = loop:run({ timeout = 5 })
+    assert.is_nil(ok)
+    assert.equal("closed", err.kind)
+    assert.equal(1, seen)
+    assert.same({}, loop:vms())
+  end)
+
+  it("ends on loop:stop() from a handler, leaving later events queued", function()
+    local a = connect(serve({ { send = EV("STOP") .. EV("RESUME") }, { hold = 5 } }).path, "a")
+    a:poll(2)
+    local loop = qmp.loop{ a }
+    local seen = {}
+    loop:on("*", function(ev, vm)
+      seen[#seen + 1] = ev.event
+      if ev.event == "STOP" then loop:stop() end
+      assert.equal(a, vm)
+    end)
+    assert.is_true(loop:run({ timeout = 5 }))
+    assert.same({ "STOP" }, seen)
+    assert.is_true(loop:run({ timeout = 5, done = function() return #seen >= 2 end }))
+    assert.same({ "STOP", "RESUME" }, seen)
+  end)
+
+  it("returns timeout when nothing ends it", function()
+    local loop = qmp.loop{ connect(serve({ { hold = 5 } }).path, "a"),
+                           connect(serve({ { hold = 5 } }).path, "b") }
+    local t0 = qmp.monotime()
+    local ok, err = loop:run({ timeout = 0.2 })
+    assert.is_nil(ok)
+    assert.equal("timeout", err.kind)
+    local took = qmp.monotime() - t0
+    assert.is_true(took >= 0.19 and took < 2, took)
+  end)
+
+  it("fires each VM's timers inside run", function()
+    local a = connect(serve({ { hold = 5 } }).path, "a")
+    local b = connect(serve({ { hold = 5 } }).path, "b")
+    local fired = {}
+    a:after(0.1, function(vm) fired[#fired + 1] = vm.name .. "@0.1" end)
+    b:after(0.05, function(vm) fired[#fired + 1] = vm.name .. "@0.05" end)
+    local loop = qmp.loop{ a, b }
+    b:after(0.15, function() fired[#fired + 1] = "stop"; loop:stop() end)
+    local t0 = qmp.monotime()
+    assert.is_true(loop:run({ timeout = 5 }))
+    assert.same({ "b@0.05", "a@0.1", "stop" }, fired)
+    assert.is_true(qmp.monotime() - t0 < 2)
+  end)
+
+  it("gives fleet handlers to VMs added later, not to removed ones; off() removes them all", function()
+    local a = connect(serve({ { sleep = 0.1 }, { send = EV("STOP") }, { sleep = 0.2 }, { send = EV("RESUME") },
+                              { hold = 5 } }).path, "a")
+    local b = connect(serve({ { sleep = 0.1 }, { send = EV("STOP") }, { hold = 5 } }).path, "b")
+    local loop = qmp.loop{ a }
+    local seen = {}
+    local sub = loop:on("STOP", function(ev, vm) seen[#seen + 1] = vm.name .. ":" .. ev.event end)
+    local all = loop:on(function(ev) return ev.event ~= "STOP" end, function(ev, vm)
+      seen[#seen + 1] = "any " .. vm.name .. ":" .. ev.event
+    end)
+    loop:add(b)
+    loop:add(b)  -- no double subscription
+    assert.is_true(loop:run({ timeout = 5, done = function() return #seen >= 2 end }))
+    table.sort(seen)
+    assert.same({ "a:STOP", "b:STOP" }, seen)
+    assert.is_true(loop:remove(b))
+    assert.is_false(loop:remove(b))
+    assert.same({ a }, loop:vms())
+    sub:off()
+    sub:off()
+    seen = {}
+    assert.is_true(loop:run({ timeout = 5, done = function() return #seen >= 1 end }))
+    assert.same({ "any a:RESUME" }, seen)
+    all:off()
+    assert.equal(0, #a._handlers)
+    assert.equal(0, #b._handlers)
+  end)
+
+  it("rejects what is not a client or a handler", function()
+    assert.has_error(function() qmp.loop{ 42 } end)
+    assert.has_error(function() qmp.loop():on("STOP") end)
+    assert.has_error(function() qmp.loop():run({ timeout = -1 }) end)
+  end)
+end)
+
+describe("qmp.loop with real QEMUs #qemu", function()
+  local qemu = require "support.qemu"
+
+  it("sees each machine's RESUME with its vm, among fake peers", function()
+    local loop = qmp.loop()
+    local real = {}
+    for i = 1, 3 do
+      local machine = qemu.start()
+      cleanup(function() machine:stop() end)
+      local vm = connect(machine.sock, "qemu" .. i)
+      real[#real + 1] = vm
+      loop:add(vm)
+    end
+    for i = 1, 2 do
+      loop:add(connect(serve({ { sleep = 0.1 }, { send = EV("STOP") }, { hold = 10 } }).path, "fake" .. i))
+    end
+    local resumed, stopped = {}, {}
+    loop:on("RESUME", function(_, vm) resumed[#resumed + 1] = vm.name end)
+    loop:on("STOP", function(_, vm) stopped[#stopped + 1] = vm.name end)
+    -- cont from inside the loop: timers run by loop:run.
+    for _, vm in ipairs(real) do
+      vm:after(0, function(v) assert(v:execute("cont")) end)
+    end
+    assert.is_true(loop:run({ timeout = 10, done = function() return #resumed >= 3 and #stopped >= 2 end }))
+    table.sort(resumed)
+    table.sort(stopped)
+    assert.same({ "qemu1", "qemu2", "qemu3" }, resumed)
+    assert.same({ "fake1", "fake2" }, stopped)
+    for _, vm in ipairs(real) do
+      assert.equal("running", assert(vm:execute("query-status")).status)
+    end
+  end)
+end)
