@@ -29,6 +29,7 @@ for _, address in ipairs(arg) do
     end
   end)
 end
+io.stderr:write(("watching %d VM(s)\n"):format(open))
 cq:wrap(function()
   while open > 0 do
     cqueues.sleep(1)

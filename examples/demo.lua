@@ -1,6 +1,9 @@
 #!/usr/bin/env lua5.4
---- The demo: start a throwaway QEMU, connect, drive it and print every event.
--- Needs qemu-system-x86_64 (TCG; no disk image, no guest OS).
+--- The demo, in two acts, each on a throwaway QEMU (TCG, no guest OS):
+--   1. a tour: connect, drive the VM and print every event as one line;
+--   2. a disk that fails once: the resume_on_io_error policy resumes the VM
+--      and the guest boots on and powers itself off.
+-- Needs qemu-system-x86_64.  Cleans up after itself, also on failure.
 local qmp = require "qmp"
 
 local function sh(cmd)
@@ -11,64 +14,114 @@ local function sh(cmd)
 end
 
 local dir = sh("mktemp -d"):gsub("%s+$", "")
-local sock = dir .. "/qmp.sock"
-local pid
+local pids = {}
 
--- QEMU in the background; its pid lets us clean up whatever happens.
-local function start_qemu()
-  pid = sh(("qemu-system-x86_64 -M pc -S -accel tcg -display none -nodefaults -no-user-config "
-    .. "-m 64 -device ide-cd,id=cd0,bus=ide.1 -qmp unix:%s,server=on,wait=off "
-    .. ">%s/qemu.log 2>&1 & echo $!"):format(sock, dir)):match("%d+")
+-- Start QEMU in the background with extra arguments; returns a connected client.
+local function start_qemu(name, args)
+  local sock = dir .. "/" .. name .. ".sock"
+  local pid = sh(("qemu-system-x86_64 -M pc -S -accel tcg -display none -nodefaults -no-user-config "
+    .. "-m 64 %s -qmp unix:%s,server=on,wait=off >%s/%s.log 2>&1 & echo $!")
+    :format(args, sock, dir, name)):match("%d+")
+  pids[#pids + 1] = pid
   -- The socket appears once QEMU is up: retry connecting for up to 10 s.
   local deadline = qmp.monotime() + 10
   while true do
-    local vm, err = qmp.connect(sock, { name = "demo", timeout = 5 })
+    local vm, err = qmp.connect(sock, { name = name, timeout = 5 })
     if vm then return vm end
     if qmp.monotime() > deadline then error("QEMU did not start: " .. tostring(err)) end
     os.execute("sleep 0.05")
   end
 end
 
-local function step(vm, title, command, args, expect)
-  print(("\n> %s  (%s)"):format(title, command))
-  local ret = assert(vm:execute(command, args))
-  if type(ret) == "string" then io.write(ret) end
-  if expect then
-    local ev = assert(vm:wait(expect, nil, 10))
-    print("  event: " .. tostring(ev))
-  end
-  while true do  -- any other event that came along
-    local other = vm:wait("*", nil, 0)
-    if not other then break end
-    print("  event: " .. tostring(other))
+-- Stop every QEMU we started that still runs (only while /proc says it is QEMU).
+local function stop_all()
+  for _, pid in ipairs(pids) do
+    local comm = io.open("/proc/" .. pid .. "/comm")
+    if comm then
+      if (comm:read("l") or ""):match("^qemu") then os.execute("kill " .. pid) end
+      comm:close()
+    end
   end
 end
 
-local function main()
-  local vm <close> = start_qemu()
+local function heading(text)
+  print(("\n== %s %s"):format(text, ("="):rep(math.max(0, 70 - #text))))
+end
+
+local function tour()
+  heading("Act 1: a tour of the monitor")
+  local vm <close> = start_qemu("tour", "-device ide-cd,id=cd0,bus=ide.1")
   local v = vm.greeting.QMP.version.qemu
-  print(("connected to QEMU %d.%d.%d at %s (oob %s)"):format(v.major, v.minor, v.micro, sock,
-        vm.oob and "enabled" or "not offered"))
-  print("status: " .. assert(vm:execute("query-status")).status)
-  step(vm, "start the CPUs", "cont", nil, "RESUME")
-  step(vm, "pause the VM", "stop", nil, "STOP")
-  step(vm, "reset the machine", "system_reset", nil, "RESET")
-  step(vm, "open the CD tray", "eject", { id = "cd0", force = true }, "DEVICE_TRAY_MOVED")
-  step(vm, "ask HMP", "human-monitor-command", { ["command-line"] = "info status" })
-  local ok, err = vm:execute("no-such-command")
-  print(("\n> a command QEMU does not know\n  %s %s"):format(tostring(ok), tostring(err)))
-  step(vm, "quit QEMU", "quit", nil, "SHUTDOWN")
+  print(("connected to QEMU %d.%d.%d (oob %s); status %s"):format(v.major, v.minor, v.micro,
+        vm.oob and "enabled" or "not offered", assert(vm:execute("query-status")).status))
+  local function step(title, command, args, expect)
+    print(("\n> %s  (%s)"):format(title, command))
+    local ret = assert(vm:execute(command, args))
+    if type(ret) == "string" then io.write("  ", ret) end
+    if expect then print("  event: " .. tostring(assert(vm:wait(expect, nil, 10)))) end
+    while true do  -- any other event that came along
+      local other = vm:wait("*", nil, 0)
+      if not other then break end
+      print("  event: " .. tostring(other))
+    end
+  end
+  step("start the CPUs", "cont", nil, "RESUME")
+  step("pause the VM", "stop", nil, "STOP")
+  step("reset the machine", "system_reset", nil, "RESET")
+  step("open the CD tray", "eject", { id = "cd0", force = true }, "DEVICE_TRAY_MOVED")
+  step("ask HMP", "human-monitor-command", { ["command-line"] = "info status" })
+  local _, err = vm:execute("no-such-command")
+  print(("\n> a command QEMU does not know\n  %s"):format(tostring(err)))
+  step("quit QEMU", "quit", nil, "SHUTDOWN")
   local _, closed = vm:execute("query-status")
   print("\nafter quit: " .. tostring(closed))
 end
 
-local ok, err = pcall(main)
--- Stop QEMU if it still runs (it is ours only while /proc says it is QEMU).
-local comm = pid and io.open("/proc/" .. pid .. "/comm")
-if comm then
-  if comm:read("l"):match("^qemu") then os.execute("kill " .. pid) end
-  comm:close()
+-- A 1 MiB raw disk whose boot sector powers the VM off (ACPI PM1a_CNT at port
+-- 0x604, SLP_EN): mov dx,0x604; mov ax,0x2000; out dx,ax; hlt.
+local function boot_image()
+  local code = string.char(0xBA, 0x04, 0x06, 0xB8, 0x00, 0x20, 0xEF, 0xF4)
+  local sector = code .. ("\0"):rep(510 - #code) .. "\x55\xAA"
+  local path = dir .. "/boot.img"
+  local f = assert(io.open(path, "wb"))
+  f:write(sector, ("\0"):rep((1 << 20) - 512))
+  f:close()
+  return path
 end
+
+local function recovery()
+  heading("Act 2: a disk that fails once")
+  -- blkdebug fails the first read (the firmware reading the boot sector);
+  -- rerror=stop makes QEMU pause the VM instead of failing the guest's read.
+  local args = ("-blockdev driver=file,node-name=f0,filename=%s "
+    .. "-blockdev driver=blkdebug,node-name=d0,image=f0,inject-error.0.event=read_aio,"
+    .. "inject-error.0.errno=5,inject-error.0.once=on "
+    .. "-blockdev driver=raw,node-name=disk0,file=d0 "
+    .. "-device virtio-blk-pci,drive=disk0,cyls=2,heads=16,secs=63,rerror=stop,werror=stop")
+    :format(boot_image())
+  local vm <close> = start_qemu("disk", args)
+  local t0 = qmp.monotime()
+  local function say(who, text) print(("[+%6.3f s] %-7s %s"):format(qmp.monotime() - t0, who, text)) end
+  vm:on("*", function(ev) say("event", tostring(ev):match("^%S+ %S+ (.*)$")) end)
+  local p = qmp.policy.resume_on_io_error(vm, {
+    retries = 3, window = 60, delay = 1, backoff = 2,
+    log = function(line) say("policy", line) end,
+    on_give_up = function() say("policy", "gave up: the VM stays paused") end,
+  })
+  local powered_off = false
+  vm:on("SHUTDOWN", { guest = true }, function() powered_off = true end)
+  say("demo", "starting the CPUs; the firmware will read the boot sector")
+  assert(vm:execute("cont"))
+  local _, err = vm:run({ timeout = 30, done = function() return powered_off end })
+  if not powered_off then error("the guest did not power off: " .. tostring(err)) end
+  say("demo", ("the guest ran on and powered itself off after %d resume(s)"):format(p.resumes))
+end
+
+local ok, err = pcall(function()
+  tour()
+  recovery()
+end)
+stop_all()
 os.execute("rm -rf '" .. dir .. "'")
 if not ok then
   io.stderr:write("demo failed: ", tostring(err), "\n")

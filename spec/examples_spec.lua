@@ -1,0 +1,94 @@
+-- The examples run: each against real QEMUs, driven from a second monitor.
+local qemu = require "support.qemu"
+local proc = require "support.proc"
+local tmp = require "support.tmp"
+local qmp = require "qmp"
+
+local cleanup = require("support.cleanup")(after_each)
+local ENV = { "env", "LUA_PATH=./lua/?.lua;./lua/?/init.lua;;", "LUA_CPATH=./?.so;;", "lua5.4" }
+
+-- A QEMU with a second monitor (drive.sock), so a script can watch while the spec drives.
+local function machine()
+  local dir = tmp.dir("example")
+  local m = qemu.start({ dir = dir, args = { "-qmp", "unix:" .. dir .. "/drive.sock,server=on,wait=off" } })
+  cleanup(function() m:stop(); tmp.remove(dir) end)
+  return m
+end
+
+local function drive(m, commands)
+  local vm = assert(qmp.connect(m.dir .. "/drive.sock", { timeout = 10 }))
+  for _, c in ipairs(commands) do assert(vm:execute(c)) end
+  vm:close()
+end
+
+-- Run an example in the background; returns a function that waits for its end and gives its output.
+local function start(script, ...)
+  local dir = tmp.dir("out")
+  cleanup(function() tmp.remove(dir) end)
+  local argv = { table.unpack(ENV) }
+  argv[#argv + 1] = script
+  for _, a in ipairs({ ... }) do argv[#argv + 1] = a end
+  local pid = proc.spawn(argv, dir .. "/out")
+  cleanup(function() proc.kill(pid) end)
+  return function()
+    assert.is_true(proc.wait_exit(pid, 20), "example did not end")
+    return tmp.read(dir .. "/out")
+  end, dir .. "/out"
+end
+
+-- Wait until the example's output contains pattern (it is connected and ready).
+local function until_output(file, pattern)
+  assert.is_true(proc.wait_until(function() return (tmp.read(file) or ""):find(pattern) ~= nil end, 10),
+                 tmp.read(file))
+end
+
+describe("the examples #qemu", function()
+  it("demo.lua tours a VM and shows the policy resuming it", function()
+    local p = io.popen("sh examples/demo.sh 2>&1")
+    local text = p:read("a")
+    local ok = p:close()
+    assert.is_true(ok, text)
+    assert.matches("DEVICE_TRAY_MOVED", text)
+    assert.matches("policy%s+disk0: cont sent", text)
+    assert.matches("powered itself off after 1 resume", text)
+    assert.matches("demo finished", text)
+  end)
+
+  it("watch_events.lua prints the events its filters select", function()
+    local m = machine()
+    local finish, out = start("examples/watch_events.lua", m.sock, "STOP", "SHUTDOWN")
+    until_output(out, "watching")
+    drive(m, { "cont", "stop", "quit" })
+    local text = finish()
+    assert.matches("STOP", text)
+    assert.matches("SHUTDOWN reason=host%-qmp%-quit", text)
+    assert.not_matches("RESUME", text)
+  end)
+
+  it("fleet.lua watches several VMs in one loop until the last is gone", function()
+    local a, b = machine(), machine()
+    local finish, out = start("examples/fleet.lua", a.sock, b.sock)
+    until_output(out, "connected.*\n.*connected")
+    drive(a, { "cont", "quit" })
+    drive(b, { "quit" })
+    local text = finish()
+    assert.matches(a.sock:gsub("%p", "%%%0") .. "%s+%S+ %S+ RESUME", text)
+    assert.matches(b.sock:gsub("%p", "%%%0") .. "%s+gone", text)
+    assert.matches("no VM left", text)
+  end)
+
+  it("resume_on_io_error.lua and cqueues_watch.lua run until the VM goes", function()
+    local m = machine()
+    local finish1, out1 = start("examples/resume_on_io_error.lua", m.sock, "2")
+    local other = machine()
+    local finish2, out2 = start("examples/cqueues_watch.lua", other.sock)
+    until_output(out1, "watching")
+    until_output(out2, "watching")
+    drive(m, { "quit" })
+    drive(other, { "cont", "quit" })
+    assert.matches("SHUTDOWN", finish1())
+    local text = finish2()
+    assert.matches("RESUME", text)
+    assert.matches("closed", text)
+  end)
+end)
