@@ -139,7 +139,7 @@ return function(Client)
   --- The cqueues polling protocol, also handy for luv and others.
   -- While reconnecting there is no socket: pollfd() is -1, timeout() says when to step.
   function Client:pollfd() return self.conn:fileno() end
-  function Client:events() return "r" end
+  function Client.events() return "r" end
   function Client:timeout()
     if self._qhead <= self._qtail then return 0 end
     local t = self._timers[1]
