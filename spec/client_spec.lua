@@ -5,12 +5,7 @@ local fake = require "support.fake_qmp"
 local EV = fake.event
 local OK = fake.reply("{}")
 
--- The usual opening: greeting, then the capabilities handshake.
-local function opening(extra)
-  local steps = { { greet = true }, { expect = "qmp_capabilities", reply = OK } }
-  for _, s in ipairs(extra or {}) do steps[#steps + 1] = s end
-  return steps
-end
+local opening = fake.opening
 
 local cleanup = require("support.cleanup")(after_each)
 

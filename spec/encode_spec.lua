@@ -102,11 +102,7 @@ describe("qmp.core encode()", function()
     end)
 
     it("writes a '.' whatever the locale's decimal point", function()
-      local saved = os.setlocale(nil, "numeric")
-      local locale = os.setlocale("de_DE.UTF-8", "numeric") or os.setlocale("fr_FR.UTF-8", "numeric")
-        or os.setlocale("de_DE.utf8", "numeric") or os.setlocale("fr_FR.utf8", "numeric")
-      finally(function() os.setlocale(saved, "numeric") end)
-      if not locale then
+      if not require("support.locale")(finally) then
         pending("no locale with a decimal comma is installed")
         return
       end

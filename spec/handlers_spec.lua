@@ -6,13 +6,7 @@ local EV = fake.event
 local cleanup = require("support.cleanup")(after_each)
 
 local function vm_with(steps, opts)
-  local all = { { greet = true }, { expect = "qmp_capabilities", reply = fake.reply("{}") } }
-  for _, s in ipairs(steps) do all[#all + 1] = s end
-  local srv = fake.start(all)
-  cleanup(function() srv:stop() end)
-  local vm = assert(qmp.connect(srv.path, opts or { timeout = 5 }))
-  cleanup(function() vm:close() end)
-  return vm, srv
+  return fake.client(steps, cleanup, opts)
 end
 
 describe("vm:on()", function()

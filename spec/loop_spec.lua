@@ -8,9 +8,7 @@ local EV = fake.event
 local cleanup = require("support.cleanup")(after_each)
 
 local function serve(steps)
-  local all = { { greet = true }, { expect = "qmp_capabilities", reply = fake.reply("{}") } }
-  for _, s in ipairs(steps) do all[#all + 1] = s end
-  local srv = fake.start(all)
+  local srv = fake.start(fake.opening(steps))
   cleanup(function() srv:stop() end)
   return srv
 end

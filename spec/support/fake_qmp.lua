@@ -116,6 +116,21 @@ function Server:status()
   return tonumber(tmp.read(self.dir .. "/status") or "")
 end
 
+-- Spawn the server program argv for srv and wait until it listens.
+local function launch(srv, argv, opts)
+  srv.pid = proc.spawn(argv, srv.dir .. "/server.log")
+  local up = proc.wait_until(function()
+    return proc.listening(srv.path) or not proc.alive(srv.pid)
+  end, opts.start_timeout or 5)
+  if not (up and proc.listening(srv.path)) then
+    local log = srv:log()
+    srv:stop()
+    error("fake QMP server did not start:\n" .. log, 3)
+  end
+  running[srv] = true
+  return srv
+end
+
 -- opts.start_timeout: seconds to wait for the socket (default 5).
 -- opts.watchdog: seconds after which the server gives up and exits 2 (default 60).
 function M.start(steps, opts)
@@ -124,19 +139,8 @@ function M.start(steps, opts)
   local dir = tmp.dir("fakeqmp")
   local srv = setmetatable({ dir = dir, path = dir .. "/qmp.sock" }, Server)
   tmp.write(dir .. "/steps.lua", "return " .. serialize(steps) .. "\n")
-  srv.pid = proc.spawn({ M.lua, SERVER, srv.path, dir .. "/steps.lua", dir .. "/received",
-    dir .. "/status", tostring(opts.watchdog or 60) }, dir .. "/server.log")
-
-  local up = proc.wait_until(function()
-    return proc.listening(srv.path) or not proc.alive(srv.pid)
-  end, opts.start_timeout or 5)
-  if not (up and proc.listening(srv.path)) then
-    local log = srv:log()
-    srv:stop()
-    error("fake QMP server did not start:\n" .. log, 2)
-  end
-  running[srv] = true
-  return srv
+  return launch(srv, { M.lua, SERVER, srv.path, dir .. "/steps.lua", dir .. "/received",
+    dir .. "/status", tostring(opts.watchdog or 60) }, opts)
 end
 
 -- A server for n connections on one socket (fake_qmp_many.lua): each is
@@ -148,18 +152,26 @@ function M.start_many(n, opts)
   assert(math.type(n) == "integer" and n > 0, "fake_qmp.start_many: n must be a positive integer")
   local dir = tmp.dir("fakeqmp")
   local srv = setmetatable({ dir = dir, path = dir .. "/qmp.sock" }, Server)
-  srv.pid = proc.spawn({ M.lua, MANY, srv.path, tostring(n), dir .. "/status",
-    tostring(opts.watchdog or 60) }, dir .. "/server.log")
-  local up = proc.wait_until(function()
-    return proc.listening(srv.path) or not proc.alive(srv.pid)
-  end, opts.start_timeout or 5)
-  if not (up and proc.listening(srv.path)) then
-    local log = srv:log()
-    srv:stop()
-    error("fake QMP server did not start:\n" .. log, 2)
-  end
-  running[srv] = true
-  return srv
+  return launch(srv, { M.lua, MANY, srv.path, tostring(n), dir .. "/status",
+    tostring(opts.watchdog or 60) }, opts)
+end
+
+-- steps after the usual opening: the greeting, then the capabilities handshake.
+function M.opening(steps)
+  local all = { { greet = true }, { expect = "qmp_capabilities", reply = M.reply("{}") } }
+  for _, step in ipairs(steps or {}) do all[#all + 1] = step end
+  return all
+end
+
+-- Serve the opening then steps, and connect a client to it; cleanup (from
+-- support.cleanup) stops both after the test.  Returns vm, srv.
+function M.client(steps, cleanup, opts)
+  local srv = M.start(M.opening(steps))
+  cleanup(function() srv:stop() end)
+  local vm, err = require("qmp").connect(srv.path, opts or { timeout = 5 })
+  assert(vm, tostring(err) .. "\n" .. srv:log())
+  cleanup(function() vm:close() end)
+  return vm, srv
 end
 
 -- Stop every server a spec forgot (the spec helper calls this after each file).
