@@ -11,6 +11,17 @@ local function run(cmd)
 end
 
 describe("qmp-scm-1.rockspec #slow", function()
+  it("lists every C source and every Lua module of the tree", function()
+    local f = assert(io.open("qmp-scm-1.rockspec"))
+    local spec = f:read("a")
+    f:close()
+    local p = assert(io.popen("ls csrc/*.c lua/qmp/*.lua"))
+    for path in p:lines() do
+      assert.is_truthy(spec:find('"' .. path .. '"', 1, true), path .. " is missing from the rockspec")
+    end
+    p:close()
+  end)
+
   it("installs with luarocks make and loads from the tree", function()
     local dir = tmp.dir("rock")
     finally(function() tmp.remove(dir) end)
