@@ -76,8 +76,10 @@ function Client.connect(addr, opts)
     local ok, why = vm:_check_peer(opts.expect_uid)
     if not ok then conn:close(); return nil, why end
   end
+  vm._reconnecting = true  -- a failure now is connect's to report, not a reconnect's
   local ok, why = vm:_handshake(deadline, opts.negotiate ~= false)
   if ok and opts.validate then ok, why = vm:schema() end
+  vm._reconnecting = false
   if not ok then
     conn:close()
     return nil, why
