@@ -50,11 +50,7 @@ static int core_poll(lua_State *L) {
     p[i].revents = 0;
   }
   for (;;) {
-    if (deadline == HUGE_VAL) ms = -1;
-    else {
-      double left = deadline - qmp_monotime();
-      ms = left <= 0 ? 0 : left * 1000 > INT_MAX ? INT_MAX : (int)ceil(left * 1000);
-    }
+    ms = qmp_poll_ms(deadline);
     r = poll(p, (nfds_t)n, ms);
     if (r >= 0 || errno != EINTR) {
       if (r < 0) return qmp_fail(L, "io", "poll: %s", strerror(errno));

@@ -71,6 +71,7 @@ void qmp_transport_open(lua_State *L);          /* adds connect_unix, connect_tc
 /* poll.c: one poll() over many fds, for qmp.loop. */
 void qmp_poll_open(lua_State *L);              /* adds poll to the module table */
 double qmp_monotime(void);                      /* seconds, CLOCK_MONOTONIC */
+int qmp_poll_ms(double deadline);  /* poll() timeout: -1 forever (HUGE_VAL), 0 once passed */
 
 #pragma GCC visibility pop
 

@@ -43,6 +43,14 @@ double qmp_monotime(void) {
   return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+int qmp_poll_ms(double deadline) {
+  double left;
+  if (deadline == HUGE_VAL) return -1;
+  left = deadline - qmp_monotime();
+  if (!(left > 0)) return 0;  /* passed, or NaN */
+  return left * 1000 > INT_MAX ? INT_MAX : (int)ceil(left * 1000);
+}
+
 /* Deadline from a timeout in seconds; a negative or nil timeout waits forever. */
 static double deadline_of(lua_State *L, int idx) {
   double t = luaL_optnumber(L, idx, -1);
@@ -57,17 +65,11 @@ static int waitfd(int fd, short events, double deadline) {
   p.fd = fd;
   p.events = events;
   for (;;) {
-    if (deadline == HUGE_VAL) ms = -1;
-    else {
-      double left = deadline - qmp_monotime();
-      if (left <= 0) return ETIMEDOUT;
-      ms = left * 1000 > INT_MAX ? INT_MAX : (int)ceil(left * 1000);
-    }
+    if ((ms = qmp_poll_ms(deadline)) == 0) return ETIMEDOUT;
     r = poll(&p, 1, ms);
     if (r > 0) return 0;       /* readable, writable, or HUP/ERR: the I/O call tells */
     if (r < 0 && errno != EINTR) return errno;
-    if (r == 0 && ms >= 0 && qmp_monotime() >= deadline) return ETIMEDOUT;
-  }
+  }  /* a timeout or EINTR: the next turn recomputes what is left */
 }
 
 static int setup_fd(int fd) {
@@ -279,11 +281,8 @@ static int conn_recv(lua_State *L) {
 /* core.sleep(seconds): wait without busy-looping, EINTR-safe. */
 static int core_sleep(lua_State *L) {
   double deadline = qmp_monotime() + luaL_checknumber(L, 1);
-  for (;;) {
-    double left = deadline - qmp_monotime();
-    if (!(left > 0)) break;
-    poll(NULL, 0, left * 1000 > INT_MAX ? INT_MAX : (int)ceil(left * 1000));
-  }
+  int ms;
+  while ((ms = qmp_poll_ms(deadline)) > 0) poll(NULL, 0, ms);
   return 0;
 }
 
