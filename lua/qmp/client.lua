@@ -17,6 +17,7 @@ Client.__name = "qmp.Client"
 local DEFAULT_TIMEOUT = 10
 local DEFAULT_MAX_QUEUE = 10000
 local ID_PREFIX = "qmp#"   -- our ids; replies with other ids are not ours
+local MAX_STALE = 1024     -- timed-out ids remembered; older late replies count as unknown
 
 local function remaining(deadline)
   return max(0, deadline - monotime())
@@ -61,7 +62,7 @@ function Client.connect(addr, opts)
               skipped = 0, handler_errors = 0, invalid = 0 },
     _queue = {}, _qhead = 1, _qtail = 0,  -- events received, not yet consumed
     _nextid = 0,
-    _stale = {},               -- ids whose caller gave up: late replies are dropped
+    _stale = {}, _nstale = 0,  -- ids whose caller gave up: late replies are dropped
     _interest = opts.events and filter.names(opts.events),
     _closed = nil,             -- the error that closed the connection
     generation = 1,            -- counts connections: 2 after the first reconnect
@@ -202,6 +203,7 @@ function Client:_stray(msg)
   local id = msg.id
   if id ~= nil and self._stale[id] then
     self._stale[id] = nil
+    self._nstale = self._nstale - 1
     self.stats.stale = self.stats.stale + 1
   elseif msg.QMP == nil then
     self.stats.unknown = self.stats.unknown + 1
@@ -226,7 +228,10 @@ function Client:_call(cmd, timeout, fds)
     local msg, rerr = self:_receive(remaining(deadline))
     if msg == nil then
       if rerr.kind == "timeout" then
-        self._stale[id] = true
+        if self._nstale >= MAX_STALE then  -- bounded: forget the old ones
+          self._stale, self._nstale = {}, 0
+        end
+        self._stale[id], self._nstale = true, self._nstale + 1
         return nil, errors.new("timeout", ("no reply to %s within %g s"):format(name, timeout),
                                { command = name })
       end
