@@ -49,16 +49,28 @@ static int hexval(unsigned char c) {
   return -1;
 }
 
+/* Bytes the scanner must stop at: inside strings, and outside them. */
+static const unsigned char STRING_STOP[256] = { ['"'] = 1, ['\\'] = 1, [0] = 1 };
+static const unsigned char VALUE_STOP[256] = {
+  ['"'] = 1, ['{'] = 1, ['['] = 1, ['}'] = 1, [']'] = 1, ['.'] = 1, ['e'] = 1, ['E'] = 1, [0] = 1
+};
+
+static int isdigit_json(unsigned char c) {
+  return c >= '0' && c <= '9';
+}
+
 /*
 ** Scan p[*pos .. n) inside a value.  Returns SCAN_DONE with *pos just past
 ** the bracket that closes the top-level value, SCAN_MORE when the bytes run
 ** out first (*pos = n), or SCAN_ERROR with s->err set (*pos at the culprit).
+** Runs of ordinary bytes are skipped through the STOP tables.
 */
 static int scan_value(Scanner *s, const unsigned char *p, size_t n, size_t *pos) {
-  size_t i = *pos;
+  size_t first = *pos, i = *pos;
   for (; i < n; i++) {
-    unsigned char c = p[i];
+    unsigned char c;
     if (s->instr) {
+      c = p[i];
       if (s->hex) {
         int v = hexval(c);
         if (v < 0) { s->err = "invalid \\u escape in a string"; goto error; }
@@ -74,8 +86,8 @@ static int scan_value(Scanner *s, const unsigned char *p, size_t n, size_t *pos)
           s->err = "invalid escape in a string"; goto error;
         }
       }
-      else {  /* fast path: skip ordinary string bytes */
-        while (i < n && p[i] != '"' && p[i] != '\\' && p[i] != 0) i++;
+      else {
+        while (i < n && !STRING_STOP[p[i]]) i++;
         if (i == n) break;
         c = p[i];
         if (c == '"') s->instr = 0;
@@ -84,7 +96,9 @@ static int scan_value(Scanner *s, const unsigned char *p, size_t n, size_t *pos)
       }
       continue;
     }
-    switch (c) {
+    while (i < n && !VALUE_STOP[p[i]]) i++;
+    if (i == n) break;
+    switch (p[i]) {
       case '"': s->instr = 1; break;
       case '{': case '[':
         if (++s->depth > QMP_MAX_DEPTH) { s->err = "nesting too deep"; goto error; }
@@ -93,13 +107,14 @@ static int scan_value(Scanner *s, const unsigned char *p, size_t n, size_t *pos)
         if (--s->depth <= 0) { *pos = i + 1; s->prevdigit = 0; return SCAN_DONE; }
         break;
       case '.': s->sawfloat = 1; break;
-      case 'e': case 'E': if (s->prevdigit) s->sawfloat = 1; break;
-      case 0: s->err = "NUL byte in a message"; goto error;
-      default: break;
+      case 'e': case 'E':  /* an exponent, unless it is a letter of true/false */
+        if (i > first ? isdigit_json(p[i - 1]) : s->prevdigit) s->sawfloat = 1;
+        break;
+      default: s->err = "NUL byte in a message"; goto error;
     }
-    s->prevdigit = (c >= '0' && c <= '9');
   }
   *pos = n;
+  s->prevdigit = n > first && !s->instr && isdigit_json(p[n - 1]);  /* "1" | "e5" across reads */
   return SCAN_MORE;
  error:
   *pos = i;

@@ -295,6 +295,23 @@ describe("qmp.core decode()", function()
   end)
 
   describe("numbers", function()
+    it("tells floats from integers whatever the read boundaries", function()
+      -- An exponent right after a digit makes a float; the e of true/false does not.
+      local text = '{"a":1e5,"b":true,"c":2E-3,"d":-0.5,"e":false,"f":18446744073709551615,"g":7}\n'
+      local whole = decode_stream(text)[1]
+      assert_float(1e5, whole.a)
+      assert_float(2e-3, whole.c)
+      assert_integer(7, whole.g)
+      for at = 1, #text - 1 do
+        local parts = split_in_two(text, at)
+        assert_float(1e5, parts[1].a)
+        assert_float(2e-3, parts[1].c)
+        assert_float(-0.5, parts[1].d)
+        assert_integer(7, parts[1].g)
+        assert_uint64("18446744073709551615", parts[1].f)
+      end
+    end)
+
     it("keeps small integers as integers", function()
       assert_integer(0, decode("0"))
       assert_integer(0, decode("-0"))
