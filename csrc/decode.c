@@ -34,7 +34,7 @@ typedef struct Scanner {
   unsigned char instr;    /* inside a string */
   unsigned char esc;      /* after a backslash in a string */
   unsigned char hex;      /* \u digits still expected */
-  unsigned char prevdigit;  /* last byte outside strings was a digit */
+  unsigned char prevdigit;  /* the previous read ended on a digit outside strings */
   unsigned char sawfloat; /* a '.' or exponent outside strings: not all numbers are integers */
   unsigned code;          /* value of the \u escape being read */
   const char *err;        /* why the scan failed, or NULL */
@@ -147,7 +147,7 @@ typedef struct Walk {
 } Walk;
 
 static int isnumchar(char c) {
-  return (c >= '0' && c <= '9') || c == '-' || c == '+' || c == '.' || c == 'e' || c == 'E';
+  return isdigit_json((unsigned char)c) || c == '-' || c == '+' || c == '.' || c == 'e' || c == 'E';
 }
 
 /* Find the text of the k-th number token (0-based).  cJSON keeps members in
@@ -162,7 +162,7 @@ static const char *number_token(Walk *w, size_t k, size_t *toklen) {
       else if (c == '"') w->curinstr = 0;
     }
     else if (c == '"') w->curinstr = 1;
-    else if (c == '-' || (c >= '0' && c <= '9')) {
+    else if (c == '-' || isdigit_json((unsigned char)c)) {
       size_t start = i;
       while (i < w->len && isnumchar(t[i])) i++;
       if (w->curcount++ == k) {

@@ -24,18 +24,18 @@ local function remaining(deadline)
 end
 
 local function check_opts(opts)
-  if opts == nil then return {} end
+  if opts == nil then return {}, nil end
   if type(opts) ~= "table" then error("qmp.connect: options must be a table", 3) end
   local t = opts.timeout
   if t ~= nil and (type(t) ~= "number" or t < 0) then
     error("qmp.connect: timeout must be a non-negative number of seconds", 3)
   end
-  Client._check_reconnect(opts.reconnect)
+  local reconnect = Client._check_reconnect(opts.reconnect)
   local m = opts.max_queue
   if m ~= nil and (math.type(m) ~= "integer" or m < 1) then
     error("qmp.connect: max_queue must be a positive integer", 3)
   end
-  return opts
+  return opts, reconnect
 end
 
 local function default_on_error(err, vm)
@@ -44,7 +44,8 @@ end
 
 --- Connect to a monitor: vm | nil, err.  See README "qmp.connect".
 function Client.connect(addr, opts)
-  opts = check_opts(opts)
+  local reconnect
+  opts, reconnect = check_opts(opts)
   local a = address.parse(addr)
   local timeout = opts.timeout or DEFAULT_TIMEOUT
   local deadline = monotime() + timeout
@@ -67,7 +68,7 @@ function Client.connect(addr, opts)
     _closed = nil,             -- the error that closed the connection
     generation = 1,            -- counts connections: 2 after the first reconnect
     _address = a, _opts = opts,
-    _reconnect = Client._check_reconnect(opts.reconnect),  -- reconnect.lua
+    _reconnect = reconnect,    -- { min, max } or nil (reconnect.lua)
     _attempts = 0,
     _validating = opts.validate, -- check events against the live schema (schema.lua)
     _handlers = {},            -- subscriptions, in registration order (handlers.lua)
@@ -315,22 +316,21 @@ function Client:wait(names, data, timeout)
   local match = filter.compile(names, data)
   timeout = timeout or self.default_timeout
   local deadline = monotime() + timeout
+  local function expired()
+    return nil, errors.new("timeout", ("no matching event within %g s"):format(timeout))
+  end
   while true do
     local ev = self:_take(match)
     if ev then return ev end
     if self._closed and self._reconnect_timer then  -- reconnecting: let the timer run
       local left = remaining(deadline)
-      if left <= 0 then
-        return nil, errors.new("timeout", ("no matching event within %g s"):format(timeout))
-      end
+      if left <= 0 then return expired() end
       core.sleep(math.min(left, self:timeout() or left))
       self:_run_timers()
     else
       local msg, err = self:_receive(remaining(deadline))
       if msg == nil then
-        if err.kind == "timeout" then
-          return nil, errors.new("timeout", ("no matching event within %g s"):format(timeout))
-        end
+        if err.kind == "timeout" then return expired() end
         if not self._reconnect_timer then return nil, err end
       elseif msg ~= true then
         self:_stray(msg)

@@ -105,7 +105,7 @@ return function(Client)
     return t
   end
 
-  -- Run the timers that are due; returns the seconds until the next one, or nil.
+  -- Run the timers that are due.
   function Client:_run_timers()
     local timers = self._timers
     while timers[1] do
@@ -118,10 +118,16 @@ return function(Client)
         local ok, err = xpcall(t.fn, traceback, self)
         if not ok then failed(self, "timer", err) end
       else
-        return max(0, t.due - monotime())
+        return
       end
     end
-    return nil
+  end
+
+  -- The error to end a loop with: closed, every event dispatched, no reconnect coming.
+  function Client:_finished()
+    if self._closed and self._qhead > self._qtail and not self._reconnect_timer then
+      return self._closed
+    end
   end
 
   --- One non-blocking step for external loops: read what is there, run due
@@ -130,9 +136,8 @@ return function(Client)
     self:poll(0)
     self:_run_timers()
     self:dispatch()
-    if self._closed and self._qhead > self._qtail and not self._reconnect_timer then
-      return nil, self._closed
-    end
+    local finished = self:_finished()
+    if finished then return nil, finished end
     return true
   end
 
@@ -163,15 +168,14 @@ return function(Client)
         self._stop = false
         return true
       end
-      if self._closed and self._qhead > self._qtail and not self._reconnect_timer then
-        return nil, self._closed
-      end
+      local finished = self:_finished()
+      if finished then return nil, finished end
       local wait = deadline - monotime()
       if wait <= 0 then
         return nil, errors.new("timeout", ("run: %g s passed"):format(opts.timeout))
       end
-      local t = self._timers[1]
-      if t then wait = math.min(wait, max(0, t.due - monotime())) end
+      local t = self:timeout()  -- the next timer: the queue is empty here
+      if t then wait = math.min(wait, t) end
       if not self._closed then
         local msg = self:_receive(wait < huge and wait or nil)
         if msg ~= nil and msg ~= true then self:_stray(msg) end

@@ -56,12 +56,7 @@ end
 -- Report a failed command through vm.on_error; never raise.
 local function report(vm, what, err)
   local message = "resume_on_io_error: " .. what .. ": " .. tostring(err and err.message or err)
-  local e = errors.new(err and err.kind or "io", message, { cause = err })
-  if vm._report then
-    vm:_report(e)
-  elseif vm.on_error then
-    pcall(vm.on_error, e, vm)
-  end
+  vm:_report(errors.new(err and err.kind or "io", message, { cause = err }))
 end
 
 --- Resume a VM that an I/O error paused, a bounded number of times.
