@@ -114,7 +114,8 @@ static int scan_value(Scanner *s, const unsigned char *p, size_t n, size_t *pos)
     }
   }
   *pos = n;
-  s->prevdigit = n > first && !s->instr && isdigit_json(p[n - 1]);  /* "1" | "e5" across reads */
+  if (n > first)  /* "1" | "e5" across reads; a call with no new bytes must keep it */
+    s->prevdigit = !s->instr && isdigit_json(p[n - 1]);
   return SCAN_MORE;
  error:
   *pos = i;
@@ -379,7 +380,9 @@ struct qmp_decoder {
   size_t max_message;   /* largest message accepted */
   int inmsg;            /* the scanner is inside a message starting at head */
   int busy;             /* a walk reads the buffer: it must not move */
-  Scanner s;
+  int framed;           /* [fstart, fend) is a complete message not yet decoded */
+  size_t fstart, fend;  /* offsets into buf; fstart == head while framed */
+  Scanner s;            /* left alone while framed: its sawfloat is the message's */
   const char *errkind;  /* sticky framing error, or NULL */
   char errmsg[160];
 };
@@ -411,6 +414,10 @@ char *qmp_decoder_reserve(lua_State *L, qmp_decoder *d, size_t n) {
     memmove(d->buf, d->buf + d->head, d->len - d->head);
     d->len -= d->head;
     d->scan -= d->head;
+    if (d->framed) {  /* a cached frame starts at head: it slides with the bytes */
+      d->fstart -= d->head;
+      d->fend -= d->head;
+    }
     d->head = 0;
   }
   if (d->cap - d->len <= n) {
@@ -436,14 +443,18 @@ size_t qmp_decoder_pending(qmp_decoder *d) {
 }
 
 /* Framing errors are sticky: the stream cannot be resynchronised. */
-static int sticky(lua_State *L, qmp_decoder *d, const char *kind) {
+static int sticky(qmp_decoder *d, const char *kind) {
   d->errkind = kind;
-  return qmp_fail(L, kind, "%s", d->errmsg);
+  return -1;
 }
 
-/* Find the next complete message: returns 1 with [*start, *end) set, 0 when more
-** bytes are needed, or pushes fail + error and returns 2. */
-static int frame(lua_State *L, qmp_decoder *d, size_t *start, size_t *end) {
+/*
+** Find the next complete message and cache it in d->framed/fstart/fend:
+** returns 1, 0 when more bytes are needed, or -1 with a sticky error in
+** d->errkind/errmsg.  Pushes nothing, so qmp_decoder_ready can ask too.
+** Each call moves d->scan on: only call it when nothing is framed.
+*/
+static int frame(qmp_decoder *d) {
   const unsigned char *p = (const unsigned char *)d->buf;
   char *why = d->errmsg;
   for (;;) {
@@ -455,7 +466,7 @@ static int frame(lua_State *L, qmp_decoder *d, size_t *start, size_t *end) {
         char ex[48];
         snprintf(why, sizeof d->errmsg, "expected a JSON object, got '%s'",
                  excerpt(ex, d->buf + d->scan, d->len - d->scan));
-        return sticky(L, d, "protocol");
+        return sticky(d, "protocol");
       }
       memset(&d->s, 0, sizeof d->s);
       d->inmsg = 1;
@@ -464,21 +475,29 @@ static int frame(lua_State *L, qmp_decoder *d, size_t *start, size_t *end) {
       case SCAN_DONE:
         d->inmsg = 0;
         if (d->scan - d->head > d->max_message) break;  /* toolarge, below */
-        *start = d->head;
-        *end = d->scan;
+        d->framed = 1;
+        d->fstart = d->head;
+        d->fend = d->scan;
         return 1;
       case SCAN_ERROR:
         snprintf(why, sizeof d->errmsg, "%s (byte %d of a message)", d->s.err,
                  (int)(d->scan - d->head));
-        return sticky(L, d, "protocol");
+        return sticky(d, "protocol");
       default:
         if (d->scan - d->head <= d->max_message) return 0;
         break;
     }
     snprintf(why, sizeof d->errmsg, "message exceeds max_message (%lu bytes)",
              (unsigned long)d->max_message);
-    return sticky(L, d, "toolarge");
+    return sticky(d, "toolarge");
   }
+}
+
+int qmp_decoder_ready(lua_State *L, qmp_decoder *d) {
+  if (d->busy)  /* as in next(): while a walk runs, the decoder is not to be touched */
+    return luaL_error(L, "qmp: decoder used re-entrantly");
+  if (d->errkind != NULL || d->framed) return 1;
+  return frame(d) != 0;  /* a new error counts: next() has it to give */
 }
 
 int qmp_decoder_next(lua_State *L, int didx) {
@@ -490,8 +509,13 @@ int qmp_decoder_next(lua_State *L, int didx) {
   if (d->busy)  /* a finalizer run by the walk: touch nothing, not even the framer */
     return luaL_error(L, "qmp: decoder used re-entrantly");
   if (d->errkind != NULL) return qmp_fail(L, d->errkind, "%s", d->errmsg);
-  r = frame(L, d, &start, &end);
-  if (r != 1) return r;
+  if (!d->framed) {  /* else qmp_decoder_ready framed it already */
+    r = frame(d);
+    if (r == 0) return 0;
+    if (r < 0) return qmp_fail(L, d->errkind, "%s", d->errmsg);
+  }
+  start = d->fstart;
+  end = d->fend;
   top = lua_gettop(L);
   lua_getiuservalue(L, didx, UV_EVENTS);
   lua_getiuservalue(L, didx, UV_BOX);
@@ -502,6 +526,7 @@ int qmp_decoder_next(lua_State *L, int didx) {
   ok = parse_text(box, d->buf + start, end - start, why, sizeof why);
   d->buf[end] = saved;
   d->head = end;  /* consumed before anything can raise; bad JSON too: the stream goes on */
+  d->framed = 0;
   if (ok) {
     d->busy = 1;
     box->busy = &d->busy;  /* cleared by the box if the walk raises */
@@ -523,6 +548,7 @@ static int decoder_gc(lua_State *L) {
   free(d->buf);
   d->buf = NULL;
   d->cap = d->len = d->head = d->scan = 0;
+  d->framed = 0;
   return 0;
 }
 
@@ -570,6 +596,12 @@ static int decoder_next(lua_State *L) {
   return r ? r : 1;
 }
 
+/* d:buffered() -> true when next() would give a message or an error now */
+static int decoder_buffered(lua_State *L) {
+  lua_pushboolean(L, qmp_decoder_ready(L, checkdecoder(L, 1)));
+  return 1;
+}
+
 /* d:pending() -> bytes of an incomplete message held */
 static int decoder_pending(lua_State *L) {
   lua_pushinteger(L, (lua_Integer)qmp_decoder_pending(checkdecoder(L, 1)));
@@ -611,6 +643,7 @@ void qmp_decode_open(lua_State *L) {
     {"feed", decoder_feed},
     {"next", decoder_next},
     {"pending", decoder_pending},
+    {"buffered", decoder_buffered},
     {NULL, NULL}
   };
   if (luaL_newmetatable(L, TREEBOX_MT)) {

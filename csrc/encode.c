@@ -451,11 +451,6 @@ static void encode(lua_State *L, int idx) {
   lua_remove(L, e.boxidx);
 }
 
-void qmp_encode_value(lua_State *L, luaL_Buffer *b, int idx) {
-  encode(L, idx);
-  luaL_addvalue(b);  /* the text is the only thing left above the buffer */
-}
-
 /* core.encode(value) -> JSON text; raises on anything JSON cannot hold. */
 static int enc_encode(lua_State *L) {
   luaL_checkany(L, 1);

@@ -1,10 +1,11 @@
 /*
 ** poll.c: one poll() over many monitor connections, for qmp.loop.
 **
-** core.poll(fds, timeout) waits until at least one fd of the list is
-** readable (or hung up, or in error) and returns the 1-based indices of the
-** ready ones; an empty list when the timeout passes.  As everywhere in the
-** core, the wait is against a CLOCK_MONOTONIC deadline and retried on EINTR.
+** core.poll(fds, timeout [, events]) waits until at least one fd of the list
+** is ready (readable, or writable for a "w", or hung up, or in error) and
+** returns the 1-based indices of the ready ones; an empty list when the
+** timeout passes.  As everywhere in the core, the wait is against a
+** CLOCK_MONOTONIC deadline and retried on EINTR.
 */
 #include <errno.h>
 #include <limits.h>
@@ -18,19 +19,45 @@
 #define QMP_MAX_POLL 65536   /* fds in one core.poll call */
 #endif
 
-/* core.poll(fds, timeout) -> { index, ... } | nil, err
+/* What to wait for on fds[i]: events[i] is "r" (or missing), "w" or "rw". */
+static short events_of(lua_State *L, lua_Integer i) {
+  const char *e;
+  short ev = -1;
+  if (lua_isnoneornil(L, 3)) return POLLIN;
+  switch (lua_geti(L, 3, i + 1)) {
+    case LUA_TNIL: ev = POLLIN; break;
+    case LUA_TSTRING:
+      e = lua_tostring(L, -1);
+      if (strcmp(e, "r") == 0) ev = POLLIN;
+      else if (strcmp(e, "w") == 0) ev = POLLOUT;
+      else if (strcmp(e, "rw") == 0) ev = POLLIN | POLLOUT;
+      break;
+    default: break;
+  }
+  if (ev < 0)
+    luaL_argerror(L, 3, lua_pushfstring(L, "events[%I] must be \"r\", \"w\" or \"rw\"",
+                                        i + 1));
+  lua_pop(L, 1);
+  return ev;
+}
+
+/* core.poll(fds, timeout [, events]) -> { index, ... } | nil, err
 ** fds: list of integers (a negative fd is skipped); timeout: seconds,
-** nil = forever, 0 = just check. */
+** nil = forever, 0 = just check; events: list parallel to fds of "r", "w"
+** or "rw" (missing entries are "r"). */
 static int core_poll(lua_State *L) {
   lua_Integer n, i;
   double t, deadline;
   struct pollfd *p;
   int r, ms, ready;
   luaL_checktype(L, 1, LUA_TTABLE);
+  if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
+  lua_settop(L, 3);  /* events stays at 3 (maybe nil) under what is pushed below */
   t = luaL_optnumber(L, 2, -1);
   luaL_argcheck(L, !isnan(t), 2, "timeout must be a number");
   deadline = t < 0 ? HUGE_VAL : qmp_monotime() + t;
   n = luaL_len(L, 1);
+  luaL_argcheck(L, n >= 0, 1, "negative length");  /* a __len can say anything */
   if (n > QMP_MAX_POLL)
     return luaL_argerror(L, 1, lua_pushfstring(L, "too many fds (%I, the limit is %d)",
                                                n, (int)QMP_MAX_POLL));
@@ -46,7 +73,7 @@ static int core_poll(lua_State *L) {
                                                  i + 1));
     lua_pop(L, 1);
     p[i].fd = (fd < 0 || fd > INT_MAX) ? -1 : (int)fd;
-    p[i].events = POLLIN;
+    p[i].events = events_of(L, i);
     p[i].revents = 0;
   }
   for (;;) {
@@ -60,7 +87,7 @@ static int core_poll(lua_State *L) {
   lua_createtable(L, r > 0 ? r : 0, 0);
   ready = 0;
   for (i = 0; i < n; i++) {
-    if (p[i].fd >= 0 && p[i].revents != 0) {   /* POLLIN, POLLHUP, POLLERR, POLLNVAL */
+    if (p[i].fd >= 0 && p[i].revents != 0) {   /* POLLIN/OUT, POLLHUP, POLLERR, POLLNVAL */
       lua_pushinteger(L, i + 1);
       lua_rawseti(L, -2, ++ready);
     }

@@ -49,8 +49,6 @@ int qmp_touint64(lua_State *L, int idx, uint64_t *v);  /* 1 if idx is a qmp.uint
 
 /* encode.c: Lua value -> JSON text. */
 void qmp_encode_open(lua_State *L);             /* adds encode to the module table */
-/* Append the JSON text of the value at idx to b; raises on unencodable values. */
-void qmp_encode_value(lua_State *L, luaL_Buffer *b, int idx);
 
 /* decode.c: framer + cJSON tree -> Lua. */
 void qmp_decode_open(lua_State *L);             /* adds decode, decoder, events */
@@ -63,10 +61,13 @@ char *qmp_decoder_reserve(lua_State *L, qmp_decoder *d, size_t n);
 void qmp_decoder_commit(qmp_decoder *d, size_t n);   /* n bytes were written */
 /* Push the next message (1), nothing (0: need more bytes), or fail+error (2). */
 int qmp_decoder_next(lua_State *L, int didx);
+/* 1 if qmp_decoder_next would push a message or an error now, without more
+** bytes (the frame found is cached for it); 0 if not.  Pushes nothing. */
+int qmp_decoder_ready(lua_State *L, qmp_decoder *d);
 size_t qmp_decoder_pending(qmp_decoder *d);          /* bytes of a partial message */
 
 /* transport.c: sockets. */
-void qmp_transport_open(lua_State *L);          /* adds connect_unix, connect_tcp, fdopen */
+void qmp_transport_open(lua_State *L);  /* adds connect_*, open_*, resolve, fdopen, sleep */
 
 /* poll.c: one poll() over many fds, for qmp.loop. */
 void qmp_poll_open(lua_State *L);              /* adds poll to the module table */

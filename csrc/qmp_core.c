@@ -4,6 +4,7 @@
 ** decode, encode, uint64), each adding its functions to the table on top.
 */
 #include <stdarg.h>
+#include <time.h>
 
 #include "qmp.h"
 
@@ -59,6 +60,15 @@ static int core_monotime(lua_State *L) {
   return 1;
 }
 
+/* core.walltime() -> seconds, microseconds: CLOCK_REALTIME, as QMP event timestamps. */
+static int core_walltime(lua_State *L) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  lua_pushinteger(L, (lua_Integer)ts.tv_sec);
+  lua_pushinteger(L, (lua_Integer)(ts.tv_nsec / 1000));
+  return 2;
+}
+
 /* Mark a table so that qmp.encode writes it as a JSON array, even when empty. */
 static int core_array(lua_State *L) {
   if (lua_isnoneornil(L, 1))
@@ -82,6 +92,8 @@ int luaopen_qmp_core(lua_State *L) {
   lua_setfield(L, -2, "array");
   lua_pushcfunction(L, core_monotime);
   lua_setfield(L, -2, "monotime");
+  lua_pushcfunction(L, core_walltime);
+  lua_setfield(L, -2, "walltime");
   qmp_pushnull(L);
   lua_setfield(L, -2, "null");
   qmp_uint64_open(L);

@@ -6,6 +6,14 @@
 ** dead peer gives an error, never SIGPIPE.  A connection owns a streaming
 ** decoder (decode.c): conn:recv() returns whole decoded messages.
 **
+** Two ways to drive a connection:
+**   waiting   connect_unix/connect_tcp, conn:recv, conn:send wait here, each
+**             against its own deadline;
+**   polling   open_unix/open_tcp (+ conn:finish_connect), conn:take,
+**             conn:write and conn:buffered never wait: the caller polls the
+**             fd (core.poll) and calls them when it is ready.
+** Only conn:close() closes the fd: an event loop may still be polling it.
+**
 ** World events return fail + { kind, message }: "refused", "denied",
 ** "timeout", "closed", "unsupported", "io".  Misuse raises.
 */
@@ -28,13 +36,20 @@
 
 #include "qmp.h"
 
-#define MAX_FDS 16   /* fds passed with one command (SCM_RIGHTS) */
+#define MAX_FDS 16       /* fds passed with one command (SCM_RIGHTS) */
+#define READ_SIZE 65536  /* bytes asked of one recv() */
+#define MAX_ADDRS 32     /* addresses kept by core.resolve */
+#define ADDR_LEN 64      /* a numeric address: INET6_ADDRSTRLEN + "%" + scope */
 
 typedef struct Conn {
   int fd;             /* -1 once closed */
   int family;         /* AF_UNIX, AF_INET or AF_INET6 */
   int eof;            /* the peer closed its end */
+  int broken;         /* a send stopped half-way: the peer's framing is lost */
+  int connecting;     /* a non-blocking connect may still be under way */
+  int connerr;        /* why that connect failed, once known (sticky) */
   qmp_decoder *dec;   /* user value 1 keeps it alive */
+  char label[112];    /* path or host:port for messages (truncated) */
 } Conn;
 
 double qmp_monotime(void) {
@@ -96,8 +111,9 @@ static Conn *conn_new(lua_State *L, size_t max_message) {
   Conn *c = (Conn *)lua_newuserdatauv(L, sizeof(Conn), 1);
   c->fd = -1;
   c->family = AF_UNSPEC;
-  c->eof = 0;
+  c->eof = c->broken = c->connecting = c->connerr = 0;
   c->dec = NULL;
+  c->label[0] = '\0';
   luaL_setmetatable(L, QMP_CONN_MT);
   c->dec = qmp_decoder_new(L, max_message);
   lua_setiuservalue(L, -2, 1);
@@ -141,26 +157,128 @@ static int connect_fd(Conn *c, const struct sockaddr *sa, socklen_t salen, doubl
   return err;
 }
 
+/* Start connecting a new socket to sa without waiting: 0 when connected at
+** once, EINPROGRESS (conn:finish_connect() tells), or an errno (no fd left). */
+static int start_connect(Conn *c, const struct sockaddr *sa, socklen_t salen) {
+  int err;
+  c->fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (c->fd < 0) return errno;
+  c->family = sa->sa_family;
+  if (connect(c->fd, sa, salen) == 0) return 0;
+  err = errno;
+  if (err == EINTR) err = EINPROGRESS;  /* it goes on; a second connect() would say EALREADY */
+  if (err == EINPROGRESS) {
+    c->connecting = 1;
+    return err;
+  }
+  conn_destroy(c);
+  return err;
+}
+
+/* Where a non-blocking connect stands, without waiting: 1 connected, 0 still
+** under way, -1 failed (c->connerr, kept: SO_ERROR reads only once). */
+static int connect_state(Conn *c) {
+  struct pollfd p;
+  int r, err = 0;
+  socklen_t errlen = sizeof err;
+  if (c->connerr != 0) return -1;
+  if (!c->connecting) return 1;
+  p.fd = c->fd;
+  p.events = POLLOUT;
+  p.revents = 0;
+  while ((r = poll(&p, 1, 0)) < 0 && errno == EINTR) {}
+  if (r == 0) return 0;
+  if (r < 0) err = errno;
+  else if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &errlen) < 0) err = errno;
+  if (err != 0) {
+    c->connerr = err;
+    return -1;
+  }
+  c->connecting = 0;
+  return 1;
+}
+
+static int connect_fail(lua_State *L, Conn *c) {
+  return qmp_fail(L, connect_kind(c->connerr), "cannot connect to %s: %s", c->label,
+                  strerror(c->connerr));
+}
+
+/* Check a unix socket path (raises on misuse) and fill sa with it. */
+static const char *check_unix_path(lua_State *L, int idx, struct sockaddr_un *sa) {
+  size_t len;
+  const char *path = luaL_checklstring(L, idx, &len);
+  if (len == 0 || len >= sizeof sa->sun_path)
+    luaL_error(L, "unix socket path %s (%d bytes): the limit is %d bytes",
+               len ? "too long" : "empty", (int)len, (int)sizeof sa->sun_path - 1);
+  luaL_argcheck(L, strlen(path) == len, idx, "socket path contains a NUL byte");
+  memset(sa, 0, sizeof *sa);
+  sa->sun_family = AF_UNIX;
+  memcpy(sa->sun_path, path, len);
+  return path;
+}
+
+/* What path is when it is there but not a socket ("a directory"), else NULL. */
+static const char *not_a_socket(const char *path) {
+  struct stat st;
+  if (stat(path, &st) < 0 || S_ISSOCK(st.st_mode)) return NULL;
+  if (S_ISREG(st.st_mode)) return "a regular file";
+  if (S_ISDIR(st.st_mode)) return "a directory";
+  if (S_ISFIFO(st.st_mode)) return "a named pipe";
+  if (S_ISCHR(st.st_mode)) return "a character device";
+  if (S_ISBLK(st.st_mode)) return "a block device";
+  return "not a socket either";
+}
+
+/* nil, err for a failed unix connect, saying what to check. */
+static int unix_fail(lua_State *L, const char *path, int err) {
+  const char *what;
+  switch (err) {
+    case ENOENT:
+      return qmp_fail(L, "refused", "no socket at %s (is QEMU running with -qmp unix:%s,server=on?)",
+                      path, path);
+    case ECONNREFUSED:  /* also what connect() says of a file that is no socket */
+      if ((what = not_a_socket(path)) != NULL)
+        return qmp_fail(L, "refused", "%s is not a socket (it is %s)", path, what);
+      return qmp_fail(L, "refused", "cannot connect to %s: %s (nobody is listening: "
+                      "QEMU may have exited)", path, strerror(err));
+    case EAGAIN:
+      return qmp_fail(L, "refused", "cannot connect to %s: its listen backlog is full "
+                      "(the server is not accepting connections)", path);
+    default:
+      return qmp_fail(L, connect_kind(err), "cannot connect to %s: %s", path, strerror(err));
+  }
+}
+
 /* core.connect_unix(path, timeout, max_message) -> conn | nil, err */
 static int core_connect_unix(lua_State *L) {
-  size_t len;
-  const char *path = luaL_checklstring(L, 1, &len);
-  double deadline = deadline_of(L, 2);
   struct sockaddr_un sa;
+  const char *path = check_unix_path(L, 1, &sa);
+  double deadline = deadline_of(L, 2);
   Conn *c;
   int err;
-  if (len == 0 || len >= sizeof sa.sun_path)
-    return luaL_error(L, "unix socket path %s (%d bytes): the limit is %d bytes",
-                      len ? "too long" : "empty", (int)len, (int)sizeof sa.sun_path - 1);
-  luaL_argcheck(L, strlen(path) == len, 1, "socket path contains a NUL byte");
   c = conn_new(L, check_max_message(L, 3));
-  memset(&sa, 0, sizeof sa);
-  sa.sun_family = AF_UNIX;
-  memcpy(sa.sun_path, path, len);
+  snprintf(c->label, sizeof c->label, "%s", path);
   err = connect_fd(c, (struct sockaddr *)&sa, sizeof sa, deadline);
-  if (err != 0)
+  if (err == ECONNREFUSED)
+    return unix_fail(L, path, err);  /* tells a file that is not a socket */
+  if (err != 0)  /* the old wording: callers match "No such file" */
     return qmp_fail(L, connect_kind(err), "cannot connect to %s: %s", path, strerror(err));
   return 1;
+}
+
+/* core.open_unix(path [, max_message]) -> conn, connected | nil, err.
+** Never waits: when connected is false, poll the fd for "w" and call
+** conn:finish_connect(). */
+static int core_open_unix(lua_State *L) {
+  struct sockaddr_un sa;
+  const char *path = check_unix_path(L, 1, &sa);
+  Conn *c = conn_new(L, check_max_message(L, 2));
+  int err;
+  snprintf(c->label, sizeof c->label, "%s", path);
+  err = start_connect(c, (struct sockaddr *)&sa, sizeof sa);
+  if (err != 0 && err != EINPROGRESS) return unix_fail(L, path, err);
+  lua_pushboolean(L, err == 0);
+  return 2;
 }
 
 static int is_loopback(const struct sockaddr *sa) {
@@ -174,6 +292,16 @@ static int is_loopback(const struct sockaddr *sa) {
     return IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127;
   }
   return 0;
+}
+
+static int denied_fail(lua_State *L, const char *addr) {
+  return qmp_fail(L, "denied", "refusing TCP to non-loopback address %s "
+                  "(the monitor is root-equivalent; pass allow_remote = true)", addr);
+}
+
+static void set_nodelay(int fd) {
+  int one = 1;  /* commands are small and latency matters */
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 }
 
 /* core.connect_tcp(host, port, timeout, max_message, allow_remote) -> conn | nil, err */
@@ -194,6 +322,7 @@ static int core_connect_tcp(lua_State *L) {
   hints.ai_socktype = SOCK_STREAM;
   hints.ai_flags = AI_NUMERICSERV;
   c = conn_new(L, max_message);
+  snprintf(c->label, sizeof c->label, "%s:%d", host, (int)port);
   gai = getaddrinfo(host, service, &hints, &res);
   if (gai != 0)
     return qmp_fail(L, "refused", "cannot resolve %s: %s", host, gai_strerror(gai));
@@ -211,21 +340,98 @@ static int core_connect_tcp(lua_State *L) {
       : (void *)&((struct sockaddr_in6 *)res->ai_addr)->sin6_addr;
     inet_ntop(res->ai_family, a, addr, sizeof addr);
     freeaddrinfo(res);
-    return qmp_fail(L, "denied", "refusing TCP to non-loopback address %s "
-                    "(the monitor is root-equivalent; pass allow_remote = true)", addr);
+    return denied_fail(L, addr);
   }
   freeaddrinfo(res);
   if (c->fd < 0)
     return qmp_fail(L, connect_kind(err ? err : ECONNREFUSED), "cannot connect to %s:%d: %s",
                     host, (int)port, strerror(err ? err : ECONNREFUSED));
-  {
-    int one = 1;  /* commands are small and latency matters */
-    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  set_nodelay(c->fd);
+  return 1;
+}
+
+/*
+** core.resolve(host, port [, allow_remote]) -> { address, ... } | nil, err
+** Numeric addresses for core.open_tcp, in getaddrinfo order, without
+** duplicates; only loopback ones unless allow_remote.  Blocks in getaddrinfo.
+** They are copied out before anything is pushed: a memory error while
+** pushing must not leak the getaddrinfo list.
+*/
+static int core_resolve(lua_State *L) {
+  const char *host = luaL_checkstring(L, 1);
+  lua_Integer port = luaL_checkinteger(L, 2);
+  int allow_remote = lua_toboolean(L, 3);
+  struct addrinfo hints, *res = NULL, *ai;
+  char service[16], addrs[MAX_ADDRS][ADDR_LEN], denied[ADDR_LEN] = "";
+  int gai, n = 0, i;
+  luaL_argcheck(L, port > 0 && port < 65536, 2, "port out of range");
+  snprintf(service, sizeof service, "%d", (int)port);
+  memset(&hints, 0, sizeof hints);
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICSERV;
+  gai = getaddrinfo(host, service, &hints, &res);
+  if (gai != 0)
+    return qmp_fail(L, "refused", "cannot resolve %s: %s", host, gai_strerror(gai));
+  for (ai = res; ai != NULL && n < MAX_ADDRS; ai = ai->ai_next) {
+    char a[ADDR_LEN];
+    if ((ai->ai_family != AF_INET && ai->ai_family != AF_INET6)
+        || getnameinfo(ai->ai_addr, ai->ai_addrlen, a, sizeof a, NULL, 0, NI_NUMERICHOST) != 0)
+      continue;
+    if (!allow_remote && !is_loopback(ai->ai_addr)) {
+      if (denied[0] == '\0') memcpy(denied, a, sizeof a);
+      continue;
+    }
+    for (i = 0; i < n && strcmp(addrs[i], a) != 0; i++) {}
+    if (i == n) memcpy(addrs[n++], a, sizeof a);
+  }
+  freeaddrinfo(res);
+  if (n == 0 && denied[0] != '\0') return denied_fail(L, denied);
+  if (n == 0) return qmp_fail(L, "refused", "cannot resolve %s: no IPv4 or IPv6 address", host);
+  lua_createtable(L, n, 0);
+  for (i = 0; i < n; i++) {
+    lua_pushstring(L, addrs[i]);
+    lua_rawseti(L, -2, i + 1);
   }
   return 1;
 }
 
-/* core.fdopen(fd, max_message) -> conn; the connection owns fd from now on. */
+/* core.open_tcp(numeric_host, port [, max_message]) -> conn, connected | nil, err.
+** One numeric address (from core.resolve), so nothing here can block. */
+static int core_open_tcp(lua_State *L) {
+  const char *host = luaL_checkstring(L, 1);
+  lua_Integer port = luaL_checkinteger(L, 2);
+  size_t max_message = check_max_message(L, 3);
+  struct addrinfo hints, *res = NULL;
+  char service[16];
+  int gai, err;
+  Conn *c;
+  luaL_argcheck(L, port > 0 && port < 65536, 2, "port out of range");
+  snprintf(service, sizeof service, "%d", (int)port);
+  memset(&hints, 0, sizeof hints);
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV;
+  c = conn_new(L, max_message);  /* first: a memory error must not leak res */
+  if (strchr(host, ':') != NULL) snprintf(c->label, sizeof c->label, "[%s]:%d", host, (int)port);
+  else snprintf(c->label, sizeof c->label, "%s:%d", host, (int)port);
+  gai = getaddrinfo(host, service, &hints, &res);
+  if (gai == EAI_NONAME)
+    return luaL_argerror(L, 1, "not a numeric address (core.resolve gives those)");
+  if (gai != 0)
+    return qmp_fail(L, "io", "cannot use address %s: %s", host, gai_strerror(gai));
+  err = start_connect(c, res->ai_addr, res->ai_addrlen);
+  freeaddrinfo(res);
+  if (err != 0 && err != EINPROGRESS)
+    return qmp_fail(L, connect_kind(err), "cannot connect to %s: %s", c->label, strerror(err));
+  set_nodelay(c->fd);
+  lua_pushboolean(L, err == 0);
+  return 2;
+}
+
+/* core.fdopen(fd, max_message) -> conn.  Once the Conn exists it owns fd,
+** failures included: setup_fd failing closes it.  Before that (not an fd,
+** no memory for the Conn) fd is still the caller's. */
 static int core_fdopen(lua_State *L) {
   lua_Integer fd = luaL_checkinteger(L, 1);
   size_t max_message = check_max_message(L, 2);
@@ -237,13 +443,33 @@ static int core_fdopen(lua_State *L) {
   if (fstat((int)fd, &st) < 0)
     return luaL_error(L, "fd %d: %s", (int)fd, strerror(errno));
   c = conn_new(L, max_message);
-  if (setup_fd((int)fd) < 0)
-    return luaL_error(L, "fd %d: %s", (int)fd, strerror(errno));
   c->fd = (int)fd;
+  snprintf(c->label, sizeof c->label, "fd %d", c->fd);
+  if (setup_fd(c->fd) < 0) {
+    int err = errno;
+    conn_destroy(c);
+    return luaL_error(L, "fd %d: %s", (int)fd, strerror(err));
+  }
   c->family = AF_UNSPEC;
   if (S_ISSOCK(st.st_mode) && getsockname(c->fd, (struct sockaddr *)&ss, &sslen) == 0)
     c->family = ss.ss_family;
   return 1;
+}
+
+/* nil, err when the conn can carry no more messages; 0 while it can. */
+static int unusable(lua_State *L, Conn *c) {
+  if (c->fd < 0) return qmp_fail(L, "closed", "the connection is closed");
+  if (c->broken) return qmp_fail(L, "closed", "the stream is unusable after a partial send");
+  return 0;
+}
+
+/* nil, err once the peer's end is closed and no whole message is left. */
+static int eof_fail(lua_State *L, Conn *c) {
+  size_t partial = qmp_decoder_pending(c->dec);
+  if (partial > 0)
+    return qmp_fail(L, "closed", "connection closed by the peer inside a message "
+                    "(%d bytes discarded)", (int)partial);
+  return qmp_fail(L, "closed", "connection closed by the peer");
 }
 
 /* conn:recv([timeout]) -> message | nil, err.  timeout 0 only takes what is there. */
@@ -257,16 +483,10 @@ static int conn_recv(lua_State *L) {
     ssize_t n;
     char *p;
     if ((r = qmp_decoder_next(L, 2)) != 0) return r;
-    if (c->fd < 0) return qmp_fail(L, "closed", "the connection is closed");
-    if (c->eof) {
-      size_t partial = qmp_decoder_pending(c->dec);
-      if (partial > 0)
-        return qmp_fail(L, "closed", "connection closed by the peer inside a message "
-                        "(%d bytes discarded)", (int)partial);
-      return qmp_fail(L, "closed", "connection closed by the peer");
-    }
-    p = qmp_decoder_reserve(L, c->dec, 65536);
-    n = recv(c->fd, p, 65536, 0);
+    if ((r = unusable(L, c)) != 0) return r;
+    if (c->eof) return eof_fail(L, c);
+    p = qmp_decoder_reserve(L, c->dec, READ_SIZE);
+    n = recv(c->fd, p, READ_SIZE, 0);
     if (n > 0) { qmp_decoder_commit(c->dec, (size_t)n); continue; }
     if (n == 0) { c->eof = 1; continue; }
     if (errno == EINTR) continue;
@@ -276,6 +496,62 @@ static int conn_recv(lua_State *L) {
     if (waitfd(c->fd, POLLIN, deadline) != 0)
       return qmp_fail(L, "timeout", "no message within the timeout");
   }
+}
+
+/*
+** conn:take() -> message | false | nil, err.  Never waits: a whole message
+** already held, else one recv() and another look; false when nothing whole
+** is there yet.  Every whole message is given before an EOF is reported.
+*/
+static int conn_take(lua_State *L) {
+  Conn *c = toconn(L);
+  int r;
+  lua_settop(L, 1);
+  lua_getiuservalue(L, 1, 1);  /* the decoder, at 2 */
+  if ((r = qmp_decoder_next(L, 2)) != 0) return r;
+  if ((r = unusable(L, c)) != 0) return r;
+  if (!c->eof) {
+    ssize_t n;
+    char *p;
+    if ((r = connect_state(c)) < 0) return connect_fail(L, c);
+    if (r == 0) {
+      lua_pushboolean(L, 0);
+      return 1;
+    }
+    p = qmp_decoder_reserve(L, c->dec, READ_SIZE);
+    while ((n = recv(c->fd, p, READ_SIZE, 0)) < 0 && errno == EINTR) {}
+    if (n > 0) qmp_decoder_commit(c->dec, (size_t)n);
+    else if (n == 0 || errno == ECONNRESET) c->eof = 1;
+    else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+      lua_pushboolean(L, 0);
+      return 1;
+    }
+    else return qmp_fail(L, "io", "read: %s", strerror(errno));
+    if ((r = qmp_decoder_next(L, 2)) != 0) return r;
+  }
+  if (c->eof) return eof_fail(L, c);
+  lua_pushboolean(L, 0);
+  return 1;
+}
+
+/* conn:buffered() -> true when take() would answer without reading the
+** socket: a whole message (or a framing error) is held, or the stream has
+** ended.  Then polling the fd first could wait for nothing. */
+static int conn_buffered(lua_State *L) {
+  Conn *c = toconn(L);
+  lua_pushboolean(L, c->fd < 0 || c->broken || c->eof || c->connerr != 0
+                     || qmp_decoder_ready(L, c->dec));
+  return 1;
+}
+
+/* conn:finish_connect() -> true | false (still under way) | nil, err */
+static int conn_finish_connect(lua_State *L) {
+  Conn *c = toconn(L);
+  int r;
+  if (c->fd < 0) return qmp_fail(L, "closed", "the connection is closed");
+  if ((r = connect_state(c)) < 0) return connect_fail(L, c);
+  lua_pushboolean(L, r);
+  return 1;
 }
 
 /* core.sleep(seconds): wait without busy-looping, EINTR-safe. */
@@ -288,20 +564,22 @@ static int core_sleep(lua_State *L) {
 
 /* Collect up to MAX_FDS integers from the list at idx. */
 static int check_fds(lua_State *L, int idx, int *fds) {
-  int n = 0;
+  lua_Integer n;
   if (lua_isnoneornil(L, idx)) return 0;
   luaL_checktype(L, idx, LUA_TTABLE);
-  n = (int)luaL_len(L, idx);
+  n = luaL_len(L, idx);  /* a __len may say anything: check before it sizes a copy */
+  luaL_argcheck(L, n >= 0, idx, "the fds list has a negative length");
   luaL_argcheck(L, n <= MAX_FDS, idx, "too many fds for one message");
-  for (int i = 0; i < n; i++) {
+  for (int i = 0; i < (int)n; i++) {
     lua_Integer fd;
+    int isint;
     lua_rawgeti(L, idx, i + 1);
-    fd = luaL_checkinteger(L, -1);
-    luaL_argcheck(L, fd >= 0 && fd <= INT_MAX, idx, "fds must be file descriptors");
+    fd = lua_tointegerx(L, -1, &isint);
+    luaL_argcheck(L, isint && fd >= 0 && fd <= INT_MAX, idx, "fds must be file descriptors");
     fds[i] = (int)fd;
     lua_pop(L, 1);
   }
-  return n;
+  return (int)n;
 }
 
 /* Send p[0..n) with fds attached to its first byte. */
@@ -330,7 +608,9 @@ static ssize_t send_some(int fd, const char *p, size_t n, const int *fds, int nf
 
 /*
 ** conn:send(text [, timeout [, fds]]) -> true | nil, err.  A send that stops
-** half-way leaves the stream unusable, so it closes the connection.
+** half-way leaves the peer inside a message: the conn is marked broken and
+** later sends and receives fail ("closed"), but the fd stays open until
+** conn:close(), since an event loop may still be polling it.
 */
 static int conn_send(lua_State *L) {
   Conn *c = toconn(L);
@@ -338,8 +618,8 @@ static int conn_send(lua_State *L) {
   const char *text = luaL_checklstring(L, 2, &len);
   double deadline = deadline_of(L, 3);
   int fds[MAX_FDS];
-  int nfds = check_fds(L, 4, fds);
-  if (c->fd < 0) return qmp_fail(L, "closed", "the connection is closed");
+  int nfds = check_fds(L, 4, fds), r;
+  if ((r = unusable(L, c)) != 0) return r;
   if (nfds > 0 && c->family != AF_UNIX)
     return qmp_fail(L, "unsupported", "passing fds needs a unix socket connection");
   while (done < len) {
@@ -348,9 +628,9 @@ static int conn_send(lua_State *L) {
     if (errno == EINTR) continue;
     if (errno == EAGAIN || errno == EWOULDBLOCK) {
       if (waitfd(c->fd, POLLOUT, deadline) == 0) continue;
-      if (done > 0) conn_destroy(c);
+      if (done > 0) c->broken = 1;
       return qmp_fail(L, "timeout", "send timed out after %d of %d bytes%s",
-                      (int)done, (int)len, done > 0 ? "; connection closed" : "");
+                      (int)done, (int)len, done > 0 ? "; the stream is unusable" : "");
     }
     if (errno == EPIPE || errno == ECONNRESET) {
       c->eof = 1;
@@ -359,6 +639,45 @@ static int conn_send(lua_State *L) {
     return qmp_fail(L, "io", "send: %s", strerror(errno));
   }
   lua_pushboolean(L, 1);
+  return 1;
+}
+
+/*
+** conn:write(text, offset [, fds]) -> new_offset | nil, err.  Never waits:
+** sends what the socket takes now of text from the 0-based offset and
+** returns where to go on from (#text when all is sent; offset unchanged
+** when the socket is full).  fds ride on the first byte, so only with
+** offset 0.  Unlike send(), a short write is normal here: the caller keeps
+** the offset and calls again when poll says "w".
+*/
+static int conn_write(lua_State *L) {
+  Conn *c = toconn(L);
+  size_t len, off;
+  const char *text = luaL_checklstring(L, 2, &len);
+  lua_Integer o = luaL_checkinteger(L, 3);
+  int fds[MAX_FDS];
+  int nfds, r;
+  luaL_argcheck(L, o >= 0 && (lua_Unsigned)o <= len, 3, "offset out of range");
+  nfds = check_fds(L, 4, fds);
+  luaL_argcheck(L, nfds == 0 || len > 0, 4, "fds need at least one byte of text");
+  if ((r = unusable(L, c)) != 0) return r;
+  if (nfds > 0 && c->family != AF_UNIX)
+    return qmp_fail(L, "unsupported", "passing fds needs a unix socket connection");
+  if ((r = connect_state(c)) < 0) return connect_fail(L, c);
+  off = (size_t)o;
+  if (off > 0) nfds = 0;  /* they went with byte 0 */
+  while (r > 0 && off < len) {
+    ssize_t n = send_some(c->fd, text + off, len - off, fds, nfds);
+    if (n > 0) { off += (size_t)n; nfds = 0; continue; }
+    if (n == 0 || errno == EAGAIN || errno == EWOULDBLOCK) break;
+    if (errno == EINTR) continue;
+    if (errno == EPIPE || errno == ECONNRESET) {
+      c->eof = 1;
+      return qmp_fail(L, "closed", "connection closed by the peer (%s)", strerror(errno));
+    }
+    return qmp_fail(L, "io", "send: %s", strerror(errno));
+  }
+  lua_pushinteger(L, (lua_Integer)off);
   return 1;
 }
 
@@ -394,10 +713,10 @@ static int conn_family(lua_State *L) {
   return 1;
 }
 
-/* conn:isclosed() -> true when closed locally or by the peer */
+/* conn:isclosed() -> true when closed locally or by the peer, or broken by a partial send */
 static int conn_isclosed(lua_State *L) {
   Conn *c = toconn(L);
-  lua_pushboolean(L, c->fd < 0 || c->eof);
+  lua_pushboolean(L, c->fd < 0 || c->eof || c->broken);
   return 1;
 }
 
@@ -424,6 +743,10 @@ void qmp_transport_open(lua_State *L) {
   static const luaL_Reg methods[] = {
     {"recv", conn_recv},
     {"send", conn_send},
+    {"take", conn_take},
+    {"write", conn_write},
+    {"buffered", conn_buffered},
+    {"finish_connect", conn_finish_connect},
     {"peercred", conn_peercred},
     {"fileno", conn_fileno},
     {"family", conn_family},
@@ -435,6 +758,9 @@ void qmp_transport_open(lua_State *L) {
   static const luaL_Reg funcs[] = {
     {"connect_unix", core_connect_unix},
     {"connect_tcp", core_connect_tcp},
+    {"open_unix", core_open_unix},
+    {"open_tcp", core_open_tcp},
+    {"resolve", core_resolve},
     {"fdopen", core_fdopen},
     {"sleep", core_sleep},
     {NULL, NULL}

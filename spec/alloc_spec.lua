@@ -91,6 +91,7 @@ describe("the decoder under failing allocations #slow", function()
     if not out then return end
     assert.matches("reentry a finalizer feeds the decoder being decoded: ok", out, 1, true)
     assert.matches("reentry a finalizer reads the decoder being decoded: ok", out, 1, true)
+    assert.matches("reentry a finalizer asks buffered() of the decoder being decoded: ok", out, 1, true)
   end)
 
   it("survives hostile inputs without memory errors", function()

@@ -1,5 +1,6 @@
 -- The client against a scripted fake QMP peer: the protocol's edge cases.
 local qmp = require "qmp"
+local core_poll = require("qmp.core").poll
 local fake = require "support.fake_qmp"
 
 local EV = fake.event
@@ -56,7 +57,9 @@ describe("qmp.connect()", function()
       { wait_close = true },
     })
     local vm = connect(srv)
-    local list = vm:events_pending()
+    local list = {}
+    vm:on("*", function(ev) list[#list + 1] = ev end)   -- registered after connect: still sees them
+    assert(vm:step())
     assert.equal(2, #list)
     assert.equal("VSERPORT_CHANGE", list[1].event)
     assert.equal("RTC_CHANGE", list[2].event)
@@ -96,7 +99,7 @@ describe("qmp.connect()", function()
     local vm, err = qmp.connect("/nonexistent/dir/qmp.sock", { timeout = 1 })
     assert.is_nil(vm)
     assert.equal("refused", err.kind)
-    assert.matches("No such file", tostring(err))
+    assert.matches("no socket at /nonexistent/dir/qmp.sock", tostring(err))
   end)
 
   it("raises for a socket path longer than sun_path", function()
@@ -238,9 +241,9 @@ describe("vm:execute()", function()
     local srv = serve({
       { send = fake.greeting, chunk = 1 },
       { expect = "qmp_capabilities" },
-      { send = EV("STOP") .. '{"return": {}, "id": %ID}\r\n', chunk = 1 },
+      { send = '{"return": {}, "id": %ID}\r\n', chunk = 1 },
       { expect = "query-name" },
-      { send = '{"return": {"name": "vm-1"}, "id": %ID}\r\n', chunk = 3 },
+      { send = EV("STOP") .. '{"return": {"name": "vm-1"}, "id": %ID}\r\n', chunk = 3 },
       { wait_close = true },
     })
     local vm = connect(srv)
@@ -360,8 +363,10 @@ describe("event queue", function()
     local srv = serve(opening({ { expect = "x" }, { send = EV("RTC_CHANGE", '{"offset": 1}') .. EV("STOP") },
                                 { send = '{"return": {}, "id": %ID}\r\n' }, { wait_close = true } }))
     local vm = connect(srv, { timeout = 5, events = { "STOP" } })
+    local l <close> = vm:listen("*")
     assert(vm:execute("x"))
-    assert.equal(1, #vm:events_pending())
+    assert.equal(1, l:size())
+    assert.equal("STOP", l:next().event)
     assert.equal(1, vm.stats.skipped)
   end)
 
@@ -373,29 +378,37 @@ describe("event queue", function()
     local vm = connect(srv, { timeout = 5, max_queue = 4 })
     local reported = {}
     vm.on_error = function(err) reported[#reported + 1] = err end
+    local left = {}
+    vm:on("*", function(ev) left[#left + 1] = ev end)
     assert(vm:execute("x"))
     assert.equal(6, vm.stats.overflow)
+    assert.equal(3, #reported)          -- the 1st, 2nd and 4th drop: once per power of two
     assert.equal("overflow", reported[1].kind)
-    local left = vm:events_pending()
+    assert(vm:step())
     assert.equal(4, #left)
     assert.equal(7, left[1].offset)   -- the oldest went first
   end)
 
-  it("poll() queues what has arrived and reports the end of the stream", function()
+  it("step() reads what has arrived without waiting, and reports the end of the stream", function()
     local srv = serve(opening({ { sleep = 0.1 }, { send = EV("STOP") .. EV("RESUME") }, { close = true } }))
     local vm = connect(srv)
-    assert.equal(0, vm:poll(0))
-    local n = assert(vm:poll(2))
-    assert.is_true(n >= 1)
-    assert.equal("STOP", assert(vm:wait("STOP", nil, 1)).event)
+    local seen = {}
+    vm:on("*", function(ev) seen[#seen + 1] = ev.event end)
+    local t0 = qmp.monotime()
+    assert.is_true(vm:step())
+    assert.is_true(qmp.monotime() - t0 < 0.05)   -- nothing there yet: no waiting
+    assert.same({}, seen)
+    assert.equal("STOP", assert(vm:wait("STOP", nil, 2)).event)
     assert.equal("RESUME", assert(vm:wait("RESUME", nil, 1)).event)
-    local none, err
+    local ok, err
     for _ = 1, 100 do  -- the close follows the events; bounded
-      none, err = vm:poll(0.05)
-      if none == nil then break end
+      core_poll({ vm:pollfd() }, 0.05)
+      ok, err = vm:step()
+      if not ok then break end
     end
-    assert.is_nil(none)
+    assert.is_nil(ok)
     assert.equal("closed", err.kind)
+    assert.same({ "STOP", "RESUME" }, seen)   -- delivered before the end was reported
   end)
 
   it("wait() times out with kind timeout", function()

@@ -790,6 +790,27 @@ describe("qmp.core decoder()", function()
       end
     end)
 
+    -- A next() that finds no new bytes (once or more) must not forget that
+    -- the bytes before ended on a digit: "1", then "e-1}", is the float 0.1.
+    it("keeps a number split before its exponent a float across empty next() calls", function()
+      for calls = 1, 3 do
+        local d = core.decoder()
+        d:feed('{"x": 1')
+        for _ = 1, calls do assert.is_nil(d:next()) end
+        d:feed("e-1}")
+        local msg = d:next()
+        assert_float(0.1, msg and msg.x)
+      end
+      -- buffered() frames too: asking it with no new bytes must not forget either
+      local d = core.decoder()
+      d:feed('{"x": [2, 1')
+      assert.is_nil(d:next())
+      assert.is_false(d:buffered())
+      assert.is_false(d:buffered())
+      d:feed("E2]}")
+      assert_same({ x = { 2, 100.0 } }, d:next())
+    end)
+
     it("decodes a long message fed in small pieces", function()
       local s = ('"\\\\0123456789\\u00e9'):rep(50000)  -- escapes all along
       local text = '{"s":"' .. s:gsub('"', "") .. '","n":[18446744073709551615,-1]}\n'
@@ -800,6 +821,81 @@ describe("qmp.core decoder()", function()
       assert.equal(expected, list[1].s)
       assert_uint64("18446744073709551615", list[1].n[1])
       assert_integer(-1, list[1].n[2])
+    end)
+  end)
+
+  describe("buffered()", function()
+    it("is true exactly while next() has a message to give", function()
+      local d = core.decoder()
+      assert.is_false(d:buffered())
+      d:feed('{"a":')
+      assert.is_false(d:buffered())
+      d:feed('1}\r\n{"b":2}\n{"c"')
+      assert.is_true(d:buffered())
+      assert_same({ a = 1 }, d:next())
+      assert.is_true(d:buffered())
+      assert_same({ b = 2 }, d:next())
+      assert.is_false(d:buffered())
+      assert.equal(4, d:pending())
+      assert.is_nil(d:next())
+      d:feed(":3}")
+      assert.is_true(d:buffered())
+      assert_same({ c = 3 }, d:next())
+      assert.is_false(d:buffered())
+      assert.is_nil(d:next())
+    end)
+
+    -- buffered() frames the next message; next() must use that frame, not
+    -- frame again past it.
+    it("never makes next() skip a message, however often it is asked", function()
+      local d = core.decoder()
+      d:feed('{"a":1}{"b":2}{"c":3}')
+      for _ = 1, 3 do assert.is_true(d:buffered()) end
+      assert_same({ a = 1 }, d:next())
+      for _ = 1, 3 do assert.is_true(d:buffered()) end
+      assert_same({ b = 2 }, d:next())
+      assert_same({ c = 3 }, d:next())
+      assert.is_false(d:buffered())
+      assert.is_nil(d:next())
+    end)
+
+    -- A frame cached by buffered() must follow its bytes when a large feed
+    -- slides the buffer down.
+    it("keeps a cached frame right when the buffer moves", function()
+      local d = core.decoder()
+      d:feed('{"a":1}\n{"b":"' .. ("x"):rep(100) .. '"}\n')
+      assert_same({ a = 1 }, d:next())
+      assert.is_true(d:buffered())  -- frames b, which no longer starts at byte 0
+      local big = ("y"):rep(200000)
+      d:feed('{"c":"' .. big)  -- larger than the free space: the bytes slide down
+      assert_same({ b = ("x"):rep(100) }, d:next())
+      assert.is_false(d:buffered())
+      d:feed('"}')
+      assert.is_true(d:buffered())
+      assert.equal(big, d:next().c)
+    end)
+
+    it("counts a framing error, which stays", function()
+      local d = core.decoder()
+      d:feed('{"a":1}\nx')
+      assert.is_true(d:buffered())
+      assert_same({ a = 1 }, d:next())
+      assert.is_true(d:buffered())
+      local msg, err = d:next()
+      assert.is_nil(msg)
+      assert.equal("protocol", err.kind)
+      assert.is_true(d:buffered())
+      d = core.decoder({ max_message = 10 })
+      d:feed('{"s":"' .. ("x"):rep(20))
+      assert.is_true(d:buffered())
+      assert.equal("toolarge", select(2, d:next()).kind)
+    end)
+
+    it("leaves nothing on the stack and checks its argument", function()
+      local d = core.decoder()
+      d:feed("x")
+      assert.equal(1, select("#", d:buffered()))
+      assert.has_error(function() d.buffered({}) end)
     end)
   end)
 

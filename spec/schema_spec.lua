@@ -32,17 +32,44 @@ local function fake_vm(after, opts)
 end
 
 describe("vm:schema()", function()
-  it("completes event types with members and enum values, once per connection", function()
+  it("describes events with the members and enum values of this connection, read once", function()
     local vm = fake_vm({ { hold = 5 } })
     local s = assert(vm:schema())
     assert.equal(s, vm:schema())   -- cached: the fake would fail a second query
-    local T = qmp.events["__com.example_DISK"]
-    assert.is_false(T.known)
-    assert.is_true(T.in_schema)
-    assert.equal("str", T.fields.device.type)
-    assert.same({ "ignore", "report", "stop" }, T.fields.action.values)
-    assert.is_true(T.fields.nospace.optional)
-    assert.equal("array of int", T.fields.sizes.type)
+    local info = s:event_info("__com.example_DISK")
+    assert.is_false(info.known)
+    assert.is_true(info.in_schema)
+    assert.equal("str", info.fields.device.type)
+    assert.same({ "ignore", "report", "stop" }, info.fields.action.values)
+    assert.is_true(info.fields.nospace.optional)
+    assert.equal("array of int", info.fields.sizes.type)
+    -- the process-wide type is not rewritten
+    assert.is_nil(rawget(qmp.events["__com.example_DISK"], "fields"))
+  end)
+
+  it("keeps each connection's schema to itself: two versions in one loop", function()
+    local OLD = SCHEMA:gsub('"stop"%]', '"stop", "retry"]')   -- the older QEMU has another enum value
+    local a = fake_vm({ { send = fake.event("__com.example_DISK", '{"device": "d0", "action": "stop"}') },
+                        { hold = 5 } }, { timeout = 5, validate = true, name = "new" })
+    local srv = fake.start({ { greet = true }, { expect = "qmp_capabilities", reply = fake.reply("{}") },
+                             { expect = "query-qmp-schema", reply = fake.reply(OLD) },
+                             { send = fake.event("__com.example_DISK", '{"device": "d1", "action": "retry"}') },
+                             { hold = 5 } })
+    cleanup(function() srv:stop() end)
+    local b = assert(qmp.connect(srv.path, { timeout = 5, validate = true, name = "old" }))
+    cleanup(function() b:close() end)
+    local reports, seen = {}, {}
+    a.on_error = function(err) reports[#reports + 1] = "a " .. tostring(err) end
+    b.on_error = function(err) reports[#reports + 1] = "b " .. tostring(err) end
+    local loop = qmp.loop{ a, b }
+    loop:on("*", function(ev, vm) seen[#seen + 1] = vm.name .. ":" .. ev.action end)
+    assert(loop:run({ timeout = 5, done = function() return #seen >= 2 end }))
+    table.sort(seen)
+    assert.same({ "new:stop", "old:retry" }, seen)
+    assert.same({}, reports)   -- "retry" is valid for the old QEMU only, and was checked against it
+    assert.same({ "ignore", "report", "stop" }, a:schema():event_info("__com.example_DISK").fields.action.values)
+    assert.same({ "ignore", "report", "stop", "retry" },
+                b:schema():event_info("__com.example_DISK").fields.action.values)
   end)
 
   it("reports events that do not match the live schema, without dropping them", function()
@@ -73,7 +100,7 @@ describe("vm:schema()", function()
 end)
 
 describe("the live schema of a real QEMU #qemu", function()
-  it("completes the types and finds the events QEMU really sends valid", function()
+  it("describes the events and finds those QEMU really sends valid", function()
     local machine = qemu.start({ args = { "-device", "ide-cd,id=cd0,bus=ide.1" } })
     cleanup(function() machine:stop() end)
     local vm = assert(qmp.connect(machine.sock, { timeout = 10, validate = true }))
@@ -86,8 +113,8 @@ describe("the live schema of a real QEMU #qemu", function()
     assert.is_true(n > 40)
     assert.same({ "none", "host-error", "host-qmp-quit", "host-qmp-system-reset", "host-signal", "host-ui",
                   "guest-shutdown", "guest-reset", "guest-panic", "subsystem-reset", "snapshot-load" },
-                qmp.events.SHUTDOWN.fields.reason.values)
-    assert.is_true(qmp.events.BLOCK_IO_ERROR.in_schema)
+                s:event_info("SHUTDOWN").fields.reason.values)
+    assert.is_true(s:event_info("BLOCK_IO_ERROR").in_schema)
     assert(vm:execute("cont")); assert(vm:wait("RESUME", nil, 5))
     assert(vm:execute("stop")); assert(vm:wait("STOP", nil, 5))
     assert(vm:execute("system_reset")); assert(vm:wait("RESET", nil, 5))

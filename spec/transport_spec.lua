@@ -2,7 +2,9 @@
 local core = require "qmp.core"
 local qmp = require "qmp"
 local socket = require "socket"
+local unix = require "socket.unix"
 local address = require "qmp.address"
+local tmp = require "support.tmp"
 
 local GREETING = '{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, "package": ""}, "capabilities": []}}\r\n'
 
@@ -168,5 +170,517 @@ describe("qmp.core connections", function()
     assert.is_nil(conn)
     assert.equal("refused", err.kind)
     assert.matches("refused", tostring(err))
+  end)
+end)
+
+describe("qmp.core connection fixes", function()
+  -- A __len may return anything: the fd count must be checked before it
+  -- sizes the SCM_RIGHTS copy (a -1 once reached memcpy).
+  it("raises cleanly on an fds list whose __len lies", function()
+    local _, port = listener("127.0.0.1")
+    local conn = assert(core.connect_tcp("127.0.0.1", port, 2))
+    cleanup(function() conn:close() end)
+    for _, n in ipairs({ -1, 1 << 40, math.mininteger, 17 }) do
+      local fds = setmetatable({}, { __len = function() return n end })
+      local ok, err = pcall(conn.send, conn, "{}\n", 1, fds)
+      assert.is_false(ok)
+      assert.matches("bad argument #4", err)
+      ok, err = pcall(conn.write, conn, "{}\n", 0, fds)
+      assert.is_false(ok)
+      assert.matches("bad argument #4", err)
+    end
+    assert.is_true(conn:send("{}\n", 1))  -- still fine
+  end)
+
+  -- Once fdopen has made the connection, the fd is the connection's: when
+  -- setting it up then fails, it must be closed, not leaked.
+  it("closes the fd fdopen took when it cannot set it up", function()
+    local ok, uv = pcall(require, "luv")
+    if not ok then
+      pending("needs luv (lua-luv) to open an O_PATH fd")
+      return
+    end
+    -- Linux O_PATH: fstat works on such an fd, fcntl(F_SETFL) refuses it.
+    local fd = uv.fs_open("/", 0x200000, 0)
+    if not fd then
+      pending("cannot open an O_PATH fd here")
+      return
+    end
+    cleanup(function() if uv.fs_fstat(fd) then uv.fs_close(fd) end end)
+    assert.is_truthy(uv.fs_fstat(fd))
+    local raised, err = pcall(core.fdopen, fd)
+    assert.is_false(raised)
+    assert.matches("fd " .. fd, err)
+    local st, why = uv.fs_fstat(fd)
+    assert.is_nil(st, "fdopen left fd " .. fd .. " open")
+    assert.matches("EBADF", why)
+    -- an fd that is not open stays an error with nothing to close
+    assert.has_error(function() core.fdopen(fd) end)
+  end)
+
+  it("says a file that is not a socket is not a socket (connect_unix)", function()
+    local dir = tmp.dir("qmpsock")
+    cleanup(function() tmp.remove(dir) end)
+    tmp.write(dir .. "/file", "x")
+    local conn, err = core.connect_unix(dir .. "/file", 1)
+    assert.is_nil(conn)
+    assert.equal("refused", err.kind)
+    assert.equal(dir .. "/file is not a socket (it is a regular file)", err.message)
+  end)
+end)
+
+describe("qmp.core non-blocking connections", function()
+  -- A listening unix socket in a fresh directory, served in-process.
+  local function unix_listener(backlog)
+    local dir = tmp.dir("qmpsock")
+    cleanup(function() tmp.remove(dir) end)
+    local path = dir .. "/qmp.sock"
+    local srv = assert(unix.stream())
+    assert(srv:bind(path))
+    assert(srv:listen(backlog or 8))
+    srv:settimeout(TEST_TIMEOUT)
+    cleanup(function() srv:close() end)
+    return srv, path, dir
+  end
+
+  -- Wait (bounded) until a connect started by open_* has finished.
+  local function finish(conn, connected)
+    local deadline = core.monotime() + TEST_TIMEOUT
+    while not connected do
+      assert(core.monotime() < deadline, "connect did not finish")
+      core.poll({ conn:fileno() }, TEST_TIMEOUT, { "w" })
+      local err
+      connected, err = conn:finish_connect()
+      assert(connected ~= nil, tostring(err))
+    end
+  end
+
+  -- conn (ours, through open_unix) and the server's end of it (luasocket).
+  local function unix_pair()
+    local srv, path = unix_listener()
+    local conn, connected = core.open_unix(path)
+    assert(conn, connected)
+    cleanup(function() conn:close() end)
+    finish(conn, connected)
+    local peer = assert(srv:accept())
+    peer:settimeout(TEST_TIMEOUT)
+    cleanup(function() peer:close() end)
+    return conn, peer
+  end
+
+  -- Wait (bounded) until conn's fd has something to read.
+  local function readable(conn)
+    local ready = assert(core.poll({ conn:fileno() }, TEST_TIMEOUT))
+    assert.equal(1, #ready, "nothing to read within " .. TEST_TIMEOUT .. " s")
+  end
+
+  describe("open_unix()", function()
+    it("connects to a listening socket without waiting", function()
+      local srv, path = unix_listener()
+      local conn, connected = core.open_unix(path)
+      assert.is_userdata(conn)
+      assert.is_boolean(connected)
+      cleanup(function() conn:close() end)
+      finish(conn, connected)
+      assert.is_true(conn:finish_connect())
+      assert.is_true(conn:finish_connect())  -- again: still connected
+      assert.equal("unix", conn:family())
+      local flags = fd_flags(conn:fileno())
+      assert.is_true(flags & 0x800 ~= 0, "O_NONBLOCK")
+      assert.is_true(flags & 0x80000 ~= 0, "O_CLOEXEC")
+      local peer = assert(srv:accept())
+      cleanup(function() peer:close() end)
+      assert(peer:send(GREETING))
+      readable(conn)
+      assert.equal(7, conn:take().QMP.version.qemu.major)
+    end)
+
+    it("says where to look when nothing is at the path", function()
+      local _, _, dir = unix_listener()
+      local conn, err = core.open_unix(dir .. "/missing.sock")
+      assert.is_nil(conn)
+      assert.equal("refused", err.kind)
+      assert.equal("no socket at " .. dir .. "/missing.sock (is QEMU running with -qmp unix:" ..
+                   dir .. "/missing.sock,server=on?)", err.message)
+    end)
+
+    it("says a regular file or a directory is not a socket", function()
+      local _, _, dir = unix_listener()
+      tmp.write(dir .. "/file", "x")
+      local conn, err = core.open_unix(dir .. "/file")
+      assert.is_nil(conn)
+      assert.equal("refused", err.kind)
+      assert.equal(dir .. "/file is not a socket (it is a regular file)", err.message)
+      conn, err = core.open_unix(dir)
+      assert.is_nil(conn)
+      assert.equal("refused", err.kind)
+      assert.equal(dir .. " is not a socket (it is a directory)", err.message)
+    end)
+
+    it("says nobody listens on a socket left behind", function()
+      local srv, path = unix_listener()
+      srv:close()  -- the socket file stays
+      assert.is_true(tmp.exists(path))
+      local conn, err = core.open_unix(path)
+      assert.is_nil(conn)
+      assert.equal("refused", err.kind)
+      assert.matches("nobody is listening", err.message)
+    end)
+
+    it("says when the listen backlog is full instead of waiting", function()
+      local _, path = unix_listener(1)  -- and never accept
+      local err
+      for _ = 1, 20 do
+        local conn, e = core.open_unix(path)
+        if not conn then err = e; break end
+        cleanup(function() conn:close() end)
+      end
+      assert.is_table(err, "20 connects fitted in a backlog of 1")
+      assert.equal("refused", err.kind)
+      assert.matches("listen backlog is full", err.message)
+    end)
+
+    it("raises on a bad path", function()
+      assert.has_error(function() core.open_unix("") end)
+      assert.has_error(function() core.open_unix("/" .. ("x"):rep(200)) end)
+      assert.has_error(function() core.open_unix("/tmp/a\0b") end)
+      assert.has_error(function() core.open_unix(nil) end)
+      assert.has_error(function() core.open_unix("/tmp/x.sock", 0) end)  -- max_message
+    end)
+  end)
+
+  describe("resolve() and open_tcp()", function()
+    it("resolves localhost to loopback numeric addresses, without duplicates", function()
+      local list = assert(core.resolve("localhost", 4444))
+      assert.is_true(#list >= 1)
+      local seen = {}
+      for _, a in ipairs(list) do
+        assert.is_truthy(a:match("^127%.%d+%.%d+%.%d+$") or a == "::1", a)
+        assert.is_nil(seen[a], "duplicate " .. a)
+        seen[a] = true
+      end
+      assert.same({ "127.0.0.1" }, core.resolve("127.0.0.1", 4444))
+      assert.same({ "::1" }, core.resolve("::1", 4444))
+    end)
+
+    it("drops non-loopback addresses unless allow_remote", function()
+      local list, err = core.resolve("192.0.2.1", 4444)
+      assert.is_nil(list)
+      assert.equal("denied", err.kind)
+      assert.equal("refusing TCP to non-loopback address 192.0.2.1 (the monitor is " ..
+                   "root-equivalent; pass allow_remote = true)", err.message)
+      assert.same({ "192.0.2.1" }, core.resolve("192.0.2.1", 4444, true))
+    end)
+
+    it("raises on a bad port", function()
+      assert.has_error(function() core.resolve("localhost", 0) end)
+      assert.has_error(function() core.resolve("localhost", 65536) end)
+      assert.has_error(function() core.open_tcp("127.0.0.1", 0) end)
+    end)
+
+    it("connects to a listening 127.0.0.1 port without waiting", function()
+      local srv, port = listener("127.0.0.1")
+      local conn, connected = core.open_tcp("127.0.0.1", port)
+      assert.is_userdata(conn, tostring(connected))
+      cleanup(function() conn:close() end)
+      finish(conn, connected)
+      assert.is_true(conn:finish_connect())
+      assert.equal("tcp", conn:family())
+      local flags = fd_flags(conn:fileno())
+      assert.is_true(flags & 0x800 ~= 0, "O_NONBLOCK")
+      assert.is_true(flags & 0x80000 ~= 0, "O_CLOEXEC")
+      local peer = assert(srv:accept())
+      cleanup(function() peer:close() end)
+      assert(peer:send(GREETING))
+      readable(conn)
+      assert.equal(7, conn:take().QMP.version.qemu.major)
+      assert.equal(#GREETING, conn:write(GREETING, 0))
+      peer:settimeout(TEST_TIMEOUT)
+      assert.equal(GREETING, peer:receive(#GREETING))
+    end)
+
+    it("reports a refused connect from finish_connect, and keeps saying so", function()
+      local srv, port = listener("127.0.0.1")
+      srv:close()
+      local conn, connected = core.open_tcp("127.0.0.1", port)
+      if conn == nil then  -- refused at once: allowed
+        assert.equal("refused", connected.kind)
+        return
+      end
+      cleanup(function() conn:close() end)
+      assert.is_false(connected)
+      assert.equal(1, #core.poll({ conn:fileno() }, TEST_TIMEOUT, { "w" }))
+      local ok, err = conn:finish_connect()
+      assert.is_nil(ok)
+      assert.equal("refused", err.kind)
+      assert.equal("cannot connect to 127.0.0.1:" .. port .. ": Connection refused", err.message)
+      local ok2, err2 = conn:finish_connect()
+      assert.is_nil(ok2)
+      assert.equal(err.message, err2.message)
+      assert.is_true(conn:buffered())
+      local msg, err3 = conn:take()
+      assert.is_nil(msg)
+      assert.equal("refused", err3.kind)
+      assert.is_true(conn:fileno() >= 0)  -- only close() closes
+    end)
+
+    it("raises on a host that is not a numeric address", function()
+      assert.has_error(function() core.open_tcp("localhost", 4444) end)
+    end)
+  end)
+
+  describe("take() and buffered()", function()
+    it("return false when nothing came", function()
+      local conn = unix_pair()
+      assert.is_false(conn:take())
+      assert.is_false(conn:buffered())
+      assert.is_false(conn:take())
+    end)
+
+    it("give a message the peer sent", function()
+      local conn, peer = unix_pair()
+      assert(peer:send(GREETING))
+      readable(conn)
+      assert.is_false(conn:buffered())  -- in the socket, not read yet
+      local msg = conn:take()
+      assert.equal(7, msg.QMP.version.qemu.major)
+      assert.is_false(conn:take())
+    end)
+
+    it("give several messages from one write one by one, then false", function()
+      local conn, peer = unix_pair()
+      assert(peer:send('{"return": {}, "id": 1}\r\n{"return": {}, "id": 2}\n{"event": "STOP"}\r\n'))
+      readable(conn)
+      assert.equal(1, conn:take().id)
+      assert.is_true(conn:buffered())
+      assert.equal(2, conn:take().id)
+      assert.is_true(conn:buffered())
+      assert.equal("STOP", conn:take().event)
+      assert.is_false(conn:buffered())
+      assert.is_false(conn:take())
+    end)
+
+    it("buffered() is true while a read brought more than take() gave", function()
+      local conn, peer = unix_pair()
+      assert(peer:send('{"a": 1}{"b": 2}'))
+      readable(conn)
+      assert.same({ a = 1 }, conn:take())
+      assert.is_true(conn:buffered())
+      assert.same({ b = 2 }, conn:take())
+      assert.is_false(conn:buffered())
+      assert.is_false(conn:take())
+    end)
+
+    it("give every buffered message before reporting the peer's close", function()
+      local conn, peer = unix_pair()
+      assert(peer:send('{"a": 1}\n{"b": 2}\n'))
+      peer:close()
+      readable(conn)
+      assert.same({ a = 1 }, conn:take())
+      assert.same({ b = 2 }, conn:take())
+      local msg, err = conn:take()
+      assert.is_nil(msg)
+      assert.equal("closed", err.kind)
+      assert.equal("connection closed by the peer", err.message)
+      assert.is_true(conn:buffered())
+      assert.is_true(conn:isclosed())
+      msg, err = conn:take()
+      assert.is_nil(msg)
+      assert.equal("closed", err.kind)
+    end)
+
+    it("say how much of a message the close cut off", function()
+      local conn, peer = unix_pair()
+      assert(peer:send('{"a": 1}\n{"b": '))
+      peer:close()
+      readable(conn)
+      assert.same({ a = 1 }, conn:take())
+      local msg, err
+      for _ = 1, 3 do  -- the EOF may take one more read
+        msg, err = conn:take()
+        if msg ~= false then break end
+        readable(conn)
+      end
+      assert.is_nil(msg)
+      assert.equal("closed", err.kind)
+      assert.equal("connection closed by the peer inside a message (6 bytes discarded)", err.message)
+    end)
+
+    it("keep a number split before its exponent a float", function()
+      local conn, peer = unix_pair()
+      assert(peer:send('{"x": 1'))
+      readable(conn)
+      assert.is_false(conn:take())
+      assert.is_false(conn:take())  -- no new bytes: the scanner must remember the digit
+      assert.is_false(conn:buffered())
+      assert(peer:send("e-1}"))
+      readable(conn)
+      local msg = conn:take()
+      assert.equal("float", math.type(msg.x))
+      assert.equal(0.1, msg.x)
+    end)
+
+    it("fail with closed on a closed connection", function()
+      local conn = unix_pair()
+      conn:close()
+      local msg, err = conn:take()
+      assert.is_nil(msg)
+      assert.equal("closed", err.kind)
+      assert.is_true(conn:buffered())
+      local off, werr = conn:write("{}", 0)
+      assert.is_nil(off)
+      assert.equal("closed", werr.kind)
+      local ok, ferr = conn:finish_connect()
+      assert.is_nil(ok)
+      assert.equal("closed", ferr.kind)
+    end)
+  end)
+
+  describe("write()", function()
+    it("returns #text once all is written", function()
+      local conn, peer = unix_pair()
+      local text = '{"execute": "qmp_capabilities"}\n'
+      assert.equal(#text, conn:write(text, 0))
+      assert.equal(text, peer:receive(#text))
+      assert.equal(0, conn:write("", 0))
+    end)
+
+    it("starts at the offset it is given", function()
+      local conn, peer = unix_pair()
+      assert.equal(7, conn:write("XXhello", 2))
+      assert.equal(7, conn:write("XXhello", 7))  -- nothing left: nothing sent
+      assert.equal("hello", peer:receive(5))
+    end)
+
+    it("raises on an offset outside the text", function()
+      local conn = unix_pair()
+      assert.has_error(function() conn:write("abc", -1) end)
+      assert.has_error(function() conn:write("abc", 4) end)
+      assert.has_error(function() conn:write("abc", 1.5) end)
+      assert.has_error(function() conn:write("abc") end)
+      assert.has_error(function() conn:write("", 0, { 0 }) end)  -- fds need a byte
+    end)
+
+    it("stops without waiting when the peer does not read", function()
+      local conn = unix_pair()
+      local big = ("x"):rep(8 << 20)
+      local t0 = core.monotime()
+      local off = conn:write(big, 0)
+      assert.is_true(off > 0 and off < #big, "wrote " .. off)
+      local stuck = false
+      for _ = 1, 100 do
+        local new = assert(conn:write(big, off))
+        if new == off then stuck = true; break end
+        off = new
+      end
+      assert.is_true(stuck, "the offset never stopped advancing")
+      assert.is_true(off < #big)
+      assert.is_true(core.monotime() - t0 < 2, "write() waited")
+      assert.same({}, core.poll({ conn:fileno() }, 0, { "w" }))  -- full: not writable
+    end)
+
+    it("sends fds with byte 0, and takes but does not resend them past it", function()
+      local conn, peer = unix_pair()
+      local fd = conn:fileno()  -- any open fd will do for SCM_RIGHTS
+      assert.equal(3, conn:write("abc", 0, { fd }))
+      assert.equal(3, conn:write("abc", 1, { fd }))
+      assert.equal("abcbc", peer:receive(5))
+    end)
+
+    it("refuses fds over TCP", function()
+      local srv, port = listener("127.0.0.1")
+      local conn, connected = assert(core.open_tcp("127.0.0.1", port))
+      cleanup(function() conn:close() end)
+      finish(conn, connected)
+      local peer = assert(srv:accept())
+      cleanup(function() peer:close() end)
+      local off, err = conn:write("{}\n", 0, { 0 })
+      assert.is_nil(off)
+      assert.equal("unsupported", err.kind)
+    end)
+
+    it("reports a dead peer as closed and leaves the fd open", function()
+      local conn, peer = unix_pair()
+      peer:close()
+      local big = ("x"):rep(1 << 20)
+      local off, err
+      for _ = 1, 20 do
+        off, err = conn:write(big, 0)
+        if not off then break end
+      end
+      assert.is_nil(off)
+      assert.equal("closed", err.kind)
+      assert.matches("connection closed by the peer", err.message)
+      assert.is_true(conn:fileno() >= 0)
+      fd_flags(conn:fileno())  -- still open
+    end)
+  end)
+
+  -- A send that stops half-way leaves the peer inside a message: the stream
+  -- is done for, but the fd is the caller's to close (an event loop may be
+  -- polling it).
+  it("send() that times out half-way breaks the stream but keeps the fd", function()
+    local conn, peer = unix_pair()
+    assert(peer:send('{"a": 1}\n{"b": 2}\n'))
+    readable(conn)
+    assert.same({ a = 1 }, conn:take())  -- b is read too, and held
+    local ok, err = conn:send(("x"):rep(8 << 20), 0.05)
+    assert.is_nil(ok)
+    assert.equal("timeout", err.kind)
+    assert.matches("the stream is unusable", err.message)
+    local fd = conn:fileno()
+    assert.is_true(fd >= 0, "the fd was closed")
+    fd_flags(fd)  -- still open
+    assert.matches("fd=" .. fd, tostring(conn))
+    assert.is_true(conn:isclosed())
+    assert.is_true(conn:buffered())
+    ok, err = conn:send("{}\n", 1)
+    assert.is_nil(ok)
+    assert.equal("closed", err.kind)
+    assert.equal("the stream is unusable after a partial send", err.message)
+    -- what had come in whole is still given, then closed
+    assert.same({ b = 2 }, conn:recv(0))
+    local msg, rerr = conn:recv(0)
+    assert.is_nil(msg)
+    assert.equal("closed", rerr.kind)
+    msg, rerr = conn:take()
+    assert.is_nil(msg)
+    assert.equal("closed", rerr.kind)
+    local off, werr = conn:write("{}", 0)
+    assert.is_nil(off)
+    assert.equal("closed", werr.kind)
+    conn:close()
+    assert.equal(-1, conn:fileno())
+  end)
+
+  it("walltime() gives seconds and microseconds of the real clock", function()
+    local s, us = core.walltime()
+    assert.equal("integer", math.type(s))
+    assert.equal("integer", math.type(us))
+    assert.is_true(math.abs(s - os.time()) <= 2)
+    assert.is_true(us >= 0 and us < 1000000)
+  end)
+
+  describe("poll() with events", function()
+    it("reports a connected socket writable for \"w\", and not readable for \"r\"", function()
+      local conn = unix_pair()
+      local fd = conn:fileno()
+      assert.same({ 1 }, core.poll({ fd }, TEST_TIMEOUT, { "w" }))
+      assert.same({ 1 }, core.poll({ fd }, TEST_TIMEOUT, { "rw" }))
+      assert.same({}, core.poll({ fd }, 0, { "r" }))
+      assert.same({}, core.poll({ fd }, 0))
+      assert.same({ 2 }, core.poll({ fd, fd }, TEST_TIMEOUT, { "r", "w" }))
+      assert.same({}, core.poll({ fd }, 0, {}))  -- missing entries are "r"
+    end)
+
+    it("raises on anything but \"r\", \"w\" and \"rw\"", function()
+      local conn = unix_pair()
+      local fd = conn:fileno()
+      for _, bad in ipairs({ "x", "wr", "", "R", 1, true }) do
+        assert.has_error(function() core.poll({ fd }, 0, { bad }) end)
+      end
+      assert.has_error(function() core.poll({ fd }, 0, "w") end)
+      assert.has_error(function() core.poll(setmetatable({}, { __len = function() return -1 end }), 0) end)
+    end)
   end)
 end)

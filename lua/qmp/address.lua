@@ -1,13 +1,15 @@
 --- Monitor addresses: "/path.sock", "unix:/path", "tcp:host:port",
 -- "host:port", "[::1]:port", "tcp:[::1]:port" or { fd = n }.
 local core = require "qmp.core"
+local raise = require("qmp.errors").raise
+local errors = require "qmp.errors"
 
 local address = {}
 
 local function tcp(host, port, text)
   port = math.tointeger(tonumber(port))
   if not port or port < 1 or port > 65535 or host == "" then
-    error(("qmp: bad TCP address %q (want host:port)"):format(text), 3)
+    raise(("qmp: bad TCP address %q (want host:port)"):format(text))
   end
   return { kind = "tcp", host = host, port = port }
 end
@@ -17,11 +19,11 @@ end
 function address.parse(a)
   if type(a) == "table" then
     local fd = math.tointeger(a.fd)
-    if not fd or fd < 0 then error("qmp: address table needs fd = <file descriptor>", 3) end
+    if not fd or fd < 0 then raise("qmp: address table needs fd = <file descriptor>") end
     return { kind = "fd", fd = fd }
   end
   if type(a) ~= "string" or a == "" then
-    error("qmp: address must be a socket path, \"tcp:host:port\" or { fd = n }", 3)
+    raise("qmp: address must be a socket path, \"tcp:host:port\" or { fd = n }")
   end
   local rest = a:match("^unix:(.*)$")
   if rest then return { kind = "unix", path = rest } end
@@ -42,14 +44,30 @@ function address.label(a)
   return (a.host:find(":", 1, true) and "[%s]:%d" or "%s:%d"):format(a.host, a.port)
 end
 
---- Open a core connection: conn | nil, err.
-function address.open(a, timeout, opts)
-  local max = opts.max_message
-  if a.kind == "unix" then return core.connect_unix(a.path, timeout, max) end
-  if a.kind == "tcp" then
-    return core.connect_tcp(a.host, a.port, timeout, max, opts.allow_remote)
+--- What a session connects to: the address with TCP names resolved.
+-- Resolution happens once, here (getaddrinfo cannot be bounded by a
+-- deadline), so reconnect attempts never block on it.  An inherited fd can
+-- be opened once only.  target | nil, err
+function address.target(a, opts)
+  if a.kind == "unix" then
+    if #a.path == 0 or #a.path > 107 then
+      raise(("qmp: unix socket path %s (%d bytes; the limit is 107)"):format(#a.path == 0 and "empty" or "too long", #a.path))
+    end
+    return { kind = "unix", path = a.path }
   end
-  return core.fdopen(a.fd, max)
+  if a.kind == "tcp" then
+    local hosts, err = core.resolve(a.host, a.port, opts.allow_remote)
+    if not hosts then return nil, err end
+    return { kind = "tcp", hosts = hosts, port = a.port }
+  end
+  local ok, conn = pcall(core.fdopen, a.fd, opts.max_message)
+  if not ok then raise("qmp: " .. tostring(conn)) end  -- not an fd: a bug in the script
+  return { kind = "fd", take = function()
+    if not conn then return nil, errors.new("closed", "an inherited fd cannot be opened again") end
+    local c = conn
+    conn = nil
+    return c, true
+  end }
 end
 
 return address

@@ -1,14 +1,28 @@
---- The QMP client: connect, negotiate, execute, events.
--- One Client per monitor connection.  The C core reads, frames and decodes;
--- this file does the protocol: greeting, capabilities, id matching, the
--- event queue and waiting.  Nothing here blocks longer than a deadline.
+--- The QMP client: the public methods of one monitor connection, wiring
+-- together the parts that do the work, each the only owner of its state:
+--   Session  (session.lua)   the current connection: handshake, ids, replies,
+--                            the router of every message
+--   Dispatch (dispatch.lua)  handlers, listeners, waits and timers
+--   Backoff  (reconnect.lua) when to try again after a lost connection
+-- and waiting (waiters.lua): blocking in poll(), or yielding to a scheduler.
+--
+-- vm.state is one explicit value: "connecting" | "negotiating" | "ready" |
+-- "reconnecting" | "closed".  Only one coroutine at a time reads the socket
+-- (the reader); the others park on a condition and re-check after each read.
 local core = require "qmp.core"
 local errors = require "qmp.errors"
 local address = require "qmp.address"
 local filter = require "qmp.filter"
+local events = require "qmp.events"
+local schema = require "qmp.schema"
+local waiters = require "qmp.waiters"
+local Session = require "qmp.session"
+local Dispatch = require "qmp.dispatch"
+local Backoff = require "qmp.reconnect"
 
-local type, ipairs, tostring, error, setmetatable = type, ipairs, tostring, error, setmetatable
-local monotime, encode, max = core.monotime, core.encode, math.max
+local type, tostring, pcall, setmetatable = type, tostring, pcall, setmetatable
+local monotime, min, max, huge = core.monotime, math.min, math.max, math.huge
+local isyieldable, running = coroutine.isyieldable, coroutine.running
 
 local Client = {}
 Client.__index = Client
@@ -16,160 +30,283 @@ Client.__name = "qmp.Client"
 
 local DEFAULT_TIMEOUT = 10
 local DEFAULT_MAX_QUEUE = 10000
-local ID_PREFIX = "qmp#"   -- our ids; replies with other ids are not ours
-local MAX_STALE = 1024     -- timed-out ids remembered; older late replies count as unknown
+local BATCH = 256   -- messages routed, or events dispatched, per step: a flood cannot hold a step
 
-local function remaining(deadline)
-  return max(0, deadline - monotime())
-end
+local CONNECT_OPTIONS = {
+  timeout = true, name = true, negotiate = true, max_message = true, max_queue = true,
+  allow_remote = true, expect_uid = true, events = true, reconnect = true, validate = true,
+  waiter = true, trace = true,
+}
+local COMMAND_OPTIONS = { timeout = true, fds = true }
+local RUN_OPTIONS = { timeout = true, done = true }
+local LISTEN_OPTIONS = { max_queue = true, timeout = true }
 
-local function check_opts(opts)
-  if opts == nil then return {}, nil end
-  if type(opts) ~= "table" then error("qmp.connect: options must be a table", 3) end
-  local t = opts.timeout
-  if t ~= nil and (type(t) ~= "number" or t < 0) then
-    error("qmp.connect: timeout must be a non-negative number of seconds", 3)
-  end
-  local reconnect = Client._check_reconnect(opts.reconnect)
-  local m = opts.max_queue
-  if m ~= nil and (math.type(m) ~= "integer" or m < 1) then
-    error("qmp.connect: max_queue must be a positive integer", 3)
-  end
-  return opts, reconnect
-end
+-- The lifecycle events the client makes itself (lower case: never QEMU's).
+local SYNTHETIC = { ["qmp.connected"] = true, ["qmp.disconnected"] = true, ["qmp.reconnected"] = true }
 
 local function default_on_error(err, vm)
   io.stderr:write(("qmp: %s: %s\n"):format(vm.name, tostring(err)))
 end
 
---- Connect to a monitor: vm | nil, err.  See README "qmp.connect".
-function Client.connect(addr, opts)
-  local reconnect
-  opts, reconnect = check_opts(opts)
+local function check_timeout(where, t)
+  if t ~= nil and (type(t) ~= "number" or t < 0 or t ~= t) then
+    errors.raise(where .. ": timeout must be a non-negative number of seconds")
+  end
+  return t
+end
+
+local function check_connect(opts)
+  opts = errors.check_options("qmp.connect", opts, CONNECT_OPTIONS)
+  check_timeout("qmp.connect", opts.timeout)
+  local m = opts.max_queue
+  if m ~= nil and (math.type(m) ~= "integer" or m < 1) then
+    errors.raise("qmp.connect: max_queue must be a positive integer")
+  end
+  m = opts.max_message
+  if m ~= nil and (math.type(m) ~= "integer" or m < 1) then
+    errors.raise("qmp.connect: max_message must be a positive integer")
+  end
+  if opts.name ~= nil and type(opts.name) ~= "string" then errors.raise("qmp.connect: name must be a string") end
+  if opts.expect_uid ~= nil and math.type(opts.expect_uid) ~= "integer" then
+    errors.raise("qmp.connect: expect_uid must be an integer")
+  end
+  if opts.trace ~= nil and type(opts.trace) ~= "function" then
+    errors.raise("qmp.connect: trace must be a function(direction, text)")
+  end
+  local w = waiters.from(opts.waiter)
+  if not w then
+    errors.raise("qmp.connect: waiter must be qmp.waiters.cqueues, qmp.waiters.luv, "
+                 .. "a function(fd, mode, timeout) or a { wait =, condition = } table")
+  end
+  return opts, w
+end
+
+--- A client that starts connecting now and never waits: its loop (run,
+-- step, qmp.loop, a waiter) drives the connection.  With opts.reconnect it
+-- keeps trying until QEMU is up.  vm | nil, err (TCP name resolution only).
+function Client.new(addr, opts)
+  return Client._new(addr, opts, true)
+end
+
+function Client._new(addr, opts, announce)
+  local waiter
+  opts, waiter = check_connect(opts)
+  local reconnect = Backoff.check(opts.reconnect)
   local a = address.parse(addr)
-  local timeout = opts.timeout or DEFAULT_TIMEOUT
-  local deadline = monotime() + timeout
-  local conn, err = address.open(a, timeout, opts)
-  if not conn then return nil, err end
+  if a.kind == "fd" and reconnect then
+    errors.raise("qmp.connect: reconnect needs an address to connect to again, not an inherited fd")
+  end
+  local target, err = address.target(a, opts)
+  if not target then return nil, err end
+  local max_queue = opts.max_queue or DEFAULT_MAX_QUEUE
   local vm = setmetatable({
-    conn = conn,
     name = opts.name or address.label(a),
-    default_timeout = timeout, -- for commands and waits; vm:timeout() is the cqueues method
+    state = "connecting",
     greeting = nil,
     oob = false,               -- out-of-band execution negotiated
-    max_queue = opts.max_queue or DEFAULT_MAX_QUEUE,
+    peer = nil,                -- expect_uid: the peer's { uid, gid, pid }
+    generation = 0,            -- connections made: 1 once connected, 2 after a reconnect
+    default_timeout = opts.timeout or DEFAULT_TIMEOUT,
     on_error = default_on_error,
     stats = { events = 0, replies = 0, stale = 0, unknown = 0, overflow = 0,
               skipped = 0, handler_errors = 0, invalid = 0 },
-    _queue = {}, _qhead = 1, _qtail = 0,  -- events received, not yet consumed
-    _nextid = 0,
-    _stale = {}, _nstale = 0,  -- ids whose caller gave up: late replies are dropped
+    _opts = opts, _target = target,
     _interest = opts.events and filter.names(opts.events),
-    _closed = nil,             -- the error that closed the connection
-    generation = 1,            -- counts connections: 2 after the first reconnect
-    _address = a, _opts = opts,
-    _reconnect = reconnect,    -- { min, max } or nil (reconnect.lua)
-    _attempts = 0,
-    _validating = opts.validate, -- check events against the live schema (schema.lua)
-    _handlers = {},            -- subscriptions, in registration order (handlers.lua)
-    _timers = {},              -- vm:after timers, sorted by due time
+    _waiter = waiter,
+    _cond = waiter.condition(),
+    _reader = nil,             -- the coroutine reading the socket now
+    _backoff = reconnect and Backoff.new(reconnect),
+    _session = nil,
+    _schema = nil,             -- this connection's live schema (vm:schema())
+    _resync = nil,             -- query-status after a reconnect
+    _end = nil,                -- the error that closed the client
+    _stop = false,
+    _quitting = false,         -- this client sent quit: do not reconnect
+    _sent = {},                -- name -> commands sent
+    _announce = announce,      -- emit qmp.connected (not for qmp.connect: it returns connected)
   }, Client)
-  if opts.expect_uid ~= nil then
-    local ok, why = vm:_check_peer(opts.expect_uid)
-    if not ok then conn:close(); return nil, why end
-  end
-  vm._reconnecting = true  -- a failure now is connect's to report, not a reconnect's
-  local ok, why = vm:_handshake(deadline, opts.negotiate ~= false)
-  if ok and opts.validate then ok, why = vm:schema() end
-  vm._reconnecting = false
-  if not ok then
-    conn:close()
-    return nil, why
-  end
+  vm._dispatch = Dispatch.new({
+    max_queue = max_queue,
+    stats = vm.stats,
+    report = function(e) vm:_report(e) end,
+    await = function(ready, deadline) return vm:_await(ready, deadline) end,
+    unknown_name = function(name) return vm:_unknown_name(name) end,
+  })
+  vm:_attempt()
   return vm
 end
 
-function Client:_check_peer(uid)
-  local cred, err = self.conn:peercred()
-  if not cred then return nil, err end
-  if cred.uid ~= uid then
-    return nil, errors.new("denied", ("monitor peer uid %d is not the expected uid %d")
-                                     :format(cred.uid, uid), { uid = cred.uid, pid = cred.pid })
+--- Connect and wait until negotiated: vm | nil, err.  With opts.reconnect,
+-- retries (with back-off) until the timeout passes.  See README.
+function Client.connect(addr, opts)
+  local vm, err = Client._new(addr, opts, false)
+  if not vm then return nil, err end
+  local deadline = monotime() + vm.default_timeout
+  local ok = vm:_await(function() return vm.state == "ready" end, deadline)
+  if ok then return vm end
+  err = vm._end and (vm._end.cause or vm._end)
+  if not err then
+    local last = vm._backoff and vm._backoff.last_error
+    err = errors.new("timeout", ("%s not ready within %g s%s"):format(vm.name, vm.default_timeout,
+                     last and ("; last error: " .. tostring(last)) or ""), { cause = last })
   end
-  self.peer = cred
-  return true
+  vm:close()
+  return nil, err
 end
 
--- Read the greeting (queueing any event that comes before it), then
--- negotiate capabilities, enabling oob when the monitor offers it.
-function Client:_handshake(deadline, negotiate)
-  while not self.greeting do
-    local msg, err = self:_receive(remaining(deadline))
-    if not msg then
-      if err.kind == "timeout" then
-        err = errors.new("timeout", "no QMP greeting from " .. self.name ..
-                         " within the timeout (is it a QMP monitor?)")
-      end
-      return nil, err
-    end
-    if msg ~= true then
-      local g = msg.QMP
-      if type(g) ~= "table" or type(g.capabilities) ~= "table" then
-        return nil, errors.new("protocol", "expected the QMP greeting, got " ..
-                               tostring(core.encode(msg)):sub(1, 120))
-      end
-      self.greeting = msg
-    end
+-- {==================== connection lifecycle
+
+-- Start a connection attempt.
+function Client:_attempt()
+  local opts = self._opts
+  local setup = {}
+  self._schema, self._resync = nil, nil  -- the QEMU behind the socket may be another version
+  if opts.validate then
+    setup[#setup + 1] = { name = "query-qmp-schema", timeout = max(self.default_timeout, 30),
+                          handle = function(v) self._schema = schema.parse(v) end }
   end
-  if not negotiate then return true end
-  local offered = {}
-  for _, cap in ipairs(self.greeting.QMP.capabilities) do offered[cap] = true end
-  local args = offered.oob and { enable = core.array{ "oob" } } or nil
-  local ok, err = self:_call({ execute = "qmp_capabilities", arguments = args },
-                             remaining(deadline))
-  if not ok then
-    if err.kind == "qmp" then err.kind = "protocol"; err.message = "negotiation failed: " .. err.message end
-    return nil, err
+  if self.generation > 0 then  -- what changed while the link was down
+    setup[#setup + 1] = { name = "query-status", handle = function(v) self._resync = v end }
   end
-  self.oob = offered.oob or false
-  return true
+  if self._backoff then self._backoff:started() end
+  self._session = Session.start({
+    target = self._target, timeout = self.default_timeout, name = self.name,
+    max_message = opts.max_message, negotiate = opts.negotiate, expect_uid = opts.expect_uid,
+    stats = self.stats, trace = opts.trace, setup = setup,
+    on_event = function(ev) self:_on_event(ev) end,
+    report = function(e) self:_report(e) end,
+  })
+  self.state = "connecting"
+  self:_follow()
 end
 
--- The connection is gone: remember why.  The fd stays open until vm:close(),
--- so an external event loop never polls a closed (or reused) descriptor.
-function Client:_lost(err)
-  if not self._closed then
-    self._closed = err.kind == "closed" and err
-      or errors.new("closed", "connection lost: " .. tostring(err), { cause = err })
-    if self._reconnect and not self._user_closed and not self._reconnecting then
-      self:_start_reconnect(self._closed)
-    end
-  end
-end
-
--- Put an event at the back of the queue; the oldest goes when it is full.
--- always: bypass the interest set (the client's own lifecycle events).
-function Client:_enqueue(ev, always)
-  local stats = self.stats
-  stats.events = stats.events + 1
-  if self._interest and not always and not self._interest(ev) then
-    stats.skipped = stats.skipped + 1
+-- Bring vm.state in line with the session's.
+function Client:_follow()
+  if self.state == "reconnecting" or self.state == "closed" then return end
+  local s = self._session
+  if s.state == "dead" then return self:_ended(s.error) end
+  if s.state ~= "ready" then
+    self.state = s.state
     return
   end
-  if self._validating then self:_validate(ev) end
-  local tail = self._qtail + 1
-  self._queue[tail], self._qtail = ev, tail
-  if tail - self._qhead + 1 > self.max_queue then
-    self._queue[self._qhead] = nil
-    self._qhead = self._qhead + 1
-    stats.overflow = stats.overflow + 1
-    local n = stats.overflow
-    if n & (n - 1) == 0 then  -- report the 1st, 2nd, 4th, 8th ... drop: never silent, never a flood
-      self:_report(errors.new("overflow", ("event queue full (max_queue %d): dropped the oldest event, %d so far")
-                                           :format(self.max_queue, n)))
-    end
+  if self.state == "ready" then return end
+  self.state = "ready"
+  self.greeting, self.oob, self.peer = s.greeting, s.oob, s.peer
+  self.generation = self.generation + 1
+  local attempts = self._backoff and self._backoff:succeeded() or 1
+  if self.generation == 1 then
+    if self._announce then self:_synthetic("qmp.connected", { generation = 1, attempts = attempts }) end
+  else
+    local st = self._resync or {}
+    self:_synthetic("qmp.reconnected", { generation = self.generation, attempts = attempts,
+                                         status = st.status, running = st.running })
   end
 end
+
+-- The session is over: reconnect or close.
+function Client:_ended(err)
+  local was_ready = self.state == "ready"
+  if self._backoff and not self._quitting and self.state ~= "closed" then
+    if was_ready then
+      self:_synthetic("qmp.disconnected", { generation = self.generation, kind = err.kind,
+                                            reason = err.message })
+    end
+    self:_drop_session()   -- a new socket comes: this fd must not linger
+    self._backoff:failed(err)
+    self.state = "reconnecting"
+  else
+    self.state = "closed"
+    self._end = self._end or (err.kind == "closed" and err
+                 or errors.new("closed", "connection lost: " .. tostring(err), { cause = err }))
+  end
+  self._cond:signal()
+end
+
+function Client:_drop_session()
+  local s = self._session
+  if s then
+    local fd = s.conn and s.conn:fileno() or -1
+    if fd >= 0 and self._waiter.cancel then self._waiter.cancel(fd) end
+    s:close()
+  end
+end
+
+-- Do what can be done now, without waiting.
+function Client:_progress()
+  local state = self.state
+  if state == "closed" then return end
+  if state == "reconnecting" then
+    if not self._backoff:due() then return end
+    self:_attempt()
+  end
+  self._session:advance(BATCH)
+  self:_follow()
+end
+
+-- Why a command cannot run now.
+function Client:_not_ready()
+  if self.state == "closed" then return self._end end
+  local what = self.state == "reconnecting" and "reconnect pending" or self.state
+  local detail = self._backoff and ("; " .. self._backoff:describe()) or ""
+  return errors.new("closed", ("%s is not connected (%s%s)"):format(self.name, what, detail),
+                    { state = self.state })
+end
+
+-- }==================== connection lifecycle
+
+-- {==================== waiting
+
+-- The waiter for the running code: the scheduler's inside a coroutine.
+function Client:_current_waiter()
+  if self._waiter ~= waiters.blocking and isyieldable() then return self._waiter end
+  return waiters.blocking
+end
+
+-- Wait (at most until deadline; nil = no limit) for the socket, the next
+-- reconnect attempt or the handshake's deadline; then progress and wake
+-- the coroutines parked on this client.
+function Client:_wait_io(deadline)
+  local now = monotime()
+  local t = deadline and deadline - now or huge
+  local fd, mode = -1, "r"
+  if self.state == "reconnecting" then
+    t = min(t, self._backoff:left() or huge)
+  elseif self.state ~= "closed" then
+    local s = self._session
+    fd, mode = s:pollfd(), s:events()
+    t = min(t, s:time_left() or huge)
+    if s:buffered() then t = 0 end
+  end
+  if t > 0 then
+    local w = self:_current_waiter()
+    local timeout = t < huge and t or nil
+    if self._reader and w ~= waiters.blocking then
+      w.wait(nil, nil, self._cond, timeout)        -- another coroutine reads
+    else
+      self._reader = running()
+      w.wait(fd >= 0 and fd or nil, mode, self._cond, timeout)
+      self._reader = nil
+    end
+  end
+  self:_progress()
+  self._cond:signal()
+end
+
+-- Wait until ready() returns a true value (returned), the client closes
+-- (nil, err) or the deadline passes (nil, nil).
+function Client:_await(ready, deadline)
+  while true do
+    local v = ready()
+    if v then return v end
+    if self.state == "closed" then return nil, self._end end
+    if monotime() >= deadline then return nil, nil end
+    self:_wait_io(deadline)
+  end
+end
+
+-- }==================== waiting
+
+-- {==================== events in
 
 function Client:_report(err)
   local handler = self.on_error
@@ -179,219 +316,310 @@ function Client:_report(err)
   end
 end
 
--- Read one message.  Events are queued and reported as true; anything else
--- is returned.  A broken or closed stream closes the client.
-function Client:_receive(timeout)
-  if self._closed then return nil, self._closed end
-  local msg, err = self.conn:recv(timeout)
-  if msg == nil then
-    if err.kind ~= "timeout" then self:_lost(err); return nil, self._closed end
-    return nil, err
+function Client:_on_event(ev)
+  local stats = self.stats
+  stats.events = stats.events + 1
+  if self._interest and not self._interest(ev) then
+    stats.skipped = stats.skipped + 1
+    return
   end
-  if msg.event ~= nil then
-    if type(msg.event) ~= "string" then
-      self:_report(errors.new("protocol", "event with a non-string name dropped"))
-      return true
-    end
-    self:_enqueue(msg)
-    return true
-  end
-  return msg
+  if self._opts.validate then self:_validate(ev) end
+  self._dispatch:push(ev)
 end
 
--- A reply nobody waits for: late (after a timeout) or unknown.
-function Client:_stray(msg)
-  local id = msg.id
-  if id ~= nil and self._stale[id] then
-    self._stale[id] = nil
-    self._nstale = self._nstale - 1
-    self.stats.stale = self.stats.stale + 1
-  elseif msg.QMP == nil then
-    self.stats.unknown = self.stats.unknown + 1
+function Client:_synthetic(name, data)
+  self._dispatch:push(events.synthetic(name, data))
+end
+
+-- Validation mode: report (never drop) an event that does not match.
+function Client:_validate(ev)
+  local s = self._schema
+  if not s then return end
+  local problems = s:validate(ev)
+  if problems then
+    self.stats.invalid = self.stats.invalid + 1
+    self:_report(errors.new("schema", ("%s does not match the live schema: %s")
+                                      :format(ev.event, table.concat(problems, "; ")),
+                            { event = ev, problems = problems }))
   end
 end
 
--- Send cmd with a fresh id and wait for its reply: return value | nil, err.
-function Client:_call(cmd, timeout, fds)
-  if self._closed then return nil, self._closed end
-  local name = cmd.execute or cmd["exec-oob"]
-  self._nextid = self._nextid + 1
-  local id = ID_PREFIX .. self._nextid
-  cmd.id = id
-  local text = encode(cmd) .. "\n"   -- raises on unencodable arguments: a programmer error
-  local deadline = monotime() + timeout
-  local ok, err = self.conn:send(text, timeout, fds)
-  if not ok then
-    if err.kind == "closed" or self.conn:isclosed() then self:_lost(err); err = self._closed end
-    return nil, err
-  end
-  while true do
-    local msg, rerr = self:_receive(remaining(deadline))
-    if msg == nil then
-      if rerr.kind == "timeout" then
-        if self._nstale >= MAX_STALE then  -- bounded: forget the old ones
-          self._stale, self._nstale = {}, 0
-        end
-        self._stale[id], self._nstale = true, self._nstale + 1
-        return nil, errors.new("timeout", ("no reply to %s within %g s"):format(name, timeout),
-                               { command = name })
-      end
-      if name == "quit" then return {} end  -- QEMU may close before its reply reaches us
-      return nil, rerr
-    end
-    if msg ~= true then
-      -- QEMU answers without an id only when it could not parse the request,
-      -- which can only be the one in flight.
-      if msg.id == id or (msg.id == nil and msg.error ~= nil and msg.QMP == nil) then
-        self.stats.replies = self.stats.replies + 1
-        if msg.error ~= nil then return nil, errors.qmp(name, msg.error) end
-        if msg["return"] == nil then
-          return nil, errors.new("protocol", "reply to " .. name .. " has neither return nor error")
-        end
-        return msg["return"]
-      end
-      self:_stray(msg)
-    end
-  end
+-- Why an event name looks wrong, or nil when the catalogue or this
+-- connection's live schema knows it.
+function Client:_unknown_name(name)
+  if SYNTHETIC[name] or events.known(name) then return nil end
+  local s = self._schema
+  if s and s.events[name] then return nil end
+  local candidates = events.known_names()
+  if s then for n in pairs(s.events) do candidates[#candidates + 1] = n end end
+  for n in pairs(SYNTHETIC) do candidates[#candidates + 1] = n end
+  local guess = errors.closest(name, candidates)
+  return ("no event is named %s in the catalogue%s%s"):format(name,
+    s and " or in this QEMU's schema" or "", guess and ("; did you mean %s?"):format(guess) or "")
 end
+
+-- }==================== events in
+
+-- {==================== commands
 
 local function check_command(method, name, args, opts)
   if type(name) ~= "string" or name == "" then
-    error(("qmp: %s: command name must be a non-empty string"):format(method), 3)
+    errors.raise(("qmp: %s: command name must be a non-empty string"):format(method))
   end
   if args ~= nil and type(args) ~= "table" then
-    error(("qmp: %s: arguments must be a table"):format(method), 3)
+    errors.raise(("qmp: %s: arguments must be a table"):format(method))
   end
-  if opts ~= nil and type(opts) ~= "table" then
-    error(("qmp: %s: options must be a table"):format(method), 3)
-  end
-  opts = opts or {}
-  if opts.timeout ~= nil and (type(opts.timeout) ~= "number" or opts.timeout < 0) then
-    error(("qmp: %s: timeout must be a non-negative number"):format(method), 3)
+  opts = errors.check_options("qmp: " .. method, opts, COMMAND_OPTIONS)
+  check_timeout("qmp: " .. method, opts.timeout)
+  if opts.fds ~= nil and type(opts.fds) ~= "table" then
+    errors.raise(("qmp: %s: fds must be a list of file descriptors"):format(method))
   end
   return opts
 end
 
+function Client:_command(method, name, args, opts, oob)
+  opts = check_command(method, name, args, opts)
+  if self.state ~= "ready" then return nil, self:_not_ready() end
+  local s = self._session
+  self._dispatch:mark_command()
+  self._sent[name] = (self._sent[name] or 0) + 1
+  if name == "quit" then self._quitting = true end
+  local ok, cmd = pcall(s.send, s, name, args, opts.fds, oob)
+  if not ok then errors.raise("qmp: " .. method .. ": " .. tostring(cmd)) end  -- unencodable arguments
+  local timeout = opts.timeout or self.default_timeout
+  self:_await(function() return cmd.done end, monotime() + timeout)
+  if not cmd.done then
+    s:abandon(cmd)
+    self:_follow()
+    if cmd.done then return cmd.value, cmd.err end  -- abandoning it ended the session
+    return nil, errors.new("timeout", ("no reply to %s from %s within %g s"):format(name, self.name, timeout),
+                           { command = name })
+  end
+  if name == "quit" and cmd.err and cmd.err.kind == "qmp" then self._quitting = false end
+  if cmd.err then
+    if cmd.err.kind == "closed" and self.state == "reconnecting" then
+      return nil, errors.new("closed", cmd.err.message .. "; " .. self._backoff:describe(), { cause = cmd.err.cause })
+    end
+    return nil, cmd.err
+  end
+  return cmd.value
+end
+
 --- Run a command: its "return" value | nil, err.
--- opts.timeout overrides the connection's timeout; opts.fds passes fds.
+-- opts.timeout overrides the client's timeout; opts.fds passes fds.
 function Client:execute(name, args, opts)
-  opts = check_command("execute", name, args, opts)
-  return self:_call({ execute = name, arguments = args }, opts.timeout or self.default_timeout, opts.fds)
+  return self:_command("execute", name, args, opts, false)
 end
 
 --- Run a command out-of-band (needs the oob capability).
 function Client:execute_oob(name, args, opts)
-  opts = check_command("execute_oob", name, args, opts)
-  if not self.oob then
+  if self.state == "ready" and not self.oob then
+    check_command("execute_oob", name, args, opts)
     return nil, errors.new("unsupported", "out-of-band execution was not negotiated with " .. self.name)
   end
-  return self:_call({ ["exec-oob"] = name, arguments = args }, opts.timeout or self.default_timeout, opts.fds)
+  return self:_command("execute_oob", name, args, opts, true)
 end
 
 --- Run an HMP command line; returns its output text.
 function Client:hmp(command_line, opts)
-  if type(command_line) ~= "string" then error("qmp: hmp: command line must be a string", 2) end
-  return self:execute("human-monitor-command", { ["command-line"] = command_line }, opts)
+  if type(command_line) ~= "string" then errors.raise("qmp: hmp: command line must be a string") end
+  return self:_command("hmp", "human-monitor-command", { ["command-line"] = command_line }, opts, false)
 end
 
--- Take the first queued event that satisfies match, keeping the others in order.
-function Client:_take(match)
-  local q = self._queue
-  for i = self._qhead, self._qtail do
-    local ev = q[i]
-    if match(ev) then
-      table.move(q, i + 1, self._qtail, i)
-      q[self._qtail] = nil
-      self._qtail = self._qtail - 1
-      return ev
-    end
+--- How many commands named name this client has sent (all coroutines).
+function Client:commands_sent(name)
+  return self._sent[name] or 0
+end
+
+--- The live schema of this connection, read once: schema | nil, err.
+function Client:schema()
+  if self._schema then return self._schema end
+  local entities, err = self:execute("query-qmp-schema", nil, { timeout = max(self.default_timeout, 30) })
+  if not entities then return nil, err end
+  self._schema = schema.parse(entities)
+  return self._schema
+end
+
+-- }==================== commands
+
+-- {==================== consumers
+
+--- vm:on(filter [, data_filter], handler) -> subscription; handler(ev, vm).
+function Client:on(names, data, fn)
+  local sub = self._dispatch:on(names, data, fn, false)
+  self._dispatch:check_names(names)
+  return sub
+end
+
+--- Like on, but the handler runs at most once.
+function Client:once(names, data, fn)
+  local sub = self._dispatch:on(names, data, fn, true)
+  self._dispatch:check_names(names)
+  return sub
+end
+
+--- How many handlers are registered.
+function Client:handlers()
+  return self._dispatch:handlers()
+end
+
+--- A listener: buffers every matching event from now on (l:next, l:wait, l:close).
+function Client:listen(names, data, opts)
+  opts = errors.check_options("qmp: listen", opts, LISTEN_OPTIONS)
+  local m = opts.max_queue
+  if m ~= nil and (math.type(m) ~= "integer" or m < 1) then
+    errors.raise("qmp: listen: max_queue must be a positive integer")
   end
+  return self._dispatch:listen(names, data, m, check_timeout("qmp: listen", opts.timeout) or self.default_timeout)
 end
 
---- Wait for an event: the first matching event already received, else the
--- next to arrive.  The event is taken: handlers never see it.
--- vm:wait(filter [, data_filter] [, timeout]) -> ev | nil, err
+--- vm:wait(filter [, data_filter] [, timeout]) -> ev | nil, err: the first
+-- matching event since this coroutine's last command that no wait returned
+-- yet, else the next to arrive.  Handlers and listeners see it too.
 function Client:wait(names, data, timeout)
   if type(data) == "number" and timeout == nil then data, timeout = nil, data end
+  check_timeout("qmp: wait", timeout)
+  local d = self._dispatch
   local match = filter.compile(names, data)
+  d:check_names(names)
   timeout = timeout or self.default_timeout
-  local deadline = monotime() + timeout
-  local function expired()
-    return nil, errors.new("timeout", ("no matching event within %g s"):format(timeout))
+  local ev, err = self:_await(function() return d:take(match) end, monotime() + timeout)
+  if ev then return ev end
+  if err then return nil, err end
+  local text = ("no %s within %g s"):format(filter.describe(names, data), timeout)
+  if d:matched_before(match) then
+    text = text .. "; a matching event came before the last command (vm:listen, opened before the "
+           .. "command, would have caught it)"
   end
+  return nil, errors.new("timeout", text .. d:hint(names))
+end
+
+--- Call fn(vm) after seconds, from the dispatch loop (run, step, qmp.loop).
+function Client:after(seconds, fn)
+  return self._dispatch:after(seconds, fn)
+end
+
+-- }==================== consumers
+
+-- {==================== loops
+
+-- The error to end a loop with: closed, every event dispatched.
+function Client:_finished()
+  if self.state == "closed" and not self._dispatch:pending() then return self._end end
+end
+
+--- One non-blocking step for external loops: progress the connection, run
+-- due timers, dispatch.  true, or nil, err once closed with nothing left.
+function Client:step()
+  self:_progress()
+  local d = self._dispatch
+  d:run_timers(self)
+  d:deliver(self, BATCH)
+  self._stop = false   -- a stop ends this step's dispatch, nothing more
+  local finished = self:_finished()
+  if finished then return nil, finished end
+  return true
+end
+
+--- The cqueues polling protocol, also for other loops: poll pollfd() for
+-- events(), at most timeout() seconds, then call step().
+function Client:pollfd()
+  if self.state == "closed" or self.state == "reconnecting" then return -1 end
+  return self._session:pollfd()
+end
+
+function Client:events()
+  if self.state == "closed" or self.state == "reconnecting" then return "r" end
+  return self._session:events()
+end
+
+--- 0 while there is work without waiting (events to dispatch, a complete
+-- message already read); else seconds to the next timer, reconnect attempt
+-- or handshake deadline; nil when only the socket can bring work.
+function Client:timeout()
+  if self._dispatch:pending() or self.state == "closed" then return 0 end
+  local t = self._dispatch:next_due() or huge
+  if self.state == "reconnecting" then
+    t = min(t, self._backoff:left() or huge)
+  else
+    local s = self._session
+    if s:buffered() then return 0 end
+    t = min(t, s:time_left() or huge)
+  end
+  if t == huge then return nil end
+  return max(0, t)
+end
+
+--- Run the dispatch loop until vm:stop(), done() returns true, the timeout
+-- passes or the client closes.  true for stop/done; nil, err otherwise.
+function Client:run(opts)
+  opts = errors.check_options("qmp: run", opts, RUN_OPTIONS)
+  check_timeout("qmp: run", opts.timeout)
+  local done = opts.done
+  if done ~= nil and type(done) ~= "function" then errors.raise("qmp: run: done must be a function") end
+  local deadline = opts.timeout and monotime() + opts.timeout or huge
+  local d = self._dispatch
+  self._stop = false
   while true do
-    local ev = self:_take(match)
-    if ev then return ev end
-    if self._closed and self._reconnect_timer then  -- reconnecting: let the timer run
-      local left = remaining(deadline)
-      if left <= 0 then return expired() end
-      core.sleep(math.min(left, self:timeout() or left))
-      self:_run_timers()
+    self:_progress()
+    d:run_timers(self)
+    d:deliver(self, BATCH)
+    if self._stop or (done and done(self)) then
+      self._stop = false
+      return true
+    end
+    local finished = self:_finished()
+    if finished then return nil, finished end
+    local now = monotime()
+    if now >= deadline then
+      return nil, errors.new("timeout", ("run: %g s passed"):format(opts.timeout))
+    end
+    if d:pending() then
+      local w = self:_current_waiter()
+      if w ~= waiters.blocking then w.wait(nil, nil, nil, 0) end  -- let other coroutines run
     else
-      local msg, err = self:_receive(remaining(deadline))
-      if msg == nil then
-        if err.kind == "timeout" then return expired() end
-        if not self._reconnect_timer then return nil, err end
-      elseif msg ~= true then
-        self:_stray(msg)
-      end
+      local due = d:next_due()
+      self:_wait_io(min(deadline, due and now + due or huge))
     end
   end
 end
 
---- Read what is available without blocking longer than timeout (default 0)
--- for the first message; events go to the queue.  Returns the number of
--- events queued, or nil, err once the connection is closed and the queue empty.
-function Client:poll(timeout)
-  local first = true
-  while not self._closed do
-    local msg = self:_receive(first and (timeout or 0) or 0)
-    first = false
-    if msg == nil then break end
-    if msg ~= true then self:_stray(msg) end
-  end
-  local queued = self._qtail - self._qhead + 1
-  if queued == 0 and self._closed then return nil, self._closed end
-  return queued
+--- End vm:run() (or the dispatch of the current step) after the current
+-- handler returns.
+function Client:stop()
+  self._stop = true
+  self._cond:signal()   -- a run parked in another coroutine sees it now
 end
 
---- Queued events, oldest first, without taking them.
-function Client:events_pending()
-  local list = {}
-  table.move(self._queue, self._qhead, self._qtail, 1, list)
-  return list
+--- true between vm:stop() and the end of the loop it stops.
+function Client:stopping()
+  return self._stop
 end
 
---- true once the connection is closed (locally or by the peer).
+-- }==================== loops
+
+--- true once the client is closed for good (not while reconnecting).
 function Client:closed()
-  return self._closed ~= nil
+  return self.state == "closed"
 end
 
---- Close the connection.  Idempotent; queued events stay readable.
+--- Close the connection.  Idempotent; events already received stay
+-- readable (listeners, vm:wait); reconnecting ends.
 function Client:close()
-  self._user_closed = true
-  if self._reconnect_timer then
-    self._reconnect_timer:cancel()
-    self._reconnect_timer = nil
+  self:_drop_session()
+  if not self._end then
+    self._end = errors.new("closed", "the connection was closed by this client")
   end
-  if not self._closed then
-    self._closed = errors.new("closed", "the connection was closed by this client")
-  end
-  self.conn:close()
+  self.state = "closed"
+  self._cond:signal()
 end
 Client.__close = Client.close
 
 function Client:__tostring()
-  return ("qmp.Client (%s%s)"):format(self.name, self._closed and ", closed" or "")
+  return ("qmp.Client (%s, %s)"):format(self.name, self.state)
 end
 
---- The connection's fd, for external event loops.
-function Client:fileno()
-  return self.conn:fileno()
-end
-
-require("qmp.handlers")(Client)
-require("qmp.reconnect")(Client)
-require("qmp.schema")(Client)
+--- The socket's fd for external event loops (-1 while there is none).
+Client.fileno = Client.pollfd
 
 return Client

@@ -1,10 +1,10 @@
---- Error objects: world events come back as `nil, err`.
+--- Error objects: world events come back as `nil, err`; usage errors raise.
 -- err.kind is a stable token (see README "Error kinds"); err.message is one
 -- readable line; tostring(err) is "kind: message".  The C core builds the
 -- same objects (they share the metatable core.Error).
 local core = require "qmp.core"
 
-local setmetatable = setmetatable
+local setmetatable, type, pairs, error, getinfo = setmetatable, type, pairs, error, debug.getinfo
 
 local errors = {}
 
@@ -13,17 +13,18 @@ errors.mt = core.Error
 --- The kinds a script may see, for documentation and for checks.
 errors.kinds = {
   timeout = "a deadline passed (connect, greeting, command, wait)",
-  closed = "the connection is closed: EOF, reset, or closed locally",
-  refused = "connecting failed: no socket, connection refused, unresolvable host",
+  closed = "the connection is closed or down: EOF, reset, closed locally, or reconnecting",
+  refused = "connecting failed: no socket, not a socket, connection refused, unresolvable host",
   denied = "not allowed: non-loopback TCP without allow_remote, expect_uid mismatch, EACCES",
   protocol = "the peer broke the protocol: bad JSON, no greeting, a malformed reply",
   toolarge = "a message exceeded max_message",
   qmp = "QEMU answered with an error: err.class and err.desc",
   unsupported = "the connection cannot do that: exec-oob without oob, fds over TCP",
   io = "another socket error",
-  overflow = "(vm.on_error only) the event queue was full: the oldest event was dropped",
+  overflow = "(vm.on_error only) a consumer's queue was full: its oldest event was dropped",
   handler = "(vm.on_error only) a handler or timer raised; err.traceback has the trace",
   schema = "(vm.on_error only) with validate, an event did not match the live schema",
+  usage = "(vm.on_error only) a wait or listen names an event neither the catalogue nor the live schema knows",
 }
 
 --- A new error object.  fields (optional) are copied into it.
@@ -36,8 +37,8 @@ end
 
 --- The error for a QMP error reply to `command`.
 function errors.qmp(command, reply)
-  local class = type(reply) == "table" and reply.class or "GenericError"
-  local desc = type(reply) == "table" and reply.desc or "malformed error reply"
+  local class = type(reply) == "table" and type(reply.class) == "string" and reply.class or "GenericError"
+  local desc = type(reply) == "table" and type(reply.desc) == "string" and reply.desc or "malformed error reply"
   return errors.new("qmp", ("%s: %s: %s"):format(command, class, desc),
                     { class = class, desc = desc, command = command })
 end
@@ -45,6 +46,70 @@ end
 --- true when v is an error object.
 function errors.is(v)
   return getmetatable(v) == errors.mt
+end
+
+-- Sources of the library's own files ("@.../qmp/"): a usage error is
+-- reported at the first frame outside them, i.e. at the caller's line.
+local LIBRARY = getinfo(1, "S").source:match("^(@.*[/\\])errors%.lua$")
+
+local function in_library(source)
+  return LIBRARY ~= nil and source:sub(1, #LIBRARY) == LIBRARY
+end
+
+--- Raise a usage error (a programmer mistake) at the caller's line:
+-- the first stack frame that is neither the library nor C.
+function errors.raise(message)
+  local level = 2
+  while true do
+    local info = getinfo(level, "S")
+    if not info then level = 2 break end
+    if info.what ~= "C" and not in_library(info.source) then break end
+    level = level + 1
+  end
+  error(message, level)
+end
+
+-- The closest of candidates to word (by edit distance), when close enough.
+function errors.closest(word, candidates)
+  local best, best_d
+  local n = #word
+  for _, c in ipairs(candidates) do
+    local m = #c
+    if math.abs(m - n) <= 2 then
+      local prev = {}
+      for j = 0, m do prev[j] = j end
+      for i = 1, n do
+        local cur = { [0] = i }
+        local wi = word:byte(i)
+        for j = 1, m do
+          local cost = wi == c:byte(j) and 0 or 1
+          cur[j] = math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
+        end
+        prev = cur
+      end
+      local d = prev[m]
+      if d <= math.max(1, n // 4) and (not best_d or d < best_d) then best, best_d = c, d end
+    end
+  end
+  return best
+end
+
+--- Check an options table: nil or a table whose keys are all in `known`
+-- (a set).  Raises at the caller's line, naming the closest known option.
+function errors.check_options(where, opts, known)
+  if opts == nil then return {} end
+  if type(opts) ~= "table" then errors.raise(where .. ": options must be a table") end
+  for k in pairs(opts) do
+    if not known[k] then
+      local names = {}
+      for name in pairs(known) do names[#names + 1] = name end
+      table.sort(names)
+      local guess = type(k) == "string" and errors.closest(k, names)
+      errors.raise(("%s: unknown option %q%s (known: %s)"):format(where, tostring(k),
+        guess and (" — did you mean %q?"):format(guess) or "", table.concat(names, ", ")))
+    end
+  end
+  return opts
 end
 
 return errors

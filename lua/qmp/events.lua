@@ -8,6 +8,10 @@
 -- The types of the events in the catalogue (qmp.catalogue) exist from the
 -- start, with known = true and the catalogue's doc, since, fields, first,
 -- throttled; the others get known = false.
+-- Memory: the table holds types weakly.  Catalogue types, and any type a
+-- script extends (assigns a method or field to), are pinned; any other type
+-- lives as long as one of its events does, so a peer inventing new names
+-- cannot grow the heap for good.
 local core = require "qmp.core"
 
 local type, rawget, rawset, pairs, ipairs, tostring = type, rawget, rawset, pairs, ipairs, tostring
@@ -72,7 +76,14 @@ function Event:__tostring()
   return concat(parts, " ")
 end
 
+local pinned = {}  -- name -> type: the types that must never be collected
+
+-- A type a script writes to is pinned: its methods must outlive its events.
 local base = { __index = Event }
+function base.__newindex(T, k, v)
+  pinned[rawget(T, "name")] = T
+  rawset(T, k, v)
+end
 
 --- Create (or complete) the type for name.  known: part of the catalogue.
 local function new_type(name, known)
@@ -111,7 +122,7 @@ end
 -- pairs(qmp.events) lists them all before any event arrives.
 for _, e in ipairs(require "qmp.catalogue") do
   local T = new_type(e.name, true)
-  T.known = true
+  pinned[e.name] = T
   for _, k in ipairs({ "doc", "since", "removed", "fields", "first", "throttled", "throttle" }) do
     T[k] = copy(e[k])
   end
@@ -119,10 +130,40 @@ end
 
 -- The decoder asks for events[name]; unknown names get a type on first sight.
 setmetatable(events, {
+  __mode = "v",
   __index = function(_, name)
     if type(name) == "string" then return new_type(name, false) end
   end,
 })
+
+--- true when the catalogue documents an event of this name.
+local function known(name)
+  local T = pinned[name]
+  return T ~= nil and rawget(T, "known") == true
+end
+
+--- The names the catalogue documents, sorted.
+local function known_names()
+  local list = {}
+  for name, T in pairs(pinned) do
+    if rawget(T, "known") then list[#list + 1] = name end
+  end
+  sort(list)
+  return list
+end
+
+-- Timestamps of synthetic events: wall clock, never earlier than the last one.
+local last_s, last_us = 0, 0
+
+--- An event made by the library itself (qmp.disconnected, ...), typed,
+-- stamped with the wall clock at the moment of the call.
+local function synthetic(name, data)
+  local s, us = core.walltime()
+  if s < last_s or (s == last_s and us < last_us) then s, us = last_s, last_us end
+  last_s, last_us = s, us
+  return setmetatable({ event = name, data = data or {},
+                        timestamp = { seconds = s, microseconds = us } }, events[name])
+end
 
 -- Helpers of particular types (ev:progress(), ev:by_guest(), ...).
 require("qmp.event_methods")(events)
@@ -131,4 +172,7 @@ return {
   types = events,
   Event = Event,
   new_type = new_type,
+  known = known,
+  known_names = known_names,
+  synthetic = synthetic,
 }

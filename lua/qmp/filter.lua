@@ -5,6 +5,7 @@
 -- means any of, qmp.match(pattern) a Lua pattern on a string, a function a
 -- predicate (value, ev), and a table of these a nested member.
 local core = require "qmp.core"
+local raise = require("qmp.errors").raise
 
 local type, ipairs, pairs, tostring, error = type, ipairs, pairs, tostring, error
 
@@ -16,7 +17,7 @@ function Match:__tostring() return "qmp.match(" .. ("%q"):format(self.pattern) .
 
 --- A data-filter value matching strings against a Lua pattern.
 function filter.match(pattern)
-  if type(pattern) ~= "string" then error("qmp.match: pattern must be a string", 2) end
+  if type(pattern) ~= "string" then raise("qmp.match: pattern must be a string") end
   return setmetatable({ pattern = pattern }, Match)
 end
 
@@ -41,7 +42,7 @@ function filter.names(f)
   if t == "table" then
     local set, globs = {}, {}
     for i, name in ipairs(f) do
-      if type(name) ~= "string" then error("qmp: event filter list item " .. i .. " is not a string", 3) end
+      if type(name) ~= "string" then raise("qmp: event filter list item " .. i .. " is not a string") end
       if name == "*" then return always end
       if is_glob(name) then globs[#globs + 1] = glob_pattern(name) else set[name] = true end
     end
@@ -54,7 +55,7 @@ function filter.names(f)
       return false
     end
   end
-  error("qmp: bad event filter (" .. t .. "): want a name, a glob, a list or a function", 3)
+  raise("qmp: bad event filter (" .. t .. "): want a name, a glob, a list or a function")
 end
 
 local function is_list(t)
@@ -80,7 +81,7 @@ local function compile_value(spec, path)
     end
     local fields = {}
     for k, s in pairs(spec) do
-      if type(k) ~= "string" then error("qmp: data filter keys must be member names, at " .. path, 4) end
+      if type(k) ~= "string" then raise("qmp: data filter keys must be member names, at " .. path) end
       fields[#fields + 1] = { k, compile_value(s, path .. "." .. k) }
     end
     return function(v, ev)
@@ -94,7 +95,53 @@ local function compile_value(spec, path)
   if spec == core.null or t == "string" or t == "number" or t == "boolean" then
     return function(v) return v == spec end
   end
-  error("qmp: bad data filter value (" .. tostring(spec) .. ") at " .. path, 4)
+  raise("qmp: bad data filter value (" .. tostring(spec) .. ") at " .. path)
+end
+
+--- The plain (non-glob) names a name filter lists, for diagnostics.
+function filter.exact_names(f)
+  local list = {}
+  if type(f) == "string" then f = { f } end
+  if type(f) == "table" then
+    for _, name in ipairs(f) do
+      if type(name) == "string" and not is_glob(name) then list[#list + 1] = name end
+    end
+  end
+  return list
+end
+
+local function describe_data(v, depth)
+  local t = type(v)
+  if t == "string" then return ("%q"):format(v) end
+  if t == "function" then return "<function>" end
+  if getmetatable(v) == Match then return tostring(v) end
+  if t ~= "table" or depth > 2 then return tostring(v) end
+  local parts = {}
+  if is_list(v) then
+    for i, x in ipairs(v) do parts[i] = describe_data(x, depth + 1) end
+    return "{ " .. table.concat(parts, ", ") .. " }"
+  end
+  for k, x in pairs(v) do parts[#parts + 1] = tostring(k) .. " = " .. describe_data(x, depth + 1) end
+  table.sort(parts)
+  return "{ " .. table.concat(parts, ", ") .. " }"
+end
+
+--- A readable description of a filter: "STOP event", "event matching
+-- BLOCK_JOB_*", "event among STOP, RESUME", with its data filter if any.
+function filter.describe(names, data)
+  local text
+  if names == nil or names == "*" then text = "event"
+  elseif type(names) == "string" then
+    text = is_glob(names) and ("event matching " .. names) or (names .. " event")
+  elseif type(names) == "table" then
+    local list = {}
+    for i, n in ipairs(names) do list[i] = tostring(n) end
+    text = "event among " .. table.concat(list, ", ")
+  else
+    text = "event accepted by the filter function"
+  end
+  if data ~= nil then text = text .. " with data " .. describe_data(data, 0) end
+  return text
 end
 
 --- Compile a name filter and an optional data filter into predicate(ev).
@@ -102,7 +149,7 @@ function filter.compile(names, data)
   local by_name = filter.names(names)
   if data == nil then return by_name end
   if type(data) ~= "table" and type(data) ~= "function" then
-    error("qmp: data filter must be a table or a function", 2)
+    raise("qmp: data filter must be a table or a function")
   end
   local check = compile_value(data, "data")
   return function(ev)

@@ -9,10 +9,13 @@ local filter = require "qmp.filter"
 local Client = require "qmp.client"
 local loop = require "qmp.loop"
 local policy = require "qmp.policy"
+local waiters = require "qmp.waiters"
 
 local qmp = {
   _VERSION = "qmp " .. core._VERSION,
-  connect = Client.connect,
+  connect = Client.connect,  -- (address, opts): connected and negotiated, or nil, err
+  client = Client.new,       -- (address, opts): connects in the background (see README)
+  waiters = waiters,         -- opts.waiter: qmp.waiters.cqueues, qmp.waiters.luv
   Client = Client,
   loop = loop,               -- qmp.loop{ vm1, vm2 }: one poll loop for many VMs
   policy = policy,           -- qmp.policy.resume_on_io_error(vm, opts): see README

@@ -2,15 +2,18 @@
 --   local loop = qmp.loop{ vm1, vm2 }
 --   loop:on("SHUTDOWN", function(ev, vm) print(vm.name, ev.reason) end)
 --   loop:run{ timeout = 60 }
--- Each turn waits once, in a single poll() over every VM's fd, then steps
--- (vm:step: read, run due timers, dispatch) the VMs that are ready or due.
--- Handlers run as with vm:run: one at a time, in plain Lua.  A VM whose
--- connection closes leaves the loop and is reported through loop.on_close;
+-- Each turn waits once, in a single poll() over every VM's fd (for what it
+-- asks: "r", or "w" while connecting), then steps (vm:step: progress the
+-- connection, run due timers, dispatch) the VMs that are ready or due.  No
+-- step waits, so a dead, slow or reconnecting VM never stalls the others.
+-- Handlers run as with vm:run: one at a time, in plain Lua.  A VM that
+-- closes for good leaves the loop and is reported through loop.on_close;
 -- the others go on.
 local core = require "qmp.core"
 local errors = require "qmp.errors"
 
-local type, ipairs, pairs, error, setmetatable = type, ipairs, pairs, error, setmetatable
+local type, ipairs, pairs, setmetatable = type, ipairs, pairs, setmetatable
+local raise = errors.raise
 local monotime, min, huge = core.monotime, math.min, math.huge
 
 local Loop = { __name = "qmp.Loop" }
@@ -21,7 +24,7 @@ FleetSubscription.__index = FleetSubscription
 
 local function check_vm(vm, method)
   if type(vm) ~= "table" or type(vm.step) ~= "function" or type(vm.pollfd) ~= "function" then
-    error(("qmp.loop: %s: expected a qmp client"):format(method), 3)
+    raise(("qmp.loop: %s: expected a qmp client"):format(method))
   end
 end
 
@@ -46,12 +49,11 @@ end
 
 --- qmp.loop([vms]) -> loop.  vms: a list of clients (qmp.connect).
 local function new(vms)
-  if vms ~= nil and type(vms) ~= "table" then error("qmp.loop: expected a list of clients", 2) end
+  if vms ~= nil and type(vms) ~= "table" then raise("qmp.loop: expected a list of clients") end
   local loop = setmetatable({
     on_close = nil,   -- function(vm, err): a VM closed and left the loop
     _vms = {},        -- members, in order of addition
     _member = {},     -- vm -> true
-    _fresh = {},      -- vm -> true: step once before the first wait
     _fleet = {},      -- fleet subscriptions, in registration order
     _stop = false,
   }, Loop)
@@ -68,7 +70,6 @@ function Loop:add(vm)
   check_vm(vm, "add")
   if self._member[vm] then return self end
   self._member[vm] = true
-  self._fresh[vm] = true   -- it may hold data already read (greeting time)
   self._vms[#self._vms + 1] = vm
   for _, fleet in ipairs(self._fleet) do attach(fleet, vm) end
   return self
@@ -78,7 +79,7 @@ end
 -- stay).  The connection stays open.  true if it was a member.
 function Loop:remove(vm)
   if not self._member[vm] then return false end
-  self._member[vm], self._fresh[vm] = nil, nil
+  self._member[vm] = nil
   local list = {}   -- a new list: a run in progress keeps its snapshot
   for _, v in ipairs(self._vms) do
     if v ~= vm then list[#list + 1] = v end
@@ -106,7 +107,7 @@ end
 -- later.  subscription:off() removes it from all of them.
 function Loop:on(names, data, fn)
   if fn == nil and type(data) == "function" then data, fn = nil, data end
-  if type(fn) ~= "function" then error("qmp.loop: handler must be a function", 2) end
+  if type(fn) ~= "function" then raise("qmp.loop: handler must be a function") end
   local fleet = setmetatable({ loop = self, names = names, data = data, fn = fn,
                                subs = {}, active = true }, FleetSubscription)
   for _, vm in ipairs(self._vms) do attach(fleet, vm) end
@@ -122,20 +123,14 @@ end
 function Loop:stop()
   self._stop = true
   local vm = self._current
-  if vm then vm._stop = true end  -- ends that VM's dispatch, as vm:stop() would
+  if vm then vm:stop() end  -- ends that VM's dispatch
 end
 
 -- Step one VM; a VM that closed leaves the loop and is reported.
 local function step(loop, vm)
-  loop._fresh[vm] = nil
-  local replies = vm.stats.replies
   loop._current = vm
   local ok, err = vm:step()
   loop._current = nil
-  vm._stop = false
-  -- A handler ran a command: bytes read with its reply may wait in the
-  -- decoder, where poll() cannot see them.
-  if ok and vm.stats.replies ~= replies then loop._fresh[vm] = true end
   if not ok and loop._member[vm] then
     loop:remove(vm)
     local on_close = loop.on_close
@@ -148,26 +143,20 @@ end
 -- or "closed" when the last VM left).
 -- opts: timeout (seconds, default forever), done (function(loop) -> boolean).
 function Loop:run(opts)
-  if opts ~= nil and type(opts) ~= "table" then error("qmp.loop: run: options must be a table", 2) end
-  opts = opts or {}
+  opts = errors.check_options("qmp.loop: run", opts, { timeout = true, done = true })
   local timeout, done = opts.timeout, opts.done
   if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0) then
-    error("qmp.loop: run: timeout must be a non-negative number", 2)
+    raise("qmp.loop: run: timeout must be a non-negative number")
   end
-  if done ~= nil and type(done) ~= "function" then error("qmp.loop: run: done must be a function", 2) end
+  if done ~= nil and type(done) ~= "function" then raise("qmp.loop: run: done must be a function") end
   local deadline = timeout and monotime() + timeout or huge
   local ready = {}   -- vm -> true: its fd was ready at the last poll
   self._stop = false
   while true do
     for _, vm in ipairs(self._vms) do   -- a snapshot: add/remove replace the list
       if self._stop then break end
-      if self._member[vm] then
-        local t = vm:timeout()
-        if ready[vm] or self._fresh[vm] or (t and t <= 0)
-           or (t == nil and vm:pollfd() < 0) then  -- closed by its owner: let step say so
-          step(self, vm)
-        end
-      end
+      local t = vm:timeout()
+      if self._member[vm] and (ready[vm] or (t and t <= 0)) then step(self, vm) end
     end
     if self._stop or (done and done(self)) then
       self._stop = false
@@ -179,13 +168,13 @@ function Loop:run(opts)
     if wait <= 0 then
       return nil, errors.new("timeout", ("loop: %g s passed"):format(timeout))
     end
-    local fds = {}
+    local fds, modes = {}, {}
     for i, vm in ipairs(vms) do
-      fds[i] = vm:pollfd()
+      fds[i], modes[i] = vm:pollfd(), vm:events()
       local t = vm:timeout()
       if t then wait = min(wait, t) end
     end
-    local list, err = core.poll(fds, wait < huge and wait or nil)
+    local list, err = core.poll(fds, wait < huge and wait or nil, modes)
     if not list then return nil, err end
     ready = {}
     for _, i in ipairs(list) do ready[vms[i]] = true end

@@ -35,12 +35,15 @@ local function device_key(ev)
   return present(ev["qom-path"]) or present(ev["node-name"]) or present(ev.device) or "?"
 end
 
+local OPTIONS = { retries = true, window = true, delay = true, backoff = true, max_delay = true,
+                  on_give_up = true, on_resume = true, log = true }
+
 local function check_number(opts, name, default, lowest, integer)
   local v = opts[name]
   if v == nil then return default end
   if type(v) ~= "number" or v < lowest or (integer and math.type(v) ~= "integer") then
-    error(("qmp.policy.resume_on_io_error: %s must be %s >= %s")
-          :format(name, integer and "an integer" or "a number", tostring(lowest)), 3)
+    errors.raise(("qmp.policy.resume_on_io_error: %s must be %s >= %s")
+                 :format(name, integer and "an integer" or "a number", tostring(lowest)))
   end
   return v
 end
@@ -48,7 +51,7 @@ end
 local function check_function(opts, name)
   local v = opts[name]
   if v ~= nil and type(v) ~= "function" then
-    error(("qmp.policy.resume_on_io_error: %s must be a function"):format(name), 3)
+    errors.raise(("qmp.policy.resume_on_io_error: %s must be a function"):format(name))
   end
   return v
 end
@@ -62,20 +65,20 @@ end
 --- Resume a VM that an I/O error paused, a bounded number of times.
 -- On BLOCK_IO_ERROR with action "stop", wait delay * backoff^(n-1) seconds
 -- (n = resumes of that device within the last `window` seconds, this one
--- included; at most max_delay), check that query-status says "io-error" and
--- send cont.  After `retries` resumes of one device within the window, give
+-- included; at most max_delay), check that the pause is still the I/O
+-- error's and send cont.  The pause is someone else's (and the VM is left
+-- alone) when, during the delay, the VM was resumed (RESUME), stopped again
+-- (a STOP after the error's own), `stop` was sent through this client, or
+-- query-status no longer says "io-error".  After `retries` resumes of one device within the window, give
 -- up: call on_give_up(ev, vm) once and leave the VM paused.
 -- opts: retries (3), window (60), delay (1), backoff (2), max_delay (300),
 --       on_give_up(ev, vm), on_resume(ev, vm, attempt), log(line).
 -- Returns a handle: p:off(); p.resumes, p.give_ups, p.errors_seen; p.state.
 function policy.resume_on_io_error(vm, opts)
   if type(vm) ~= "table" or type(vm.on) ~= "function" then
-    error("qmp.policy.resume_on_io_error: expected a client", 2)
+    errors.raise("qmp.policy.resume_on_io_error: expected a client")
   end
-  if opts ~= nil and type(opts) ~= "table" then
-    error("qmp.policy.resume_on_io_error: options must be a table", 2)
-  end
-  opts = opts or {}
+  opts = errors.check_options("qmp.policy.resume_on_io_error", opts, OPTIONS)
   local retries = check_number(opts, "retries", 3, 0, true)
   local window = check_number(opts, "window", 60, 0)
   local delay = check_number(opts, "delay", 1, 0)
@@ -114,10 +117,23 @@ function policy.resume_on_io_error(vm, opts)
     return #kept
   end
 
+  -- Forget a scheduled resume: the pause is no longer the error's.
+  local function cancel(key, st, why)
+    if not st.pending then return end
+    st.pending:cancel()
+    p._timers[st.pending] = nil
+    st.pending = nil
+    log(format("%s: not resuming: %s", key, why))
+  end
+
   local function resume(key, st, ev, attempt, timer)
     p._timers[timer] = nil
     st.pending = nil
     if not p.active then return end
+    if vm:commands_sent("stop") > st.stops then
+      log(format("%s: not resuming: stop was sent through this client during the delay", key))
+      return
+    end
     local status, err = vm:execute("query-status")
     if not status then report(vm, "query-status", err); return end
     if status.status ~= "io-error" then
@@ -157,13 +173,28 @@ function policy.resume_on_io_error(vm, opts)
     local timer
     timer = vm:after(wait, function() resume(key, st, ev, n, timer) end)
     st.pending = timer
+    st.stopped = false                   -- the error's own STOP is still to come
+    st.stops = vm:commands_sent("stop")
     p._timers[timer] = true
   end
 
   p._subs[1] = vm:on("BLOCK_IO_ERROR", on_error)
-  -- Someone resumed the VM after a give-up: a new error starts a new episode.
-  p._subs[2] = vm:on("RESUME", function()
-    for _, st in pairs(p.state) do st.gave_up = false end
+  -- The first STOP after the error is the error's pause; another is someone else's.
+  p._subs[2] = vm:on("STOP", function()
+    for key, st in pairs(p.state) do
+      if st.pending then
+        if st.stopped then cancel(key, st, "the VM was stopped again during the delay") end
+        st.stopped = true
+      end
+    end
+  end)
+  -- Someone resumed the VM: not ours to resume any more; after a give-up,
+  -- a new error starts a new episode.
+  p._subs[3] = vm:on("RESUME", function()
+    for key, st in pairs(p.state) do
+      cancel(key, st, "the VM was resumed by someone else")
+      st.gave_up = false
+    end
   end)
   return p
 end

@@ -1,88 +1,73 @@
---- Reconnecting a Client whose connection was lost (opts.reconnect).
--- On EOF or a broken stream the client queues a synthetic "qmp.disconnected"
--- event, then retries from its loop (run, step, wait, qmp.loop) with capped
--- exponential back-off and jitter.  Once connected and negotiated again it
--- asks query-status, since events sent while the link was down are lost for
--- good, and queues "qmp.reconnected".  Synthetic names are lower case and
--- dotted, so they can never collide with QEMU's.
+--- Reconnecting (opts.reconnect): when to try again.
+-- A Backoff owns the retry schedule of one client: capped exponential
+-- back-off with jitter (a fleet must not retry in lockstep).  It never
+-- waits: the client's loop asks due() and left() and starts the attempt.
+-- The client emits "qmp.disconnected" / "qmp.reconnected" around it and
+-- resyncs with query-status, since events sent while the link was down are
+-- lost for good.
 local core = require "qmp.core"
 local errors = require "qmp.errors"
-local address = require "qmp.address"
 
-local monotime, min, random, floor = core.monotime, math.min, math.random, math.floor
+local monotime, min, max, random = core.monotime, math.min, math.max, math.random
 
-return function(Client)
-  --- Validate opts.reconnect: nil, or { min = seconds, max = seconds }.
-  function Client._check_reconnect(r)
-    if r == nil or r == false then return nil end
-    if r == true then r = {} end
-    if type(r) ~= "table" then error("qmp.connect: reconnect must be a table { min =, max = }", 5) end
-    local lo, hi = r.min or 0.1, r.max or 30
-    if type(lo) ~= "number" or type(hi) ~= "number" or lo <= 0 or hi < lo then
-      error("qmp.connect: reconnect needs 0 < min <= max (seconds)", 5)
-    end
-    return { min = lo, max = hi }
+local Backoff = {}
+Backoff.__index = Backoff
+
+--- Validate opts.reconnect: nil/false, true, or { min = seconds, max = seconds }.
+function Backoff.check(r)
+  if r == nil or r == false then return nil end
+  if r == true then r = {} end
+  if type(r) ~= "table" then errors.raise("qmp.connect: reconnect must be true or a table { min =, max = }") end
+  errors.check_options("qmp.connect: reconnect", r, { min = true, max = true })
+  local lo, hi = r.min or 0.1, r.max or 30
+  if type(lo) ~= "number" or type(hi) ~= "number" or lo <= 0 or hi < lo then
+    errors.raise("qmp.connect: reconnect needs 0 < min <= max (seconds)")
   end
-
-  -- Queue an event made by the client itself.
-  function Client:_synthetic(name, data)
-    local t = monotime()
-    local now = os.time()
-    local ev = { event = name, data = data,
-                 timestamp = { seconds = now, microseconds = floor((t % 1) * 1e6) } }
-    self:_enqueue(setmetatable(ev, core.events[name]), true)
-  end
-
-  function Client:_schedule_reconnect()
-    local r = self._reconnect
-    local delay = min(r.max, r.min * 2 ^ self._attempts)
-    delay = delay * (0.5 + random() * 0.5)  -- jitter: a fleet must not retry in lockstep
-    self._reconnect_timer = self:after(delay, function() self:_try_reconnect() end)
-  end
-
-  -- Called by _lost when reconnect is on.
-  function Client:_start_reconnect(err)
-    self.conn:close()
-    self._attempts = 0
-    self:_synthetic("qmp.disconnected", { generation = self.generation, kind = err.kind,
-                                          reason = err.message })
-    self:_schedule_reconnect()
-  end
-
-  function Client:_try_reconnect()
-    self._reconnect_timer = nil
-    self._attempts = self._attempts + 1
-    local conn, err = address.open(self._address, self.default_timeout, self._opts)
-    if conn then
-      self.conn, self._closed, self.greeting = conn, nil, nil
-      self._reconnecting = true  -- a failure now must not start a second cycle
-      local ok
-      if self._opts.expect_uid ~= nil then ok, err = self:_check_peer(self._opts.expect_uid) else ok = true end
-      if ok then ok, err = self:_handshake(monotime() + self.default_timeout, self._opts.negotiate ~= false) end
-      self._schema = nil  -- the new QEMU may be another version
-      if ok and self._validating then ok, err = self:schema() end
-      local st
-      if ok then  -- what changed while the link was down
-        st, err = self:execute("query-status")
-        if not st and self._closed then ok = false end
-      end
-      self._reconnecting = false
-      if ok then
-        self.generation = self.generation + 1
-        self:_synthetic("qmp.reconnected", {
-          generation = self.generation, attempts = self._attempts,
-          status = st and st.status, running = st and st.running,
-        })
-        return
-      end
-      conn:close()
-      self._closed = errors.new("closed", "reconnect failed: " .. tostring(err), { cause = err })
-    end
-    self:_schedule_reconnect()
-  end
-
-  --- true while the client waits to reconnect.
-  function Client:reconnecting()
-    return self._reconnect_timer ~= nil
-  end
+  return { min = lo, max = hi }
 end
+
+function Backoff.new(spec)
+  return setmetatable({ min = spec.min, max = spec.max, attempts = 0, next_try = nil,
+                        last_error = nil }, Backoff)
+end
+
+--- An attempt failed (or the connection was lost): plan the next one.
+function Backoff:failed(err)
+  self.last_error = err
+  local delay = min(self.max, self.min * 2 ^ self.attempts)
+  self.next_try = monotime() + delay * (0.5 + random() * 0.5)
+end
+
+--- true when the next attempt should start now.
+function Backoff:due()
+  return self.next_try ~= nil and monotime() >= self.next_try
+end
+
+--- Seconds until the next attempt (0 when due), or nil when none is planned.
+function Backoff:left()
+  return self.next_try and max(0, self.next_try - monotime())
+end
+
+--- An attempt starts now.
+function Backoff:started()
+  self.next_try = nil
+  self.attempts = self.attempts + 1
+end
+
+--- The attempt succeeded: returns how many it took, and starts afresh.
+function Backoff:succeeded()
+  local n = self.attempts
+  self.attempts, self.last_error = 0, nil
+  return n
+end
+
+--- "attempt 3 in 1.2 s; last error: refused: ..." for messages.
+function Backoff:describe()
+  local left = self:left()
+  local text = left and ("next attempt (#%d) in %.1f s"):format(self.attempts + 1, left)
+               or ("attempt #%d in progress"):format(self.attempts)
+  if self.last_error then text = text .. "; last error: " .. tostring(self.last_error) end
+  return text
+end
+
+return Backoff

@@ -1,19 +1,20 @@
 --- The live QAPI schema of a monitor (query-qmp-schema).
--- vm:schema() reads it once per connection, completes the event types from
--- it (members the catalogue lacks, enum values) and can check events
--- against it: opts.validate = true reports mismatches through vm.on_error,
--- never dropping the event.  QEMU masks type names (they are numbers), so
+-- vm:schema() reads it once per connection; schema:event_info(name)
+-- describes an event with the members and enum values this QEMU adds to the
+-- catalogue's; schema:validate(ev) checks an event against it
+-- (opts.validate = true reports mismatches through vm.on_error, never
+-- dropping the event).  QEMU masks type names (they are numbers), so
 -- types are described by shape: "str", "int", "enum", "object", "array of str".
 local core = require "qmp.core"
-local errors = require "qmp.errors"
 
-local type, ipairs, pairs, concat = type, ipairs, pairs, table.concat
+local type, ipairs, pairs = type, ipairs, pairs
 local mathtype, null, uint64_mt = math.type, core.null, core.uint64_mt
 
 local Schema = { __name = "qmp.Schema" }
 Schema.__index = Schema
 
 local schema = {}
+local events  -- qmp.events' types, loaded on first use (events.lua loads the catalogue)
 
 --- Index the entities of a query-qmp-schema reply.
 function schema.parse(entities)
@@ -124,56 +125,37 @@ function Schema:validate(ev)
   return #problems > 0 and problems or nil
 end
 
---- Complete the event types (qmp.events) from this schema: members the
--- catalogue lacks, and enum values for every member that is an enum.
-function Schema:complete(types)
-  for name, e in pairs(self.events) do
-    local T = types[name]
-    local fields = T.fields or {}
-    T.fields = fields
-    local obj = e["arg-type"] and self.types[e["arg-type"]]
-    for _, m in ipairs(obj and members_of(self, obj) or {}) do
-      local f = fields[m.name]
-      if not f then
-        f = { type = self:describe(m.type), optional = m.default ~= nil or nil,
-              doc = "(from the live schema)" }
-        fields[m.name] = f
-      end
-      local mt = self.types[m.type]
-      if mt and mt["meta-type"] == "enum" and not f.values then
-        f.values = {}
-        for i, v in ipairs(mt.values or {}) do f.values[i] = v end
-      end
+--- What this schema says about event `name`: { name, in_schema, doc,
+-- known, fields = { member = { type, optional, values, doc } } }: the
+-- catalogue's description (a copy) completed with the members and enum
+-- values the live schema adds.  The catalogue's types are never changed:
+-- in a mixed-version fleet each VM's schema describes that VM only.
+function Schema:event_info(name)
+  events = events or require("qmp.events").types
+  local T = events[name]
+  local info = { name = name, known = rawget(T, "known") == true, doc = rawget(T, "doc"),
+                 in_schema = self.events[name] ~= nil, fields = {} }
+  for k, f in pairs(rawget(T, "fields") or {}) do
+    local c = {}
+    for fk, fv in pairs(f) do c[fk] = fv end
+    info.fields[k] = c
+  end
+  local e = self.events[name]
+  local obj = e and e["arg-type"] and self.types[e["arg-type"]]
+  for _, m in ipairs(obj and members_of(self, obj) or {}) do
+    local f = info.fields[m.name]
+    if not f then
+      f = { type = self:describe(m.type), optional = m.default ~= nil or nil,
+            doc = "(from the live schema)" }
+      info.fields[m.name] = f
     end
-    T.in_schema = true
-  end
-end
-
-return function(Client)
-  local events = require("qmp.events").types
-
-  --- The live schema, read once per connection: schema | nil, err.
-  function Client:schema()
-    if self._schema then return self._schema end
-    local entities, err = self:execute("query-qmp-schema", nil,
-                                       { timeout = math.max(self.default_timeout, 30) })
-    if not entities then return nil, err end
-    local s = schema.parse(entities)
-    s:complete(events)
-    self._schema = s
-    return s
-  end
-
-  -- Validation mode: report (never drop) an event that does not match.
-  function Client:_validate(ev)
-    local s = self._schema
-    if not s or ev.event:find("^qmp%.") then return end
-    local problems = s:validate(ev)
-    if problems then
-      self.stats.invalid = self.stats.invalid + 1
-      self:_report(errors.new("schema", ("%s does not match the live schema: %s")
-                                        :format(ev.event, concat(problems, "; ")),
-                              { event = ev, problems = problems }))
+    local mt = self.types[m.type]
+    if mt and mt["meta-type"] == "enum" and not f.values then
+      f.values = {}
+      for i, v in ipairs(mt.values or {}) do f.values[i] = v end
     end
   end
+  return info
 end
+
+return schema

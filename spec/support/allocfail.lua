@@ -424,6 +424,25 @@ local REENTRY = {
       if dd then return nil, "the reply after it: " .. dd end
       return true
     end },
+  -- buffered() frames (and caches) the next message: during a walk it must
+  -- refuse, like next(), and the reply after must still come exactly once.
+  { name = "a finalizer asks buffered() of the decoder being decoded", run = function()
+      local text, n = big_message(30000)
+      local d = stream(text .. "\n" .. REPLY .. "\n")
+      local msg, err, got = next_with_finalizers(d, function(dd) return dd:buffered() end)
+      if not got then return nil, "no finalizer ran during d:next(): make the message bigger" end
+      if got[1] then return nil, "buffered() answered during a walk" end
+      if msg == nil then return nil, "d:next(): " .. tostring(err) end
+      local ok, why = check_big(msg, n)
+      if not ok then return nil, why end
+      if not d:buffered() then return nil, "buffered() misses the reply" end
+      local rest, rerr = all_messages(d)
+      if not rest then return nil, "the decoder broke: " .. rerr end
+      local dd = diff({ expect(REPLY) }, rest)
+      if dd then return nil, "the reply after it: " .. dd end
+      if d:buffered() then return nil, "buffered() after the last message" end
+      return true
+    end },
 }
 -- }======================================================
 

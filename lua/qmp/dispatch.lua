@@ -1,0 +1,353 @@
+--- Delivery of events to every consumer of one client: handlers (vm:on,
+-- vm:once), listeners (vm:listen), waits (vm:wait), and the vm:after timers.
+-- Every event goes to EVERY consumer that matches it; none takes it from
+-- another.  Each consumer's queue is bounded: an overflow drops that
+-- consumer's oldest event, counted and reported once per power of two.
+--
+-- Handlers do not run here when an event arrives (it may arrive inside a
+-- command's wait): the event is queued, and deliver() hands it to every
+-- handler registered by then, from the dispatch loop (run, step,
+-- qmp.loop).  So `connect; on; run` also sees the events QEMU sent while
+-- the client connected.
+local errors = require "qmp.errors"
+local filter = require "qmp.filter"
+
+local type, ipairs, xpcall, tostring, setmetatable = type, ipairs, xpcall, tostring, setmetatable
+local traceback, running = debug.traceback, coroutine.running
+local monotime = require("qmp.core").monotime
+
+local Dispatch = {}
+Dispatch.__index = Dispatch
+
+-- Report the 1st, 2nd, 4th, 8th ... drop: never silent, never a flood.
+local function overflowed(report, n, what, max)
+  if n & (n - 1) == 0 then
+    report(errors.new("overflow", ("%s full (max_queue %d): dropped its oldest event, %d so far")
+                                  :format(what, max, n)))
+  end
+end
+
+--- A bounded FIFO.
+local Queue = {}
+Queue.__index = Queue
+
+local function new_queue(max)
+  return setmetatable({ head = 1, tail = 0, max = max }, Queue)
+end
+
+-- Append; returns true when the oldest item was dropped to make room.
+function Queue:push(v)
+  local tail = self.tail + 1
+  self[tail], self.tail = v, tail
+  if tail - self.head + 1 > self.max then
+    self[self.head] = nil
+    self.head = self.head + 1
+    return true
+  end
+  return false
+end
+
+function Queue:pop()
+  local head = self.head
+  if head > self.tail then return nil end
+  local v = self[head]
+  self[head], self.head = nil, head + 1
+  return v
+end
+
+function Queue:size()
+  return self.tail - self.head + 1
+end
+
+--- new(p): p.max_queue, p.report(err), p.await(ready, deadline), p.stats,
+-- p.unknown_name(name) -> why the name is suspicious, or nil.
+function Dispatch.new(p)
+  return setmetatable({
+    _p = p,
+    _handlers = {},                 -- subscriptions in registration order (copy on write)
+    _listeners = {},                -- open listeners (copy on write)
+    _queue = new_queue(p.max_queue),  -- events waiting for the handlers
+    _log = {}, _first = 1, _last = 0, -- recent events by sequence number, for vm:wait
+    _taken = {},                    -- seq -> true: returned by a vm:wait
+    _window = 0,                    -- seq of the last event before the last command
+    _windows = setmetatable({}, { __mode = "k" }),  -- the same per coroutine
+    _timers = {},                   -- vm:after timers, sorted by due time
+    _delivering = false,
+    _warned = {},                   -- unknown names already reported
+  }, Dispatch)
+end
+
+local function without(list, item)
+  local copy = {}
+  for _, v in ipairs(list) do
+    if v ~= item then copy[#copy + 1] = v end
+  end
+  return copy
+end
+
+local function with(list, item)
+  local copy = { table.unpack(list) }
+  copy[#copy + 1] = item
+  return copy
+end
+
+--- Hand an arriving event to every consumer.
+function Dispatch:push(ev)
+  -- vm:wait's history
+  local seq = self._last + 1
+  self._log[seq], self._last = ev, seq
+  if seq - self._first >= self._p.max_queue then
+    self._log[self._first], self._taken[self._first] = nil, nil
+    self._first = self._first + 1
+  end
+  for _, l in ipairs(self._listeners) do l:_offer(ev) end
+  if self._queue:push(ev) and #self._handlers > 0 then  -- with no handler, nobody lost it
+    local stats = self._p.stats
+    stats.overflow = stats.overflow + 1
+    overflowed(self._p.report, stats.overflow, "the handlers' event queue", self._queue.max)
+  end
+end
+
+--- true while events wait for their handlers.
+function Dispatch:pending()
+  return self._queue.head <= self._queue.tail
+end
+
+-- A filter is user code too: it runs under the same protection as the handler.
+local function offer(sub, ev, vm)
+  if sub.active and sub.match(ev) then
+    if sub.once then sub:off() end
+    sub.fn(ev, vm)
+  end
+end
+
+--- Run the handlers of up to `limit` queued events, in order of arrival and,
+-- per event, of registration.  Not re-entrant: from a handler it returns 0.
+function Dispatch:deliver(vm, limit)
+  if self._delivering then return 0 end
+  self._delivering = true
+  local n, q = 0, self._queue
+  while n < limit and not vm:stopping() do
+    local ev = q:pop()
+    if not ev then break end
+    n = n + 1
+    for _, sub in ipairs(self._handlers) do  -- a snapshot: on/off replace the list
+      local ok, err = xpcall(offer, traceback, sub, ev, vm)
+      if not ok then self:_failed("handler for " .. tostring(ev.event), err) end
+    end
+  end
+  self._delivering = false
+  return n
+end
+
+function Dispatch:_failed(what, err)
+  local stats = self._p.stats
+  stats.handler_errors = stats.handler_errors + 1
+  local text = tostring(err)
+  self._p.report(errors.new("handler", what .. " failed: " .. (text:match("^[^\n]*") or text),
+                            { traceback = text }))
+end
+
+--- Warn (once per name) about event names nobody knows: a typo waits forever.
+function Dispatch:check_names(names)
+  for _, name in ipairs(filter.exact_names(names)) do
+    local why = not self._warned[name] and self._p.unknown_name(name)
+    if why then
+      self._warned[name] = true
+      self._p.report(errors.new("usage", why, { event = name }))
+    end
+  end
+end
+
+--- " (why)" for the first suspicious name in a filter, for timeout messages.
+function Dispatch:hint(names)
+  for _, name in ipairs(filter.exact_names(names)) do
+    local why = self._p.unknown_name(name)
+    if why then return " (" .. why .. ")" end
+  end
+  return ""
+end
+
+-- {==================== handlers
+
+local Subscription = { __name = "qmp.Subscription" }
+Subscription.__index = Subscription
+
+--- Remove the handler; idempotent, safe from inside any handler.
+function Subscription:off()
+  if not self.active then return end
+  self.active = false
+  local d = self._dispatch
+  d._handlers = without(d._handlers, self)
+end
+
+--- on(filter, data_filter, fn, once) -> subscription; fn(ev, vm).
+function Dispatch:on(names, data, fn, once)
+  if fn == nil and type(data) == "function" then data, fn = nil, data end
+  if type(fn) ~= "function" then errors.raise("qmp: handler must be a function") end
+  local sub = setmetatable({ _dispatch = self, match = filter.compile(names, data), fn = fn,
+                             once = once, active = true }, Subscription)
+  self._handlers = with(self._handlers, sub)
+  return sub
+end
+
+--- How many handlers are registered.
+function Dispatch:handlers()
+  return #self._handlers
+end
+
+-- }==================== handlers
+
+-- {==================== listeners
+
+local Listener = { __name = "qmp.Listener" }
+Listener.__index = Listener
+
+function Listener:_offer(ev)
+  local ok, matched = pcall(self.match, ev)
+  if not ok then return self._d:_failed("listener filter (" .. self.filter .. ")", matched) end
+  if matched and self._queue:push(ev) then
+    self.dropped = self.dropped + 1
+    overflowed(self._d._p.report, self.dropped, "a listener's queue (" .. self.filter .. ")", self._queue.max)
+  end
+end
+
+--- The next buffered event, or nil when there is none now.
+function Listener:next()
+  return self._queue:pop()
+end
+
+--- The next buffered event, waiting up to timeout seconds (default: the
+-- client's timeout) for one: ev | nil, err.
+function Listener:wait(timeout)
+  if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0) then
+    errors.raise("qmp: listener:wait: timeout must be a non-negative number")
+  end
+  local q = self._queue
+  if q.head <= q.tail then return q:pop() end
+  if self.closed then return nil, errors.new("closed", "the listener is closed") end
+  timeout = timeout or self._timeout
+  local ok, err = self._d._p.await(function() return q.head <= q.tail end, monotime() + timeout)
+  if ok then return q:pop() end
+  return nil, err or errors.new("timeout", ("no %s within %g s%s"):format(self.filter, timeout,
+                                                                        self._d:hint(self.names)))
+end
+
+--- Buffered events not yet taken.
+function Listener:size()
+  return self._queue:size()
+end
+
+--- Stop buffering; idempotent.  Events already buffered stay readable.
+function Listener:close()
+  if self.closed then return end
+  self.closed = true
+  local d = self._d
+  d._listeners = without(d._listeners, self)
+end
+Listener.__close = Listener.close
+
+function Listener:__tostring()
+  return ("qmp.Listener (%s, %d buffered%s)"):format(self.filter, self._queue:size(),
+                                                     self.closed and ", closed" or "")
+end
+
+--- listen(filter, data_filter, max_queue, timeout) -> listener
+function Dispatch:listen(names, data, max, timeout)
+  local l = setmetatable({ _d = self, match = filter.compile(names, data), names = names,
+                           filter = filter.describe(names, data), dropped = 0, closed = false,
+                           _queue = new_queue(max or self._p.max_queue), _timeout = timeout },
+                         Listener)
+  self:check_names(names)
+  self._listeners = with(self._listeners, l)
+  return l
+end
+
+-- }==================== listeners
+
+-- {==================== waits
+
+local function window_of(self)
+  return self._windows[running()] or self._window
+end
+
+--- A command is being sent (by the running coroutine): vm:wait looks only
+-- at events that arrive from now on.
+function Dispatch:mark_command()
+  self._window = self._last
+  self._windows[running()] = self._last
+end
+
+--- The first event matching since the running coroutine's last command that
+-- no wait returned yet; it is marked returned.  nil when there is none.
+function Dispatch:take(match)
+  local log, taken = self._log, self._taken
+  for seq = math.max(window_of(self) + 1, self._first), self._last do
+    if not taken[seq] and match(log[seq]) then
+      taken[seq] = true
+      return log[seq]
+    end
+  end
+end
+
+--- true when an event matching came before the running coroutine's last command.
+function Dispatch:matched_before(match)
+  local log = self._log
+  for seq = self._first, math.min(window_of(self), self._last) do
+    if match(log[seq]) then return true end
+  end
+  return false
+end
+
+-- }==================== waits
+
+-- {==================== timers
+
+local Timer = { __name = "qmp.Timer" }
+Timer.__index = Timer
+
+--- Cancel the timer if it has not fired yet.
+function Timer:cancel()
+  self.active = false
+end
+
+--- Call fn(vm) after seconds, from the dispatch loop.
+function Dispatch:after(seconds, fn)
+  if type(seconds) ~= "number" or seconds < 0 then errors.raise("qmp: after: seconds must be >= 0") end
+  if type(fn) ~= "function" then errors.raise("qmp: after: callback must be a function") end
+  local t = setmetatable({ due = monotime() + seconds, fn = fn, active = true }, Timer)
+  local timers = self._timers
+  local i = #timers
+  while i > 0 and timers[i].due > t.due do i = i - 1 end  -- keep them sorted by due time
+  table.insert(timers, i + 1, t)
+  return t
+end
+
+--- Run the timers that are due.
+function Dispatch:run_timers(vm)
+  local timers = self._timers
+  while timers[1] do
+    local t = timers[1]
+    if not t.active then
+      table.remove(timers, 1)
+    elseif t.due <= monotime() then
+      table.remove(timers, 1)
+      t.active = false
+      local ok, err = xpcall(t.fn, traceback, vm)
+      if not ok then self:_failed("timer", err) end
+    else
+      return
+    end
+  end
+end
+
+--- Seconds until the next active timer, or nil.
+function Dispatch:next_due()
+  for _, t in ipairs(self._timers) do
+    if t.active then return math.max(0, t.due - monotime()) end
+  end
+end
+
+-- }==================== timers
+
+return Dispatch

@@ -1,0 +1,331 @@
+--- One connection to a monitor, from connect() to its end: the handshake as
+-- a state machine, command ids, pending replies, and the single router that
+-- classifies every message (greeting / reply / event) once.
+-- Nothing here blocks: advance() does what the socket allows now, and the
+-- owner (the Client) decides when and how to wait (pollfd, events, deadline).
+--
+-- state: "connecting" -> "negotiating" -> "ready", or "dead" (s.error says
+-- why) from any of them.  A session is never revived: a reconnect is a new one.
+local core = require "qmp.core"
+local errors = require "qmp.errors"
+
+local type, pairs, ipairs, tostring, pcall = type, pairs, ipairs, tostring, pcall
+local monotime, encode, concat, sort = core.monotime, core.encode, table.concat, table.sort
+
+local Session = {}
+Session.__index = Session
+
+local ID_PREFIX = "qmp#"   -- our ids; replies with other ids are not ours
+local MAX_STALE = 1024     -- timed-out ids remembered; older late replies count as unknown
+
+-- A short description of a message, for errors: never its text, which may
+-- hold anything (1e999, invalid UTF-8) and may be huge.
+local function describe(msg)
+  if type(msg) ~= "table" then return "a JSON " .. type(msg) end
+  local keys = {}
+  for k in pairs(msg) do
+    if #keys >= 6 then keys[#keys + 1] = "..." break end
+    keys[#keys + 1] = type(k) == "string" and ("%q"):format(k:sub(1, 40)) or tostring(k)
+  end
+  sort(keys)
+  return "an object with members " .. (#keys > 0 and concat(keys, ", ") or "(none)")
+end
+
+--- Start a connection attempt.  p: target (address.resolve), timeout,
+-- name, max_message, negotiate, expect_uid, stats, on_event(ev),
+-- report(err), setup = { { name, args, handle(value) -> nil | err }, ... }
+-- run in order after negotiation, before the session counts as ready.
+function Session.start(p)
+  local s = setmetatable({
+    state = "connecting",
+    name = p.name,
+    greeting = nil,
+    oob = false,
+    error = nil,                 -- why the session died
+    conn = nil,
+    _p = p,
+    _deadline = monotime() + p.timeout,   -- for the whole handshake
+    _hosts = p.target.hosts and 1,        -- tcp: index of the address being tried
+    _pending = {}, _npending = 0, -- id -> pending command
+    _stale = {}, _nstale = 0,     -- ids whose caller gave up: late replies are dropped
+    _nextid = 0,
+    _out = {},                    -- texts not yet fully written: { text, off, fds, cmd }
+    _setup = 0,                   -- setup commands done
+  }, Session)
+  s:_open()
+  return s
+end
+
+-- Open a socket to the target (the current tcp address); no waiting.
+function Session:_open()
+  local t, max = self._p.target, self._p.max_message
+  local conn, connected
+  if t.kind == "unix" then conn, connected = core.open_unix(t.path, max)
+  elseif t.kind == "tcp" then conn, connected = core.open_tcp(t.hosts[self._hosts], t.port, max)
+  else
+    conn, connected = t.take(max)  -- an inherited fd, usable once
+  end
+  if not conn then return self:_die(connected) end
+  self.conn = conn
+  if connected then self:_connected() end
+end
+
+function Session:_connected()
+  local uid = self._p.expect_uid
+  if uid ~= nil then
+    local cred, err = self.conn:peercred()
+    if not cred then return self:_die(err) end
+    if cred.uid ~= uid then
+      return self:_die(errors.new("denied", ("monitor peer uid %d is not the expected uid %d")
+                                   :format(cred.uid, uid), { uid = cred.uid, pid = cred.pid }))
+    end
+    self.peer = cred
+  end
+  self.state = "negotiating"
+end
+
+-- The session is over: fail every pending command.  The socket stays open
+-- until the owner closes it (an external loop may still be polling it).
+function Session:_die(err)
+  if self.state == "dead" then return end
+  self.state, self.error = "dead", err
+  local pending = self._pending
+  self._pending, self._npending, self._out = {}, 0, {}
+  local lost = err.kind == "closed" and err
+    or errors.new("closed", "connection lost: " .. tostring(err), { cause = err })
+  for _, cmd in pairs(pending) do
+    if cmd.name == "quit" and cmd.sent then
+      cmd.value = {}  -- QEMU may close before its reply reaches us
+    else
+      cmd.err = lost
+    end
+    self:_finish(cmd)
+  end
+end
+
+function Session:_finish(cmd)
+  cmd.done = true
+  if cmd.on_done then
+    local ok, why = pcall(cmd.on_done, cmd)
+    if not ok then self:_die(errors.new("protocol", "handling the reply to " .. cmd.name .. ": " .. tostring(why))) end
+  end
+end
+
+--- The socket's fd, or -1 when there is none to poll.
+function Session:pollfd()
+  if self.state == "dead" or not self.conn then return -1 end
+  return self.conn:fileno()
+end
+
+--- What to poll for: "w" while connecting, "rw" while a command is only
+-- partly written, else "r".
+function Session:events()
+  if self.state == "connecting" then return "w" end
+  return self._out[1] and "rw" or "r"
+end
+
+--- true when advance() has work without waiting: a complete message is
+-- already read, or the handshake's deadline passed.
+function Session:buffered()
+  if self.state == "dead" or not self.conn then return false end
+  if self.state ~= "ready" and monotime() >= self._deadline then return true end
+  return self.state ~= "connecting" and self.conn:buffered()
+end
+
+--- Seconds until the handshake's deadline; nil once ready or dead.
+function Session:time_left()
+  if self.state == "ready" or self.state == "dead" then return nil end
+  return self._deadline - monotime()
+end
+
+-- Write what the socket takes now.
+function Session:_flush()
+  local out = self._out
+  while out[1] do
+    local o = out[1]
+    local off, err = self.conn:write(o.text, o.off, o.fds)
+    if not off then return self:_die(err) end
+    if off > 0 then o.cmd.sent = true end
+    o.off = off
+    if off < #o.text then return end
+    table.remove(out, 1)
+  end
+end
+
+--- Do what can be done now: finish connecting, write, and route up to
+-- `limit` messages.  Returns the number of messages routed.
+function Session:advance(limit)
+  if self.state == "dead" then return 0 end
+  if self.state == "connecting" then
+    local ok, err = self.conn:finish_connect()
+    if ok == nil then self:_die(err)
+    elseif ok then self:_connected() end
+  end
+  local n = 0
+  if self.state ~= "connecting" and self.state ~= "dead" then
+    if self._out[1] then self:_flush() end
+    local conn, was_ready = self.conn, self.state == "ready"
+    while n < limit and self.state ~= "dead" do
+      local msg, err = conn:take()
+      if not msg then
+        if msg == nil then self:_die(err) end
+        break
+      end
+      n = n + 1
+      self:_route(msg)
+      if not was_ready and self.state == "ready" then break end  -- let the owner see it
+    end
+  end
+  if self.state ~= "ready" and self.state ~= "dead" and monotime() >= self._deadline then
+    self:_die(self:_handshake_timeout())
+  end
+  return n
+end
+
+function Session:_handshake_timeout()
+  local t = self._p.timeout
+  if self.state == "connecting" then
+    return errors.new("timeout", ("cannot connect to %s within %g s"):format(self.name, t))
+  end
+  if not self.greeting then
+    return errors.new("timeout", ("no QMP greeting from %s within %g s: the monitor may be held by " ..
+      "another client (QEMU serves one client per monitor), or it is not a QMP monitor"):format(self.name, t))
+  end
+  return errors.new("timeout", ("%s did not finish negotiating within %g s"):format(self.name, t))
+end
+
+-- The router: every message goes through here once.
+function Session:_route(msg)
+  local name = msg.event
+  if name ~= nil then
+    if type(name) == "string" then return self._p.on_event(msg) end
+    return self._p.report(errors.new("protocol", "event with a non-string name dropped"))
+  end
+  if not self.greeting then
+    local g = msg.QMP
+    if type(g) ~= "table" or type(g.capabilities) ~= "table" then
+      return self:_die(errors.new("protocol", ("expected the QMP greeting from %s, got %s")
+                                               :format(self.name, describe(msg))))
+    end
+    self.greeting = msg
+    return self:_negotiate()
+  end
+  local id = msg.id
+  local cmd = id ~= nil and self._pending[id]
+  -- No id: QEMU could not parse a request; it can only be the one in flight.
+  if not cmd and id == nil and msg.error ~= nil and msg.QMP == nil and self._npending == 1 then
+    local _, only = next(self._pending)
+    cmd = only
+  end
+  if cmd then return self:_answer(cmd, msg) end
+  local stats = self._p.stats
+  if id ~= nil and self._stale[id] then
+    self._stale[id] = nil
+    self._nstale = self._nstale - 1
+    stats.stale = stats.stale + 1
+  else
+    stats.unknown = stats.unknown + 1
+  end
+end
+
+function Session:_answer(cmd, msg)
+  self._pending[cmd.id] = nil
+  self._npending = self._npending - 1
+  self._p.stats.replies = self._p.stats.replies + 1
+  if msg.error ~= nil then
+    cmd.err = errors.qmp(cmd.name, msg.error)
+  elseif msg["return"] == nil then
+    cmd.err = errors.new("protocol", "reply to " .. cmd.name .. " has neither return nor error")
+  else
+    cmd.value = msg["return"]
+  end
+  self:_finish(cmd)
+end
+
+-- After the greeting: qmp_capabilities (oob when offered), then the setup commands.
+function Session:_negotiate()
+  if self._p.negotiate == false then return self:_next_setup() end
+  local offered = {}
+  for _, cap in ipairs(self.greeting.QMP.capabilities) do offered[cap] = true end
+  local args = offered.oob and { enable = core.array{ "oob" } } or nil
+  self:send("qmp_capabilities", args, nil, false, function(cmd)
+    if cmd.err then
+      local e = cmd.err
+      if e.kind == "qmp" then e = errors.new("protocol", "negotiation failed: " .. e.message, { cause = e }) end
+      return self:_die(e)
+    end
+    self.oob = offered.oob or false
+    self:_next_setup()
+  end)
+end
+
+function Session:_next_setup()
+  if self.state == "dead" then return end
+  local setup = self._p.setup or {}
+  self._setup = self._setup + 1
+  local step = setup[self._setup]
+  if not step then
+    self.state = "ready"
+    return
+  end
+  if step.timeout then self._deadline = math.max(self._deadline, monotime() + step.timeout) end
+  self:send(step.name, step.args, nil, false, function(cmd)
+    local err = cmd.err or step.handle(cmd.value)
+    if err then return self:_die(err) end
+    self:_next_setup()
+  end)
+end
+
+--- Send a command: returns the pending command { id, name, done, value,
+-- err }; on_done(cmd) (optional) runs when it completes.  Raises on
+-- arguments that cannot be encoded (a bug in the script).
+function Session:send(name, args, fds, oob, on_done)
+  self._nextid = self._nextid + 1
+  local id = ID_PREFIX .. self._nextid
+  local text = encode({ [oob and "exec-oob" or "execute"] = name, arguments = args, id = id }) .. "\n"
+  local cmd = { id = id, name = name, done = false, on_done = on_done }
+  if self.state == "dead" then
+    cmd.err = self.error
+    cmd.done = true
+    return cmd
+  end
+  self._pending[id] = cmd
+  self._npending = self._npending + 1
+  local out = self._out
+  out[#out + 1] = { text = text, off = 0, fds = fds, cmd = cmd }
+  if #out == 1 then self:_flush() end
+  return cmd
+end
+
+--- The caller of cmd gave up (its timeout passed): a late reply will be
+-- dropped and counted.  A command cut half-way leaves the stream unusable.
+function Session:abandon(cmd)
+  if cmd.done or self._pending[cmd.id] ~= cmd then return end
+  self._pending[cmd.id] = nil
+  self._npending = self._npending - 1
+  for i, o in ipairs(self._out) do
+    if o.cmd == cmd then
+      if o.off > 0 then
+        return self:_die(errors.new("closed", ("sending %s timed out after %d of %d bytes: the stream "
+          .. "is unusable"):format(cmd.name, o.off, #o.text)))
+      end
+      table.remove(self._out, i)  -- never sent: nothing will answer it
+      return
+    end
+  end
+  if self._nstale >= MAX_STALE then self._stale, self._nstale = {}, 0 end  -- bounded
+  self._stale[cmd.id], self._nstale = true, self._nstale + 1
+end
+
+--- true while a command's bytes wait to be written.
+function Session:writing()
+  return self._out[1] ~= nil
+end
+
+--- Close the socket (idempotent).  Pending commands fail with `err`.
+function Session:close(err)
+  self:_die(err or errors.new("closed", "the connection was closed by this client"))
+  if self.conn then self.conn:close() end
+end
+
+return Session
