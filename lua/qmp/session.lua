@@ -194,8 +194,19 @@ function Session:_handshake_timeout()
   return errors.new("timeout", ("%s did not finish negotiating within %g s"):format(self.name, t))
 end
 
+-- opts.trace(direction, text): wire tracing, for debugging only.  A failing
+-- tracer is reported, never allowed to break the connection.
+function Session:_trace(direction, text)
+  local ok, why = pcall(self._p.trace, direction, text)
+  if not ok then self._p.report(errors.new("handler", "trace failed: " .. tostring(why))) end
+end
+
 -- The router: every message goes through here once.
 function Session:_route(msg)
+  if self._p.trace then
+    local ok, text = pcall(encode, msg)  -- the decoded message, re-encoded
+    self:_trace("in", ok and text or describe(msg))
+  end
   local name = msg.event
   if name ~= nil then
     if type(name) == "string" then return self._p.on_event(msg) end
@@ -284,6 +295,7 @@ function Session:send(name, args, fds, oob, on_done)
   local id = ID_PREFIX .. self._nextid
   local text = encode({ [oob and "exec-oob" or "execute"] = name, arguments = args, id = id }) .. "\n"
   local cmd = { id = id, name = name, done = false, on_done = on_done }
+  if self._p.trace then self:_trace("out", text:sub(1, -2)) end
   if self.state == "dead" then
     cmd.err = self.error
     cmd.done = true
