@@ -23,14 +23,9 @@ local function start_qemu(name, args)
     .. "-m 64 %s -qmp unix:%s,server=on,wait=off >%s/%s.log 2>&1 & echo $!")
     :format(args, sock, dir, name)):match("%d+")
   pids[#pids + 1] = pid
-  -- The socket appears once QEMU is up: retry connecting for up to 10 s.
-  local deadline = qmp.monotime() + 10
-  while true do
-    local vm, err = qmp.connect(sock, { name = name, timeout = 5 })
-    if vm then return vm end
-    if qmp.monotime() > deadline then error("QEMU did not start: " .. tostring(err)) end
-    os.execute("sleep 0.05")
-  end
+  -- QEMU is still starting: with reconnect, connect retries until it is up
+  -- (and until our own quit, a lost connection would be retried too).
+  return assert(qmp.connect(sock, { name = name, timeout = 10, reconnect = { min = 0.05, max = 0.5 } }))
 end
 
 -- Stop every QEMU we started that still runs (only while /proc says it is QEMU).
@@ -54,16 +49,13 @@ local function tour()
   local v = vm.greeting.QMP.version.qemu
   print(("connected to QEMU %d.%d.%d (oob %s); status %s"):format(v.major, v.minor, v.micro,
         vm.oob and "enabled" or "not offered", assert(vm:execute("query-status")).status))
+  local events <close> = vm:listen("*")   -- every event of the tour, in order
   local function step(title, command, args, expect)
     print(("\n> %s  (%s)"):format(title, command))
     local ret = assert(vm:execute(command, args))
     if type(ret) == "string" then io.write("  ", ret) end
-    if expect then print("  event: " .. tostring(assert(vm:wait(expect, nil, 10)))) end
-    while true do  -- any other event that came along
-      local other = vm:wait("*", nil, 0)
-      if not other then break end
-      print("  event: " .. tostring(other))
-    end
+    if expect then assert(vm:wait(expect, nil, 10)) end   -- the command's own event is in
+    for ev in events.next, events do print("  event: " .. tostring(ev)) end  -- the listener saw it too
   end
   step("start the CPUs", "cont", nil, "RESUME")
   step("pause the VM", "stop", nil, "STOP")

@@ -15,8 +15,9 @@ local names = #arg > 1 and { table.unpack(arg, 2) } or "*"
 local vm <close> = assert(qmp.connect(address, { name = address }))
 local v = vm.greeting.QMP.version.qemu
 io.stderr:write(("watching %s (QEMU %d.%d.%d); Ctrl-C to stop\n"):format(address, v.major, v.minor, v.micro))
+local events <close> = vm:listen(names)   -- every matching event, in order
 while true do
-  local ev, err = vm:wait(names, nil, 3600)
+  local ev, err = events:wait(3600)
   if ev then
     print(ev)
     io.stdout:flush()

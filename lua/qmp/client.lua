@@ -22,7 +22,7 @@ local Backoff = require "qmp.reconnect"
 
 local type, tostring, pcall, setmetatable = type, tostring, pcall, setmetatable
 local monotime, min, max, huge = core.monotime, math.min, math.max, math.huge
-local isyieldable, running = coroutine.isyieldable, coroutine.running
+local isyieldable, running, costatus = coroutine.isyieldable, coroutine.running, coroutine.status
 
 local Client = {}
 Client.__index = Client
@@ -280,12 +280,14 @@ function Client:_wait_io(deadline)
   if t > 0 then
     local w = self:_current_waiter()
     local timeout = t < huge and t or nil
-    if self._reader and w ~= waiters.blocking then
+    local reader = self._reader
+    if reader and w ~= waiters.blocking and costatus(reader) ~= "dead" then
       w.wait(nil, nil, self._cond, timeout)        -- another coroutine reads
     else
       self._reader = running()
-      w.wait(fd >= 0 and fd or nil, mode, self._cond, timeout)
+      local ok, why = pcall(w.wait, fd >= 0 and fd or nil, mode, self._cond, timeout)
       self._reader = nil
+      if not ok then error(why, 0) end
     end
   end
   self:_progress()

@@ -65,9 +65,20 @@ function Session:_open()
   else
     conn, connected = t.take(max)  -- an inherited fd, usable once
   end
-  if not conn then return self:_die(connected) end
+  if not conn then return self:_connect_failed(connected) end
   self.conn = conn
   if connected then self:_connected() end
+end
+
+-- A TCP name may have several addresses (::1 and 127.0.0.1): try the next.
+function Session:_connect_failed(err)
+  local t = self._p.target
+  if t.kind == "tcp" and t.hosts[self._hosts + 1] then
+    if self.conn then self.conn:close() end
+    self.conn, self._hosts = nil, self._hosts + 1
+    return self:_open()
+  end
+  self:_die(err)
 end
 
 function Session:_connected()
@@ -156,9 +167,9 @@ end
 -- `limit` messages.  Returns the number of messages routed.
 function Session:advance(limit)
   if self.state == "dead" then return 0 end
-  if self.state == "connecting" then
+  if self.state == "connecting" and self.conn then
     local ok, err = self.conn:finish_connect()
-    if ok == nil then self:_die(err)
+    if ok == nil then self:_connect_failed(err)
     elseif ok then self:_connected() end
   end
   local n = 0
