@@ -12,12 +12,27 @@
 #include <math.h>
 #include <poll.h>
 #include <string.h>
+#include <time.h>
 
 #include "qmp.h"
 
 #if !defined(QMP_MAX_POLL)
 #define QMP_MAX_POLL 65536   /* fds in one core.poll call */
 #endif
+
+double qmp_monotime(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+int qmp_poll_ms(double deadline) {
+  double left;
+  if (deadline == HUGE_VAL) return -1;
+  left = deadline - qmp_monotime();
+  if (!(left > 0)) return 0;  /* passed, or NaN */
+  return left * 1000 > INT_MAX ? INT_MAX : (int)ceil(left * 1000);
+}
 
 /* What to wait for on fds[i]: events[i] is "r" (or missing), "w" or "rw". */
 static short events_of(lua_State *L, lua_Integer i) {

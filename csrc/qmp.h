@@ -67,7 +67,7 @@ int qmp_decoder_ready(lua_State *L, qmp_decoder *d);
 size_t qmp_decoder_pending(qmp_decoder *d);          /* bytes of a partial message */
 
 /* transport.c: sockets. */
-void qmp_transport_open(lua_State *L);  /* adds connect_*, open_*, resolve, fdopen, sleep */
+void qmp_transport_open(lua_State *L);  /* adds open_*, resolve, fdopen, sleep */
 
 /* poll.c: one poll() over many fds, for qmp.loop. */
 void qmp_poll_open(lua_State *L);              /* adds poll to the module table */

@@ -1,26 +1,22 @@
 /*
 ** transport.c: monitor connections over unix sockets, TCP or an inherited fd.
 **
-** Every fd is non-blocking and close-on-exec; every wait is a poll() against
-** a CLOCK_MONOTONIC deadline, retried on EINTR; sends use MSG_NOSIGNAL so a
+** Nothing here waits but core.resolve (getaddrinfo) and core.sleep:
+** open_unix/open_tcp only start a connect, and conn:finish_connect,
+** conn:take, conn:write and conn:buffered do what can be done now; the
+** caller polls the fd (core.poll) and calls again when it is ready.
+** Every fd is non-blocking and close-on-exec; sends use MSG_NOSIGNAL so a
 ** dead peer gives an error, never SIGPIPE.  A connection owns a streaming
-** decoder (decode.c): conn:recv() returns whole decoded messages.
-**
-** Two ways to drive a connection:
-**   waiting   connect_unix/connect_tcp, conn:recv, conn:send wait here, each
-**             against its own deadline;
-**   polling   open_unix/open_tcp (+ conn:finish_connect), conn:take,
-**             conn:write and conn:buffered never wait: the caller polls the
-**             fd (core.poll) and calls them when it is ready.
+** decoder (decode.c): conn:take() returns whole decoded messages.
 ** Only conn:close() closes the fd: an event loop may still be polling it.
 **
 ** World events return fail + { kind, message }: "refused", "denied",
-** "timeout", "closed", "unsupported", "io".  Misuse raises.
+** "timeout" (a TCP connect the kernel gave up on), "closed", "unsupported",
+** "io".  Misuse raises.
 */
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <math.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -30,7 +26,6 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
-#include <time.h>
 #include <unistd.h>
 #include <arpa/inet.h>
 
@@ -45,47 +40,11 @@ typedef struct Conn {
   int fd;             /* -1 once closed */
   int family;         /* AF_UNIX, AF_INET or AF_INET6 */
   int eof;            /* the peer closed its end */
-  int broken;         /* a send stopped half-way: the peer's framing is lost */
   int connecting;     /* a non-blocking connect may still be under way */
   int connerr;        /* why that connect failed, once known (sticky) */
   qmp_decoder *dec;   /* user value 1 keeps it alive */
   char label[112];    /* path or host:port for messages (truncated) */
 } Conn;
-
-double qmp_monotime(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-int qmp_poll_ms(double deadline) {
-  double left;
-  if (deadline == HUGE_VAL) return -1;
-  left = deadline - qmp_monotime();
-  if (!(left > 0)) return 0;  /* passed, or NaN */
-  return left * 1000 > INT_MAX ? INT_MAX : (int)ceil(left * 1000);
-}
-
-/* Deadline from a timeout in seconds; a negative or nil timeout waits forever. */
-static double deadline_of(lua_State *L, int idx) {
-  double t = luaL_optnumber(L, idx, -1);
-  luaL_argcheck(L, !isnan(t), idx, "timeout must be a number");
-  return t < 0 ? HUGE_VAL : qmp_monotime() + t;
-}
-
-/* Wait until fd is ready for events or the deadline passes: 0 or ETIMEDOUT. */
-static int waitfd(int fd, short events, double deadline) {
-  struct pollfd p;
-  int r, ms;
-  p.fd = fd;
-  p.events = events;
-  for (;;) {
-    if ((ms = qmp_poll_ms(deadline)) == 0) return ETIMEDOUT;
-    r = poll(&p, 1, ms);
-    if (r > 0) return 0;       /* readable, writable, or HUP/ERR: the I/O call tells */
-    if (r < 0 && errno != EINTR) return errno;
-  }  /* a timeout or EINTR: the next turn recomputes what is left */
-}
 
 static int setup_fd(int fd) {
   int fl = fcntl(fd, F_GETFL);
@@ -111,7 +70,7 @@ static Conn *conn_new(lua_State *L, size_t max_message) {
   Conn *c = (Conn *)lua_newuserdatauv(L, sizeof(Conn), 1);
   c->fd = -1;
   c->family = AF_UNSPEC;
-  c->eof = c->broken = c->connecting = c->connerr = 0;
+  c->eof = c->connecting = c->connerr = 0;
   c->dec = NULL;
   c->label[0] = '\0';
   luaL_setmetatable(L, QMP_CONN_MT);
@@ -130,31 +89,6 @@ static const char *connect_kind(int err) {
   if (err == ETIMEDOUT) return "timeout";
   if (err == EACCES || err == EPERM) return "denied";
   return "refused";
-}
-
-/* Connect the conn's fd to sa, waiting no later than deadline: 0 or an errno. */
-static int connect_fd(Conn *c, const struct sockaddr *sa, socklen_t salen, double deadline) {
-  int err = 0;
-  socklen_t errlen = sizeof err;
-  c->fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (c->fd < 0) return errno;
-  c->family = sa->sa_family;
-  for (;;) {
-    if (connect(c->fd, sa, salen) == 0) return 0;
-    if (errno == EINTR) continue;
-    if (errno == EAGAIN && sa->sa_family == AF_UNIX) {  /* listen backlog full: retry */
-      double now = qmp_monotime();
-      if (now >= deadline) { err = ETIMEDOUT; break; }
-      poll(NULL, 0, 10);
-      continue;
-    }
-    if (errno != EINPROGRESS) { err = errno; break; }
-    if ((err = waitfd(c->fd, POLLOUT, deadline)) != 0) break;
-    if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &errlen) < 0) err = errno;
-    break;
-  }
-  if (err != 0) conn_destroy(c);
-  return err;
 }
 
 /* Start connecting a new socket to sa without waiting: 0 when connected at
@@ -249,23 +183,6 @@ static int unix_fail(lua_State *L, const char *path, int err) {
   }
 }
 
-/* core.connect_unix(path, timeout, max_message) -> conn | nil, err */
-static int core_connect_unix(lua_State *L) {
-  struct sockaddr_un sa;
-  const char *path = check_unix_path(L, 1, &sa);
-  double deadline = deadline_of(L, 2);
-  Conn *c;
-  int err;
-  c = conn_new(L, check_max_message(L, 3));
-  snprintf(c->label, sizeof c->label, "%s", path);
-  err = connect_fd(c, (struct sockaddr *)&sa, sizeof sa, deadline);
-  if (err == ECONNREFUSED)
-    return unix_fail(L, path, err);  /* tells a file that is not a socket */
-  if (err != 0)  /* the old wording: callers match "No such file" */
-    return qmp_fail(L, connect_kind(err), "cannot connect to %s: %s", path, strerror(err));
-  return 1;
-}
-
 /* core.open_unix(path [, max_message]) -> conn, connected | nil, err.
 ** Never waits: when connected is false, poll the fd for "w" and call
 ** conn:finish_connect(). */
@@ -302,52 +219,6 @@ static int denied_fail(lua_State *L, const char *addr) {
 static void set_nodelay(int fd) {
   int one = 1;  /* commands are small and latency matters */
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-}
-
-/* core.connect_tcp(host, port, timeout, max_message, allow_remote) -> conn | nil, err */
-static int core_connect_tcp(lua_State *L) {
-  const char *host = luaL_checkstring(L, 1);
-  lua_Integer port = luaL_checkinteger(L, 2);
-  double deadline = deadline_of(L, 3);
-  size_t max_message = check_max_message(L, 4);
-  int allow_remote = lua_toboolean(L, 5);
-  struct addrinfo hints, *res = NULL, *ai;
-  char service[16], addr[INET6_ADDRSTRLEN] = "";
-  int gai, err = 0, denied = 0;
-  Conn *c;
-  luaL_argcheck(L, port > 0 && port < 65536, 2, "port out of range");
-  snprintf(service, sizeof service, "%d", (int)port);
-  memset(&hints, 0, sizeof hints);
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_NUMERICSERV;
-  c = conn_new(L, max_message);
-  snprintf(c->label, sizeof c->label, "%s:%d", host, (int)port);
-  gai = getaddrinfo(host, service, &hints, &res);
-  if (gai != 0)
-    return qmp_fail(L, "refused", "cannot resolve %s: %s", host, gai_strerror(gai));
-  for (ai = res; ai != NULL; ai = ai->ai_next) {
-    if (!allow_remote && !is_loopback(ai->ai_addr)) {
-      denied = 1;
-      continue;
-    }
-    err = connect_fd(c, ai->ai_addr, ai->ai_addrlen, deadline);
-    if (err == 0 || err == ETIMEDOUT) break;
-  }
-  if (ai == NULL && denied && err == 0) {
-    void *a = res->ai_family == AF_INET
-      ? (void *)&((struct sockaddr_in *)res->ai_addr)->sin_addr
-      : (void *)&((struct sockaddr_in6 *)res->ai_addr)->sin6_addr;
-    inet_ntop(res->ai_family, a, addr, sizeof addr);
-    freeaddrinfo(res);
-    return denied_fail(L, addr);
-  }
-  freeaddrinfo(res);
-  if (c->fd < 0)
-    return qmp_fail(L, connect_kind(err ? err : ECONNREFUSED), "cannot connect to %s:%d: %s",
-                    host, (int)port, strerror(err ? err : ECONNREFUSED));
-  set_nodelay(c->fd);
-  return 1;
 }
 
 /*
@@ -456,10 +327,9 @@ static int core_fdopen(lua_State *L) {
   return 1;
 }
 
-/* nil, err when the conn can carry no more messages; 0 while it can. */
+/* nil, err when the conn is closed; 0 while it is open. */
 static int unusable(lua_State *L, Conn *c) {
   if (c->fd < 0) return qmp_fail(L, "closed", "the connection is closed");
-  if (c->broken) return qmp_fail(L, "closed", "the stream is unusable after a partial send");
   return 0;
 }
 
@@ -470,32 +340,6 @@ static int eof_fail(lua_State *L, Conn *c) {
     return qmp_fail(L, "closed", "connection closed by the peer inside a message "
                     "(%d bytes discarded)", (int)partial);
   return qmp_fail(L, "closed", "connection closed by the peer");
-}
-
-/* conn:recv([timeout]) -> message | nil, err.  timeout 0 only takes what is there. */
-static int conn_recv(lua_State *L) {
-  Conn *c = toconn(L);
-  double deadline = deadline_of(L, 2);
-  int r;
-  lua_settop(L, 1);
-  lua_getiuservalue(L, 1, 1);  /* the decoder, at 2 */
-  for (;;) {
-    ssize_t n;
-    char *p;
-    if ((r = qmp_decoder_next(L, 2)) != 0) return r;
-    if ((r = unusable(L, c)) != 0) return r;
-    if (c->eof) return eof_fail(L, c);
-    p = qmp_decoder_reserve(L, c->dec, READ_SIZE);
-    n = recv(c->fd, p, READ_SIZE, 0);
-    if (n > 0) { qmp_decoder_commit(c->dec, (size_t)n); continue; }
-    if (n == 0) { c->eof = 1; continue; }
-    if (errno == EINTR) continue;
-    if (errno == ECONNRESET) { c->eof = 1; continue; }
-    if (errno != EAGAIN && errno != EWOULDBLOCK)
-      return qmp_fail(L, "io", "read: %s", strerror(errno));
-    if (waitfd(c->fd, POLLIN, deadline) != 0)
-      return qmp_fail(L, "timeout", "no message within the timeout");
-  }
 }
 
 /*
@@ -539,7 +383,7 @@ static int conn_take(lua_State *L) {
 ** ended.  Then polling the fd first could wait for nothing. */
 static int conn_buffered(lua_State *L) {
   Conn *c = toconn(L);
-  lua_pushboolean(L, c->fd < 0 || c->broken || c->eof || c->connerr != 0
+  lua_pushboolean(L, c->fd < 0 || c->eof || c->connerr != 0
                      || qmp_decoder_ready(L, c->dec));
   return 1;
 }
@@ -607,48 +451,12 @@ static ssize_t send_some(int fd, const char *p, size_t n, const int *fds, int nf
 }
 
 /*
-** conn:send(text [, timeout [, fds]]) -> true | nil, err.  A send that stops
-** half-way leaves the peer inside a message: the conn is marked broken and
-** later sends and receives fail ("closed"), but the fd stays open until
-** conn:close(), since an event loop may still be polling it.
-*/
-static int conn_send(lua_State *L) {
-  Conn *c = toconn(L);
-  size_t len, done = 0;
-  const char *text = luaL_checklstring(L, 2, &len);
-  double deadline = deadline_of(L, 3);
-  int fds[MAX_FDS];
-  int nfds = check_fds(L, 4, fds), r;
-  if ((r = unusable(L, c)) != 0) return r;
-  if (nfds > 0 && c->family != AF_UNIX)
-    return qmp_fail(L, "unsupported", "passing fds needs a unix socket connection");
-  while (done < len) {
-    ssize_t n = send_some(c->fd, text + done, len - done, fds, nfds);
-    if (n >= 0) { done += (size_t)n; nfds = 0; continue; }
-    if (errno == EINTR) continue;
-    if (errno == EAGAIN || errno == EWOULDBLOCK) {
-      if (waitfd(c->fd, POLLOUT, deadline) == 0) continue;
-      if (done > 0) c->broken = 1;
-      return qmp_fail(L, "timeout", "send timed out after %d of %d bytes%s",
-                      (int)done, (int)len, done > 0 ? "; the stream is unusable" : "");
-    }
-    if (errno == EPIPE || errno == ECONNRESET) {
-      c->eof = 1;
-      return qmp_fail(L, "closed", "connection closed by the peer (%s)", strerror(errno));
-    }
-    return qmp_fail(L, "io", "send: %s", strerror(errno));
-  }
-  lua_pushboolean(L, 1);
-  return 1;
-}
-
-/*
 ** conn:write(text, offset [, fds]) -> new_offset | nil, err.  Never waits:
 ** sends what the socket takes now of text from the 0-based offset and
 ** returns where to go on from (#text when all is sent; offset unchanged
 ** when the socket is full).  fds ride on the first byte, so only with
-** offset 0.  Unlike send(), a short write is normal here: the caller keeps
-** the offset and calls again when poll says "w".
+** offset 0.  A short write is normal: the caller keeps the offset and
+** calls again when poll says "w".
 */
 static int conn_write(lua_State *L) {
   Conn *c = toconn(L);
@@ -713,13 +521,6 @@ static int conn_family(lua_State *L) {
   return 1;
 }
 
-/* conn:isclosed() -> true when closed locally or by the peer, or broken by a partial send */
-static int conn_isclosed(lua_State *L) {
-  Conn *c = toconn(L);
-  lua_pushboolean(L, c->fd < 0 || c->eof || c->broken);
-  return 1;
-}
-
 /* conn:pending() -> bytes of a partial message held */
 static int conn_pending(lua_State *L) {
   lua_pushinteger(L, (lua_Integer)qmp_decoder_pending(toconn(L)->dec));
@@ -741,8 +542,6 @@ static int conn_tostring(lua_State *L) {
 
 void qmp_transport_open(lua_State *L) {
   static const luaL_Reg methods[] = {
-    {"recv", conn_recv},
-    {"send", conn_send},
     {"take", conn_take},
     {"write", conn_write},
     {"buffered", conn_buffered},
@@ -750,14 +549,11 @@ void qmp_transport_open(lua_State *L) {
     {"peercred", conn_peercred},
     {"fileno", conn_fileno},
     {"family", conn_family},
-    {"isclosed", conn_isclosed},
     {"pending", conn_pending},
     {"close", conn_close},
     {NULL, NULL}
   };
   static const luaL_Reg funcs[] = {
-    {"connect_unix", core_connect_unix},
-    {"connect_tcp", core_connect_tcp},
     {"open_unix", core_open_unix},
     {"open_tcp", core_open_tcp},
     {"resolve", core_resolve},
