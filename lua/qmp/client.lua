@@ -231,16 +231,18 @@ function Client:_drop_session()
   end
 end
 
--- Do what can be done now, without waiting.
+-- Do what can be done now, without waiting.  true when anything changed
+-- (a message routed, a new state): only then are parked coroutines woken.
 function Client:_progress()
   local state = self.state
-  if state == "closed" then return end
+  if state == "closed" then return false end
   if state == "reconnecting" then
-    if not self._backoff:due() then return end
+    if not self._backoff:due() then return false end
     self:_attempt()
   end
-  self._session:advance(BATCH)
+  local routed = self._session:advance(BATCH)
   self:_follow()
+  return routed > 0 or self.state ~= state
 end
 
 -- Why a command cannot run now.
@@ -290,8 +292,7 @@ function Client:_wait_io(deadline)
       if not ok then error(why, 0) end
     end
   end
-  self:_progress()
-  self._cond:signal()
+  if self:_progress() then self._cond:signal() end
 end
 
 -- Wait until ready() returns a true value (returned), the client closes
@@ -393,7 +394,7 @@ function Client:_command(method, name, args, opts, oob)
   if not cmd.done then
     s:abandon(cmd)
     self:_follow()
-    if cmd.done then return cmd.value, cmd.err end  -- abandoning it ended the session
+    if cmd.done then return cmd.value, cmd.err end  -- cut half-way: the session ended
     return nil, errors.new("timeout", ("no reply to %s from %s within %g s"):format(name, self.name, timeout),
                            { command = name })
   end
@@ -425,10 +426,13 @@ end
 --- Run an HMP command line; returns its output text.
 function Client:hmp(command_line, opts)
   if type(command_line) ~= "string" then errors.raise("qmp: hmp: command line must be a string") end
+  local word = command_line:match("^%s*(%S+)")
+  if word then self._sent["hmp " .. word] = (self._sent["hmp " .. word] or 0) + 1 end
   return self:_command("hmp", "human-monitor-command", { ["command-line"] = command_line }, opts, false)
 end
 
---- How many commands named name this client has sent (all coroutines).
+--- How many commands named name this client has sent (all coroutines);
+-- "hmp stop" counts vm:hmp("stop ...") command lines.
 function Client:commands_sent(name)
   return self._sent[name] or 0
 end
@@ -515,8 +519,8 @@ end
 function Client:step()
   self:_progress()
   local d = self._dispatch
+  d:deliver(self, BATCH)   -- events first: a handler may cancel a timer now due
   d:run_timers(self)
-  d:deliver(self, BATCH)
   self._stop = false   -- a stop ends this step's dispatch, nothing more
   local finished = self:_finished()
   if finished then return nil, finished end
@@ -526,8 +530,8 @@ end
 --- The cqueues polling protocol, also for other loops: poll pollfd() for
 -- events(), at most timeout() seconds, then call step().
 function Client:pollfd()
-  if self.state == "closed" or self.state == "reconnecting" then return -1 end
-  return self._session:pollfd()
+  if self.state == "reconnecting" then return -1 end
+  return self._session:pollfd()   -- a lost socket stays open until close()
 end
 
 function Client:events()
@@ -564,8 +568,8 @@ function Client:run(opts)
   self._stop = false
   while true do
     self:_progress()
+    d:deliver(self, BATCH)   -- events first: a handler may cancel a timer now due
     d:run_timers(self)
-    d:deliver(self, BATCH)
     if self._stop or (done and done(self)) then
       self._stop = false
       return true

@@ -88,7 +88,7 @@ function errors.closest(word, candidates)
         prev = cur
       end
       local d = prev[m]
-      if d <= math.max(1, n // 4) and (not best_d or d < best_d) then best, best_d = c, d end
+      if d <= math.max(2, n // 3) and (not best_d or d < best_d) then best, best_d = c, d end
     end
   end
   return best

@@ -126,20 +126,29 @@ function policy.resume_on_io_error(vm, opts)
     log(format("%s: not resuming: %s", key, why))
   end
 
+  -- An operator's stop went out through this client since the error.
+  local function stops_sent()
+    return vm:commands_sent("stop") + vm:commands_sent("hmp stop")
+  end
+
+  local function stopped_here(key, st)
+    if stops_sent() == st.stops then return false end
+    log(format("%s: not resuming: stop was sent through this client during the delay", key))
+    return true
+  end
+
   local function resume(key, st, ev, attempt, timer)
     p._timers[timer] = nil
     st.pending = nil
     if not p.active then return end
-    if vm:commands_sent("stop") > st.stops then
-      log(format("%s: not resuming: stop was sent through this client during the delay", key))
-      return
-    end
+    if stopped_here(key, st) then return end
     local status, err = vm:execute("query-status")
     if not status then report(vm, "query-status", err); return end
     if status.status ~= "io-error" then
       log(format("%s: not resuming: VM status is %q, not \"io-error\"", key, tostring(status.status)))
       return
     end
+    if stopped_here(key, st) then return end  -- sent while query-status was in flight
     local ok, cerr = vm:execute("cont")
     if not ok then report(vm, "cont", cerr); return end
     st.times[#st.times + 1] = monotime()
@@ -174,7 +183,7 @@ function policy.resume_on_io_error(vm, opts)
     timer = vm:after(wait, function() resume(key, st, ev, n, timer) end)
     st.pending = timer
     st.stopped = false                   -- the error's own STOP is still to come
-    st.stops = vm:commands_sent("stop")
+    st.stops = stops_sent()
     p._timers[timer] = true
   end
 

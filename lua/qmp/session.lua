@@ -122,10 +122,9 @@ function Session:_finish(cmd)
   end
 end
 
---- The socket's fd, or -1 when there is none to poll.
+--- The socket's fd (open until close(), even once dead), or -1.
 function Session:pollfd()
-  if self.state == "dead" or not self.conn then return -1 end
-  return self.conn:fileno()
+  return self.conn and self.conn:fileno() or -1
 end
 
 --- What to poll for: "w" while connecting, "rw" while a command is only
@@ -324,18 +323,15 @@ end
 -- dropped and counted.  A command cut half-way leaves the stream unusable.
 function Session:abandon(cmd)
   if cmd.done or self._pending[cmd.id] ~= cmd then return end
+  for i, o in ipairs(self._out) do
+    if o.cmd == cmd and o.off > 0 then  -- cut half-way: fails with every other command
+      return self:_die(errors.new("closed", ("sending %s timed out after %d of %d bytes: the stream "
+        .. "is unusable"):format(cmd.name, o.off, #o.text)))
+    end
+    if o.cmd == cmd then table.remove(self._out, i) break end  -- never sent: nothing will answer it
+  end
   self._pending[cmd.id] = nil
   self._npending = self._npending - 1
-  for i, o in ipairs(self._out) do
-    if o.cmd == cmd then
-      if o.off > 0 then
-        return self:_die(errors.new("closed", ("sending %s timed out after %d of %d bytes: the stream "
-          .. "is unusable"):format(cmd.name, o.off, #o.text)))
-      end
-      table.remove(self._out, i)  -- never sent: nothing will answer it
-      return
-    end
-  end
   if self._nstale >= MAX_STALE then self._stale, self._nstale = {}, 0 end  -- bounded
   self._stale[cmd.id], self._nstale = true, self._nstale + 1
 end

@@ -15,12 +15,14 @@
 --   w.condition() -> cond            cond:signal() wakes all parked on it
 --   w.cancel(fd) (optional)          fd is about to be closed
 -- Built-ins provide all three.  A plain function cannot watch a condition,
--- so a coroutine that waits for another's read then re-checks every 10 ms.
+-- so a coroutine that waits for another's read then re-checks every 10 ms,
+-- and the reader itself every 100 ms.
 local core = require "qmp.core"
 
 local waiters = {}
 
-local SLICE = 0.01  -- plain-function form: how often a non-reader re-checks
+local SLICE = 0.01         -- plain-function form: how often a coroutine parked on another's read re-checks
+local READER_SLICE = 0.1   -- and how often the reader does (a vm:stop() from elsewhere, a reconnect)
 
 local inert = { signal = function() end }
 
@@ -37,8 +39,11 @@ waiters.blocking = {
 local function from_function(fn)
   return {
     wait = function(fd, mode, cond, timeout)
+      if cond then  -- no way to watch it: look again soon
+        local slice = fd and READER_SLICE or SLICE
+        timeout = timeout and math.min(timeout, slice) or slice
+      end
       if fd and fd >= 0 then return fn(fd, mode, timeout) end
-      if cond then timeout = timeout and math.min(timeout, SLICE) or SLICE end
       return fn(nil, nil, timeout)
     end,
     condition = function() return inert end,

@@ -17,12 +17,23 @@
 --                                    "exec-oob" must equal name ("*" = any) and
 --                                    the line must match expect_args; then send
 --                                    reply with %ID replaced and "\r\n" appended
+--   { expect = "name", save = "a" }  also remember the command's id as "a":
+--                                    %ID:a in a later reply or send is that id
+--                                    (replies out of order: fake.reply(json, "a"))
 --   { sleep = seconds }              pause
 --   { close = true }                 close the connection
 --   { wait_close = true }            read until the client closes (max 30 s)
 --   { hold = seconds }               read and discard until EOF or time is up
 --   { accept = true }                accept the next connection
 --   { shutdown_write = true }        half-close: client sees EOF, server still reads
+--   { flood = { count = n, seconds = s, name = "EV%d" } }
+--                                    events as fast as the client reads them,
+--                                    until n are sent or s seconds pass; a %d
+--                                    in name numbers them (distinct names)
+--   { ticks = { count = n, every = s, name = "RTC_CHANGE" } }
+--                                    n events s seconds apart, data
+--                                    {"offset": i}, timestamped with the wall
+--                                    clock of their sending
 -- A command without an id gets its reply without the ', "id": %ID' part.
 local proc = require "support.proc"
 local tmp = require "support.tmp"
@@ -55,8 +66,9 @@ function M.event(name, data_json)
 end
 
 -- A success reply for an expect step (no "\r\n": the step appends it).
-function M.reply(json)
-  return '{"return": ' .. json .. ', "id": %ID}'
+-- With saved: the reply to the command an expect step saved under that name.
+function M.reply(json, saved)
+  return '{"return": ' .. json .. ', "id": %ID' .. (saved and (":" .. saved) or "") .. '}'
 end
 
 -- Lua source for a steps table (strings, numbers, booleans, tables only).
@@ -133,11 +145,13 @@ end
 
 -- opts.start_timeout: seconds to wait for the socket (default 5).
 -- opts.watchdog: seconds after which the server gives up and exits 2 (default 60).
+-- opts.path: the socket to listen on (default: qmp.sock in a fresh temporary
+-- directory), e.g. where a client already tries to connect.
 function M.start(steps, opts)
   opts = opts or {}
   assert(type(steps) == "table", "fake_qmp.start: steps must be a table")
   local dir = tmp.dir("fakeqmp")
-  local srv = setmetatable({ dir = dir, path = dir .. "/qmp.sock" }, Server)
+  local srv = setmetatable({ dir = dir, path = opts.path or (dir .. "/qmp.sock") }, Server)
   tmp.write(dir .. "/steps.lua", "return " .. serialize(steps) .. "\n")
   return launch(srv, { M.lua, SERVER, srv.path, dir .. "/steps.lua", dir .. "/received",
     dir .. "/status", tostring(opts.watchdog or 60) }, opts)

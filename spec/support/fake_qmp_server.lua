@@ -103,9 +103,15 @@ local function members(line)
 end
 
 -- Substitute %ID with the id of the last command. A command without an id
--- gets a reply without one, as QEMU does.
+-- gets a reply without one, as QEMU does. %ID:name is the id an expect step
+-- with save = "name" read, for replies out of order.
 local last_id
+local saved = {}
 local function with_id(text)
+  text = text:gsub("%%ID:([%w_]+)", function(name)
+    if saved[name] == nil then fail(1, "no command id saved as %q", name) end
+    return saved[name]
+  end)
   if not last_id then
     text = text:gsub(',%s*"id"%s*:%s*%%ID', "")
   end
@@ -174,10 +180,74 @@ local function expect(step)
     fail(1, "command %s does not match %s", line, step.expect_args)
   end
   last_id = m.id
+  if step.save then saved[step.save] = m.id or "null" end
   if step.reply then send(with_id(step.reply) .. "\r\n") end
 end
 
+-- One event line stamped with the wall clock (seconds, microseconds).
+local function stamped_event(name, data_json, now)
+  local sec = math.floor(now)
+  return string.format('{"event": "%s"%s, "timestamp": {"seconds": %d, "microseconds": %d}}\r\n',
+    name, data_json and (', "data": ' .. data_json) or "", sec, math.floor((now - sec) * 1e6))
+end
+
+-- { flood = { count = n, seconds = s, name = "EV%d" } }: events as fast as
+-- the client takes them, until count are sent or s seconds pass (at least
+-- one bound).  A %d in name is the event's number (1, 2, ...): distinct
+-- names.  Sent in batches, so 200,000 events take well under a second.
+local function flood(step)
+  need_conn("flood")
+  local f = step.flood
+  local count, stop = f.count or math.huge, f.seconds and socket.gettime() + f.seconds or math.huge
+  local name = f.name or "RTC_CHANGE"
+  local numbered = name:find("%d", 1, true) ~= nil
+  local tail = '", "timestamp": {"seconds": 1700000000, "microseconds": 1234}}\r\n'
+  local fixed
+  if not numbered then
+    local one = '{"event": "' .. name .. tail
+    fixed = one:rep(1000)
+  end
+  local sent, bytes = 0, 0
+  while sent < count do
+    local left = math.min(stop - socket.gettime(), remaining())
+    if left <= 0 then break end
+    local n = math.min(1000, count - sent)
+    local data
+    if numbered then
+      local parts = {}
+      for i = 1, n do parts[i] = '{"event": "' .. name:format(sent + i) .. tail end
+      data = table.concat(parts)
+    elseif n == 1000 then
+      data = fixed
+    else
+      data = fixed:sub(1, #fixed // 1000 * n)
+    end
+    conn:settimeout(left)
+    local ok, err = conn:send(data)
+    if not ok then log("flood: send stopped: %s", err) break end
+    sent, bytes = sent + n, bytes + #data
+  end
+  log("flood: sent %d events (%d bytes)", sent, bytes)
+end
+
+-- { ticks = { count = n, every = s, name = "RTC_CHANGE" } }: n events, one
+-- every s seconds, each stamped with the wall clock when it was sent and
+-- carrying data {"offset": i}: the client can measure its delivery delay.
+local function ticks(step)
+  need_conn("ticks")
+  local t = step.ticks
+  for i = 1, t.count do
+    socket.sleep(t.every or 0.02)
+    conn:settimeout(remaining())
+    local ok, err = conn:send(stamped_event(t.name or "RTC_CHANGE", '{"offset": ' .. i .. '}', socket.gettime()))
+    if not ok then log("ticks: send failed after %d: %s", i - 1, err) return end
+  end
+  log("ticks: sent %d events", t.count)
+end
+
 local actions = {
+  flood = flood,
+  ticks = ticks,
   greet = function(step)
     local caps = type(step.greet) == "table" and step.greet.capabilities or nil
     send(fake.greeting_with(caps))
@@ -208,7 +278,7 @@ local actions = {
   end,
 }
 local order = { "greet", "send", "expect", "sleep", "close", "wait_close", "hold", "accept",
-  "shutdown_write" }
+  "shutdown_write", "flood", "ticks" }
 
 master = assert(unix.stream())
 assert(master:bind(path))

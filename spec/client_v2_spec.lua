@@ -1,0 +1,686 @@
+-- The v2 client contract (DESIGN.md sections 3-4) against the scripted fake
+-- QMP peer: delivery to every consumer, one pump, commands in flight,
+-- reconnecting as a state machine, timestamps, diagnostics, and the defects
+-- an audit of the first version found.
+local qmp = require "qmp"
+local core = require "qmp.core"
+local socket = require "socket"
+local cqueues = require "cqueues"
+local fake = require "support.fake_qmp"
+local tmp = require "support.tmp"
+
+local EV = fake.event
+local OK = fake.reply("{}")
+local REPLY = '{"return": {}, "id": %ID}\r\n'   -- a reply for a send step
+local opening = fake.opening
+local monotime = qmp.monotime
+
+local cleanup = require("support.cleanup")(after_each)
+
+local function serve(steps, opts)
+  local srv = fake.start(steps, opts)
+  cleanup(function() srv:stop() end)
+  return srv
+end
+
+local function connect(srv, opts)
+  local vm, err = qmp.connect(srv.path, opts or { timeout = 5 })
+  assert(vm, tostring(err) .. "\n" .. srv:log())
+  cleanup(function() vm:close() end)
+  return vm
+end
+
+-- A fresh directory for a socket nobody listens on (yet).
+local function socket_path()
+  local dir = tmp.dir("v2sock")
+  cleanup(function() tmp.remove(dir) end)
+  return dir .. "/qmp.sock"
+end
+
+local function names(list)
+  local out = {}
+  for i, ev in ipairs(list) do out[i] = ev.event end
+  return out
+end
+
+local function escape(text)
+  return (text:gsub("%p", "%%%0"))
+end
+
+-- The message of the error fn raises; it must raise.
+local function raised(fn)
+  local ok, msg = pcall(fn)
+  assert.is_false(ok, "expected an error")
+  return tostring(msg)
+end
+
+-- The line of the caller of here().
+local function here()
+  return debug.getinfo(2, "l").currentline
+end
+
+-- The error names this spec file and line as its position.
+local function at_line(msg, line)
+  assert.equal(tostring(line), msg:match("client_v2_spec%.lua:(%d+):"), msg)
+end
+
+-- How many connections the fake peer has accepted so far.
+local function accepted(srv)
+  local n = 0
+  for _ in srv:log():gmatch("client connected") do n = n + 1 end
+  return n
+end
+
+describe("delivery to every consumer", function()
+  it("hands the same BLOCK_JOB_READY to a handler, a listener and a wait, in arrival order", function()
+    local srv = serve(opening({
+      { expect = "x", reply = OK },
+      { send = EV("BLOCK_JOB_PENDING", '{"type": "mirror", "id": "job0"}') ..
+               EV("BLOCK_JOB_READY", '{"device": "job0", "len": 10, "offset": 10, "speed": 0, "type": "mirror"}') ..
+               EV("STOP") },
+      { hold = 5 },
+    }))
+    local vm = connect(srv)
+    local seen = {}
+    vm:on("*", function(ev) seen[#seen + 1] = ev end)
+    local l <close> = vm:listen("BLOCK_JOB_*")
+    assert(vm:execute("x"))
+    local ready = assert(vm:wait("BLOCK_JOB_READY", nil, 2))
+    assert.equal("job0", ready.device)
+    assert(vm:run({ timeout = 2, done = function() return #seen >= 3 end }))
+    assert.same({ "BLOCK_JOB_PENDING", "BLOCK_JOB_READY", "STOP" }, names(seen))
+    assert.is_true(rawequal(ready, seen[2]), "the handler got another event")
+    assert.equal(2, l:size())
+    assert.equal("BLOCK_JOB_PENDING", l:next().event)
+    assert.is_true(rawequal(ready, l:next()), "the listener got another event")
+    assert.is_nil(l:next())
+  end)
+
+  it("lets vm:wait find the STOP read with the reply to stop, never one from before an earlier command", function()
+    local srv = serve(opening({
+      { expect = "ping", reply = OK },
+      { send = EV("STOP", '{"n": 1}') },
+      { expect = "stop" },
+      { send = EV("STOP", '{"n": 2}') .. REPLY },   -- the event before the reply, in one write
+      { expect = "query-status", reply = fake.reply('{"status": "paused", "running": false}') },
+      { hold = 5 },
+    }))
+    local vm = connect(srv)
+    local early <close> = vm:listen("STOP")
+    assert(vm:execute("ping"))
+    assert.equal(1, assert(early:wait(2)).data.n)   -- STOP #1 is in before the next command
+    assert(vm:execute("stop"))
+    assert.equal(2, assert(vm:wait("STOP", nil, 1)).data.n)
+    local again, err = vm:wait("STOP", nil, 0.1)    -- not STOP #1, though nobody took it
+    assert.is_nil(again)
+    assert.equal("timeout", err.kind)
+    assert(vm:execute("query-status"))
+    local t0 = monotime()
+    again, err = vm:wait("STOP", nil, 0.2)
+    assert.is_nil(again)
+    assert.equal("timeout", err.kind)
+    assert.is_true(monotime() - t0 >= 0.19)
+    assert.matches("no STOP event within 0.2 s", err.message)
+    assert.matches("a matching event came before the last command", err.message)
+  end)
+
+  it("never returns the same event to two vm:wait calls with the same filter", function()
+    local srv = serve(opening({
+      { expect = "x" },
+      { send = REPLY .. EV("STOP", '{"n": 1}') .. EV("STOP", '{"n": 2}') },
+      { hold = 5 },
+    }))
+    local vm = connect(srv)
+    assert(vm:execute("x"))
+    local a = assert(vm:wait("STOP", nil, 2))
+    local b = assert(vm:wait("STOP", nil, 2))
+    assert.is_false(rawequal(a, b))
+    assert.same({ 1, 2 }, { a.data.n, b.data.n })
+    local c, err = vm:wait("STOP", nil, 0.1)
+    assert.is_nil(c)
+    assert.equal("timeout", err.kind)
+  end)
+
+  it("keeps a full listener's newest events, counts the drops and reports them as overflow", function()
+    local burst = {}
+    for i = 1, 5 do burst[i] = EV("RTC_CHANGE", '{"offset": ' .. i .. '}') end
+    local srv = serve(opening({ { expect = "x", reply = OK }, { send = table.concat(burst) }, { hold = 5 } }))
+    local vm = connect(srv)
+    local reported = {}
+    vm.on_error = function(err) reported[#reported + 1] = err end
+    local l <close> = vm:listen("RTC_CHANGE", nil, { max_queue = 2 })
+    assert(vm:execute("x"))
+    assert(vm:wait("RTC_CHANGE", { offset = 5 }, 2))
+    assert.equal(3, l.dropped)
+    assert.equal(2, l:size())
+    assert.equal(4, l:next().offset)
+    assert.equal(5, l:next().offset)
+    assert.equal(2, #reported)   -- the 1st and 2nd drop; the next report is at the 4th
+    for _, err in ipairs(reported) do
+      assert.equal("overflow", err.kind)
+      assert.matches("listener", err.message)
+    end
+    assert.equal(0, vm.stats.overflow)   -- the handlers' queue lost nothing
+  end)
+
+  it("closes a listener held in a <close> variable at the end of its block", function()
+    local srv = serve(opening({ { expect = "x" }, { send = REPLY .. EV("STOP") }, { hold = 5 } }))
+    local vm = connect(srv)
+    local outer
+    do
+      local l <close> = vm:listen("*")
+      outer = l
+      assert.is_false(l.closed)
+    end
+    assert.is_true(outer.closed)
+    assert(vm:execute("x"))
+    assert(vm:wait("STOP", nil, 2))
+    assert.equal(0, outer:size())
+    assert.is_nil(outer:next())
+    local ev, err = outer:wait(0.05)
+    assert.is_nil(ev)
+    assert.equal("closed", err.kind)
+  end)
+end)
+
+describe("one pump", function()
+  -- The peer: a STOP; then the reply to the handler's cont and a RESUME in
+  -- one write; then nothing more.
+  local function peer()
+    return serve(opening({ { send = EV("STOP") }, { expect = "cont" }, { send = REPLY .. EV("RESUME") },
+                           { hold = 10 } }))
+  end
+
+  it("dispatches under qmp.loop, at once, an event read with the reply to a handler's command", function()
+    local vm = connect(peer())
+    local loop = qmp.loop{ vm }
+    local executed, resumed
+    loop:on("STOP", function(_, v)
+      assert(v:execute("cont"))
+      executed = monotime()
+    end)
+    loop:on("RESUME", function() resumed = monotime() end)
+    -- A safety net, not a bound of the check: with the RESUME stuck, this
+    -- timer would be what wakes the loop, a second later.
+    vm:after(1, function() loop:stop() end)
+    assert.is_true(loop:run({ done = function() return resumed ~= nil end }))
+    assert.is_truthy(executed, "the STOP handler did not run")
+    assert.is_truthy(resumed, "the RESUME was not delivered")
+    assert.is_true(resumed - executed < 0.1, resumed - executed)
+  end)
+
+  it("has timeout() 0 while that event waits, and the next step() delivers it without polling", function()
+    local vm = connect(peer())
+    local in_handler, resumed
+    vm:on("STOP", function(_, v)
+      assert(v:execute("cont"))
+      in_handler = v:timeout()
+      v:stop()   -- end this step's dispatch: the RESUME stays queued
+    end)
+    vm:on("RESUME", function() resumed = true end)
+    local deadline = monotime() + 5
+    while in_handler == nil and monotime() < deadline do
+      local t = vm:timeout()
+      core.poll({ vm:pollfd() }, t and math.min(t, 0.2) or 0.2, { vm:events() })
+      assert(vm:step())
+    end
+    assert.equal(0, in_handler)
+    assert.is_nil(resumed)
+    assert.equal(0, vm:timeout())   -- an external loop must not poll now
+    local t0 = monotime()
+    assert(vm:step())
+    assert.is_true(resumed)
+    assert.is_true(monotime() - t0 < 0.05)
+  end)
+end)
+
+describe("commands in flight", function()
+  it("gives each of two coroutines its own reply when the peer answers out of order", function()
+    local srv = serve(opening({
+      { expect = "first", save = "first" },
+      { expect = "second", save = "second" },
+      { send = fake.reply('"two"', "second") .. "\r\n" },
+      { send = fake.reply('"one"', "first") .. "\r\n" },
+      { hold = 5 },
+    }))
+    -- A plain-function waiter: park by yielding; the loop below resumes.
+    local vm = connect(srv, { timeout = 5, waiter = function() coroutine.yield() end })
+    local results = {}
+    local cos = {
+      coroutine.create(function() results.first = { vm:execute("first") } end),
+      coroutine.create(function() results.second = { vm:execute("second") } end),
+    }
+    local deadline = monotime() + 5
+    repeat
+      local alive = false
+      for _, co in ipairs(cos) do
+        if coroutine.status(co) == "suspended" then
+          local ok, err = coroutine.resume(co)
+          assert(ok, err)
+          alive = alive or coroutine.status(co) == "suspended"
+        end
+      end
+      if alive then core.poll({ vm:pollfd() }, 0.01) end
+    until not alive or monotime() > deadline
+    assert.same({ "one" }, results.first)
+    assert.same({ "two" }, results.second)
+    assert.equal(0, vm.stats.unknown)
+  end)
+
+  it("answers execute_oob while an in-band command is stuck", function()
+    local srv = serve(opening({
+      { expect = "slow", save = "slow" },                    -- never answered
+      { expect = "migrate-pause", expect_args = '"exec%-oob"', reply = OK },
+      { hold = 10 },
+    }))
+    local vm = connect(srv, { timeout = 5, waiter = qmp.waiters.cqueues })
+    assert.is_true(vm.oob)
+    local cq = cqueues.new()
+    local slow, oob, slow_pending_then
+    cq:wrap(function() slow = { vm:execute("slow", nil, { timeout = 5 }) } end)
+    assert(cq:step(0))   -- slow is sent and parks on the socket
+    assert.equal(1, vm:commands_sent("slow"))
+    cq:wrap(function()
+      oob = { vm:execute_oob("migrate-pause") }
+      slow_pending_then = slow == nil
+    end)
+    local deadline = monotime() + 3
+    while not oob and monotime() < deadline do assert(cq:step(0.1)) end
+    assert.is_truthy(oob, "no answer to the oob command:\n" .. srv:log())
+    assert.same({}, oob[1])
+    assert.is_true(slow_pending_then)
+    assert.is_nil(slow)
+    vm:close()   -- the in-band command ends with the connection
+    deadline = monotime() + 3
+    while not slow and monotime() < deadline do assert(cq:step(0.1)) end
+    assert.is_truthy(slow, "the in-band command did not end with the connection")
+    assert.is_nil(slow[1])
+    assert.equal("closed", slow[2].kind)
+  end)
+
+  it("drops and counts a late reply after a timeout; it never answers a later command", function()
+    local srv = serve(opening({
+      { expect = "slow", save = "slow" },
+      { expect = "fast" },                                   -- sent after slow timed out
+      { send = fake.reply('"late"', "slow") .. "\r\n" },     -- arrives while fast waits
+      { send = fake.reply('"fast"') .. "\r\n" },
+      { hold = 5 },
+    }))
+    local vm = connect(srv)
+    local ret, err = vm:execute("slow", nil, { timeout = 0.2 })
+    assert.is_nil(ret)
+    assert.equal("timeout", err.kind)
+    assert.equal("fast", assert(vm:execute("fast")))
+    assert.equal(1, vm.stats.stale)
+    assert.equal(0, vm.stats.unknown)
+  end)
+end)
+
+describe("reconnecting as a state machine", function()
+  it("keeps delivering the fleet's events while one VM reconnects to a peer that never greets", function()
+    local N = 40
+    local loop = qmp.loop()
+    for i = 1, 3 do
+      local srv = serve(opening({ { expect = "go", reply = OK }, { ticks = { count = N, every = 0.02 } },
+                                  { hold = 10 } }))
+      loop:add(connect(srv, { timeout = 5, name = "good" .. i }))
+    end
+    local bad_srv = serve(opening({ { close = true }, { accept = true }, { hold = 10 } }))
+    local bad = connect(bad_srv, { timeout = 2, name = "bad", reconnect = { min = 0.01, max = 0.05 } })
+    loop:add(bad)
+    local bad_seen, bad_states = {}, {}
+    bad:on("*", function(ev) bad_seen[#bad_seen + 1] = ev.event end)
+    local delays, count, start = {}, 0, math.huge
+    loop:on("RTC_CHANGE", function(ev)
+      local now = socket.gettime()
+      count = count + 1
+      bad_states[bad.state] = true
+      local sent = ev:time()
+      if sent >= start then delays[#delays + 1] = now - sent end
+    end)
+    for _, vm in ipairs(loop:vms()) do
+      if vm ~= bad then assert(vm:execute("go")) end
+    end
+    start = socket.gettime()
+    assert.is_true(loop:run({ timeout = 10, done = function() return count >= 3 * N end }))
+    assert.equal(3 * N, count)
+    assert.is_true(#delays >= 3 * N - 6, #delays)
+    local worst = 0
+    for _, d in ipairs(delays) do worst = math.max(worst, d) end
+    assert.is_true(worst < 0.1, ("an event waited %.3f s"):format(worst))
+    -- The bad VM really was down, and its new peer held it in the handshake.
+    assert.same({ "qmp.disconnected" }, bad_seen)
+    assert.is_nil(bad_states.ready)
+    assert.is_truthy(bad_states.negotiating, "the bad VM never reached its silent peer")
+    assert.equal(2, accepted(bad_srv))
+  end)
+
+  it("brings a qmp.client created before its peer exists to ready, emitting qmp.connected", function()
+    local path = socket_path()
+    local vm = qmp.client(path, { timeout = 5, reconnect = { min = 0.01, max = 0.05 } })
+    cleanup(function() vm:close() end)
+    local l <close> = vm:listen("qmp.connected")
+    for _ = 1, 3 do assert(vm:step()) end
+    assert.is_true(vm.state == "connecting" or vm.state == "reconnecting", vm.state)
+    local _, down = vm:execute("query-status")
+    assert.equal("closed", down.kind)
+    serve(opening({ { hold = 10 } }), { path = path })
+    assert(vm:run({ timeout = 5, done = function() return vm.state == "ready" end }))
+    assert.equal("ready", vm.state)
+    local ev = assert(l:wait(1))
+    assert.equal("qmp.connected", ev.event)
+    assert.equal(1, ev.generation)
+    assert.is_true(ev.attempts >= 2, ev.attempts)
+    assert.equal(1, vm.generation)
+  end)
+
+  it("gives up in qmp.connect with reconnect when no peer comes within the timeout, naming the last error", function()
+    local path = socket_path()
+    local t0 = monotime()
+    local vm, err = qmp.connect(path, { timeout = 0.3, reconnect = { min = 0.01, max = 0.05 } })
+    local took = monotime() - t0
+    assert.is_nil(vm)
+    assert.equal("timeout", err.kind)
+    assert.matches("not ready within 0.3 s", err.message)
+    assert.matches("last error: refused: no socket at " .. escape(path), err.message)
+    assert.is_true(took >= 0.29 and took < 1, took)
+  end)
+
+  it("stops reconnecting after the client's own quit", function()
+    local srv = serve(opening({ { expect = "quit", reply = OK },
+                                { send = EV("SHUTDOWN", '{"guest": false, "reason": "host-qmp-quit"}') },
+                                { close = true } }))
+    local vm = connect(srv, { timeout = 5, reconnect = { min = 0.01, max = 0.05 } })
+    local seen = {}
+    vm:on("*", function(ev) seen[#seen + 1] = ev.event end)
+    assert.same({}, assert(vm:execute("quit")))
+    local ok, err = vm:run({ timeout = 2 })
+    assert.is_nil(ok)
+    assert.equal("closed", err.kind)
+    assert.equal("closed", vm.state)
+    assert.same({ "SHUTDOWN" }, seen)   -- no qmp.disconnected: nothing to retry
+    assert.is_true(srv:wait(5))
+    assert.equal(1, accepted(srv))
+  end)
+
+  it("fails commands at once during an outage, saying a reconnect is pending", function()
+    local srv = serve(opening({ { close = true } }))
+    local vm = connect(srv, { timeout = 5, reconnect = { min = 0.5, max = 1 } })
+    assert(vm:wait("qmp.disconnected", nil, 2))
+    assert.equal("reconnecting", vm.state)
+    local t0 = monotime()
+    local ret, err = vm:execute("query-status", nil, { timeout = 5 })
+    local took = monotime() - t0
+    assert.is_nil(ret)
+    assert.equal("closed", err.kind)
+    assert.matches("reconnect pending", err.message)
+    assert.matches("next attempt %(#%d+%) in [%d.]+ s; last error: ", err.message)
+    assert.is_true(took < 0.05, took)
+  end)
+
+  it("walks vm.state from connecting through negotiating to ready", function()
+    -- Over TCP, where a non-blocking connect is still under way when
+    -- qmp.client returns (a unix connect completes at once).  The peer is
+    -- this process: it greets only when the test says.
+    local listener = assert(socket.tcp())
+    cleanup(function() listener:close() end)
+    assert(listener:bind("127.0.0.1", 0))
+    assert(listener:listen(1))
+    local _, port = listener:getsockname()
+    local vm = qmp.client("127.0.0.1:" .. port, { timeout = 5 })
+    cleanup(function() vm:close() end)
+    local states = { vm.state }
+    local function step_until(cond)
+      local deadline = monotime() + 5
+      while not cond() and monotime() < deadline do
+        core.poll({ vm:pollfd() }, 0.01, { vm:events() })
+        assert(vm:step())
+        if states[#states] ~= vm.state then states[#states + 1] = vm.state end
+      end
+    end
+    step_until(function() return vm.state ~= "connecting" end)
+    listener:settimeout(5)
+    local peer = assert(listener:accept())
+    cleanup(function() peer:close() end)
+    peer:settimeout(5)
+    local steps = 0
+    step_until(function() steps = steps + 1 return steps > 5 end)   -- a few more steps: no greeting yet
+    assert.equal("negotiating", vm.state)
+    assert(peer:send(fake.greeting))
+    step_until(function() return #socket.select({ peer }, nil, 0) > 0 end)   -- qmp_capabilities comes
+    local line = assert(peer:receive("*l"))
+    assert.matches('"execute":"qmp_capabilities"', line)
+    assert.equal("negotiating", vm.state)
+    assert(peer:send('{"return": {}, "id": ' .. line:match('"id":("[^"]*")') .. '}\r\n'))
+    step_until(function() return vm.state == "ready" end)
+    assert.same({ "connecting", "negotiating", "ready" }, states)
+    assert.equal("qmp.connected", assert(vm:wait("qmp.connected", nil, 0)).event)
+  end)
+
+  it("stays negotiating over a unix socket until the peer's late greeting, then is ready", function()
+    local srv = serve({ { sleep = 0.2 }, { greet = true }, { expect = "qmp_capabilities", reply = OK },
+                        { hold = 10 } })
+    local vm = qmp.client(srv.path, { timeout = 5 })
+    cleanup(function() vm:close() end)
+    local states = { vm.state }
+    local deadline = monotime() + 5
+    while vm.state ~= "ready" and monotime() < deadline do
+      core.poll({ vm:pollfd() }, 0.01, { vm:events() })
+      assert(vm:step())
+      if states[#states] ~= vm.state then states[#states + 1] = vm.state end
+    end
+    if states[1] == "connecting" then table.remove(states, 1) end
+    assert.same({ "negotiating", "ready" }, states)
+  end)
+end)
+
+describe("synthetic event timestamps", function()
+  it("stamps qmp.disconnected and qmp.reconnected with the wall clock, never going backwards", function()
+    local srv = serve(opening({
+      { close = true }, { accept = true },
+      { greet = true }, { expect = "qmp_capabilities", reply = OK },
+      { expect = "query-status", reply = fake.reply('{"status": "running", "running": true}') },
+      { hold = 10 },
+    }))
+    local vm = connect(srv, { timeout = 5, reconnect = { min = 0.01, max = 0.05 } })
+    local down = assert(vm:wait("qmp.disconnected", nil, 3))
+    local back = assert(vm:wait("qmp.reconnected", nil, 3))
+    assert.equal("running", back.status)
+    for _, ev in ipairs({ down, back }) do
+      local ts = ev.timestamp
+      assert.equal("integer", math.type(ts.seconds))
+      assert.equal("integer", math.type(ts.microseconds))
+      assert.is_true(math.abs(ts.seconds - os.time()) <= 1, ts.seconds)
+      assert.is_true(ts.microseconds >= 0 and ts.microseconds < 1000000, ts.microseconds)
+    end
+    local a, b = down.timestamp, back.timestamp
+    assert.is_true(b.seconds > a.seconds or (b.seconds == a.seconds and b.microseconds >= a.microseconds))
+  end)
+end)
+
+describe("diagnostics", function()
+  it("raises on a misspelt connect option at the caller's line, naming the right one", function()
+    local line, msg = here(), raised(function() qmp.connect("/tmp/x.sock", { timout = 1 }) end)
+    assert.matches('unknown option "timout"', msg)
+    assert.matches('did you mean "timeout"', msg)
+    at_line(msg, line)
+  end)
+
+  it("raises on misspelt options of execute, run, listen and the policy at the caller's line", function()
+    local vm = connect(serve(opening({ { hold = 10 } })))
+    local line, msg = here(), raised(function() vm:execute("x", nil, { timeot = 1 }) end)
+    assert.matches('unknown option "timeot"', msg)
+    at_line(msg, line)
+    line, msg = here(), raised(function() vm:run{ tmeout = 1 } end)
+    assert.matches('unknown option "tmeout"', msg)
+    at_line(msg, line)
+    line, msg = here(), raised(function() vm:listen("STOP", nil, { max = 1 }) end)
+    assert.matches('unknown option "max"', msg)
+    at_line(msg, line)
+    line, msg = here(), raised(function() qmp.policy.resume_on_io_error(vm, { retry = 3 }) end)
+    assert.matches('unknown option "retry"', msg)
+    assert.matches("retries", msg)   -- among the known options
+    at_line(msg, line)
+    assert.equal(0, vm:handlers())   -- the failed policy left nothing behind
+  end)
+
+  it("raises on a malformed address at the caller's line", function()
+    local line, msg = here(), raised(function() qmp.connect(123) end)
+    assert.matches("address", msg)
+    at_line(msg, line)
+    line, msg = here(), raised(function() qmp.connect("tcp:host") end)
+    assert.matches("tcp:host", msg)
+    at_line(msg, line)
+  end)
+
+  it("warns once per misspelt event name and suggests the right one on timeout", function()
+    local vm = connect(serve(opening({ { hold = 10 } })))
+    local usage = {}
+    vm.on_error = function(err) if err.kind == "usage" then usage[#usage + 1] = err end end
+    local ev, err = vm:wait("SHUTDWN", 0.2)
+    assert.is_nil(ev)
+    assert.equal("timeout", err.kind)
+    assert.matches("no SHUTDWN event within 0.2 s", err.message)
+    assert.matches("did you mean SHUTDOWN", err.message)
+    assert.equal(1, #usage)
+    assert.matches("SHUTDWN", usage[1].message)
+    local _, err2 = vm:wait("SHUTDWN", 0.05)
+    assert.matches("did you mean SHUTDOWN", err2.message)
+    assert.equal(1, #usage)
+  end)
+
+  it("says the monitor may be held by another client when no greeting comes", function()
+    local srv = serve({ { hold = 10 } })
+    local t0 = monotime()
+    local vm, err = qmp.connect(srv.path, { timeout = 0.3 })
+    assert.is_nil(vm)
+    assert.equal("timeout", err.kind)
+    assert.matches("may be held by another client", err.message)
+    assert.is_true(monotime() - t0 < 1)
+  end)
+
+  it("refuses a regular file, saying it is not a socket", function()
+    local path = socket_path()
+    tmp.write(path, "not a monitor\n")
+    local vm, err = qmp.connect(path, { timeout = 1 })
+    assert.is_nil(vm)
+    assert.equal("refused", err.kind)
+    assert.matches("not a socket", err.message)
+  end)
+end)
+
+describe("defects found by the audit", function()
+  local HOSTILE = {
+    '{"hello": 1e999}\r\n',
+    '{"hello": "caf\xff"}\r\n',
+    '{"h\xffllo": [1e999, -1e999]}\r\n',
+  }
+
+  it("returns a protocol error, never raises, for a first message with 1e999 or invalid UTF-8", function()
+    for _, first in ipairs(HOSTILE) do
+      local srv = serve({ { send = first }, { hold = 10 } })
+      local ok, vm, err = pcall(qmp.connect, srv.path, { timeout = 2 })
+      assert.is_true(ok, vm)
+      assert.is_nil(vm)
+      assert.equal("protocol", err.kind, tostring(err))
+      srv:stop()
+    end
+  end)
+
+  it("keeps a reconnecting qmp.client retrying after such a first message", function()
+    local steps = {}
+    for i = 1, 4 do
+      steps[#steps + 1] = { send = HOSTILE[(i - 1) % #HOSTILE + 1] }
+      steps[#steps + 1] = { accept = true }
+    end
+    steps[#steps + 1] = { hold = 10 }   -- the 5th connection: held, no greeting
+    local srv = serve(steps)
+    local vm = qmp.client(srv.path, { timeout = 5, reconnect = { min = 0.01, max = 0.02 } })
+    cleanup(function() vm:close() end)
+    local deadline = monotime() + 5
+    while accepted(srv) < 5 and monotime() < deadline do
+      local ok, err = pcall(vm.run, vm, { timeout = 0.02 })   -- short turns: the peer's log decides
+      assert.is_true(ok, err)
+      assert.are_not.equal("closed", vm.state)
+    end
+    assert.equal(5, accepted(srv))
+    assert.are_not.equal("closed", vm.state)
+    local _, down = vm:execute("query-status")
+    assert.equal("closed", down.kind)
+    local attempt = tonumber(down.message:match("attempt %(?#(%d+)"))
+    assert.is_true(attempt and attempt >= 5, down.message)
+    assert.matches("last error: protocol: ", down.message)
+  end)
+
+  it("forgets 200,000 distinct unknown event names once the client is gone", function()
+    local N = 200000
+    local srv = serve(opening({ { expect = "go", reply = OK }, { flood = { count = N, name = "X_AUDIT_%d" } },
+                                { hold = 30 } }))
+    local holder = {}
+    cleanup(function() if holder.vm then holder.vm:close() end end)
+    -- In a function of its own, so that no stack slot keeps the client.
+    local function consume()
+      local vm = assert(qmp.connect(srv.path, { timeout = 5 }))
+      holder.vm = vm
+      local seen = 0
+      vm:on("*", function() seen = seen + 1 end)
+      assert(vm:execute("go"))
+      assert(vm:run({ timeout = 15, done = function() return seen >= N end }))
+      vm:close()
+      holder.vm = nil
+      return seen
+    end
+    collectgarbage()
+    collectgarbage()
+    local before = collectgarbage("count")
+    local t0 = monotime()
+    assert.equal(N, consume())
+    local took = monotime() - t0
+    collectgarbage()
+    collectgarbage()
+    local grown = collectgarbage("count") - before
+    assert.is_true(grown < 8 * 1024, ("the heap grew by %.0f KiB"):format(grown))
+    assert.is_true(took < 10, took)
+  end)
+
+  it("bounds a send the peer never reads by its timeout, keeping the fd until close", function()
+    local srv = serve(opening({ { sleep = 20 } }))   -- reads nothing more
+    local vm = connect(srv)
+    local fd = vm:pollfd()
+    assert.is_true(fd >= 0)
+    local function open(n) -- in this process: /proc/self/fdinfo/N exists while fd N is open
+      local f = io.open("/proc/self/fdinfo/" .. n, "r")
+      if f then f:close() end
+      return f ~= nil
+    end
+    assert.is_true(open(fd))
+    local big = ("x"):rep(8 << 20)   -- far more than the socket buffer takes
+    local t0 = monotime()
+    local ret, err = vm:execute("blob", { data = big }, { timeout = 0.5 })
+    local took = monotime() - t0
+    assert.is_nil(ret)
+    assert.is_true(err.kind == "timeout" or err.kind == "closed", tostring(err))
+    assert.is_true(took < 0.55, took)
+    assert.is_true(open(fd), "the fd was closed behind an external poller's back")
+    local after = vm:pollfd()
+    vm:close()
+    assert.is_false(open(fd))
+    assert.equal(fd, after)   -- an external loop still polls the fd it was given
+  end)
+
+  it("times a command out on time under a flood of events, and keeps step() short", function()
+    local srv = serve(opening({ { expect = "x" }, { flood = { seconds = 3, name = "RTC_CHANGE" } }, { hold = 5 } }))
+    local vm = connect(srv)
+    local t0 = monotime()
+    local ret, err = vm:execute("x", nil, { timeout = 1 })
+    local took = monotime() - t0
+    assert.is_nil(ret)
+    assert.equal("timeout", err.kind)
+    assert.is_true(took >= 1.0 and took <= 1.1, took)
+    assert.is_true(vm.stats.events > 1000, vm.stats.events)   -- the flood was on
+    t0 = monotime()
+    assert(vm:step())
+    took = monotime() - t0
+    assert.is_true(took < 0.05, took)
+  end)
+end)

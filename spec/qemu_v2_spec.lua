@@ -1,0 +1,370 @@
+-- Version 2 behaviour against a real QEMU 7.2 (TCG): every consumer sees
+-- every event, the I/O-error policy leaves alone a pause that is not the
+-- error's, and a qmp.loop keeps serving one VM while another reconnects.
+local qmp = require "qmp"
+local fake = require "support.fake_qmp"
+local proc = require "support.proc"
+local qemu = require "support.qemu"
+local tmp = require "support.tmp"
+
+local cleanup = require("support.cleanup")(after_each)
+
+local function connect(path, opts)
+  local vm, err = qmp.connect(path, opts)
+  assert(vm, tostring(err))
+  cleanup(function() vm:close() end)
+  return vm
+end
+
+-- The events of list whose name is in names, in order.
+local function only(list, names)
+  local set, out = {}, {}
+  for _, n in ipairs(names) do set[n] = true end
+  for _, ev in ipairs(list) do
+    if set[ev.event] then out[#out + 1] = ev end
+  end
+  return out
+end
+
+describe("every consumer sees every event, on a real QEMU #qemu", function()
+  it("hands RESUME and STOP to vm:wait, a '*' handler and a listener alike, in order", function()
+    local machine = qemu.start()
+    cleanup(function() machine:stop() end)
+    local vm = connect(machine.sock, { timeout = 5, name = "deliver" })
+    local seen = {}
+    vm:on("*", function(ev) seen[#seen + 1] = ev end)
+    local l <close> = vm:listen({ "STOP", "RESUME" })
+    local waited = {}
+    for _ = 1, 2 do
+      assert(vm:execute("cont"))
+      waited[#waited + 1] = assert(vm:wait("RESUME", nil, 5))
+      assert(vm:execute("stop"))
+      waited[#waited + 1] = assert(vm:wait("STOP", nil, 5))
+    end
+    assert(vm:run({ timeout = 5, done = function() return #only(seen, { "STOP", "RESUME" }) >= 4 end }))
+    -- The very same event objects, in the order QEMU sent them.
+    assert.same({ "RESUME", "STOP", "RESUME", "STOP" },
+                { waited[1].event, waited[2].event, waited[3].event, waited[4].event })
+    local handled = only(seen, { "STOP", "RESUME" })
+    assert.equal(4, #handled)
+    for i = 1, 4 do
+      assert.equal(waited[i], handled[i])
+      assert.equal(waited[i], l:next())
+    end
+    assert.is_nil(l:next())
+    assert.equal(0, l.dropped)
+    assert.equal(0, vm.stats.overflow)
+  end)
+
+  it("does not return, after a later command, a STOP that came before it", function()
+    local machine = qemu.start()
+    cleanup(function() machine:stop() end)
+    local vm = connect(machine.sock, { timeout = 5, name = "window" })
+    local l <close> = vm:listen({ "STOP", "RESUME" })
+    -- A STOP already returned by a wait.
+    assert(vm:execute("cont"))
+    assert(vm:wait("RESUME", nil, 5))
+    assert(vm:execute("stop"))
+    assert(vm:wait("STOP", nil, 5))
+    assert.equal("paused", assert(vm:execute("query-status")).status)
+    local t0 = qmp.monotime()
+    local ev, err = vm:wait("STOP", nil, 0.2)
+    assert.is_nil(ev)
+    assert.equal("timeout", err.kind)
+    assert.matches("no STOP event within 0.2 s; a matching event came before the last command", err.message, 1, true)
+    assert.is_true(qmp.monotime() - t0 < 1.5)
+    -- A RESUME and a STOP nobody waited for, then an unrelated command:
+    -- they belong to the commands before it, not to a wait after it.
+    assert(vm:execute("cont"))
+    assert(vm:execute("stop"))
+    assert.equal("paused", assert(vm:execute("query-status")).status)
+    ev, err = vm:wait("STOP", nil, 0.2)
+    assert.is_nil(ev)
+    assert.matches("a matching event came before the last command", err.message, 1, true)
+    ev = vm:wait("RESUME", nil, 0.2)
+    assert.is_nil(ev)
+    -- The listener, opened before all that, has all of it.
+    local names = {}
+    for e in function() return l:next() end do names[#names + 1] = e.event end
+    assert.same({ "RESUME", "STOP", "RESUME", "STOP" }, names)
+  end)
+end)
+
+-- A 1 MiB raw disk whose boot sector spins (jmp $): the guest keeps
+-- running once it has read it.
+local function spin_image(dir)
+  local code = "\xEB\xFE"
+  local sector = code .. string.rep("\0", 510 - #code) .. "\x55\xAA"
+  local path = dir .. "/spin.img"
+  tmp.write(path, sector .. string.rep("\0", 1024 * 1024 - 512))
+  return path
+end
+
+-- The firmware's first read fails once (blkdebug, EIO): with rerror=stop
+-- QEMU sends BLOCK_IO_ERROR, then STOP, and the status becomes io-error;
+-- a cont retries the read, which then succeeds.  (Without the geometry,
+-- SeaBIOS on QEMU 7.2 was seen never to read this small disk.)
+local function failing_disk(img)
+  return {
+    "-blockdev", "driver=file,node-name=f0,filename=" .. img,
+    "-blockdev", "driver=blkdebug,node-name=d0,image=f0,inject-error.0.event=read_aio," ..
+                 "inject-error.0.errno=5,inject-error.0.once=on",
+    "-blockdev", "driver=raw,node-name=disk0,file=d0",
+    "-device", "virtio-blk-pci,drive=disk0,cyls=2,heads=16,secs=63,rerror=stop,werror=stop",
+  }
+end
+
+describe("resume_on_io_error leaves alone a pause that is not the error's, on a real QEMU #qemu", function()
+  local DELAY = 0.5
+
+  -- A QEMU with the failing disk, a client and the policy; with two = true,
+  -- a second QMP monitor on the same QEMU and a client on it (someone else).
+  local function start(two, opts)
+    local dir = tmp.dir("qmpv2p")
+    cleanup(function() tmp.remove(dir) end)
+    local args = failing_disk(spin_image(dir))
+    local other_sock = dir .. "/other.sock"
+    if two then
+      args[#args + 1] = "-qmp"
+      args[#args + 1] = "unix:" .. other_sock .. ",server=on,wait=off"
+    end
+    local machine = qemu.start({ args = args })
+    cleanup(function() machine:stop() end)
+    opts = opts or {}
+    opts.timeout, opts.name = 5, "policy"
+    local vm = connect(machine.sock, opts)
+    local other
+    if two then
+      assert(proc.wait_until(function() return proc.listening(other_sock) end, 5))
+      other = connect(other_sock, { timeout = 5, name = "other" })
+    end
+    local lines = {}
+    local p = qmp.policy.resume_on_io_error(vm, { delay = DELAY, retries = 3,
+      log = function(line) lines[#lines + 1] = line end })
+    local errors_at, stops = nil, 0
+    vm:on("BLOCK_IO_ERROR", function() errors_at = errors_at or qmp.monotime() end)
+    vm:on("STOP", function() stops = stops + 1 end)
+    -- Run until the error and its own STOP have been handled.
+    local function until_paused()
+      local ok, err = vm:run({ timeout = TEST_TIMEOUT, done = function() return p.errors_seen == 1 and stops == 1 end })
+      assert(ok, tostring(err) .. "\n" .. machine:log())
+      assert.equal("io-error", assert(vm:execute("query-status")).status)
+      return errors_at
+    end
+    -- Run until the policy's timer is well past due, and nothing ends it.
+    local function past_delay()
+      local left = errors_at + DELAY + 0.2 - qmp.monotime()
+      if left > 0 then
+        local ok, err = vm:run({ timeout = left })
+        assert.is_nil(ok)
+        assert.equal("timeout", err.kind)
+      end
+    end
+    return vm, p, lines, until_paused, past_delay, other, machine
+  end
+
+  it("resumes an I/O-error pause when nobody interferes (control)", function()
+    local vm, p, lines, until_paused = start(false)
+    assert(vm:execute("cont"))
+    local t0 = until_paused()
+    assert(vm:run({ timeout = TEST_TIMEOUT, done = function() return p.resumes == 1 end }))
+    assert.is_true(qmp.monotime() - t0 >= DELAY - 0.01)
+    assert.equal(2, vm:commands_sent("cont"))
+    assert.matches("^disk0: I/O error %(read%), VM paused; resuming in 0.50 s %(attempt 1 of 3%)$", lines[1])
+    assert.equal("disk0: cont sent (attempt 1 of 3)", lines[2])
+    local st = assert(vm:execute("query-status"))
+    assert.equal("running", st.status)
+    assert.is_true(st.running)
+  end)
+
+  it("does not resume after an operator's stop through the same client during the delay", function()
+    local vm, p, lines, until_paused, past_delay = start(false)
+    assert(vm:execute("cont"))
+    until_paused()
+    -- QEMU ignores stop on a VM that is not running: no STOP event, the
+    -- status stays io-error; only the policy's own bookkeeping can tell.
+    assert(vm:execute("stop"))
+    local ok, err = vm:run({ timeout = TEST_TIMEOUT, done = function() return #lines >= 2 end })
+    assert(ok, tostring(err))
+    assert.equal("disk0: not resuming: stop was sent through this client during the delay", lines[2])
+    past_delay()
+    assert.equal(1, vm:commands_sent("cont"))  -- the script's own
+    assert.equal(0, p.resumes)
+    local st = assert(vm:execute("query-status"))
+    assert.is_false(st.running)
+    assert.equal("io-error", st.status)
+    assert.equal(2, #lines)
+  end)
+
+  it("does not resume when stop goes out through this client while its query-status is in flight", function()
+    -- Two coroutines share the client (cqueues): one runs the dispatch loop,
+    -- where the policy's timer fires; the other, the operator, sends stop
+    -- once the policy has asked for the status.  QEMU is frozen (SIGSTOP)
+    -- from the moment query-status goes out until stop has gone out too, so
+    -- it takes them in that order: query-status (io-error), then stop
+    -- (nothing to stop: the VM is not running).  A cont after that would
+    -- undo the operator's stop.
+    local cqueues = require "cqueues"
+    local condition = require "cqueues.condition"
+    local asked, wire, pid = condition.new(), {}, nil
+    local vm, p, lines, until_paused, past_delay, _, machine = start(false, { waiter = qmp.waiters.cqueues,
+      trace = function(direction, text)
+        if not pid or direction ~= "out" then return end
+        local name = text:match('"execute"%s*:%s*"([^"]+)"')
+        wire[#wire + 1] = name
+        if name == "query-status" and #wire == 1 then
+          proc.kill(pid, "STOP")
+          asked:signal()
+        elseif name == "stop" then
+          proc.kill(pid, "CONT")
+        end
+      end })
+    cleanup(function() proc.kill(machine.pid, "CONT") end)
+    assert(vm:execute("cont"))
+    until_paused()
+    pid = machine.pid
+    local cq = cqueues.new()
+    local ran, stopped
+    cq:wrap(function() ran = { vm:run({ timeout = TEST_TIMEOUT, done = function() return #lines >= 2 end }) } end)
+    cq:wrap(function()
+      if asked:wait(TEST_TIMEOUT) then stopped = { vm:execute("stop") } end
+    end)
+    local deadline = qmp.monotime() + TEST_TIMEOUT
+    while not (ran and stopped) and qmp.monotime() < deadline do assert(cq:step(0.1)) end
+    pid = nil
+    proc.kill(machine.pid, "CONT")
+    assert.is_truthy(ran, "the dispatch loop did not end")
+    assert.is_true(ran[1], tostring(ran[2]))
+    assert.is_truthy(stopped and stopped[1], "stop was not sent or failed")
+    assert.same({ "query-status", "stop" }, { wire[1], wire[2] }, "sent: " .. table.concat(wire, ", "))
+    past_delay()
+    local st = assert(vm:execute("query-status"))
+    assert.is_false(st.running, "the policy resumed the VM over the operator's stop: " .. table.concat(lines, " | ")
+                                .. "; sent: " .. table.concat(wire, ", "))
+    assert.equal(0, p.resumes)
+    assert.equal("disk0: not resuming: stop was sent through this client during the delay", lines[2])
+  end)
+
+  it("does not resume when another monitor resumes and stops the VM during the delay", function()
+    local vm, p, lines, until_paused, past_delay, other = start(true)
+    assert(other:execute("cont"))   -- this client sends no cont at all
+    until_paused()
+    local acted = false
+    -- Someone else, while this client's loop runs, well inside the delay.
+    vm:after(DELAY / 10, function()
+      assert(other:execute("cont"))
+      assert(other:wait("RESUME", nil, 5))
+      assert(other:execute("stop"))
+      assert(other:wait("STOP", nil, 5))
+      acted = true
+    end)
+    local ok, err = vm:run({ timeout = TEST_TIMEOUT, done = function() return acted and #lines >= 2 end })
+    assert(ok, tostring(err))
+    assert.equal("disk0: not resuming: the VM was resumed by someone else", lines[2])
+    past_delay()
+    assert.equal(0, vm:commands_sent("cont"))
+    assert.equal(0, p.resumes)
+    local st = assert(vm:execute("query-status"))
+    assert.is_false(st.running)
+    assert.equal("paused", st.status)
+    assert.equal(2, #lines)
+  end)
+end)
+
+local function keys(t)
+  local list = {}
+  for k in pairs(t) do list[#list + 1] = k end
+  table.sort(list)
+  return list
+end
+
+-- A fake VM that sends RTC_CHANGE with offsets 1, 2, 3 ... every 20 ms.
+local function ticking_peer(n)
+  local steps = {}
+  for k = 1, n do
+    steps[#steps + 1] = { send = fake.event("RTC_CHANGE", ('{"offset": %d}'):format(k)) }
+    steps[#steps + 1] = { sleep = 0.02 }
+  end
+  steps[#steps + 1] = { hold = 30 }
+  local srv = fake.start(fake.opening(steps))
+  cleanup(function() srv:stop() end)
+  return srv
+end
+
+describe("a qmp.loop while one real QEMU is killed and restarted #qemu", function()
+  it("keeps delivering the other VM's events through the outage and the reconnect", function()
+    local dir = tmp.dir("qmpv2r")
+    cleanup(function() tmp.remove(dir) end)
+    local first = qemu.start({ dir = dir })
+    cleanup(function() first:stop() end)
+    local a = connect(first.sock, { timeout = 5, name = "a", reconnect = { min = 0.02, max = 0.1 } })
+    local b = connect(ticking_peer(500).path, { timeout = 5, name = "b" })
+    local loop = qmp.loop{ a, b }
+    local ticks, last_offset, out_of_order = 0, 0, 0
+    local a_events, a_states = {}, {}
+    loop:on("*", function(ev, vm)
+      if vm == b then
+        ticks = ticks + 1
+        if ev.offset ~= last_offset + 1 then out_of_order = out_of_order + 1 end
+        last_offset = ev.offset
+        a_states[a.state] = (a_states[a.state] or 0) + 1
+      else
+        a_events[#a_events + 1] = ev
+      end
+    end)
+    local function a_saw(name)
+      for _, ev in ipairs(a_events) do if ev.event == name then return ev end end
+    end
+    local function run_until(what, done)
+      local ok, err = loop:run({ timeout = TEST_TIMEOUT, done = done })
+      assert(ok, what .. ": " .. tostring(err) .. "; a.state = " .. a.state)
+    end
+    run_until("b's first events", function() return ticks >= 5 end)
+
+    -- Killed: no SHUTDOWN, the socket file stays behind (connections refused).
+    proc.kill(first.pid, "KILL")
+    first:stop()
+    run_until("a's qmp.disconnected", function() return a_saw("qmp.disconnected") ~= nil end)
+    assert.is_nil(a_saw("SHUTDOWN"))
+    local t0, n0 = qmp.monotime(), ticks
+    a_states = {}
+    run_until("b's events while a has no QEMU", function() return ticks >= n0 + 10 end)
+    assert.same({ "reconnecting" }, keys(a_states))
+    assert.is_true(qmp.monotime() - t0 < 2)
+    local _, err = a:execute("query-status")
+    assert.equal("closed", err.kind)
+    assert.matches("reconnect pending.*next attempt %(#%d+%)", err.message)
+    assert.is_true(tonumber(err.message:match("next attempt %(#(%d+)%)")) >= 2, err.message)
+
+    -- Restarted on the same socket path, but frozen: the kernel accepts the
+    -- connection, no greeting comes.  The loop must not wait for it.
+    local second = qemu.start({ dir = dir })
+    cleanup(function() proc.kill(second.pid, "CONT"); second:stop() end)
+    proc.kill(second.pid, "STOP")
+    local n1 = ticks
+    a_states = {}
+    run_until("b's events while a waits for a greeting",
+              function() return ticks >= n1 + 10 and (a_states.connecting or a_states.negotiating) ~= nil end)
+    local n2 = ticks
+    a_states = {}
+    run_until("more of b's events", function() return ticks >= n2 + 10 end)
+    assert.is_nil(a_states.ready)
+    assert.is_nil(a_states.reconnecting)
+    assert.is_nil(a_saw("qmp.reconnected"))
+
+    proc.kill(second.pid, "CONT")
+    run_until("a's qmp.reconnected", function() return a_saw("qmp.reconnected") ~= nil end)
+    local back = a_saw("qmp.reconnected")
+    assert.equal(2, back.generation)
+    assert.equal("prelaunch", back.status)
+    assert.is_true(back.attempts >= 2)
+    assert.equal("ready", a.state)
+    local n3 = ticks
+    run_until("b's events after the reconnect", function() return ticks >= n3 + 5 end)
+    assert.equal(0, out_of_order)
+    assert.equal(ticks, last_offset)   -- none lost
+    assert(a:execute("cont"))
+    assert(a:wait("RESUME", nil, 5))
+    assert.equal("running", assert(a:execute("query-status")).status)
+  end)
+end)
