@@ -517,7 +517,7 @@ end
 --- One non-blocking step for external loops: progress the connection, run
 -- due timers, dispatch.  true, or nil, err once closed with nothing left.
 function Client:step()
-  self:_progress()
+  if self:_progress() then self._cond:signal() end   -- a coroutine may wait for what was read
   local d = self._dispatch
   d:deliver(self, BATCH)   -- events first: a handler may cancel a timer now due
   d:run_timers(self)
@@ -567,7 +567,7 @@ function Client:run(opts)
   local d = self._dispatch
   self._stop = false
   while true do
-    self:_progress()
+    if self:_progress() then self._cond:signal() end
     d:deliver(self, BATCH)   -- events first: a handler may cancel a timer now due
     d:run_timers(self)
     if self._stop or (done and done(self)) then
