@@ -81,14 +81,9 @@ local function check_connect(opts)
   return opts, w
 end
 
---- A client that starts connecting now and never waits: its loop (run,
--- step, qmp.loop, a waiter) drives the connection.  With opts.reconnect it
--- keeps trying until QEMU is up.  vm | nil, err (TCP name resolution only).
-function Client.new(addr, opts)
-  return Client._new(addr, opts, true)
-end
-
-function Client._new(addr, opts, announce)
+-- A client whose first connection attempt has started.  announce: emit
+-- qmp.connected once connected (qmp.connect returns connected instead).
+local function new(addr, opts, announce)
   local waiter
   opts, waiter = check_connect(opts)
   local reconnect = Backoff.check(opts.reconnect)
@@ -123,7 +118,7 @@ function Client._new(addr, opts, announce)
     _stop = false,
     _quitting = false,         -- this client sent quit: do not reconnect
     _sent = {},                -- name -> commands sent
-    _announce = announce,      -- emit qmp.connected (not for qmp.connect: it returns connected)
+    _announce = announce,
   }, Client)
   vm._dispatch = Dispatch.new({
     max_queue = max_queue,
@@ -136,10 +131,17 @@ function Client._new(addr, opts, announce)
   return vm
 end
 
+--- A client that starts connecting now and never waits: its loop (run,
+-- step, qmp.loop, a waiter) drives the connection.  With opts.reconnect it
+-- keeps trying until QEMU is up.  vm | nil, err (TCP name resolution only).
+function Client.new(addr, opts)
+  return new(addr, opts, true)
+end
+
 --- Connect and wait until negotiated: vm | nil, err.  With opts.reconnect,
 -- retries (with back-off) until the timeout passes.  See README.
 function Client.connect(addr, opts)
-  local vm, err = Client._new(addr, opts, false)
+  local vm, err = new(addr, opts, false)
   if not vm then return nil, err end
   local deadline = monotime() + vm.default_timeout
   local ok = vm:_await(function() return vm.state == "ready" end, deadline)
