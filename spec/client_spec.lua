@@ -10,18 +10,8 @@ local opening = fake.opening
 
 local cleanup = require("support.cleanup")(after_each)
 
-local function serve(steps)
-  local srv = fake.start(steps)
-  cleanup(function() srv:stop() end)
-  return srv
-end
-
-local function connect(srv, opts)
-  local vm, err = qmp.connect(srv.path, opts or { timeout = 5 })
-  assert(vm, tostring(err) .. "\n" .. srv:log())
-  cleanup(function() vm:close() end)
-  return vm
-end
+local function serve(steps, opts) return fake.serve(steps, cleanup, opts) end
+local function connect(srv, opts) return fake.connect(srv, cleanup, opts) end
 
 describe("qmp.connect()", function()
   it("reads the greeting and negotiates oob when it is offered", function()

@@ -17,18 +17,8 @@ local monotime = qmp.monotime
 
 local cleanup = require("support.cleanup")(after_each)
 
-local function serve(steps, opts)
-  local srv = fake.start(steps, opts)
-  cleanup(function() srv:stop() end)
-  return srv
-end
-
-local function connect(srv, opts)
-  local vm, err = qmp.connect(srv.path, opts or { timeout = 5 })
-  assert(vm, tostring(err) .. "\n" .. srv:log())
-  cleanup(function() vm:close() end)
-  return vm
-end
+local function serve(steps, opts) return fake.serve(steps, cleanup, opts) end
+local function connect(srv, opts) return fake.connect(srv, cleanup, opts) end
 
 -- A fresh directory for a socket nobody listens on (yet).
 local function socket_path()

@@ -7,11 +7,7 @@ local fake = require "support.fake_qmp"
 local EV = fake.event
 local cleanup = require("support.cleanup")(after_each)
 
-local function serve(steps)
-  local srv = fake.start(fake.opening(steps))
-  cleanup(function() srv:stop() end)
-  return srv
-end
+local function serve(steps) return fake.serve(fake.opening(steps), cleanup) end
 
 local function connect(path, name)
   local vm, err = qmp.connect(path, { timeout = 5, name = name })

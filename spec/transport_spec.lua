@@ -52,10 +52,10 @@ local function finish(conn, connected)
   end
 end
 
--- conn (ours, through open_unix) and the server's end of it (luasocket).
-local function unix_pair()
-  local srv, path = unix_listener()
-  local conn, connected = core.open_unix(path)
+-- conn (ours, from open(...)) connected to the listener srv, and the
+-- server's end of it (luasocket).
+local function pair(srv, open, ...)
+  local conn, connected = open(...)
   assert(conn, connected)
   cleanup(function() conn:close() end)
   finish(conn, connected)
@@ -65,22 +65,38 @@ local function unix_pair()
   return conn, peer
 end
 
--- The same over TCP: conn through open_tcp to a loopback listener (srv).
+-- Over a unix socket of its own.
+local function unix_pair()
+  local srv, path = unix_listener()
+  return pair(srv, core.open_unix, path)
+end
+
+-- Over TCP, to a loopback listener (srv).
 local function tcp_pair(srv, host, port)
-  local conn, connected = core.open_tcp(host, port)
-  assert(conn, connected)
-  cleanup(function() conn:close() end)
-  finish(conn, connected)
-  local peer = assert(srv:accept())
-  peer:settimeout(TEST_TIMEOUT)
-  cleanup(function() peer:close() end)
-  return conn, peer
+  return pair(srv, core.open_tcp, host, port)
 end
 
 -- Wait (bounded) until conn's fd has something to read.
 local function readable(conn)
   local ready = assert(core.poll({ conn:fileno() }, TEST_TIMEOUT))
   assert.equal(1, #ready, "nothing to read within " .. TEST_TIMEOUT .. " s")
+end
+
+-- Finish a fresh connection to the listener srv, check its fd hygiene and
+-- that a message from the accepted peer arrives; returns the peer.
+local function connected_to(srv, conn, connected, family)
+  finish(conn, connected)
+  assert.is_true(conn:finish_connect())
+  assert.equal(family, conn:family())
+  local flags = fd_flags(conn:fileno())
+  assert.is_true(flags & 0x800 ~= 0, "O_NONBLOCK")
+  assert.is_true(flags & 0x80000 ~= 0, "O_CLOEXEC")
+  local peer = assert(srv:accept())
+  cleanup(function() peer:close() end)
+  assert(peer:send(GREETING))
+  readable(conn)
+  assert.equal(7, conn:take().QMP.version.qemu.major)
+  return peer
 end
 
 describe("qmp.address.parse()", function()
@@ -339,18 +355,8 @@ describe("qmp.core non-blocking connections", function()
       assert.is_userdata(conn)
       assert.is_boolean(connected)
       cleanup(function() conn:close() end)
-      finish(conn, connected)
-      assert.is_true(conn:finish_connect())
+      connected_to(srv, conn, connected, "unix")
       assert.is_true(conn:finish_connect())  -- again: still connected
-      assert.equal("unix", conn:family())
-      local flags = fd_flags(conn:fileno())
-      assert.is_true(flags & 0x800 ~= 0, "O_NONBLOCK")
-      assert.is_true(flags & 0x80000 ~= 0, "O_CLOEXEC")
-      local peer = assert(srv:accept())
-      cleanup(function() peer:close() end)
-      assert(peer:send(GREETING))
-      readable(conn)
-      assert.equal(7, conn:take().QMP.version.qemu.major)
     end)
 
     it("says where to look when nothing is at the path", function()
@@ -460,17 +466,7 @@ describe("qmp.core non-blocking connections", function()
       local conn, connected = core.open_tcp("127.0.0.1", port)
       assert.is_userdata(conn, tostring(connected))
       cleanup(function() conn:close() end)
-      finish(conn, connected)
-      assert.is_true(conn:finish_connect())
-      assert.equal("tcp", conn:family())
-      local flags = fd_flags(conn:fileno())
-      assert.is_true(flags & 0x800 ~= 0, "O_NONBLOCK")
-      assert.is_true(flags & 0x80000 ~= 0, "O_CLOEXEC")
-      local peer = assert(srv:accept())
-      cleanup(function() peer:close() end)
-      assert(peer:send(GREETING))
-      readable(conn)
-      assert.equal(7, conn:take().QMP.version.qemu.major)
+      local peer = connected_to(srv, conn, connected, "tcp")
       assert.equal(#GREETING, conn:write(GREETING, 0))
       peer:settimeout(TEST_TIMEOUT)
       assert.equal(GREETING, peer:receive(#GREETING))

@@ -26,11 +26,7 @@ local function status(s, saved)
   return fake.reply(('{"status": "%s", "singlestep": false, "running": %s}'):format(s, tostring(s == "running")), saved)
 end
 
-local function serve(steps)
-  local srv = fake.start(fake.opening(steps))
-  cleanup(function() srv:stop() end)
-  return srv
-end
+local function serve(steps) return fake.serve(fake.opening(steps), cleanup) end
 
 -- {==================== schedulers
 -- A scheduler S: S.waiter (for opts.waiter); S.spawn(fn) runs fn in a

@@ -177,15 +177,26 @@ function M.opening(steps)
   return all
 end
 
--- Serve the opening then steps, and connect a client to it; cleanup (from
--- support.cleanup) stops both after the test.  Returns vm, srv.
-function M.client(steps, cleanup, opts)
-  local srv = M.start(M.opening(steps))
+-- Start a server that cleanup (from support.cleanup) stops after the test.
+function M.serve(steps, cleanup, opts)
+  local srv = M.start(steps, opts)
   cleanup(function() srv:stop() end)
+  return srv
+end
+
+-- qmp.connect to srv (opts default { timeout = 5 }), closed after the test;
+-- a failure shows the server's log.
+function M.connect(srv, cleanup, opts)
   local vm, err = require("qmp").connect(srv.path, opts or { timeout = 5 })
   assert(vm, tostring(err) .. "\n" .. srv:log())
   cleanup(function() vm:close() end)
-  return vm, srv
+  return vm
+end
+
+-- Serve the opening then steps, and connect a client to it.  Returns vm, srv.
+function M.client(steps, cleanup, opts)
+  local srv = M.serve(M.opening(steps), cleanup)
+  return M.connect(srv, cleanup, opts), srv
 end
 
 -- Stop every server a spec forgot (the spec helper calls this after each file).
