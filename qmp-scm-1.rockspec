@@ -57,6 +57,7 @@ build = {
     ["qmp.dispatch"] = "lua/qmp/dispatch.lua",
     ["qmp.session"] = "lua/qmp/session.lua",
     ["qmp.waiters"] = "lua/qmp/waiters.lua",
+    ["qmp.jobs"] = "lua/qmp/jobs.lua",
     ["qmp.loop"] = "lua/qmp/loop.lua",
     ["qmp.policy"] = "lua/qmp/policy.lua",
     ["qmp.reconnect"] = "lua/qmp/reconnect.lua",

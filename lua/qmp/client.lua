@@ -19,6 +19,7 @@ local waiters = require "qmp.waiters"
 local Session = require "qmp.session"
 local Dispatch = require "qmp.dispatch"
 local Backoff = require "qmp.reconnect"
+local jobs = require "qmp.jobs"
 
 local type, tostring, pcall, setmetatable = type, tostring, pcall, setmetatable
 local monotime, min, max, huge = core.monotime, math.min, math.max, math.huge
@@ -437,6 +438,11 @@ end
 -- "hmp stop" counts vm:hmp("stop ...") command lines.
 function Client:commands_sent(name)
   return self._sent[name] or 0
+end
+
+--- Follow job `id` to its end (see jobs.lua): its last query-jobs entry | nil, err.
+function Client:job_wait(id, opts)
+  return jobs.wait(self, id, opts)
 end
 
 --- The live schema of this connection, read once: schema | nil, err.

@@ -1,0 +1,94 @@
+--- Following a background job (block-stream, mirror, backup, ...) to its end:
+-- vm:job_wait(id, opts).  QEMU reports a job's life as JOB_STATUS_CHANGE
+-- events (created, running, ready, waiting, pending, concluded, null, ...)
+-- and its progress and error only through query-jobs, so this watches the
+-- events and asks query-jobs at each change and every `interval` seconds.
+-- A job started with auto-dismiss (the legacy block-job commands' default)
+-- vanishes at "concluded"; its outcome then comes from BLOCK_JOB_COMPLETED
+-- or BLOCK_JOB_CANCELLED.
+local core = require "qmp.core"
+local errors = require "qmp.errors"
+
+local monotime, min, huge = core.monotime, math.min, math.huge
+
+local jobs = {}
+
+local OPTIONS = { progress = true, timeout = true, interval = true, dismiss = true, complete = true }
+
+-- The job's entry in query-jobs, or nil when QEMU has no such job (any more).
+local function query(vm, id)
+  local list, err = vm:execute("query-jobs")
+  if not list then return nil, err end
+  for _, job in ipairs(list) do
+    if job.id == id then return job end
+  end
+  return false
+end
+
+local function failed(id, why, job)
+  return nil, errors.new("job", ("job %s failed: %s"):format(id, why), { job = job })
+end
+
+-- The outcome of a job that vanished: from its BLOCK_JOB_* end event.
+local function vanished(id, ends, last)
+  local ev = ends:next()
+  if ev and ev.event == "BLOCK_JOB_CANCELLED" then return failed(id, "cancelled", last) end
+  if ev and ev.error then return failed(id, ev.error, last) end
+  if ev or (last and last.status == "concluded") then
+    local job = last or { id = id }
+    job.status = "concluded"
+    if ev then job["current-progress"], job["total-progress"] = ev.offset, ev.len end
+    return job
+  end
+  return nil, errors.new("job", ("no job %s (it may have ended before the wait began)"):format(id))
+end
+
+--- Wait for job `id` to end: its last query-jobs entry (status "concluded")
+-- | nil, err.  err.kind "job" when it failed, was cancelled or does not
+-- exist (err.job: the last entry seen); "timeout"; or the client's error.
+-- opts: progress(job) called at each change and every interval; interval
+-- (seconds, default 1); timeout (seconds, default none); complete (send
+-- job-complete when the job is "ready", as a mirror waits to be told);
+-- dismiss (job-dismiss a job that waits in "concluded").
+function jobs.wait(vm, id, opts)
+  if type(id) ~= "string" or id == "" then errors.raise("qmp: job_wait: job id must be a non-empty string") end
+  opts = errors.check_options("qmp: job_wait", opts, OPTIONS)
+  local progress = opts.progress
+  if progress ~= nil and type(progress) ~= "function" then errors.raise("qmp: job_wait: progress must be a function") end
+  local interval = opts.interval or 1
+  if type(interval) ~= "number" or interval <= 0 then errors.raise("qmp: job_wait: interval must be a positive number") end
+  local deadline = opts.timeout and monotime() + opts.timeout or huge
+  local changes <close> = vm:listen("JOB_STATUS_CHANGE", { id = id })
+  local ends <close> = vm:listen({ "BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED" }, { device = id })
+  local last, completing
+  while true do
+    local job, err = query(vm, id)
+    if job == nil then return nil, err end
+    if not job then return vanished(id, ends, last) end
+    last = job
+    if progress then progress(job) end
+    if job.status == "concluded" then
+      if job.error then return failed(id, job.error, job) end
+      if opts.dismiss then
+        local ok, derr = vm:execute("job-dismiss", { id = id })
+        if not ok then return nil, derr end
+      end
+      return job
+    end
+    if job.status == "ready" and opts.complete and not completing then
+      local ok, cerr = vm:execute("job-complete", { id = id })
+      if not ok then return nil, cerr end
+      completing = true
+    end
+    local left = deadline - monotime()
+    if left <= 0 then
+      return nil, errors.new("timeout", ("job %s still %s after %g s"):format(id, job.status, opts.timeout),
+                             { job = job })
+    end
+    local _, werr = changes:wait(min(interval, left))
+    if werr and werr.kind ~= "timeout" then return nil, werr end
+    while changes:next() do end  -- query-jobs tells the latest state
+  end
+end
+
+return jobs
