@@ -242,6 +242,10 @@ static void push_node(Walk *w, const cJSON *node) {
     case cJSON_Array: {
       lua_Integer i = 1;
       lua_createtable(L, count_children(node), 0);
+      /* An empty array is marked so that it encodes back as [], not {}.  A
+      ** non-empty one needs no mark (its keys 1..n say array), and leaving
+      ** it plain keeps decoding fast. */
+      if (node->child == NULL) luaL_setmetatable(L, QMP_ARRAY_MT);
       for (child = node->child; child != NULL; child = child->next) {
         push_node(w, child);
         lua_rawseti(L, -2, i++);

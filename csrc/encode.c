@@ -7,6 +7,9 @@
 ** cycles, sparse or mixed tables) raises an error that names the problem
 ** and where it sits ("at arguments.cb").  Tables are read raw: metatables
 ** are ignored, except qmp.array, which makes even an empty table an array.
+** Options: 'pretty' (one element or member a line, indented by two spaces)
+** and 'sort' (object keys in byte order, so equal values give equal text;
+** otherwise keys come in the table's own order, which varies from run to run).
 **
 ** The text grows in a block of our own, not in a luaL_Buffer: walking tables
 ** needs the Lua stack, and a luaL_Buffer needs its slot on top at every
@@ -15,6 +18,7 @@
 */
 #include <math.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,9 +37,9 @@
 
 /*
 ** Stack layout while encoding: the block slot at 'boxidx', then for each
-** table being walked the key and the value under way, so the key of path
-** step i sits at boxidx + 1 + 2*i.  Anything else is popped before going
-** deeper; that is what lets an error message rebuild the path.
+** table being walked (when sorting an object, its keys) the key and the
+** value under way.  'keyslot' remembers where the key of each path step
+** sits, so an error message can rebuild the path.
 */
 typedef struct Encoder {
   lua_State *L;
@@ -43,9 +47,12 @@ typedef struct Encoder {
   size_t n;         /* bytes of text in 'b' */
   size_t size;      /* capacity of 'b' */
   int boxidx;       /* stack slot of the userdata block (nil while 'init' serves) */
+  int pretty;       /* option: indented, one item a line */
+  int sort;         /* option: object keys in byte order */
   int nkeys;        /* steps in the path to the value under way */
   int depth;        /* tables being walked, outermost first in 'tables' */
   const void *tables[QMP_MAX_DEPTH];  /* to tell a cycle from a shared table */
+  int keyslot[QMP_MAX_DEPTH];         /* stack slot of the key of each path step */
   char init[QMP_ENC_INITSIZE];
 } Encoder;
 
@@ -55,7 +62,7 @@ typedef struct Encoder {
 /* Append path step i (a string or integer key) to b. */
 static void addstep(Encoder *e, luaL_Buffer *b, int i) {
   lua_State *L = e->L;
-  int kidx = e->boxidx + 1 + 2 * i;
+  int kidx = e->keyslot[i];
   if (lua_type(L, kidx) == LUA_TSTRING) {
     size_t len, j;
     const char *k = lua_tolstring(L, kidx, &len);
@@ -298,21 +305,21 @@ static int ismarked(lua_State *L, int idx) {
 }
 
 /*
-** Look at the keys of the table at idx: returns n when they are exactly
-** 1..n (an array), -1 when they are all strings (an object).  An empty table
-** is an object unless marked as an array.  Raises for any other key set.
-** A key is only read as a string once lua_type says it is one, so
-** lua_next never sees a key converted under it.
+** Look at the keys of the table at idx and return how many there are:
+** *isarray is set when they are exactly 1..n, cleared when they are all
+** strings (an object).  An empty table is an object unless marked as an
+** array.  Raises for any other key set.  A key is only read as a string
+** once lua_type says it is one, so lua_next never sees a key converted
+** under it.
 */
-static lua_Integer tablelength(Encoder *e, int idx, int marked) {
+static lua_Integer tablekeys(Encoder *e, int idx, int marked, int *isarray) {
   lua_State *L = e->L;
-  lua_Integer count = 0, max = 0;
-  int strings = 0;
+  lua_Integer count = 0, max = 0, strings = 0;
   lua_pushnil(L);
   while (lua_next(L, idx)) {
     lua_pop(L, 1);  /* the value */
     if (lua_type(L, -1) == LUA_TSTRING)
-      strings = 1;
+      strings++;
     else if (lua_isinteger(L, -1)) {
       lua_Integer k = lua_tointeger(L, -1);
       if (k <= 0)
@@ -328,9 +335,10 @@ static lua_Integer tablelength(Encoder *e, int idx, int marked) {
   }
   if (strings) {
     if (marked) encerror(e, "cannot encode a qmp.array with string keys");
-    return -1;
+    *isarray = 0;
+    return strings;
   }
-  if (count == 0) return marked ? 0 : -1;
+  *isarray = (count > 0 || marked);
   if (count != max) {  /* a hole; the first one is at most count + 1 */
     lua_Integer hole = 1;
     while (lua_rawgeti(L, idx, hole) != LUA_TNIL) {
@@ -342,48 +350,138 @@ static lua_Integer tablelength(Encoder *e, int idx, int marked) {
   return count;
 }
 
+/* Pretty form: a line break and the indentation of nesting level 'level'. */
+static void newline(Encoder *e, int level) {
+  static const char spaces[] = "                                ";
+  size_t n = 2 * (size_t)level;
+  addchar(e, '\n');
+  while (n > 0) {
+    size_t k = n < sizeof spaces - 1 ? n : sizeof spaces - 1;
+    addlstring(e, spaces, k);
+    n -= k;
+  }
+}
+
+/* Before each element or member: the comma, and in pretty form a new line. */
+static void beginitem(Encoder *e, int first) {
+  if (!first) addchar(e, ',');
+  if (e->pretty) newline(e, e->depth);
+}
+
+/* After the last one: the closing bracket, on a line of its own when pretty. */
+static void endlist(Encoder *e, char close) {
+  if (e->pretty) newline(e, e->depth - 1);
+  addchar(e, close);
+}
+
+/* Encode the value on top of the stack, whose key (for the path) is just below. */
+static void encodechild(Encoder *e) {
+  int top = lua_gettop(e->L);
+  e->keyslot[e->nkeys++] = top - 1;
+  encodevalue(e, top);
+  e->nkeys--;
+}
+
+/* Write the member whose key and value are on top of the stack. */
+static void addmember(Encoder *e, int first) {
+  size_t len;
+  const char *k = lua_tolstring(e->L, -2, &len);  /* a string: checked by tablekeys */
+  beginitem(e, first);
+  addstring(e, k, len, "key");
+  if (e->pretty) addliteral(e, ": ");
+  else addchar(e, ':');
+  encodechild(e);
+}
+
+/* A key to sort: its bytes, and its place in the table of keys that anchors it. */
+typedef struct SortKey {
+  const char *s;
+  size_t len;
+  lua_Integer i;
+} SortKey;
+
+/* Byte order, as memcmp; a prefix comes first.  Keys are never equal. */
+static int keyorder(const void *a, const void *b) {
+  const SortKey *x = (const SortKey *)a, *y = (const SortKey *)b;
+  int c = memcmp(x->s, y->s, x->len < y->len ? x->len : y->len);
+  return c != 0 ? c : (x->len > y->len) - (x->len < y->len);
+}
+
+/*
+** The n members of the object at idx, keys in byte order.  The keys are
+** collected in a Lua table (which keeps their strings alive) and sorted in
+** a userdata, both Lua-owned, so an error anywhere leaks nothing.
+*/
+static void addsorted(Encoder *e, int idx, lua_Integer n) {
+  lua_State *L = e->L;
+  lua_Integer i = 0, j;
+  int kidx;
+  SortKey *keys;
+  if (n > INT_MAX || (size_t)n > ((size_t)-1) / sizeof(SortKey))
+    encerror(e, "too many keys to sort");
+  lua_createtable(L, (int)n, 0);
+  kidx = lua_gettop(L);
+  keys = (SortKey *)lua_newuserdatauv(L, (size_t)n * sizeof(SortKey), 0);
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    lua_pop(L, 1);  /* the value */
+    if (i == n || lua_type(L, -1) != LUA_TSTRING)  /* a finalizer changed it */
+      encerror(e, "a table changed while being encoded");
+    lua_pushvalue(L, -1);
+    lua_rawseti(L, kidx, ++i);
+    keys[i - 1].s = lua_tolstring(L, -1, &keys[i - 1].len);
+    keys[i - 1].i = i;
+  }
+  qsort(keys, (size_t)i, sizeof(SortKey), keyorder);
+  for (j = 0; j < i; j++) {
+    lua_rawgeti(L, kidx, keys[j].i);
+    lua_pushvalue(L, -1);
+    lua_rawget(L, idx);
+    addmember(e, j == 0);
+    lua_pop(L, 2);
+  }
+  lua_pop(L, 2);  /* the keys and their order */
+}
+
 static void encodetable(Encoder *e, int idx) {
   lua_State *L = e->L;
   const void *t = lua_topointer(L, idx);
   lua_Integer n, i;
-  int d;
+  int d, isarray;
   if (e->depth >= QMP_MAX_DEPTH)
     encerror(e, "cannot encode tables nested deeper than %d", QMP_MAX_DEPTH);
   for (d = 0; d < e->depth; d++)
     if (e->tables[d] == t) encerror(e, "cycle: a table contains itself");
   luaL_checkstack(L, 6, "qmp.encode: tables nested too deep");
   e->tables[e->depth++] = t;
-  n = tablelength(e, idx, ismarked(L, idx));
-  if (n >= 0) {
+  n = tablekeys(e, idx, ismarked(L, idx), &isarray);
+  if (n == 0)  /* on one line, pretty or not */
+    addlstring(e, isarray ? "[]" : "{}", 2);
+  else if (isarray) {
     addchar(e, '[');
     for (i = 1; i <= n; i++) {
-      if (i > 1) addchar(e, ',');
+      beginitem(e, i == 1);
       lua_pushinteger(L, i);  /* the key, for the path */
       lua_rawgeti(L, idx, i);
-      e->nkeys++;
-      encodevalue(e, lua_gettop(L));
-      e->nkeys--;
+      encodechild(e);
       lua_pop(L, 2);
     }
-    addchar(e, ']');
+    endlist(e, ']');
   }
   else {
-    int first = 1;
     addchar(e, '{');
-    lua_pushnil(L);
-    while (lua_next(L, idx)) {
-      size_t len;
-      const char *k = lua_tolstring(L, -2, &len);  /* a string: checked above */
-      if (!first) addchar(e, ',');
-      first = 0;
-      addstring(e, k, len, "key");
-      addchar(e, ':');
-      e->nkeys++;
-      encodevalue(e, lua_gettop(L));
-      e->nkeys--;
-      lua_pop(L, 1);
+    if (e->sort)
+      addsorted(e, idx, n);
+    else {
+      int first = 1;
+      lua_pushnil(L);
+      while (lua_next(L, idx)) {
+        addmember(e, first);
+        first = 0;
+        lua_pop(L, 1);
+      }
     }
-    addchar(e, '}');
+    endlist(e, '}');
   }
   e->depth--;
 }
@@ -434,27 +532,47 @@ static void encodevalue(Encoder *e, int idx) {
   }
 }
 
-/* Push the JSON text of the value at idx. */
-static void encode(lua_State *L, int idx) {
+/* Read the options table at idx (or none) into e; raises on a bad one. */
+static void readoptions(lua_State *L, int idx, Encoder *e) {
+  e->pretty = e->sort = 0;
+  if (lua_isnoneornil(L, idx)) return;
+  luaL_checktype(L, idx, LUA_TTABLE);
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    int isname = (lua_type(L, -2) == LUA_TSTRING);
+    const char *name = isname ? lua_tostring(L, -2) : NULL;
+    int *flag = !isname ? NULL : strcmp(name, "pretty") == 0 ? &e->pretty
+              : strcmp(name, "sort") == 0 ? &e->sort : NULL;
+    if (flag == NULL && isname)
+      luaL_argerror(L, idx, lua_pushfstring(L, "unknown option '%s'", name));
+    else if (flag == NULL)
+      luaL_argerror(L, idx, lua_pushfstring(L, "unknown option (a %s key)",
+                                            luaL_typename(L, -2)));
+    else if (!lua_isboolean(L, -1))
+      luaL_argerror(L, idx, lua_pushfstring(L, "option '%s' must be a boolean, not %s",
+                                            name, luaL_typename(L, -1)));
+    else
+      *flag = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+  }
+}
+
+/* core.encode(value [, opts]) -> JSON text; raises on anything JSON cannot hold. */
+static int enc_encode(lua_State *L) {
   Encoder e;
-  idx = lua_absindex(L, idx);
+  luaL_checkany(L, 1);
+  readoptions(L, 2, &e);
+  lua_settop(L, 1);
   luaL_checkstack(L, 8, "qmp.encode");
   lua_pushnil(L);  /* slot for the block, once the text outgrows 'init' */
   e.L = L;
   e.b = e.init;
   e.n = 0;
   e.size = sizeof(e.init);
-  e.boxidx = lua_gettop(L);
+  e.boxidx = 2;
   e.nkeys = e.depth = 0;
-  encodevalue(&e, idx);
+  encodevalue(&e, 1);
   lua_pushlstring(L, e.b, e.n);
-  lua_remove(L, e.boxidx);
-}
-
-/* core.encode(value) -> JSON text; raises on anything JSON cannot hold. */
-static int enc_encode(lua_State *L) {
-  luaL_checkany(L, 1);
-  encode(L, 1);
   return 1;
 }
 

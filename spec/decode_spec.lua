@@ -2,6 +2,9 @@
 -- that cuts a QMP byte stream into messages whatever the chunking.
 local core = require "qmp.core"
 require "qmp.events"  -- installs the event types (core.events[name])
+local socket = require "socket"
+
+local cleanup = require("support.cleanup")(after_each)
 
 local decode = core.decode
 -- Locals: inside busted every global lookup is slow, and some tests below
@@ -286,6 +289,21 @@ describe("qmp.core decode()", function()
       local v = decode('[{},{},[],[]]')
       assert.are_not.equal(v[1], v[2])
       assert.are_not.equal(v[3], v[4])
+    end)
+
+    -- so that they encode back as [] (a plain {} is an object)
+    it("marks empty arrays, and only them, as qmp.array", function()
+      assert.equal(core.array_mt, getmetatable(decode("[]")))
+      assert.is_nil(getmetatable(decode("[1]")))
+      assert.is_nil(getmetatable(decode("{}")))
+      local v = decode('{"a":[],"b":[[],{}],"c":{"d":[]}}')
+      assert.equal(core.array_mt, getmetatable(v.a))
+      assert.is_nil(getmetatable(v.b))
+      assert.equal(core.array_mt, getmetatable(v.b[1]))
+      assert.is_nil(getmetatable(v.b[2]))
+      assert.is_nil(getmetatable(v.c))
+      assert.equal(core.array_mt, getmetatable(v.c.d))
+      assert.is_nil(next(v.a))
     end)
 
     it("requires a string", function()
@@ -1137,5 +1155,132 @@ describe("qmp.core decoder()", function()
       assert.is_userdata(core.decoder())
       assert.is_userdata(core.decoder({}))
     end)
+  end)
+end)
+
+describe("JSON round trips", function()
+  local encode = core.encode
+  local SORTED = { sort = true }
+
+  -- decode, then encode: the text back, compact, keys sorted.
+  local function again(text)
+    return encode(assert(decode(text)), SORTED)
+  end
+
+  it("gives arrays back as arrays, empty or not", function()
+    assert.equal('{"a":[]}', encode(decode('{"a": []}')))
+    assert.equal("[[],[{}]]", encode(decode("[[],[{}]]")))
+    assert.equal("[]", encode(decode("[]")))
+    assert.equal('{"id":1,"return":[]}', again('{"return": [], "id": 1}'))
+    assert.equal('[[[]],[1,[]],{"a":[[],{}]}]', again('[[[]], [1, []], {"a": [[], {}]}]'))
+  end)
+
+  it("gives empty arrays back inside events", function()
+    local ev = decode('{"event": "QMP_SPEC_ROUND_TRIP", "data": {"devices": [], "nested": {"ids": []}}}')
+    finally(function() rawset(core.events, "QMP_SPEC_ROUND_TRIP", nil) end)
+    assert.equal(core.events.QMP_SPEC_ROUND_TRIP, getmetatable(ev))
+    assert.equal('{"data":{"devices":[],"nested":{"ids":[]}},"event":"QMP_SPEC_ROUND_TRIP"}',
+      encode(ev, SORTED))
+  end)
+
+  it("gives empty arrays back from the streaming decoder, whatever the chunking", function()
+    local text = '{"return": [], "id": 1}\r\n{"return": [[], [1], {"a": []}], "id": 2}\r\n' ..
+                 '{"event": "STOP", "data": {"list": []}, "timestamp": {"seconds": 1, "microseconds": 2}}\r\n'
+    local expected = {
+      '{"id":1,"return":[]}',
+      '{"id":2,"return":[[],[1],{"a":[]}]}',
+      '{"data":{"list":[]},"event":"STOP","timestamp":{"microseconds":2,"seconds":1}}',
+    }
+    for _, list in ipairs({ decode_stream(text), decode_chunked(text, function() return 1 end) }) do
+      assert.equal(#expected, #list)
+      for i, msg in ipairs(list) do assert.equal(expected[i], encode(msg, SORTED)) end
+    end
+  end)
+
+  it("gives empty arrays back from a connection's take()", function()
+    local srv = assert(socket.bind("127.0.0.1", 0))
+    cleanup(function() srv:close() end)
+    local _, port = srv:getsockname()
+    local conn, connected = assert(core.open_tcp("127.0.0.1", tonumber(port)))
+    cleanup(function() conn:close() end)
+    local deadline = core.monotime() + TEST_TIMEOUT
+    while not connected do
+      assert(core.monotime() < deadline, "connect did not finish")
+      core.poll({ conn:fileno() }, TEST_TIMEOUT, { "w" })
+      connected = assert(conn:finish_connect())
+    end
+    local peer = assert(srv:accept())
+    cleanup(function() peer:close() end)
+    assert(peer:send('{"return": [], "id": 1}\r\n' ..
+                     '{"event": "STOP", "data": {"list": []}, "timestamp": {"seconds": 1, "microseconds": 2}}\r\n'))
+    local got = {}
+    while #got < 2 do
+      assert(core.monotime() < deadline, "the messages did not arrive")
+      local msg = conn:take()
+      assert(msg ~= nil, "take() failed")
+      if msg then got[#got + 1] = msg else core.poll({ conn:fileno() }, TEST_TIMEOUT) end
+    end
+    assert.equal('{"id":1,"return":[]}', encode(got[1], SORTED))
+    assert.equal('{"data":{"list":[]},"event":"STOP","timestamp":{"microseconds":2,"seconds":1}}',
+      encode(got[2], SORTED))
+  end)
+
+  describe("of the QEMU 7.2 fixtures", function()
+    -- Each message as sorted compact text, through decode then encode twice.
+    local function canonical(name)
+      local out = {}
+      for _, msg in ipairs(decode_stream(fixture(name))) do
+        local once = encode(msg, SORTED)
+        local back = assert(decode(once))
+        assert_same(msg, back, true)
+        assert.equal(once, encode(back, SORTED))
+        out[#out + 1] = once
+      end
+      return out
+    end
+
+    it("give the same text, keys sorted, through every decode and encode", function()
+      local list = canonical("qemu-7.2-session.txt")
+      assert.equal(16, #list)
+      assert.equal('{"QMP":{"capabilities":["oob"],"version":{"package":"Debian 1:7.2+dfsg-7+deb12u18+b3",' ..
+                   '"qemu":{"major":7,"micro":22,"minor":2}}}}', list[1])
+      assert.equal('{"return":{}}', list[2])
+      assert.equal('{"id":1,"return":{"running":false,"singlestep":false,"status":"prelaunch"}}', list[3])
+      assert.equal('{"data":{"device":"","id":"cd0","tray-open":true},"event":"DEVICE_TRAY_MOVED",' ..
+                   '"timestamp":{"microseconds":605158,"seconds":1795288013}}', list[11])
+    end)
+
+    it("give the same text from QEMU's compact and pretty=on output", function()
+      local compact, pretty = canonical("qemu-7.2-session.txt"), canonical("qemu-7.2-pretty.txt")
+      assert.equal(#compact, #pretty)
+      for i = 1, #compact do
+        if not compact[i]:find('"timestamp"', 1, true) then  -- two sessions: only times differ
+          assert.equal(compact[i], pretty[i], "message " .. i)
+        end
+      end
+    end)
+  end)
+end)
+
+describe("JSON round trips with a real QEMU #qemu", function()
+  local qemu = require "support.qemu"
+  local qmp = require "qmp"
+
+  it("gives query-block-jobs' [] back as [], which transaction accepts", function()
+    if not qemu.available() then
+      pending("no " .. qemu.binary)
+      return
+    end
+    local machine = qemu.start()
+    cleanup(function() machine:stop() end)
+    local vm = assert(qmp.connect(machine.sock, { timeout = TEST_TIMEOUT }))
+    cleanup(function() vm:close() end)
+    local jobs = assert(vm:execute("query-block-jobs"))
+    assert.equal("[]", qmp.encode(jobs))
+    assert.same({}, assert(vm:execute("transaction", { actions = jobs })))
+    local schema = assert(vm:execute("query-qmp-schema", nil, { timeout = 30 }))
+    local text = qmp.encode(schema, { sort = true })
+    assert.truthy(text:find('"members":[]', 1, true), "an empty array in the schema")
+    assert.equal(text, qmp.encode(assert(qmp.decode(text)), { sort = true }))
   end)
 end)

@@ -1,11 +1,13 @@
 -- qmp.core encode(): Lua values to JSON text, and everything JSON cannot hold.
 local core = require "qmp.core"
+local tmp = require "support.tmp"
 
 local encode = core.encode
+local PRETTY, SORTED, BOTH = { pretty = true }, { sort = true }, { pretty = true, sort = true }
 
--- The exact error core.encode raises for v.
-local function fails(v, message)
-  local ok, err = pcall(encode, v)
+-- The exact error core.encode raises for v (with options opts).
+local function fails(v, message, opts)
+  local ok, err = pcall(encode, v, opts)
   assert.is_false(ok, "expected an error for " .. tostring(v))
   assert.equal(message, err)
 end
@@ -24,6 +26,30 @@ local function nested(n)
   local t = {}
   for _ = 2, n do t = { t } end
   return t
+end
+
+-- Objects nested n deep, each { a = <the next>, b = n }, the innermost {}.
+local function nested_objects(n)
+  local t = {}
+  for i = 2, n do t = { b = i, a = t } end
+  return t
+end
+
+-- The argument error core.encode raises for (v, opts); checks it says why.
+local function bad_options(opts, why)
+  local ok, err = pcall(encode, { a = 1 }, opts)
+  assert.is_false(ok, "expected an error for these options")
+  assert.matches("^bad argument #2 to '[%w.]*encode' %(", err)
+  assert.equal("(" .. why .. ")", err:match("%(.*%)$"))
+end
+
+-- What a fresh lua5.4 process prints for code, with qmp.core loadable.
+local function in_new_process(code)
+  local prelude = "package.cpath = " .. string.format("%q", package.cpath) .. "; "
+  local p = assert(io.popen("lua5.4 -e " .. tmp.quote(prelude .. code) .. " 2>&1"))
+  local out = p:read("a")
+  assert.is_true(p:close(), out)
+  return out
 end
 
 describe("qmp.core encode()", function()
@@ -254,6 +280,163 @@ describe("qmp.core encode()", function()
       assert.equal("9223372036854775808", encode(core.uint64(math.mininteger)))
       assert.equal("0", encode(core.uint64(0)))
       assert.equal('{"arg":[18446744073709551615]}', encode({ arg = { core.uint64(-1) } }))
+    end)
+  end)
+
+  describe("options", function()
+    local value = { execute = "x", arguments = { b = { 1, 2.5 }, a = core.null, c = {} } }
+
+    it("are compact and in the table's own order by default", function()
+      local text = encode(value)
+      assert.equal(text, encode(value, nil))
+      assert.equal(text, encode(value, {}))
+      assert.equal(text, encode(value, { pretty = false, sort = false }))
+      assert.is_nil(text:find("[ \n]"), text)
+    end)
+
+    it("raise on an unknown option, naming it", function()
+      bad_options({ colour = true }, "unknown option 'colour'")
+      bad_options({ Pretty = true }, "unknown option 'Pretty'")
+      bad_options({ pretty = true, indent = 2 }, "unknown option 'indent'")
+      bad_options({ true }, "unknown option (a number key)")
+    end)
+
+    it("raise when they are not a table, or an option is not a boolean", function()
+      bad_options("pretty", "table expected, got string")
+      bad_options(true, "table expected, got boolean")
+      bad_options({ pretty = 1 }, "option 'pretty' must be a boolean, not number")
+      bad_options({ sort = "yes" }, "option 'sort' must be a boolean, not string")
+    end)
+  end)
+
+  describe("sort", function()
+    it("writes object keys in byte order, at every level", function()
+      assert.equal('{"":6,"Z":5,"a":2,"a\\u0000":7,"ab":3,"b":1,"\u{e9}":4}',
+        encode({ b = 1, a = 2, ab = 3, ["\u{e9}"] = 4, Z = 5, [""] = 6, ["a\0"] = 7 }, SORTED))
+      assert.equal('{"x":[{"a":1,"b":2},{"c":{"d":1,"e":2}}],"y":{}}',
+        encode({ y = {}, x = { { b = 2, a = 1 }, { c = { e = 2, d = 1 } } } }, SORTED))
+    end)
+
+    it("keeps arrays in their order", function()
+      assert.equal('["b","a",[3,1,2]]', encode({ "b", "a", { 3, 1, 2 } }, SORTED))
+    end)
+
+    it("gives the same text whatever order the keys were added in", function()
+      local forward, backward = {}, {}
+      for i = 1, 200 do forward["key" .. i] = i end
+      for i = 200, 1, -1 do backward["key" .. i] = i end
+      local text = encode(forward, SORTED)
+      assert.equal(text, encode(backward, SORTED))
+      assert.equal('{"key1":1,"key10":10,"key100":100,"key101":101,', text:sub(1, 47))
+    end)
+
+    -- Without sort, the order comes from the string hash seed, which Lua
+    -- draws afresh in every process.
+    it("gives the same text in every process", function()
+      local code = 'local t = {} for i = 1, 64 do t["k" .. i] = { i, { x = i, y = 0 } } end ' ..
+                   'io.write(require("qmp.core").encode(t, { sort = true }))'
+      local t = {}
+      for i = 1, 64 do t["k" .. i] = { i, { x = i, y = 0 } } end
+      local expected = encode(t, SORTED)
+      assert.equal(expected, in_new_process(code))
+      assert.equal(expected, in_new_process(code))
+    end)
+
+    it("says where an unencodable value is", function()
+      fails({ z = 1, b = { y = { print } }, a = 1 }, "qmp.encode: cannot encode a function at b.y[1]", SORTED)
+      fails({ a = { ["\xff"] = 1, b = 2 } }, "qmp.encode: invalid UTF-8 at byte 1 of a key at a", SORTED)
+      local cmd = { execute = "x", arguments = { opts = {}, z = 1 } }
+      cmd.arguments.opts.back = cmd.arguments
+      fails(cmd, "qmp.encode: cycle: a table contains itself at arguments.opts.back", SORTED)
+      fails({ 1, a = 2 }, "qmp.encode: cannot encode a mixed table (both string and integer keys)", SORTED)
+    end)
+
+    it("writes objects nested 1000 deep but not 1001", function()
+      local text = encode(nested_objects(1000), SORTED)
+      assert.equal(string.rep('{"a":', 999) .. "{}", text:sub(1, 999 * 5 + 2))
+      assert.equal(',"b":1000}', text:sub(-10))
+      fails(nested_objects(1001), "qmp.encode: cannot encode tables nested deeper than 1000 at "
+        .. string.rep("a", 8, ".") .. "..." .. string.rep(".a", 8), SORTED)
+    end)
+
+    it("sorts large objects", function()
+      local t, keys = {}, {}
+      for i = 1, 20000 do
+        local k = string.format("%x", i * 7919)
+        t[k] = i
+        keys[#keys + 1] = k
+      end
+      table.sort(keys)  -- hex digits and letters: byte order in any locale
+      local text = encode(t, SORTED)
+      local i = 0
+      for k in text:gmatch('"(%x+)":') do
+        i = i + 1
+        assert(k == keys[i], "key " .. i)
+      end
+      assert.equal(20000, i)
+    end)
+  end)
+
+  describe("pretty", function()
+    it("writes one item a line, indented by two spaces, with a space after each colon", function()
+      local value = {
+        execute = "blockdev-add",
+        arguments = { ["node-name"] = "disk0", cache = { direct = true }, devices = core.array(),
+                      list = { 1, 2.5, {}, core.null } },
+      }
+      assert.equal(table.concat({
+        '{',
+        '  "arguments": {',
+        '    "cache": {',
+        '      "direct": true',
+        '    },',
+        '    "devices": [],',
+        '    "list": [',
+        '      1,',
+        '      2.5,',
+        '      {},',
+        '      null',
+        '    ],',
+        '    "node-name": "disk0"',
+        '  },',
+        '  "execute": "blockdev-add"',
+        '}',
+      }, "\n"), encode(value, BOTH))
+    end)
+
+    it("keeps empty objects and arrays and scalars on one line", function()
+      assert.equal("{}", encode({}, PRETTY))
+      assert.equal("[]", encode(core.array(), PRETTY))
+      assert.equal("7", encode(7, PRETTY))
+      assert.equal('"a\\nb"', encode("a\nb", PRETTY))
+      assert.equal('[\n  [],\n  {}\n]', encode({ core.array(), {} }, PRETTY))
+      assert.equal('{\n  "a": "x\\ny"\n}', encode({ a = "x\ny" }, PRETTY))
+    end)
+
+    it("reads back as the same value, sorted or not", function()
+      local t = { a = { 1, { b = "x", c = { d = core.null } } }, e = 1.5, f = -(1 << 62), g = {} }
+      local compact = encode(t, SORTED)
+      assert.equal(compact, encode(core.decode(encode(t, PRETTY)), SORTED))
+      assert.equal(compact, encode(core.decode(encode(t, BOTH)), SORTED))
+    end)
+
+    it("keeps the exact numbers and the checks", function()
+      assert.equal('[\n  9223372036854775807,\n  18446744073709551615,\n  0.1,\n  1e+15\n]',
+        encode({ math.maxinteger, core.uint64("18446744073709551615"), 0.1, 1e15 }, PRETTY))
+      fails({ a = { "\xff" } }, "qmp.encode: invalid UTF-8 at byte 1 of a string at a[1]", BOTH)
+      fails({ a = { b = 0 / 0 } }, "qmp.encode: cannot encode NaN or infinity at a.b", PRETTY)
+    end)
+
+    it("indents tables nested 1000 deep", function()
+      local text = encode(nested(1000), PRETTY)
+      local lines = {}
+      for line in (text .. "\n"):gmatch("(.-)\n") do lines[#lines + 1] = line end
+      assert.equal(999 * 2 + 1, #lines)
+      assert.equal(string.rep(" ", 2 * 999) .. "{}", lines[1000])
+      assert.equal(string.rep(" ", 2 * 998) .. "]", lines[1001])
+      assert.equal("]", lines[#lines])
+      fails(nested(1001), "qmp.encode: cannot encode tables nested deeper than 1000 at "
+        .. string.rep("[1]", 8) .. "..." .. string.rep("[1]", 8), PRETTY)
     end)
   end)
 

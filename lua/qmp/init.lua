@@ -27,7 +27,7 @@ local qmp = {
   array = core.array,        -- qmp.array{} encodes as [] (a plain {} is an object)
   uint64 = core.uint64,      -- integers above 2^63-1, as decoded
   decode = core.decode,      -- (text) -> value | nil, err
-  encode = core.encode,      -- (value) -> text; raises on unencodable values
+  encode = core.encode,      -- (value [, { pretty =, sort = }]) -> text; raises on unencodable values
   decoder = core.decoder,    -- ({ max_message = n }) -> d; d:feed(bytes); d:next()
   monotime = core.monotime,
 }
