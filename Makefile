@@ -23,10 +23,13 @@ CJSON_LIBS   = $(shell $(PKG_CONFIG) --libs libcjson 2>/dev/null || echo -lcjson
 SRCS := $(wildcard csrc/*.c)
 HDRS := $(wildcard csrc/*.h)
 CORE := qmp/core.so
+# The shell's line-editing helper: links GNU readline, as lua-readline does.
+RL   := qmp/shell/rl.so
 
 # Debian packages needed to build, test and run the demo.
 DEBS := lua5.4 liblua5.4-dev libcjson-dev lua-busted lua-socket lua-cqueues locales \
-        lua-luv luarocks qemu-system-x86 qemu-utils pkg-config gcc make
+        lua-luv luarocks qemu-system-x86 qemu-utils pkg-config gcc make \
+        lua-readline libreadline-dev tmux
 
 # Lets lua5.4 (and only lua5.4) find the in-tree modules.
 RUN_ENV := LUA_PATH_5_4='./lua/?.lua;./lua/?/init.lua;;' LUA_CPATH_5_4='./?.so;;' LUA=$(LUA)
@@ -35,12 +38,16 @@ RUN_ENV := LUA_PATH_5_4='./lua/?.lua;./lua/?/init.lua;;' LUA_CPATH_5_4='./?.so;;
 # deps must finish before build starts, even under -j.
 .NOTPARALLEL:
 
-build: $(CORE)
+build: $(CORE) $(RL)
 
 # Few small sources: one compiler run rebuilds them all when any changes.
 $(CORE): $(SRCS) $(HDRS)
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) $(QMP_CFLAGS) $(CFLAGS) -shared -o $@ $(SRCS) $(LDFLAGS) $(CJSON_LIBS)
+
+$(RL): csrc/shell/rl.c
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(QMP_CFLAGS) $(CFLAGS) -shared -o $@ $< $(LDFLAGS) -lreadline
 
 # Installs only what is missing, so it is a quick no-op (no root) when all is there.
 deps:

@@ -136,6 +136,34 @@ describe("the event catalogue", function()
   end)
 end)
 
+-- Facts the catalogue once had wrong, as QEMU's git history has them (the
+-- first release whose schema, or before 2.1 whose code, has the thing).
+local CORRECTED = {
+  { "RESUME.since", "0.13" },                         -- QEMU's doc note says 0.12; 0.12.x never sent it
+  { "RTC_CHANGE.fields.qom-path.since", "7.0" },      -- was 7.2; 6.2 lacks it
+  { "BLOCK_IO_ERROR.fields.reason.since", "2.2" },    -- was 2.8; came with nospace
+  { "RTC_CHANGE.throttle.since", "1.2" },             -- rate limits began in 1.2
+  { "WATCHDOG.throttle.since", "1.2" },
+}
+
+describe("the catalogue's corrected facts", function()
+  -- "RTC_CHANGE.fields.qom-path.since" -> by_name.RTC_CHANGE.fields["qom-path"].since
+  local function fact(path)
+    local v = by_name
+    for key in path:gmatch("[^.]+") do
+      assert.is_table(v, path)
+      v = v[key]
+    end
+    return v
+  end
+
+  for _, c in ipairs(CORRECTED) do
+    it(c[1] .. " is " .. c[2], function()
+      assert.equal(c[2], fact(c[1]))
+    end)
+  end
+end)
+
 describe("catalogue types", function()
   it("exist from the start, known, with the catalogue's data", function()
     local listed = {}

@@ -121,3 +121,18 @@ describe("the examples #qemu", function()
     assert.matches("closed: the connection was closed by this client", text)
   end)
 end)
+
+describe("replay_policy.lua", function()
+  it("plays the recording of a real incident to the policy and prints its timeline", function()
+    local words = { table.unpack(ENV) }
+    for _, w in ipairs({ "examples/replay_policy.lua", "spec/fixtures/io-error.qmprec", "2", "0.05" }) do words[#words + 1] = w end
+    for i, w in ipairs(words) do words[i] = tmp.quote(w) end
+    local p = io.popen(table.concat(words, " ") .. " 2>&1")
+    local text = p:read("a")
+    assert.is_true(p:close(), text)
+    assert.matches("policy%s+disk0: cont sent %(attempt 2 of 2%)", text)
+    assert.matches("policy%s+giving up: disk0", text)
+    assert.matches("end%s+closed: end of the recording", text)
+    assert.matches("2 resumes, 1 give%-up; every command as recorded", text)
+  end)
+end)

@@ -15,7 +15,7 @@ describe("qmp-scm-1.rockspec #slow", function()
     local f = assert(io.open("qmp-scm-1.rockspec"))
     local spec = f:read("a")
     f:close()
-    local p = assert(io.popen("ls csrc/*.c lua/qmp/*.lua"))
+    local p = assert(io.popen("ls csrc/*.c csrc/shell/*.c lua/qmp/*.lua lua/qmp/shell/*.lua bin/*"))
     for path in p:lines() do
       assert.is_truthy(spec:find('"' .. path .. '"', 1, true), path .. " is missing from the rockspec")
     end
@@ -29,7 +29,7 @@ describe("qmp-scm-1.rockspec #slow", function()
     -- luarocks builds objects next to the sources and writes ./qmp/core.so,
     -- so build in a copy and leave the working tree alone.
     local src, tree = dir .. "/src", dir .. "/tree"
-    assert(run("mkdir " .. tmp.quote(src) .. " && cp -R csrc lua examples qmp-scm-1.rockspec " ..
+    assert(run("mkdir " .. tmp.quote(src) .. " && cp -R bin csrc lua examples qmp-scm-1.rockspec " ..
       tmp.quote(src)))
     local ok, out = run("cd " .. tmp.quote(src) .. " && luarocks --lua-version=5.4 make" ..
       " --deps-mode=none --tree=" .. tmp.quote(tree) .. " qmp-scm-1.rockspec")
@@ -50,5 +50,21 @@ describe("qmp-scm-1.rockspec #slow", function()
     local core_path, json = out:match("^([^\n]*)\n([^\n]*)")
     assert.are.equal(lib .. "/qmp/core.so", core_path, out)
     assert.matches('^{%s*"a"%s*:%s*1%s*}$', json, nil, false, out)
+
+    -- The command, on the tree's bin, finds its modules by itself.
+    ok, out = run("cd / && " .. tmp.quote(tree .. "/bin/qmp-lua") .. " exec --help")
+    assert.is_true(ok, out)
+    assert.matches("usage: qmp%-lua exec", out)
+    ok, out = run("cd / && " .. tmp.quote(tree .. "/bin/qmp-lua") .. " exec /nonexistent.sock query-status")
+    assert.is_false(ok)
+    assert.matches("no socket at /nonexistent.sock", out)
+
+    -- The examples come with the rock and run from there with the tree's paths.
+    ok, out = run("ls -d " .. tmp.quote(tree) .. "/lib/luarocks/rocks-5.4/qmp/*/examples")
+    assert.is_true(ok, out)
+    local examples = out:match("^[^\n]+")
+    ok, out = run("cd / && " .. env .. " lua5.4 " .. tmp.quote(examples .. "/watch_events.lua"))
+    assert.is_false(ok)   -- no socket given: its usage, after require "qmp" worked
+    assert.matches("usage: watch_events.lua SOCKET", out)
   end)
 end)

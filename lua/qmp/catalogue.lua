@@ -8,13 +8,20 @@
 --   throttled  true when QEMU rate-limits it (one event per second and key;
 --              the last one of a burst arrives late, the others are dropped)
 --   throttle   { key = member the rate limit is kept per (absent: the name),
---                since = version, unless = { member = value } }
+--                since = first version that limits it (absent: the event's),
+--                unless = { member = value } }
 --   first      members tostring(ev) shows first, in this order
 --   fields     [member] = { type, optional, doc, since }: type is a JSON
 --              kind (string, int, number, bool, object, array) or the name of
 --              a QAPI type (an enum or a structure); since only when the
 --              member is younger than the event.
 -- Members of every version are listed, so old and new QEMUs read the same.
+--
+-- The since, removed and throttle.since facts were checked against QEMU's git
+-- history, release by release from 0.12 to 9.2: the events in qapi/*.json
+-- (before 2.1, in the C code that sends them) and the rate limits in the
+-- monitor; the 10.0 events against their merged patches. Where QEMU's own doc
+-- notes disagree with that history (RESUME says 0.12), the history wins.
 
 -- Shapes shared by several events.
 local function job_fields(extra)
@@ -83,7 +90,7 @@ event{ name = "STOP", since = "0.12",
   doc = "The virtual CPUs stopped running (a stop command, an I/O error, migration, ...).",
   first = {}, fields = {} }
 
-event{ name = "RESUME", since = "0.12",
+event{ name = "RESUME", since = "0.13",
   doc = "The virtual CPUs run again.",
   first = {}, fields = {} }
 
@@ -99,7 +106,7 @@ event{ name = "WAKEUP", since = "1.1",
   doc = "The guest woke up from a suspend to RAM and runs again.",
   first = {}, fields = {} }
 
-event{ name = "WATCHDOG", since = "0.13", throttled = true, throttle = {},
+event{ name = "WATCHDOG", since = "0.13", throttled = true, throttle = { since = "1.2" },
   doc = "A guest watchdog timer expired and QEMU took the configured action.",
   first = { "action" },
   fields = {
@@ -141,7 +148,7 @@ event{ name = "BLOCK_IO_ERROR", since = "0.13", throttled = true,
     operation = { type = "IoOperationType", doc = "read or write" },
     action = { type = "BlockErrorAction", doc = "ignore, report (to the guest) or stop (the VM is paused)" },
     nospace = { type = "bool", optional = true, since = "2.2", doc = "true when the host ran out of space (ENOSPC)" },
-    reason = { type = "string", since = "2.8", doc = "the host error, for people: do not parse it" },
+    reason = { type = "string", since = "2.2", doc = "the host error, for people: do not parse it" },
   } }
 
 event{ name = "BLOCK_IMAGE_CORRUPTED", since = "1.7",
@@ -297,12 +304,12 @@ event{ name = "VFU_CLIENT_HANGUP", since = "7.1",
     ["dev-qom-path"] = { type = "string", doc = "QOM path of that device" },
   } }
 
-event{ name = "RTC_CHANGE", since = "0.13", throttled = true, throttle = {},
+event{ name = "RTC_CHANGE", since = "0.13", throttled = true, throttle = { since = "1.2" },
   doc = "The guest set its real-time clock.",
   first = { "offset", "qom-path" },
   fields = {
     offset = { type = "int", doc = "seconds between the new RTC time and the base set by -rtc" },
-    ["qom-path"] = { type = "string", since = "7.2", doc = "QOM path of the clock device" },
+    ["qom-path"] = { type = "string", since = "7.0", doc = "QOM path of the clock device" },
   } }
 
 event{ name = "DUMP_COMPLETED", since = "2.6",

@@ -1,0 +1,136 @@
+--- What every qmp-lua subcommand shares: option parsing, --help, exit
+-- codes, connecting with a readable failure.
+--
+-- A subcommand describes itself:
+--   { name = "events", args = "ADDRESS...", summary = "...", min = 1, max = nil,
+--     options = { { "--event", "GLOB", "only these events (repeatable)", many = true },
+--                 { "--json", nil, "one JSON object per line" } },
+--     details = "longer text", run = function(opts, args) -> exit code }
+-- Options come before, after or between the positional arguments; "--"
+-- ends them, and so does the options_end-th positional argument when the
+-- command sets it (the words after a script or a QMP command are its own).
+-- A value is the next word or follows "=" (--count=5).
+local qmp = require "qmp"
+
+local cli = {}
+
+--- Exit codes, the same for every subcommand.
+cli.OK, cli.FAILED, cli.CONNECTION, cli.USAGE = 0, 1, 2, 64
+
+cli.EXIT_CODES = [[
+exit status:
+  0   success
+  1   the command failed: a QMP error reply, a failed job, a script error
+  2   connection trouble: refused, closed, timed out, not a QMP monitor
+  64  bad usage (see --help)]]
+
+-- A usage error: main prints it with a hint and exits 64.
+local Usage = {}
+Usage.__index = Usage
+Usage.__tostring = function(u) return u.message end
+
+function cli.usage_error(message)
+  error(setmetatable({ message = message }, Usage), 0)
+end
+
+function cli.is_usage_error(v)
+  return getmetatable(v) == Usage
+end
+
+--- The --help text of a subcommand.
+function cli.help(cmd)
+  local lines = { ("usage: qmp-lua %s [options] %s"):format(cmd.name, cmd.args or ""), "", cmd.summary }
+  if cmd.details then lines[#lines + 1] = ""; lines[#lines + 1] = cmd.details end
+  lines[#lines + 1] = ""
+  lines[#lines + 1] = "options:"
+  local all = { table.unpack(cmd.options or {}) }
+  all[#all + 1] = { "--help", nil, "show this text and exit" }
+  for _, o in ipairs(all) do
+    local left = o[2] and (o[1] .. " " .. o[2]) or o[1]
+    lines[#lines + 1] = ("  %-22s %s"):format(left, o[3])
+  end
+  lines[#lines + 1] = ""
+  lines[#lines + 1] = cli.EXIT_CODES
+  return table.concat(lines, "\n") .. "\n"
+end
+
+--- Parse argv (a list of words) for cmd: opts (by option name without
+-- "--"; repeatable ones are lists; flags are true), args | raises a usage
+-- error.  opts.help is true for --help (nothing else is checked then).
+function cli.parse(cmd, argv)
+  local by_name = { ["--help"] = { "--help" } }
+  for _, o in ipairs(cmd.options or {}) do by_name[o[1]] = o end
+  local opts, args = {}, {}
+  local i, rest = 1, false
+  while i <= #argv do
+    local word = argv[i]
+    if rest or word == "-" or word:sub(1, 1) ~= "-" then
+      args[#args + 1] = word
+      rest = rest or (cmd.options_end and #args >= cmd.options_end)
+    elseif word == "--" then
+      rest = true
+    else
+      local name, value = word:match("^(%-%-[^=]+)=(.*)$")
+      name = name or word
+      local o = by_name[name]
+      if not o then cli.usage_error(("%s: unknown option %s"):format(cmd.name, name)) end
+      local key = name:sub(3):gsub("-", "_")
+      if o[2] then
+        if value == nil then
+          i = i + 1
+          value = argv[i]
+          if value == nil then cli.usage_error(("%s: %s needs a value (%s)"):format(cmd.name, name, o[2])) end
+        end
+        if o.many then
+          opts[key] = opts[key] or {}
+          table.insert(opts[key], value)
+        else
+          opts[key] = value
+        end
+      else
+        if value ~= nil then cli.usage_error(("%s: %s takes no value"):format(cmd.name, name)) end
+        opts[key] = true
+      end
+    end
+    i = i + 1
+  end
+  if opts.help then return opts, args end
+  if #args < (cmd.min or 0) then
+    cli.usage_error(("%s: expected %s"):format(cmd.name, cmd.args or "no arguments"))
+  end
+  if cmd.max and #args > cmd.max then
+    cli.usage_error(("%s: too many arguments (expected %s)"):format(cmd.name, cmd.args or "none"))
+  end
+  return opts, args
+end
+
+--- A number option, or a usage error naming it.
+function cli.number(cmd, opts, key, integer)
+  local v = opts[key]
+  if v == nil then return nil end
+  local n = tonumber(v)
+  if not n or n < 0 or (integer and math.type(n) ~= "integer") then
+    cli.usage_error(("%s: --%s wants a %s, not %q"):format(cmd.name, key:gsub("_", "-"),
+                    integer and "non-negative integer" or "non-negative number", v))
+  end
+  return n
+end
+
+--- Print a one-line error on stderr.
+function cli.complain(fmt, ...)
+  io.stderr:write("qmp-lua: ", fmt:format(...), "\n")
+end
+
+--- Connect to address, or say why not on stderr: vm | nil.
+function cli.connect(address, opts)
+  local vm, err = qmp.connect(address, opts)
+  if not vm then cli.complain("%s: %s", address, tostring(err)) end
+  return vm
+end
+
+--- true when stdout is a terminal (colour, progress bars).
+function cli.is_tty(fd)
+  return os.execute(("test -t %d"):format(fd or 1)) == true
+end
+
+return cli

@@ -1,0 +1,60 @@
+--- qmp-lua exec: run one command and print its result as JSON.
+local qmp = require "qmp"
+local cli = require "qmp.shell.cli"
+local kv = require "qmp.shell.kv"
+
+local cmd = {
+  name = "exec",
+  args = "ADDRESS COMMAND [KEY=VALUE... | JSON]",
+  min = 2,
+  options_end = 2,
+  summary = "run one QMP command and print its result as JSON",
+  details = [[
+Arguments are KEY=VALUE words (qmp-shell style: a value that reads as JSON is
+JSON — 5, true, null, "text", [1,2], {"a":1} — anything else a string;
+a.b=1 sets a nested member) or one JSON object. Options go before COMMAND.
+The result is printed as one line of JSON (indented with --pretty). On a QMP
+error the error class and text go to stderr and the status is 1.
+  qmp-lua exec /run/vm1/qmp.sock query-status
+  qmp-lua exec /run/vm1/qmp.sock block-job-cancel device=job0 force=true
+  qmp-lua exec /run/vm1/qmp.sock human-monitor-command command-line="info block"]],
+  options = {
+    { "--pretty", nil, "indent the result, keys sorted" },
+    { "--timeout", "S", "seconds to wait for the connection and the reply (default 10)" },
+  },
+}
+
+-- The command's arguments from the words after its name.
+local function arguments(words)
+  if #words == 0 then return nil end
+  if #words == 1 and words[1]:match("^%s*{") then
+    local args, err = qmp.decode(words[1])
+    if type(args) ~= "table" then cli.usage_error("exec: the JSON arguments do not parse: " .. tostring(err)) end
+    return args
+  end
+  local args, err = kv.pairs(words)
+  if not args then cli.usage_error("exec: " .. err) end
+  return args
+end
+
+function cmd.run(opts, args)
+  local timeout = cli.number(cmd, opts, "timeout")
+  local address, name = args[1], args[2]
+  local command_args = arguments({ table.unpack(args, 3) })
+  local vm = cli.connect(address, { name = address, timeout = timeout })
+  if not vm then return cli.CONNECTION end
+  local ret, err = vm:execute(name, command_args)
+  vm:close()
+  if ret == nil then
+    if err.kind == "qmp" then
+      cli.complain("%s: %s: %s", name, err.class, err.desc)
+      return cli.FAILED
+    end
+    cli.complain("%s: %s", address, tostring(err))
+    return cli.CONNECTION
+  end
+  io.stdout:write(qmp.encode(ret, { pretty = opts.pretty == true, sort = opts.pretty == true }), "\n")
+  return cli.OK
+end
+
+return cmd

@@ -1,0 +1,96 @@
+--- Job progress for people: one-line summaries and a live meter (a bar
+-- redrawn in place on a terminal, plain lines at most once a second
+-- elsewhere, so logs stay readable).  A job is a query-jobs entry:
+-- { id, type, status, ["current-progress"], ["total-progress"], error }.
+local monotime = require("qmp.core").monotime
+
+local progress = {}
+
+local WINDOW = 5    -- seconds of samples the rate is measured over
+local BAR = 24      -- bar width in characters
+
+--- "1.5 GiB", "512 B".
+function progress.bytes(n)
+  local units, i = { "B", "KiB", "MiB", "GiB", "TiB" }, 1
+  while n >= 1024 and i < #units do n, i = n / 1024, i + 1 end
+  return i == 1 and ("%d B"):format(n) or ("%.1f %s"):format(n, units[i])
+end
+
+--- "1:05:09", "4:07" (h:mm:ss or m:ss).
+function progress.duration(s)
+  s = math.floor(s + 0.5)
+  local h, m = s // 3600, s % 3600 // 60
+  if h > 0 then return ("%d:%02d:%02d"):format(h, m, s % 60) end
+  return ("%d:%02d"):format(m, s % 60)
+end
+
+local function amounts(job)
+  local cur, total = job["current-progress"] or 0, job["total-progress"] or 0
+  return cur, total, total > 0 and math.min(100, cur * 100 / total) or nil
+end
+
+--- One line about a job: "job0  stream  running  45.0%  450.0 MiB of 1.0 GiB".
+function progress.line(job)
+  local cur, total, pct = amounts(job)
+  local text = ("%s  %s  %s"):format(job.id, job.type or "?", job.status or "?")
+  if pct then text = text .. ("  %.1f%%  %s of %s"):format(pct, progress.bytes(cur), progress.bytes(total)) end
+  if job.error then text = text .. "  error: " .. job.error end
+  return text
+end
+
+local Meter = {}
+Meter.__index = Meter
+
+--- A meter writing to out; tty: redraw one line in place.
+function progress.new(out, tty)
+  return setmetatable({ out = out, tty = tty, samples = {}, printed = -math.huge, status = nil }, Meter)
+end
+
+-- Bytes per second over the last WINDOW seconds, or nil.
+function Meter:rate(now, cur)
+  local samples = self.samples
+  samples[#samples + 1] = { now, cur }
+  while #samples > 2 and now - samples[1][1] > WINDOW do table.remove(samples, 1) end
+  local t0, c0 = samples[1][1], samples[1][2]
+  if now - t0 < 0.2 then return nil end
+  return (cur - c0) / (now - t0)
+end
+
+--- Show the job's state now.
+function Meter:update(job)
+  local now = monotime()
+  local cur, total, pct = amounts(job)
+  local rate = self:rate(now, cur)
+  local parts = { job.id }
+  if pct then
+    if self.tty then
+      local fill = math.floor(pct / 100 * BAR + 0.5)
+      parts[#parts + 1] = "[" .. ("#"):rep(fill) .. ("."):rep(BAR - fill) .. "]"
+    end
+    parts[#parts + 1] = ("%5.1f%%"):format(pct)
+    parts[#parts + 1] = progress.bytes(cur) .. " / " .. progress.bytes(total)
+  end
+  if rate and rate > 0 then
+    parts[#parts + 1] = progress.bytes(rate) .. "/s"
+    if pct and total > cur then parts[#parts + 1] = "ETA " .. progress.duration((total - cur) / rate) end
+  end
+  parts[#parts + 1] = job.status
+  local text = table.concat(parts, "  ")
+  if self.tty then
+    self.out:write("\r", text, "\27[K")
+    self.out:flush()
+  elseif job.status ~= self.status or now - self.printed >= 1 then
+    self.out:write(text, "\n")
+    self.printed = now
+  end
+  self.status = job.status
+end
+
+--- The end: a last line with the outcome (job: its final state, or nil).
+function Meter:finish(job)
+  if self.tty and self.status then self.out:write("\n") end
+  if job then self.out:write(progress.line(job), "\n") end
+  self.out:flush()
+end
+
+return progress
