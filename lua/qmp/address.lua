@@ -15,8 +15,16 @@ local function tcp(host, port, text)
 end
 
 --- Parse an address into { kind = "unix", path } | { kind = "tcp", host, port }
--- | { kind = "fd", fd }.  A malformed address is a programmer error: raises.
+-- | { kind = "fd", fd } | { kind = "conn", conn }.  A malformed address is a
+-- programmer error: raises.
 function address.parse(a)
+  if type(a) == "table" and a.conn ~= nil then
+    local c = a.conn
+    for _, m in ipairs({ "take", "write", "buffered", "fileno", "finish_connect", "peercred", "close" }) do
+      if type(c[m]) ~= "function" then raise("qmp: address { conn = } needs a connection object with :" .. m .. "()") end
+    end
+    return { kind = "conn", conn = c, label = a.name }
+  end
   if type(a) == "table" then
     local fd = math.tointeger(a.fd)
     if not fd or fd < 0 then raise("qmp: address table needs fd = <file descriptor>") end
@@ -41,13 +49,16 @@ end
 function address.label(a)
   if a.kind == "unix" then return a.path end
   if a.kind == "fd" then return "fd " .. a.fd end
+  if a.kind == "conn" then return a.label or tostring(a.conn) end
   return (a.host:find(":", 1, true) and "[%s]:%d" or "%s:%d"):format(a.host, a.port)
 end
 
 --- What a session connects to: the address with TCP names resolved.
 -- Resolution happens once, here (getaddrinfo cannot be bounded by a
--- deadline), so reconnect attempts never block on it.  An inherited fd can
--- be opened once only.  target | nil, err
+-- deadline), so reconnect attempts never block on it.  An inherited fd, or
+-- a connection object (the conn interface without a socket: take, write,
+-- buffered, fileno, finish_connect, peercred, close, and optionally
+-- due_in(); qmp.replay has one), can be opened once only.  target | nil, err
 function address.target(a, opts)
   if a.kind == "unix" then
     if #a.path == 0 or #a.path > 107 then
@@ -60,10 +71,14 @@ function address.target(a, opts)
     if not hosts then return nil, err end
     return { kind = "tcp", hosts = hosts, port = a.port }
   end
-  local ok, conn = pcall(core.fdopen, a.fd, opts.max_message)
-  if not ok then raise("qmp: " .. tostring(conn)) end  -- not an fd: a bug in the script
+  local conn = a.conn
+  if a.kind == "fd" then
+    local ok
+    ok, conn = pcall(core.fdopen, a.fd, opts.max_message)
+    if not ok then raise("qmp: " .. tostring(conn)) end  -- not an fd: a bug in the script
+  end
   return { kind = "fd", take = function()
-    if not conn then return nil, errors.new("closed", "an inherited fd cannot be opened again") end
+    if not conn then return nil, errors.new("closed", "an inherited fd or connection cannot be opened again") end
     local c = conn
     conn = nil
     return c, true

@@ -22,7 +22,7 @@ local Backoff = require "qmp.reconnect"
 local jobs = require "qmp.jobs"
 
 local type, tostring, pcall, setmetatable = type, tostring, pcall, setmetatable
-local monotime, min, max, huge = core.monotime, math.min, math.max, math.huge
+local min, max, huge = math.min, math.max, math.huge
 local isyieldable, running, costatus = coroutine.isyieldable, coroutine.running, coroutine.status
 
 local Client = {}
@@ -31,12 +31,13 @@ Client.__name = "qmp.Client"
 
 local DEFAULT_TIMEOUT = 10
 local DEFAULT_MAX_QUEUE = 10000
+local REAL_CLOCK = { now = core.monotime, sleep = core.sleep }
 local BATCH = 256   -- messages routed, or events dispatched, per step: a flood cannot hold a step
 
 local CONNECT_OPTIONS = {
   timeout = true, name = true, negotiate = true, max_message = true, max_queue = true,
   allow_remote = true, expect_uid = true, events = true, reconnect = true, validate = true,
-  waiter = true, trace = true,
+  waiter = true, trace = true, clock = true,
 }
 local COMMAND_OPTIONS = { timeout = true, fds = true }
 local RUN_OPTIONS = { timeout = true, done = true }
@@ -74,6 +75,10 @@ local function check_connect(opts)
   if opts.trace ~= nil and type(opts.trace) ~= "function" then
     errors.raise("qmp.connect: trace must be a function(direction, text)")
   end
+  local c = opts.clock
+  if c ~= nil and (type(c) ~= "table" or type(c.now) ~= "function" or type(c.sleep) ~= "function") then
+    errors.raise("qmp.connect: clock must be a table { now = function() -> seconds, sleep = function(seconds) }")
+  end
   local w = waiters.from(opts.waiter)
   if not w then
     errors.raise("qmp.connect: waiter must be qmp.waiters.cqueues, qmp.waiters.luv, "
@@ -89,8 +94,8 @@ local function new(addr, opts, announce)
   opts, waiter = check_connect(opts)
   local reconnect = Backoff.check(opts.reconnect)
   local a = address.parse(addr)
-  if a.kind == "fd" and reconnect then
-    errors.raise("qmp.connect: reconnect needs an address to connect to again, not an inherited fd")
+  if (a.kind == "fd" or a.kind == "conn") and reconnect then
+    errors.raise("qmp.connect: reconnect needs an address to connect to again, not an inherited fd or connection")
   end
   local target, err = address.target(a, opts)
   if not target then return nil, err end
@@ -108,10 +113,11 @@ local function new(addr, opts, announce)
               skipped = 0, handler_errors = 0, invalid = 0 },
     _opts = opts, _target = target,
     _interest = opts.events and filter.names(opts.events),
+    _clock = opts.clock or REAL_CLOCK,
     _waiter = waiter,
     _cond = waiter.condition(),
     _reader = nil,             -- the coroutine reading the socket now
-    _backoff = reconnect and Backoff.new(reconnect),
+    _backoff = reconnect and Backoff.new(reconnect, (opts.clock or REAL_CLOCK).now),
     _session = nil,
     _schema = nil,             -- this connection's live schema (vm:schema())
     _resync = nil,             -- query-status after a reconnect
@@ -122,6 +128,7 @@ local function new(addr, opts, announce)
     _announce = announce,
   }, Client)
   vm._dispatch = Dispatch.new({
+    now = vm._clock.now,
     max_queue = max_queue,
     stats = vm.stats,
     report = function(e) vm:_report(e) end,
@@ -144,7 +151,7 @@ end
 function Client.connect(addr, opts)
   local vm, err = new(addr, opts, false)
   if not vm then return nil, err end
-  local deadline = monotime() + vm.default_timeout
+  local deadline = vm:now() + vm.default_timeout
   local ok = vm:_await(function() return vm.state == "ready" end, deadline)
   if ok then return vm end
   err = vm._end and (vm._end.cause or vm._end)
@@ -173,6 +180,7 @@ function Client:_attempt()
   end
   if self._backoff then self._backoff:started() end
   self._session = Session.start({
+    now = self._clock.now,
     target = self._target, timeout = self.default_timeout, name = self.name,
     max_message = opts.max_message, negotiate = opts.negotiate, expect_uid = opts.expect_uid,
     stats = self.stats, trace = opts.trace, setup = setup,
@@ -261,9 +269,11 @@ end
 
 -- {==================== waiting
 
--- The waiter for the running code: the scheduler's inside a coroutine.
+-- The waiter for the running code: the scheduler's inside a coroutine,
+-- else poll() (or the client's own clock, for a connection with no fd).
 function Client:_current_waiter()
   if self._waiter ~= waiters.blocking and isyieldable() then return self._waiter end
+  if self._clock ~= REAL_CLOCK then return waiters.blocking_on(self._clock) end
   return waiters.blocking
 end
 
@@ -271,7 +281,7 @@ end
 -- reconnect attempt or the handshake's deadline; then progress and wake
 -- the coroutines parked on this client.
 function Client:_wait_io(deadline)
-  local now = monotime()
+  local now = self:now()
   local t = deadline and deadline - now or huge
   local fd, mode = -1, "r"
   if self.state == "reconnecting" then
@@ -286,7 +296,7 @@ function Client:_wait_io(deadline)
     local w = self:_current_waiter()
     local timeout = t < huge and t or nil
     local reader = self._reader
-    if reader and w ~= waiters.blocking and costatus(reader) ~= "dead" then
+    if reader and w == self._waiter and costatus(reader) ~= "dead" then
       w.wait(nil, nil, self._cond, timeout)        -- another coroutine reads
     else
       self._reader = running()
@@ -305,7 +315,7 @@ function Client:_await(ready, deadline)
     local v = ready()
     if v then return v end
     if self.state == "closed" then return nil, self._end end
-    if monotime() >= deadline then return nil, nil end
+    if self:now() >= deadline then return nil, nil end
     self:_wait_io(deadline)
   end
 end
@@ -393,7 +403,7 @@ function Client:_command(method, name, args, opts, oob)
   local ok, cmd = pcall(s.send, s, name, args, opts.fds, oob)
   if not ok then errors.raise("qmp: " .. method .. ": " .. tostring(cmd)) end  -- unencodable arguments
   local timeout = opts.timeout or self.default_timeout
-  self:_await(function() return cmd.done end, monotime() + timeout)
+  self:_await(function() return cmd.done end, self:now() + timeout)
   if not cmd.done then
     s:abandon(cmd)
     self:_follow()
@@ -497,7 +507,7 @@ function Client:wait(names, data, timeout)
   local match = filter.compile(names, data)
   d:check_names(names)
   timeout = timeout or self.default_timeout
-  local ev, err = self:_await(function() return d:take(match) end, monotime() + timeout)
+  local ev, err = self:_await(function() return d:take(match) end, self:now() + timeout)
   if ev then return ev end
   if err then return nil, err end
   local text = ("no %s within %g s"):format(filter.describe(names, data), timeout)
@@ -571,7 +581,7 @@ function Client:run(opts)
   check_timeout("qmp: run", opts.timeout)
   local done = opts.done
   if done ~= nil and type(done) ~= "function" then errors.raise("qmp: run: done must be a function") end
-  local deadline = opts.timeout and monotime() + opts.timeout or huge
+  local deadline = opts.timeout and self:now() + opts.timeout or huge
   local d = self._dispatch
   self._stop = false
   while true do
@@ -584,7 +594,7 @@ function Client:run(opts)
     end
     local finished = self:_finished()
     if finished then return nil, finished end
-    local now = monotime()
+    local now = self:now()
     if now >= deadline then
       return nil, errors.new("timeout", ("run: %g s passed"):format(opts.timeout))
     end
@@ -611,6 +621,11 @@ function Client:stopping()
 end
 
 -- }==================== loops
+
+--- Seconds on the client's clock (monotonic; opts.clock for simulations).
+function Client:now()
+  return self._clock.now()
+end
 
 --- true once the client is closed for good (not while reconnecting).
 function Client:closed()

@@ -14,7 +14,6 @@ local filter = require "qmp.filter"
 
 local type, ipairs, xpcall, tostring, setmetatable = type, ipairs, xpcall, tostring, setmetatable
 local traceback, running = debug.traceback, coroutine.running
-local monotime = require("qmp.core").monotime
 
 local Dispatch = {}
 Dispatch.__index = Dispatch
@@ -59,7 +58,7 @@ function Queue:size()
   return self.tail - self.head + 1
 end
 
---- new(p): p.max_queue, p.report(err), p.await(ready, deadline), p.stats,
+--- new(p): p.now (the clock), p.max_queue, p.report(err), p.await(ready, deadline), p.stats,
 -- p.unknown_name(name) -> why the name is suspicious, or nil.
 function Dispatch.new(p)
   return setmetatable({
@@ -227,7 +226,7 @@ function Listener:wait(timeout)
   if q.head <= q.tail then return q:pop() end
   if self.closed then return nil, errors.new("closed", "the listener is closed") end
   timeout = timeout or self._timeout
-  local ok, err = self._d._p.await(function() return q.head <= q.tail end, monotime() + timeout)
+  local ok, err = self._d._p.await(function() return q.head <= q.tail end, self._d._p.now() + timeout)
   if ok then return q:pop() end
   return nil, err or errors.new("timeout", ("no %s within %g s%s"):format(self.filter, timeout,
                                                                         self._d:hint(self.names)))
@@ -315,7 +314,7 @@ end
 function Dispatch:after(seconds, fn)
   if type(seconds) ~= "number" or seconds < 0 then errors.raise("qmp: after: seconds must be >= 0") end
   if type(fn) ~= "function" then errors.raise("qmp: after: callback must be a function") end
-  local t = setmetatable({ due = monotime() + seconds, fn = fn, active = true }, Timer)
+  local t = setmetatable({ due = self._p.now() + seconds, fn = fn, active = true }, Timer)
   local timers = self._timers
   local i = #timers
   while i > 0 and timers[i].due > t.due do i = i - 1 end  -- keep them sorted by due time
@@ -330,7 +329,7 @@ function Dispatch:run_timers(vm)
     local t = timers[1]
     if not t.active then
       table.remove(timers, 1)
-    elseif t.due <= monotime() then
+    elseif t.due <= self._p.now() then
       table.remove(timers, 1)
       t.active = false
       local ok, err = xpcall(t.fn, traceback, vm)
@@ -344,7 +343,7 @@ end
 --- Seconds until the next active timer, or nil.
 function Dispatch:next_due()
   for _, t in ipairs(self._timers) do
-    if t.active then return math.max(0, t.due - monotime()) end
+    if t.active then return math.max(0, t.due - self._p.now()) end
   end
 end
 

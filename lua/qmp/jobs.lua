@@ -6,10 +6,9 @@
 -- A job started with auto-dismiss (the legacy block-job commands' default)
 -- vanishes at "concluded"; its outcome then comes from BLOCK_JOB_COMPLETED
 -- or BLOCK_JOB_CANCELLED.
-local core = require "qmp.core"
 local errors = require "qmp.errors"
 
-local monotime, min, huge = core.monotime, math.min, math.huge
+local min, huge = math.min, math.huge
 
 local jobs = {}
 
@@ -57,7 +56,7 @@ function jobs.wait(vm, id, opts)
   if progress ~= nil and type(progress) ~= "function" then errors.raise("qmp: job_wait: progress must be a function") end
   local interval = opts.interval or 1
   if type(interval) ~= "number" or interval <= 0 then errors.raise("qmp: job_wait: interval must be a positive number") end
-  local deadline = opts.timeout and monotime() + opts.timeout or huge
+  local deadline = opts.timeout and vm:now() + opts.timeout or huge
   local changes <close> = vm:listen("JOB_STATUS_CHANGE", { id = id })
   local ends <close> = vm:listen({ "BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED" }, { device = id })
   local last, completing
@@ -80,7 +79,7 @@ function jobs.wait(vm, id, opts)
       if not ok then return nil, cerr end
       completing = true
     end
-    local left = deadline - monotime()
+    local left = deadline - vm:now()
     if left <= 0 then
       return nil, errors.new("timeout", ("job %s still %s after %g s"):format(id, job.status, opts.timeout),
                              { job = job })

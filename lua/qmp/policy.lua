@@ -3,11 +3,10 @@
 --   vm:run()
 --   p:off()
 -- See README "Policies: resume after I/O error".
-local core = require "qmp.core"
 local errors = require "qmp.errors"
 
 local type, error, tostring, format = type, error, tostring, string.format
-local monotime, min = core.monotime, math.min
+local min = math.min
 
 local policy = {}
 
@@ -151,7 +150,7 @@ function policy.resume_on_io_error(vm, opts)
     if stopped_here(key, st) then return end  -- sent while query-status was in flight
     local ok, cerr = vm:execute("cont")
     if not ok then report(vm, "cont", cerr); return end
-    st.times[#st.times + 1] = monotime()
+    st.times[#st.times + 1] = vm:now()
     p.resumes = p.resumes + 1
     log(format("%s: cont sent (attempt %d of %d)", key, attempt, retries))
     if on_resume then on_resume(ev, vm, attempt) end
@@ -165,7 +164,7 @@ function policy.resume_on_io_error(vm, opts)
     st.errors = st.errors + 1
     local what = tostring(ev.operation or "?") .. (ev.nospace == true and ", no space" or "")
     if st.pending then return end            -- one resume already scheduled for this pause
-    local n = recent(st, monotime()) + 1
+    local n = recent(st, vm:now()) + 1
     if n > retries then
       if not st.gave_up then
         st.gave_up = true

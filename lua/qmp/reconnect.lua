@@ -8,7 +8,7 @@
 local core = require "qmp.core"
 local errors = require "qmp.errors"
 
-local monotime, min, max, random = core.monotime, math.min, math.max, math.random
+local min, max, random = math.min, math.max, math.random
 
 local Backoff = {}
 Backoff.__index = Backoff
@@ -26,26 +26,27 @@ function Backoff.check(r)
   return { min = lo, max = hi }
 end
 
-function Backoff.new(spec)
+-- now: the client's clock.
+function Backoff.new(spec, now)
   return setmetatable({ min = spec.min, max = spec.max, attempts = 0, next_try = nil,
-                        last_error = nil }, Backoff)
+                        last_error = nil, now = now or core.monotime }, Backoff)
 end
 
 --- An attempt failed (or the connection was lost): plan the next one.
 function Backoff:failed(err)
   self.last_error = err
   local delay = min(self.max, self.min * 2 ^ self.attempts)
-  self.next_try = monotime() + delay * (0.5 + random() * 0.5)
+  self.next_try = self.now() + delay * (0.5 + random() * 0.5)
 end
 
 --- true when the next attempt should start now.
 function Backoff:due()
-  return self.next_try ~= nil and monotime() >= self.next_try
+  return self.next_try ~= nil and self.now() >= self.next_try
 end
 
 --- Seconds until the next attempt (0 when due), or nil when none is planned.
 function Backoff:left()
-  return self.next_try and max(0, self.next_try - monotime())
+  return self.next_try and max(0, self.next_try - self.now())
 end
 
 --- An attempt starts now.

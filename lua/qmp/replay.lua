@@ -6,9 +6,9 @@
 --   assert(vm:execute("cont"))   -- the recording goes on from the cont its operator sent
 --   print(vm:run())              --> nil   closed: end of the recording (...)
 --
--- The replay is a qmp client: the code of client.lua, session.lua and
--- dispatch.lua, unchanged, over a player instead of a socket and on the
--- replay's clock.  on, once, listen, wait, run, step, after, stop,
+-- The replay is a qmp client (qmp.Client) whose connection is a player
+-- instead of a socket ({ conn = player }) and whose clock is the
+-- replay's (opts.clock).  on, once, listen, wait, run, step, after, stop,
 -- execute, execute_oob, hmp, stats and commands_sent behave as with QEMU.
 --
 -- How a recording plays:
@@ -45,8 +45,6 @@
 local core = require "qmp.core"
 local errors = require "qmp.errors"
 local Client = require "qmp.client"
-local Session = require "qmp.session"
-local Dispatch = require "qmp.dispatch"
 
 local type, tostring, ipairs, setmetatable = type, tostring, ipairs, setmetatable
 local decode, encode, huge, min = core.decode, core.encode, math.huge, math.min
@@ -287,61 +285,20 @@ function Player:close() end
 
 -- {==================== a client over the player, on the clock
 
--- Until Client can be given a clock and a connection object, a replay runs
--- private copies of client.lua, session.lua and dispatch.lua (the very
--- files loaded) whose qmp.core tells the time from the replay's clock,
--- whose waiter waits on the player, and whose address hands the session
--- the player as its connection.
-local function source_of(fn)
-  return (debug.getinfo(fn, "S").source:gsub("^@", ""))
+-- A replay's client waits on the player: a wait with no fd is the clock's
+-- sleep, and the player turns "sleep for ever" into the stall it is.
+local function player_clock(clock, player)
+  return { now = clock.now, sleep = function(seconds) player:idle(seconds) end }
 end
 
-local FILES = { ["qmp.client"] = source_of(Client.new), ["qmp.session"] = source_of(Session.start),
-                ["qmp.dispatch"] = source_of(Dispatch.new) }
-
-local INERT = { signal = function() end }
-
-local function client_class(clock, player, name)
-  local blocking = {
-    wait = function(_, _, _, timeout) player:idle(timeout) end,
-    condition = function() return INERT end,
-  }
-  local replaced = {
-    ["qmp.core"] = setmetatable({ monotime = clock.now, sleep = clock.sleep }, { __index = core }),
-    ["qmp.waiters"] = { blocking = blocking, from = function(w) if w == nil then return blocking end end },
-    ["qmp.address"] = {
-      parse = function() return { kind = "replay" } end,
-      label = function() return name end,
-      target = function() return { kind = "fd", take = function() return player, true end } end,
-    },
-  }
-  local loaded = {}
-  local env = setmetatable({}, { __index = _G })
-  function env.require(module)
-    if replaced[module] then return replaced[module] end
-    if not FILES[module] then return require(module) end
-    loaded[module] = loaded[module] or assert(loadfile(FILES[module], "t", env))(module)
-    return loaded[module]
-  end
-  local C = env.require("qmp.client")
-  return setmetatable(C, { __index = Client })  -- methods other modules add to qmp.Client
-end
-
--- The polling protocol on the replay's clock: timeout() counts the next
--- recorded message too, and in fast mode a step with nothing to do now
--- first moves the clock on to the next thing due.
-local function poll_on_clock(C, player, clock, speed)
-  local timeout, step = C.timeout, C.step
-  function C:timeout()
-    local t = min(timeout(self) or huge, player:due_in() or huge)
-    if t < huge then return t end
-  end
-  if speed == "fast" then
-    function C:step()
-      local t = self:timeout()
-      if t and t > 0 then clock.sleep(t) end
-      return step(self)
-    end
+-- In fast mode a step with nothing to do now first moves the clock on to the
+-- next thing due, so a replay can join a qmp.loop (which waits in real time).
+local function fast_steps(vm, clock)
+  local step = vm.step
+  function vm.step(self)
+    local t = self:timeout()
+    if t and t > 0 then clock.sleep(t) end
+    return step(self)
   end
 end
 
@@ -369,12 +326,13 @@ return function(source, opts)
   local player = new_player(rec, clock, opts.respond, info)
   function info.expected() return player:expected() end
   local name = opts.name or rec.name or rec.label
-  local C = client_class(clock, player, name)
-  poll_on_clock(C, player, clock, speed)
   local vm
-  vm, err = C.connect("replay", { name = name, timeout = opts.timeout, max_queue = opts.max_queue,
-    events = opts.events, trace = opts.trace, negotiate = rec.outs[1] ~= nil and rec.outs[1].name == "qmp_capabilities" })
+  vm, err = Client.connect({ conn = player, name = name }, {
+    name = name, timeout = opts.timeout, max_queue = opts.max_queue, events = opts.events, trace = opts.trace,
+    clock = player_clock(clock, player),
+    negotiate = rec.outs[1] ~= nil and rec.outs[1].name == "qmp_capabilities" })
   if not vm then return nil, err end
+  if speed == "fast" then fast_steps(vm, clock) end
   vm.recording = info
   return vm
 end

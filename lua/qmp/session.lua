@@ -10,7 +10,7 @@ local core = require "qmp.core"
 local errors = require "qmp.errors"
 
 local type, pairs, ipairs, tostring, pcall = type, pairs, ipairs, tostring, pcall
-local monotime, encode, concat, sort = core.monotime, core.encode, table.concat, table.sort
+local encode, concat, sort = core.encode, table.concat, table.sort
 
 local Session = {}
 Session.__index = Session
@@ -31,7 +31,7 @@ local function describe(msg)
   return "an object with members " .. (#keys > 0 and concat(keys, ", ") or "(none)")
 end
 
---- Start a connection attempt.  p: target (address.resolve), timeout,
+--- Start a connection attempt.  p: now (the clock), target (address.target), timeout,
 -- name, max_message, negotiate, expect_uid, stats, on_event(ev),
 -- report(err), setup = { { name, args, handle(value) -> nil | err }, ... }
 -- run in order after negotiation, before the session counts as ready.
@@ -44,7 +44,7 @@ function Session.start(p)
     error = nil,                 -- why the session died
     conn = nil,
     _p = p,
-    _deadline = monotime() + p.timeout,   -- for the whole handshake
+    _deadline = p.now() + p.timeout,   -- for the whole handshake
     _hosts = p.target.hosts and 1,        -- tcp: index of the address being tried
     _pending = {}, _npending = 0, -- id -> pending command
     _stale = {}, _nstale = 0,     -- ids whose caller gave up: late replies are dropped
@@ -138,14 +138,19 @@ end
 -- already read, or the handshake's deadline passed.
 function Session:buffered()
   if self.state == "dead" or not self.conn then return false end
-  if self.state ~= "ready" and monotime() >= self._deadline then return true end
+  if self.state ~= "ready" and self._p.now() >= self._deadline then return true end
   return self.state ~= "connecting" and self.conn:buffered()
 end
 
---- Seconds until the handshake's deadline; nil once ready or dead.
+--- Seconds until something is due without the socket: the handshake's
+-- deadline, or the next message of a connection that is not a socket
+-- (conn:due_in(), see address.target); nil when nothing is.
 function Session:time_left()
-  if self.state == "ready" or self.state == "dead" then return nil end
-  return self._deadline - monotime()
+  if self.state == "dead" then return nil end
+  local due = self.conn and self.conn.due_in and self.conn:due_in()
+  if self.state == "ready" then return due end
+  local left = self._deadline - self._p.now()
+  return due and math.min(due, left) or left
 end
 
 -- Write what the socket takes now.
@@ -186,7 +191,7 @@ function Session:advance(limit)
       if not was_ready and self.state == "ready" then break end  -- let the owner see it
     end
   end
-  if self.state ~= "ready" and self.state ~= "dead" and monotime() >= self._deadline then
+  if self.state ~= "ready" and self.state ~= "dead" and self._p.now() >= self._deadline then
     self:_die(self:_handshake_timeout())
   end
   return n
@@ -289,7 +294,7 @@ function Session:_next_setup()
     self.state = "ready"
     return
   end
-  if step.timeout then self._deadline = math.max(self._deadline, monotime() + step.timeout) end
+  if step.timeout then self._deadline = math.max(self._deadline, self._p.now() + step.timeout) end
   self:send(step.name, step.args, nil, false, function(cmd)
     local err = cmd.err or step.handle(cmd.value)
     if err then return self:_die(err) end

@@ -36,6 +36,24 @@ waiters.blocking = {
   condition = function() return inert end,
 }
 
+-- Blocking on a client's own clock (opts.clock): a wait with no fd is that
+-- clock's sleep, so a simulated connection (qmp.replay) runs on simulated time.
+local on_clock = setmetatable({}, { __mode = "k" })
+
+function waiters.blocking_on(clock)
+  local w = on_clock[clock]
+  if not w then
+    w = {
+      wait = function(fd, mode, _, timeout)
+        if fd and fd >= 0 then core.poll({ fd }, timeout, { mode }) else clock.sleep(timeout) end
+      end,
+      condition = function() return inert end,
+    }
+    on_clock[clock] = w
+  end
+  return w
+end
+
 local function from_function(fn)
   return {
     wait = function(fd, mode, cond, timeout)
