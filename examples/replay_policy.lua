@@ -55,6 +55,7 @@ for _, c in ipairs(vm.recording.unmatched) do
   print(("%9.3f  %-7s %s was not expected here: live, the client did something else"):format(c.t, "differs", c.name))
 end
 local as_live = vm.recording.ended and #vm.recording.unmatched == 0
+local verdict = as_live and "every command as recorded" or "the policy differs from the recording"
 print(("%d resume%s, %d give-up%s; %s"):format(p.resumes, p.resumes == 1 and "" or "s", p.give_ups,
-      p.give_ups == 1 and "" or "s", as_live and "every command as recorded" or "the policy differs from the recording"))
+      p.give_ups == 1 and "" or "s", verdict))
 os.exit(as_live and 0 or 1)

@@ -21,7 +21,9 @@ function address.parse(a)
   if type(a) == "table" and a.conn ~= nil then
     local c = a.conn
     for _, m in ipairs({ "take", "write", "buffered", "fileno", "finish_connect", "peercred", "close" }) do
-      if type(c[m]) ~= "function" then raise("qmp: address { conn = } needs a connection object with :" .. m .. "()") end
+      if type(c[m]) ~= "function" then
+        raise("qmp: address { conn = } needs a connection object with :" .. m .. "()")
+      end
     end
     return { kind = "conn", conn = c, label = a.name }
   end
@@ -62,7 +64,8 @@ end
 function address.target(a, opts)
   if a.kind == "unix" then
     if #a.path == 0 or #a.path > 107 then
-      raise(("qmp: unix socket path %s (%d bytes; the limit is 107)"):format(#a.path == 0 and "empty" or "too long", #a.path))
+      raise(("qmp: unix socket path %s (%d bytes; the limit is 107)")
+            :format(#a.path == 0 and "empty" or "too long", #a.path))
     end
     return { kind = "unix", path = a.path }
   end

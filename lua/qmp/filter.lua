@@ -7,7 +7,7 @@
 local core = require "qmp.core"
 local raise = require("qmp.errors").raise
 
-local type, ipairs, pairs, tostring, error = type, ipairs, pairs, tostring, error
+local type, ipairs, pairs, tostring = type, ipairs, pairs, tostring
 
 local filter = {}
 

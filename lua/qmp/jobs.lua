@@ -53,9 +53,13 @@ function jobs.wait(vm, id, opts)
   if type(id) ~= "string" or id == "" then errors.raise("qmp: job_wait: job id must be a non-empty string") end
   opts = errors.check_options("qmp: job_wait", opts, OPTIONS)
   local progress = opts.progress
-  if progress ~= nil and type(progress) ~= "function" then errors.raise("qmp: job_wait: progress must be a function") end
+  if progress ~= nil and type(progress) ~= "function" then
+    errors.raise("qmp: job_wait: progress must be a function")
+  end
   local interval = opts.interval or 1
-  if type(interval) ~= "number" or interval <= 0 then errors.raise("qmp: job_wait: interval must be a positive number") end
+  if type(interval) ~= "number" or interval <= 0 then
+    errors.raise("qmp: job_wait: interval must be a positive number")
+  end
   local deadline = opts.timeout and vm:now() + opts.timeout or huge
   local changes <close> = vm:listen("JOB_STATUS_CHANGE", { id = id })
   local ends <close> = vm:listen({ "BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED" }, { device = id })

@@ -5,7 +5,7 @@
 -- See README "Policies: resume after I/O error".
 local errors = require "qmp.errors"
 
-local type, error, tostring, format = type, error, tostring, string.format
+local type, tostring, format = type, tostring, string.format
 local min = math.min
 
 local policy = {}

@@ -105,8 +105,12 @@ function record.run(address, path, opts)
   if count ~= nil and (math.type(count) ~= "integer" or count < 1) then
     errors.raise("qmp.record.run: count must be a positive integer")
   end
-  if on_event ~= nil and type(on_event) ~= "function" then errors.raise("qmp.record.run: on_event must be a function") end
-  if opts.connect ~= nil and type(opts.connect) ~= "table" then errors.raise("qmp.record.run: connect must be a table") end
+  if on_event ~= nil and type(on_event) ~= "function" then
+    errors.raise("qmp.record.run: on_event must be a function")
+  end
+  if opts.connect ~= nil and type(opts.connect) ~= "table" then
+    errors.raise("qmp.record.run: connect must be a table")
+  end
   local connect_opts = {}
   for k, v in pairs(opts.connect or {}) do connect_opts[k] = v end   -- qmp.connect checks them
   if connect_opts.trace ~= nil then errors.raise("qmp.record.run: connect.trace is the recorder's") end

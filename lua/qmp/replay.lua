@@ -80,7 +80,9 @@ local function load(source)
   if type(header) ~= "table" or math.type(header["qmp-recording"]) ~= "integer" then
     return bad(1, "not a qmp recording (it starts with {\"qmp-recording\":1,...})")
   end
-  if header["qmp-recording"] > 1 then return bad(1, "a recording of a later format, version " .. header["qmp-recording"]) end
+  if header["qmp-recording"] > 1 then
+    return bad(1, "a recording of a later format, version " .. header["qmp-recording"])
+  end
   local items, outs, by_id = {}, {}, {}
   for n = 2, #lines do
     local text = lines[n]
@@ -276,10 +278,10 @@ function Player:expected()
   if out then return out.name, out.line end
 end
 
-function Player:fileno() return -1 end
-function Player:finish_connect() return true end
-function Player:peercred() return nil, errors.new("unsupported", "a replay has no peer") end
-function Player:close() end
+function Player.fileno() return -1 end
+function Player.finish_connect() return true end
+function Player.peercred() return nil, errors.new("unsupported", "a replay has no peer") end
+function Player.close() end
 
 -- }==================== the player
 

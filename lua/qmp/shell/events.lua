@@ -19,7 +19,8 @@ With --follow a VM may also be started after the watch: connection changes
 show as qmp.disconnected / qmp.reconnected lines.]],
   options = {
     { "--event", "GLOB", "only events named GLOB (STOP, BLOCK_JOB_*); repeat for any of several", many = true },
-    { "--where", "KEY=VALUE", "only events whose data member KEY (a.b: nested) is VALUE; repeat: all must hold", many = true },
+    { "--where", "KEY=VALUE", "only events whose data member KEY (a.b: nested) is VALUE; repeat: all must hold",
+      many = true },
     { "--json", nil, "one JSON object per line" },
     { "--pretty", nil, "each event as indented, coloured (on a terminal) JSON" },
     { "--count", "N", "stop after N events" },

@@ -187,7 +187,8 @@ function cmd.run(opts, args)
       local alive, err = vm:step()
       if not alive and not lost then
         lost = true
-        self:error("connection lost: " .. tostring(err) .. " (Lua still works; qmp-lua shell --reconnect follows restarts)")
+        self:error("connection lost: " .. tostring(err)
+                   .. " (Lua still works; qmp-lua shell --reconnect follows restarts)")
       end
     end
     if typed == false then break end   -- Ctrl-D
