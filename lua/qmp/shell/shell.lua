@@ -182,7 +182,7 @@ function cmd.run(opts, args)
     readline.handler_install(self.pending and MORE or PROMPT, on_line)
     installed, typed = true, nil
     while typed == nil and not self.done do
-      local ready = core.poll({ 0, vm:pollfd() }, vm:timeout())
+      local ready = lost and core.poll({ 0 }) or core.poll({ 0, vm:pollfd() }, vm:timeout())
       if ready and ready[1] == 1 then readline.read_char() end
       local alive, err = vm:step()
       if not alive and not lost then
