@@ -71,11 +71,11 @@ function jobs.wait(vm, id, opts)
     last = job
     if progress then progress(job) end
     if job.status == "concluded" then
-      if job.error then return failed(id, job.error, job) end
-      if opts.dismiss then
+      if opts.dismiss then   -- failed or not: the caller is done with it
         local ok, derr = vm:execute("job-dismiss", { id = id })
         if not ok then return nil, derr end
       end
+      if job.error then return failed(id, job.error, job) end
       return job
     end
     if job.status == "ready" and opts.complete and not completing then

@@ -81,6 +81,7 @@ function Meter:update(job)
     self.out:flush()
   elseif job.status ~= self.status or now - self.printed >= 1 then
     self.out:write(text, "\n")
+    self.out:flush()   -- a pipe (tee, a log) sees each line as it happens
     self.printed = now
   end
   self.status = job.status

@@ -29,11 +29,17 @@ function cmd.run(opts, args)
   if not vm then return cli.CONNECTION end
   local env = setmetatable({ vm = vm, qmp = qmp, arg = { [0] = script, table.unpack(args, 3) } },
                            { __index = _G })
+  local readable = io.open(script)
+  if not readable then
+    vm:close()
+    cli.usage_error("run: cannot read the script " .. script)
+  end
+  readable:close()
   local chunk, err = loadfile(script, "t", env)
-  if not chunk then
+  if not chunk then   -- a syntax error: the script's fault
     vm:close()
     cli.complain("%s", err)
-    return cli.USAGE
+    return cli.FAILED
   end
   local ok, result = xpcall(chunk, debug.traceback, table.unpack(args, 3))
   if not ok then
