@@ -409,17 +409,11 @@ end)
 describe("qmp-lua job #qemu", function()
   local MiB = 1 << 20
 
-  local function sh(command)
-    assert(os.execute(command .. " >/dev/null 2>&1"), command)
-  end
-
   -- A VM with node "top": a qcow2 overlay over a base holding `data` MiB.
   local function vm_with_chain(data)
     local dir = tmp.dir("cli-job")
     cleanup(function() tmp.remove(dir) end)
-    sh(("qemu-img create -q -f qcow2 %s/base.qcow2 64M"):format(dir))
-    sh(("qemu-io -c 'write -P 0x5a 0 %dM' %s/base.qcow2"):format(data, dir))
-    sh(("qemu-img create -q -f qcow2 -b %s/base.qcow2 -F qcow2 %s/top.qcow2"):format(dir, dir))
+    require("support.disks").qcow2_chain(dir, data)
     local machine, mon = vm_with_two_monitors()
     assert(mon:execute("blockdev-add", { driver = "qcow2", ["node-name"] = "top",
                                          file = { driver = "file", filename = dir .. "/top.qcow2" } }))

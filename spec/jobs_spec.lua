@@ -2,23 +2,17 @@
 local qmp = require "qmp"
 local qemu = require "support.qemu"
 local tmp = require "support.tmp"
+local disks = require "support.disks"
 
 local cleanup = require("support.cleanup")(after_each)
 
 local MiB = 1 << 20
 
-local function sh(command)
-  assert(os.execute(command .. " >/dev/null 2>&1"), command)
-end
-
 -- A VM with node "top": a qcow2 overlay over a base holding `data` MiB of data.
 local function vm_with_chain(data)
   local dir = tmp.dir("jobs")
   cleanup(function() tmp.remove(dir) end)
-  sh(("qemu-img create -q -f qcow2 %s/base.qcow2 64M"):format(dir))
-  sh(("qemu-io -c 'write -P 0x5a 0 %dM' %s/base.qcow2"):format(data, dir))
-  sh(("qemu-img create -q -f qcow2 -b %s/base.qcow2 -F qcow2 %s/top.qcow2"):format(dir, dir))
-  sh(("qemu-img create -q -f qcow2 %s/copy.qcow2 64M"):format(dir))
+  disks.qcow2_chain(dir, data)
   local machine = qemu.start({})
   cleanup(function() machine:stop() end)
   local vm = assert(qmp.connect(machine.sock, { timeout = 10 }))

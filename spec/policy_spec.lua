@@ -184,32 +184,13 @@ describe("qmp.policy.resume_on_io_error()", function()
   end)
 end)
 
--- A 1 MiB raw disk whose boot sector powers the VM off (ACPI PM1a_CNT,
--- port 0x604, SLP_EN): mov dx,0x604; mov ax,0x2000; out dx,ax; hlt.
-local function boot_image(dir)
-  local code = string.pack("BBBBBBBB", 0xBA, 0x04, 0x06, 0xB8, 0x00, 0x20, 0xEF, 0xF4)
-  local sector = code .. string.rep("\0", 510 - #code) .. "\x55\xAA"
-  local path = dir .. "/boot.img"
-  tmp.write(path, sector .. string.rep("\0", 1024 * 1024 - 512))
-  return path
-end
-
--- blkdebug fails the first read (once = "on") or every read (once = "off").
-local function failing_disk(img, once)
-  return {
-    "-blockdev", "driver=file,node-name=f0,filename=" .. img,
-    "-blockdev", "driver=blkdebug,node-name=d0,image=f0,inject-error.0.event=read_aio," ..
-                 "inject-error.0.errno=5,inject-error.0.once=" .. once,
-    "-blockdev", "driver=raw,node-name=disk0,file=d0",
-    "-device", "virtio-blk-pci,drive=disk0,cyls=2,heads=16,secs=63,rerror=stop,werror=stop",
-  }
-end
+local disks = require "support.disks"
 
 describe("resume_on_io_error on a real QEMU #qemu", function()
   local function start(once)
     local dir = tmp.dir("qmppol")
     cleanup(function() tmp.remove(dir) end)
-    local machine = qemu.start({ args = failing_disk(boot_image(dir), once) })
+    local machine = qemu.start({ args = disks.failing_disk(disks.boot_image(dir, disks.POWER_OFF), once) })
     cleanup(function() machine:stop() end)
     local vm = assert(qmp.connect(machine.sock, { timeout = TEST_TIMEOUT, name = "policy" }))
     cleanup(function() vm:close() end)

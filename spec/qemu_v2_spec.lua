@@ -90,29 +90,7 @@ describe("every consumer sees every event, on a real QEMU #qemu", function()
   end)
 end)
 
--- A 1 MiB raw disk whose boot sector spins (jmp $): the guest keeps
--- running once it has read it.
-local function spin_image(dir)
-  local code = "\xEB\xFE"
-  local sector = code .. string.rep("\0", 510 - #code) .. "\x55\xAA"
-  local path = dir .. "/spin.img"
-  tmp.write(path, sector .. string.rep("\0", 1024 * 1024 - 512))
-  return path
-end
-
--- The firmware's first read fails once (blkdebug, EIO): with rerror=stop
--- QEMU sends BLOCK_IO_ERROR, then STOP, and the status becomes io-error;
--- a cont retries the read, which then succeeds.  (Without the geometry,
--- SeaBIOS on QEMU 7.2 was seen never to read this small disk.)
-local function failing_disk(img)
-  return {
-    "-blockdev", "driver=file,node-name=f0,filename=" .. img,
-    "-blockdev", "driver=blkdebug,node-name=d0,image=f0,inject-error.0.event=read_aio," ..
-                 "inject-error.0.errno=5,inject-error.0.once=on",
-    "-blockdev", "driver=raw,node-name=disk0,file=d0",
-    "-device", "virtio-blk-pci,drive=disk0,cyls=2,heads=16,secs=63,rerror=stop,werror=stop",
-  }
-end
+local disks = require "support.disks"
 
 describe("resume_on_io_error leaves alone a pause that is not the error's, on a real QEMU #qemu", function()
   local DELAY = 0.5
@@ -122,7 +100,7 @@ describe("resume_on_io_error leaves alone a pause that is not the error's, on a 
   local function start(two, opts)
     local dir = tmp.dir("qmpv2p")
     cleanup(function() tmp.remove(dir) end)
-    local args = failing_disk(spin_image(dir))
+    local args = disks.failing_disk(disks.boot_image(dir, disks.SPIN), "on")
     local other_sock = dir .. "/other.sock"
     if two then
       args[#args + 1] = "-qmp"

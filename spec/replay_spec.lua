@@ -381,15 +381,16 @@ describe("qmp.replay", function()
     local vm, err = qmp.replay(scratch() .. "/missing.qmprec")
     assert.is_nil(vm)
     assert.equal("io", err.kind)
-    vm, err = qmp.replay({ '{"t":1,"dir":"in","msg":{}}' })
-    assert.same({ "protocol" }, { err.kind })
-    assert.matches("recording:1: not a qmp recording", err.message)
-    vm, err = qmp.replay(recording({ '{"t":1,"dir":"sideways","msg":{}}' }))
-    assert.matches("recording:5: not a recording line", err.message)
-    vm, err = qmp.replay(recording({ "{nope" }))
-    assert.matches("recording:5: ", err.message)
-    vm, err = qmp.replay({ '{"qmp-recording":2}' })
-    assert.matches("later format", err.message)
+    local function refused(source, pattern)
+      local none, why = qmp.replay(source)
+      assert.is_nil(none)
+      assert.equal("protocol", why.kind)
+      assert.matches(pattern, why.message)
+    end
+    refused({ '{"t":1,"dir":"in","msg":{}}' }, "recording:1: not a qmp recording")
+    refused(recording({ '{"t":1,"dir":"sideways","msg":{}}' }), "recording:5: not a recording line")
+    refused(recording({ "{nope" }), "recording:5: ")
+    refused({ '{"qmp-recording":2}' }, "later format")
   end)
 
   it("checks its options", function()
@@ -491,30 +492,13 @@ describe("resume_on_io_error on a recording of a real QEMU", function()
   end)
 end)
 
--- A 1 MiB raw disk whose boot sector powers the VM off, and a blkdebug disk
--- on it whose every read fails (as in spec/policy_spec.lua).
-local function boot_image(dir)
-  local code = string.pack("BBBBBBBB", 0xBA, 0x04, 0x06, 0xB8, 0x00, 0x20, 0xEF, 0xF4)
-  local path = dir .. "/boot.img"
-  tmp.write(path, code .. string.rep("\0", 510 - #code) .. "\x55\xAA" .. string.rep("\0", 1024 * 1024 - 512))
-  return path
-end
-
-local function failing_disk(img)
-  return {
-    "-blockdev", "driver=file,node-name=f0,filename=" .. img,
-    "-blockdev", "driver=blkdebug,node-name=d0,image=f0,inject-error.0.event=read_aio," ..
-                 "inject-error.0.errno=5,inject-error.0.once=off",
-    "-blockdev", "driver=raw,node-name=disk0,file=d0",
-    "-device", "virtio-blk-pci,drive=disk0,cyls=2,heads=16,secs=63,rerror=stop,werror=stop",
-  }
-end
+local disks = require "support.disks"
 
 describe("record and replay a real QEMU #qemu", function()
   it("a recording of the policy on a failing disk replays to the same decisions", function()
     local dir = scratch()
     local path = os.getenv("QMP_REPLAY_FIXTURE") or (dir .. "/io-error.qmprec")
-    local machine = qemu.start({ args = failing_disk(boot_image(dir)) })
+    local machine = qemu.start({ args = disks.failing_disk(disks.boot_image(dir, disks.POWER_OFF), "off") })
     cleanup(function() machine:stop() end)
     local rec = assert(qmp.record.open(path, { name = "io-error" }))
     local vm = assert(qmp.connect(machine.sock, { timeout = TEST_TIMEOUT, name = "io-error", trace = rec.trace }))

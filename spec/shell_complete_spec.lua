@@ -1,14 +1,7 @@
 -- qmp.shell.complete: tab completion from the live schema of a real QEMU 7.2.
-local qmp = require "qmp"
-local schema = require "qmp.schema"
 local complete = require "qmp.shell.complete"
 
-local function schema_72()
-  local f = assert(io.open("spec/fixtures/qemu-7.2-schema.json"))
-  local text = f:read("a")
-  f:close()
-  return schema.parse(assert(qmp.decode(text)))
-end
+local schema_72 = require("support.fixtures").schema_72
 
 local function set(list)
   local s = {}

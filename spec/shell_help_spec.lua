@@ -1,14 +1,7 @@
 -- qmp.shell.help: `:help NAME` from the live schema of a real QEMU 7.2 and the catalogue.
-local qmp = require "qmp"
-local schema = require "qmp.schema"
 local help = require "qmp.shell.help"
 
-local function schema_72()
-  local f = assert(io.open("spec/fixtures/qemu-7.2-schema.json"))
-  local text = f:read("a")
-  f:close()
-  return schema.parse(assert(qmp.decode(text)))
-end
+local schema_72 = require("support.fixtures").schema_72
 
 local function has(text, piece)
   assert.truthy(text:find(piece, 1, true), ("%q not in:\n%s"):format(piece, text))

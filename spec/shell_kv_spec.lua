@@ -1,15 +1,9 @@
 -- qmp.shell.kv: qmp-shell style command lines, and telling them from Lua.
 local qmp = require "qmp"
-local schema = require "qmp.schema"
 local kv = require "qmp.shell.kv"
 
 -- The schema a real QEMU 7.2 sends (query-qmp-schema, recorded as is).
-local function schema_72()
-  local f = assert(io.open("spec/fixtures/qemu-7.2-schema.json"))
-  local text = f:read("a")
-  f:close()
-  return schema.parse(assert(qmp.decode(text)))
-end
+local schema_72 = require("support.fixtures").schema_72
 
 -- The JSON QEMU would receive for the arguments of line.
 local function sent(line)
