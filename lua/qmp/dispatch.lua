@@ -64,6 +64,7 @@ function Dispatch.new(p)
   return setmetatable({
     _p = p,
     _handlers = {},                 -- subscriptions in registration order (copy on write)
+    _by_name = {}, _named = 0,      -- event name -> the handlers that may want it (a cache)
     _listeners = {},                -- open listeners (copy on write)
     _queue = new_queue(p.max_queue),  -- events waiting for the handlers
     _log = {}, _first = 1, _last = 0, -- recent events by sequence number, for vm:wait
@@ -112,31 +113,64 @@ function Dispatch:pending()
   return self._queue.head <= self._queue.tail
 end
 
--- A filter is user code too: it runs under the same protection as the handler.
-local function offer(sub, ev, vm)
-  if sub.active and sub.match(ev) then
-    if sub.once then sub:off() end
-    sub.fn(ev, vm)
+local MAX_NAMED = 512   -- names cached by _for_name; a peer inventing names cannot grow it
+
+-- The handlers that may want events named name, in registration order: those
+-- subscribed to that name and those whose filter is not a plain list of
+-- names.  The list is a snapshot: on/off drop the cache instead of changing it.
+function Dispatch:_for_name(name)
+  local list = self._by_name[name]
+  if list then return list end
+  list = {}
+  for _, sub in ipairs(self._handlers) do
+    if not sub.names or sub.names[name] then list[#list + 1] = sub end
+  end
+  if self._named >= MAX_NAMED then self._by_name, self._named = {}, 0 end
+  if name ~= nil then self._by_name[name], self._named = list, self._named + 1 end
+  return list
+end
+
+-- Hand up to `limit` queued events to their handlers.  `at` says where it
+-- is, so that after a handler raised, delivery goes on with the next one.
+-- A filter is user code too: it runs under the same protection.
+local function run_handlers(self, vm, limit, at)
+  local q = self._queue
+  while true do
+    local ev = at.ev
+    if not ev then
+      if at.n >= limit or vm:stopping() then return end
+      ev = q:pop()
+      if not ev then return end
+      at.ev, at.i, at.list, at.n = ev, 1, self:_for_name(ev.event), at.n + 1
+    end
+    local list = at.list
+    for i = at.i, #list do
+      local sub = list[i]
+      at.i = i + 1
+      if sub.active and (sub.always or sub.match(ev)) then
+        if sub.once then sub:off() end
+        sub.fn(ev, vm)
+      end
+    end
+    at.ev = nil
   end
 end
 
 --- Run the handlers of up to `limit` queued events, in order of arrival and,
 -- per event, of registration.  Not re-entrant: from a handler it returns 0.
+-- One protected call serves the whole batch; a failing handler is
+-- reported and the next one runs.
 function Dispatch:deliver(vm, limit)
   if self._delivering then return 0 end
   self._delivering = true
-  local n, q = 0, self._queue
-  while n < limit and not vm:stopping() do
-    local ev = q:pop()
-    if not ev then break end
-    n = n + 1
-    for _, sub in ipairs(self._handlers) do  -- a snapshot: on/off replace the list
-      local ok, err = xpcall(offer, traceback, sub, ev, vm)
-      if not ok then self:_failed("handler for " .. tostring(ev.event), err) end
-    end
+  local at = { n = 0 }
+  while true do
+    local ok, err = xpcall(run_handlers, traceback, self, vm, limit, at)
+    if ok then break end
+    self:_failed("handler for " .. tostring(at.ev and at.ev.event), err)
   end
   self._delivering = false
-  return n
+  return at.n
 end
 
 function Dispatch:_failed(what, err)
@@ -178,15 +212,24 @@ function Subscription:off()
   self.active = false
   local d = self._dispatch
   d._handlers = without(d._handlers, self)
+  d._by_name, d._named = {}, 0
 end
 
 --- on(filter, data_filter, fn, once) -> subscription; fn(ev, vm).
 function Dispatch:on(names, data, fn, once)
   if fn == nil and type(data) == "function" then data, fn = nil, data end
   if type(fn) ~= "function" then errors.raise("qmp: handler must be a function") end
+  local exact = filter.exact_names(names)
+  local plain = names ~= nil and names ~= "*" and #exact > 0 and
+                #exact == (type(names) == "table" and #names or 1)   -- names, no globs, no function
   local sub = setmetatable({ _dispatch = self, match = filter.compile(names, data), fn = fn,
-                             once = once, active = true }, Subscription)
+                             once = once, active = true,
+                             names = plain and {} or nil,                       -- indexed by these
+                             always = data == nil and (plain or names == nil or names == "*") },
+                           Subscription)
+  for _, name in ipairs(plain and exact or {}) do sub.names[name] = true end
   self._handlers = with(self._handlers, sub)
+  self._by_name, self._named = {}, 0
   return sub
 end
 
