@@ -29,7 +29,7 @@ being typed. Shell commands:
   :help NAME        a command's arguments and result, or an event's members
   :hmp LINE         a human monitor command (:hmp info block)
   :events off|on|GLOB   hide events, show all, or only those named GLOB
-  :quit             leave (so do Ctrl-D and `quit` the QMP command... which also stops QEMU)
+  :quit             leave the shell (so does Ctrl-D; the QMP command `quit` stops QEMU)
 History is kept in ~/.qmp-lua_history.]],
   options = {
     { "--reconnect", nil, "when QEMU restarts, reconnect (and say so) instead of leaving" },
@@ -39,11 +39,6 @@ History is kept in ~/.qmp-lua_history.]],
 }
 
 local PROMPT, MORE = "qmp> ", "...> "
-
--- Print text (whole lines) without garbling the line being typed.
-local function printer(rl)
-  return function(text) rl.print_above(text) end
-end
 
 -- Lua input: an expression's values, or a statement; `local` names become
 -- the shell's own so they live on.  ok, values (packed) | false, message |
@@ -156,7 +151,8 @@ function cmd.run(opts, args)
                                     reconnect = opts.reconnect and { min = 0.2, max = 5 } or nil })
   if not vm then return cli.CONNECTION end
   local schema = vm:schema()   -- for completion and :help; nil if the VM will not say
-  local self = setmetatable({ vm = vm, schema = schema, events = filter.names("*"), print = printer(rl),
+  local self = setmetatable({ vm = vm, schema = schema, events = filter.names("*"),
+                              print = rl.print_above,   -- whole lines, never garbling the typed one
                               colour = not opts.no_colour and cli.is_tty(1) }, Shell)
   self.env = setmetatable({ vm = vm, qmp = qmp }, { __index = _G })
   vm.on_error = function(err) if err.kind ~= "usage" then self:error(tostring(err)) end end
