@@ -34,7 +34,7 @@ DEBS := lua5.4 liblua5.4-dev libcjson-dev lua-busted lua-socket lua-cqueues loca
 # Lets lua5.4 (and only lua5.4) find the in-tree modules.
 RUN_ENV := LUA_PATH_5_4='./lua/?.lua;./lua/?/init.lua;;' LUA_CPATH_5_4='./?.so;;' LUA=$(LUA)
 
-.PHONY: build deps test demo bench lint clean
+.PHONY: build deps test demo bench bench-ir lint clean
 # deps must finish before build starts, even under -j.
 .NOTPARALLEL:
 
@@ -77,9 +77,15 @@ test: deps build $(LOCALE_DIR)/de_DE.UTF-8
 demo: deps build
 	sh examples/demo.sh
 
+# The benchmarks (spec/bench/, not part of `make test`; they need lua-cjson,
+# valgrind and QEMU): all of them, or those named, e.g. `make bench BENCH="e2e decoder"`.
+BENCH ?=
 bench: build
-	@if [ -f spec/bench/run.lua ]; then $(RUN_ENV) $(LUA) spec/bench/run.lua; \
-	else echo "no benchmarks (spec/bench/run.lua)"; fi
+	$(RUN_ENV) $(LUA) spec/bench/run.lua $(BENCH)
+
+# Instructions per event, with callgrind.
+bench-ir: build
+	$(RUN_ENV) $(LUA) spec/bench/run.lua ir
 
 lint:
 	@if command -v $(LUACHECK) >/dev/null; then $(LUACHECK) lua spec examples; \
