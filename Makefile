@@ -26,10 +26,10 @@ CORE := qmp/core.so
 # The shell's line-editing helper: links GNU readline, as lua-readline does.
 RL   := qmp/shell/rl.so
 
-# Debian packages needed to build, test and run the demo.
+# Debian packages needed to build, test, run the demo and the benchmarks.
 DEBS := lua5.4 liblua5.4-dev libcjson-dev lua-busted lua-socket lua-cqueues locales \
         lua-luv luarocks qemu-system-x86 qemu-utils pkg-config gcc make \
-        lua-readline libreadline-dev tmux
+        lua-readline libreadline-dev tmux lua-cjson valgrind
 
 # Lets lua5.4 (and only lua5.4) find the in-tree modules.
 RUN_ENV := LUA_PATH_5_4='./lua/?.lua;./lua/?/init.lua;;' LUA_CPATH_5_4='./?.so;;' LUA=$(LUA)
@@ -80,11 +80,11 @@ demo: deps build
 # The benchmarks (spec/bench/, not part of `make test`; they need lua-cjson,
 # valgrind and QEMU): all of them, or those named, e.g. `make bench BENCH="e2e decoder"`.
 BENCH ?=
-bench: build
+bench: deps build
 	$(RUN_ENV) $(LUA) spec/bench/run.lua $(BENCH)
 
 # Instructions per event, with callgrind.
-bench-ir: build
+bench-ir: deps build
 	$(RUN_ENV) $(LUA) spec/bench/run.lua ir
 
 lint:
