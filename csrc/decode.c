@@ -11,6 +11,13 @@
 **   walk     turns the cJSON tree into Lua values in one walk, recovering
 **            the exact digits of integers that a double cannot hold.
 **
+** The batch path (drain: many messages per call) frames with a quick scan
+** first: a strict one-pass check of a whole message that also reads an
+** event's name, timestamp and shape.  An event outside the caller's
+** interest set is then skipped unparsed, and of one of QEMU's shape cJSON
+** parses only the data.  What the quick scan is unsure of goes the way
+** above, so both paths give the same values (spec/fastpath_spec.lua).
+**
 ** The cJSON tree sits in a to-be-closed box while the walk runs, so a Lua
 ** error (out of memory) in the middle can never leak it.  No Lua code runs
 ** while a tree is alive: events get their metatable after the tree is freed.
@@ -129,15 +136,270 @@ static int isspace_json(unsigned char c) {
 
 
 /* {====================================================== */
+/*
+** Quick scan: an event's name and shape before cJSON.
+**
+** An event outside the caller's interest set is skipped without being
+** parsed, so its name is read from the bytes; and an event as QEMU writes
+** it has its timestamp and name taken from them too.  This must change
+** nothing but the cost: the message must be one that the framer would frame
+** the same way and cJSON would accept, and the parts the ones cJSON would
+** give.  So quick_scan accepts only what it is sure of: a whole object in
+** the bytes given, strict JSON, nesting up to 64, numbers of up to 63
+** characters (older cJSONs read no more), no raw control characters, no
+** \u0000 nor lone \u surrogates, top-level member names without escapes,
+** and a first member "timestamp" or "event" (QEMU's events; anything else
+** is left at once).  Anything else returns 0 and goes the usual way:
+** framer, cJSON.  As it checks the whole grammar, it frames the message too.
+*/
+
+typedef struct Quick {
+  size_t len;           /* bytes of the message, through its closing brace */
+  int sawfloat;         /* a number with a fraction or an exponent */
+  const char *name;     /* the top-level "event" string (no escapes), or NULL */
+  size_t namelen;
+  /* QEMU's shape: the members timestamp (of two integer members, seconds
+  ** and microseconds), event and, optionally, data, each once, no other.
+  ** Then these parts are all there is to the message. */
+  int shaped;
+  lua_Integer seconds, microseconds;
+  const char *data, *dataend;  /* the text of the data member, or NULL */
+} Quick;
+
+/*
+** The bytes scanned end in a NUL written there for the scan (the buffer
+** always has room for it, as for cJSON's): no byte the scan accepts is a
+** NUL, so it stops there without a bounds check, and never reads past it.
+*/
+
+#define C8(c) [c] = 1, [c + 1] = 1, [c + 2] = 1, [c + 3] = 1, \
+              [c + 4] = 1, [c + 5] = 1, [c + 6] = 1, [c + 7] = 1
+/* Bytes a string scan stops at: the end, an escape, a control character. */
+static const unsigned char QUICK_STRING_STOP[256] = {
+  C8(0), C8(8), C8(16), C8(24), ['"'] = 1, ['\\'] = 1
+};
+#undef C8
+
+/* The value of the 4 hex digits at p, or 0 (\u0000 is refused alike). */
+static unsigned quick_hex4(const unsigned char *p) {
+  unsigned code = 0;
+  int k, v;
+  for (k = 0; k < 4; k++) {  /* stops at the first non-digit: never past the NUL */
+    if ((v = hexval(p[k])) < 0) return 0;
+    code = (code << 4) | (unsigned)v;
+  }
+  return code;
+}
+
+/* Scan a string from p, just past its opening quote: the byte past its
+** closing quote (*plain: no escapes), or NULL if unsure. */
+static const unsigned char *quick_string(const unsigned char *p, int *plain) {
+  for (;;) {
+    unsigned code;
+    while (!QUICK_STRING_STOP[*p]) p++;
+    if (*p == '"') return p + 1;
+    if (*p != '\\') return NULL;  /* a raw control character, or the end */
+    *plain = 0;
+    switch (*++p) {
+      case '"': case '\\': case '/': case 'b': case 'f': case 'n': case 'r': case 't':
+        p++;
+        break;
+      case 'u':
+        code = quick_hex4(p + 1);
+        p += 5;
+        if (code == 0 || (code >= 0xDC00 && code <= 0xDFFF)) return NULL;  /* bad, \u0000, lone low */
+        if (code >= 0xD800 && code <= 0xDBFF) {  /* a high surrogate: its low one must follow */
+          if (p[0] != '\\' || p[1] != 'u') return NULL;
+          code = quick_hex4(p + 2);
+          if (code < 0xDC00 || code > 0xDFFF) return NULL;
+          p += 6;
+        }
+        break;
+      default: return NULL;
+    }
+  }
+}
+
+static const unsigned char *quick_number(const unsigned char *p, int *sawfloat) {
+  const unsigned char *start = p;
+  if (*p == '-') p++;
+  if (*p == '0') p++;
+  else if (isdigit_json(*p)) while (isdigit_json(*p)) p++;
+  else return NULL;
+  if (*p == '.') {
+    *sawfloat = 1;
+    if (!isdigit_json(*++p)) return NULL;
+    while (isdigit_json(*p)) p++;
+  }
+  if (*p == 'e' || *p == 'E') {
+    *sawfloat = 1;
+    if (*++p == '+' || *p == '-') p++;
+    if (!isdigit_json(*p)) return NULL;
+    while (isdigit_json(*p)) p++;
+  }
+  return p - start > 63 ? NULL : p;  /* cJSON may stop reading a number there */
+}
+
+/* An integer of at most 18 digits (exact in a lua_Integer) at p, with
+** nothing after it that would make it a float: past it, or NULL. */
+static const unsigned char *quick_integer(const unsigned char *p, lua_Integer *v) {
+  const unsigned char *digits;
+  uint64_t n = 0;
+  int neg = *p == '-';
+  digits = p += neg;
+  if (*p == '0') p++;
+  else while (isdigit_json(*p) && p - digits < 19) n = n * 10 + (uint64_t)(*p++ - '0');
+  if (p == digits || p - digits > 18 || isdigit_json(*p) || *p == '.' || *p == 'e' || *p == 'E')
+    return NULL;
+  *v = neg ? -(lua_Integer)n : (lua_Integer)n;
+  return p;
+}
+
+/* p starts with the word w?  Reads no further than a mismatch. */
+static int quick_word(const unsigned char *p, const char *w) {
+  while (*w != '\0')
+    if (*p++ != (unsigned char)*w++) return 0;
+  return 1;
+}
+
+#define QUICK_MAX_DEPTH 64
+#define SKIP_SPACE() while (*c <= ' ' && isspace_json(*c)) c++  /* the NUL stops it */
+
+/* A timestamp's value as QEMU writes it, {"seconds": N, "microseconds": N}
+** (either order): past it, with the integers in q; or NULL. */
+static const unsigned char *quick_timestamp(const unsigned char *c, Quick *q) {
+  int got = 0;  /* 1: seconds, 2: microseconds */
+  if (*c++ != '{') return NULL;
+  for (;;) {
+    const unsigned char *key;
+    int which;
+    SKIP_SPACE();
+    if (*c++ != '"') return NULL;
+    for (key = c; *c >= 'a' && *c <= 'z'; c++) {}
+    if (*c != '"') return NULL;
+    if (c - key == 7 && memcmp(key, "seconds", 7) == 0) which = 1;
+    else if (c - key == 12 && memcmp(key, "microseconds", 12) == 0) which = 2;
+    else return NULL;
+    if (got & which) return NULL;
+    got |= which;
+    c++;
+    SKIP_SPACE();
+    if (*c++ != ':') return NULL;
+    SKIP_SPACE();
+    c = quick_integer(c, which == 1 ? &q->seconds : &q->microseconds);
+    if (c == NULL) return NULL;
+    SKIP_SPACE();
+    if (*c != ',') break;
+    c++;
+  }
+  return (*c == '}' && got == 3) ? c + 1 : NULL;
+}
+
+enum { M_TIMESTAMP = 1, M_EVENT = 2, M_DATA = 4, M_OTHER = 8 };
+
+/* p starts with '{' and the bytes end in a NUL.  1 when they begin with a
+** whole message that quick_scan is sure of (q says what it found), else 0. */
+static int quick_scan(const unsigned char *p, Quick *q) {
+  const unsigned char *c = p + 1, *key;
+  uint64_t arrays = 0;  /* bit k: nesting level k + 1 is an array */
+  int depth = 1, member = 0, members = 0, plain;  /* member: M_* of the top-level one read */
+  q->sawfloat = 0;
+  q->name = NULL;
+  q->data = q->dataend = NULL;
+  q->seconds = q->microseconds = 0;
+  q->shaped = 1;
+ member:  /* a member name, then its value */
+  SKIP_SPACE();
+  if (*c != '"') return 0;
+  key = ++c;
+  plain = 1;
+  if ((c = quick_string(c, &plain)) == NULL) return 0;
+  if (depth == 1) {
+    size_t len = (size_t)(c - 1 - key);
+    if (!plain) return 0;  /* it might spell "event" */
+    if (len == 5 && memcmp(key, "event", 5) == 0) member = M_EVENT;
+    else if (len == 9 && memcmp(key, "timestamp", 9) == 0) member = M_TIMESTAMP;
+    else if (len == 4 && memcmp(key, "data", 4) == 0) member = M_DATA;
+    else member = M_OTHER;
+    if (members == 0 && member != M_EVENT && member != M_TIMESTAMP) return 0;  /* not an event */
+    if (members & member) q->shaped = 0;  /* twice: the last one counts */
+    members |= member;
+  }
+  SKIP_SPACE();
+  if (*c++ != ':') return 0;
+ value:
+  SKIP_SPACE();
+  if (depth == 1) {
+    if (member == M_EVENT) {  /* its name: a plain string, and the only one */
+      if (*c != '"' || q->name != NULL) return 0;
+      key = ++c;
+      if ((c = quick_string(c, &plain)) == NULL || !plain) return 0;
+      q->name = (const char *)key;
+      q->namelen = (size_t)(c - 1 - key);
+      goto after;
+    }
+    if (member == M_TIMESTAMP && q->shaped) {
+      const unsigned char *end = quick_timestamp(c, q);
+      if (end != NULL) {
+        c = end;
+        goto after;
+      }
+      q->shaped = 0;  /* not QEMU's: scanned as any value */
+    }
+    if (member == M_DATA) q->data = (const char *)c;
+  }
+  switch (*c) {
+    case '"':
+      if ((c = quick_string(c + 1, &plain)) == NULL) return 0;
+      break;
+    case '{': case '[':
+      if (depth == QUICK_MAX_DEPTH) return 0;
+      if (*c == '[') arrays |= (uint64_t)1 << depth;
+      else arrays &= ~((uint64_t)1 << depth);
+      depth++;
+      c++;
+      SKIP_SPACE();
+      if (*c == '}' || *c == ']') goto close;  /* empty; close checks which */
+      if (arrays >> (depth - 1) & 1) goto value;
+      goto member;
+    case 't': if (!quick_word(c, "true")) return 0; c += 4; break;
+    case 'f': if (!quick_word(c, "false")) return 0; c += 5; break;
+    case 'n': if (!quick_word(c, "null")) return 0; c += 4; break;
+    default:
+      if ((c = quick_number(c, &q->sawfloat)) == NULL) return 0;
+      break;
+  }
+ after:  /* a value ended: a comma, or the end of its object or array */
+  if (depth == 1 && member == M_DATA) q->dataend = (const char *)c;
+  SKIP_SPACE();
+  if (*c == ',') {
+    c++;
+    if (arrays >> (depth - 1) & 1) goto value;
+    goto member;
+  }
+ close:
+  if (*c++ != ((arrays >> (depth - 1) & 1) ? ']' : '}')) return 0;
+  if (--depth > 0) goto after;
+  q->len = (size_t)(c - p);
+  if ((members & ~M_DATA) != (M_TIMESTAMP | M_EVENT)) q->shaped = 0;
+  return 1;
+}
+
+#undef SKIP_SPACE
+/* }====================================================== */
+
+
+/* {====================================================== */
 /* Walk: cJSON tree -> Lua */
 
 typedef struct TreeBox {
   cJSON *tree;          /* the tree being walked, or NULL */
-  int *busy;            /* the decoder's busy flag while a walk runs, or NULL */
+  int *busy;            /* the decoder's busy flag while a decoding call runs, or NULL */
 } TreeBox;
 
 typedef struct Walk {
   lua_State *L;
+  int keys;           /* stack index of the key cache */
   const char *text;   /* the message, for exact integer digits */
   size_t len;
   int sawfloat;       /* from the scanner */
@@ -223,6 +485,65 @@ static void push_number(Walk *w, const cJSON *node) {
     push_exact_integer(L, tok, toklen, d);
 }
 
+/*
+** Key cache.  The member names QMP repeats in every message are kept as Lua
+** strings (registry "qmp.keys", slot + 1 -> name), so pushing one is a table
+** read instead of hashing its bytes into Lua's string table.  A name's slot
+** comes from its length and three of its bytes; the multiplier was chosen
+** so that no two of these names share a slot.  Any other name is pushed as
+** usual, so a miss only costs speed.
+*/
+#define KEY_SLOTS 128
+static const char *const KEY_NAMES[KEY_SLOTS] = {
+  [0] = "version", [5] = "running", [7] = "ready", [9] = "reason", [12] = "info",
+  [14] = "data", [16] = "desc", [18] = "port", [21] = "node-name", [28] = "status",
+  [33] = "len", [34] = "guest", [35] = "qemu", [38] = "family", [39] = "nospace",
+  [40] = "microseconds", [41] = "device", [44] = "service", [48] = "host",
+  [49] = "paused", [52] = "current-progress", [55] = "qom-path", [61] = "timestamp",
+  [66] = "speed", [67] = "capabilities", [70] = "package", [73] = "class",
+  [75] = "client", [80] = "busy", [82] = "server", [85] = "type", [87] = "websocket",
+  [88] = "name", [89] = "error", [90] = "auth", [91] = "event", [93] = "operation",
+  [94] = "size", [99] = "total-progress", [104] = "io-status", [107] = "path",
+  [109] = "QMP", [114] = "seconds", [117] = "action", [119] = "offset", [124] = "id",
+  [127] = "return",
+};
+
+static unsigned key_slot(const char *s, size_t n) {  /* n >= 2 */
+  uint64_t x = (unsigned char)s[0] | (uint64_t)(unsigned char)s[n - 2] << 8
+               | (uint64_t)(unsigned char)s[n - 1] << 16 | (uint64_t)n << 24;
+  return (unsigned)((x * UINT64_C(0x024ea8e4fa8ce75b)) >> 57);
+}
+
+/* Push the name s[0..n) (s[n] is NUL), from the cache at keysidx if there. */
+static void push_name(lua_State *L, int keysidx, const char *s, size_t n) {
+  if (n >= 2) {
+    unsigned slot = key_slot(s, n);
+    const char *k = KEY_NAMES[slot];
+    if (k != NULL && memcmp(k, s, n + 1) == 0) {  /* n + 1: the lengths match too */
+      lua_rawgeti(L, keysidx, slot + 1);
+      return;
+    }
+  }
+  lua_pushlstring(L, s, n);
+}
+
+/* The key cache, in the registry from the module's first load on. */
+static void keys_open(lua_State *L) {
+  unsigned i;
+  if (lua_getfield(L, LUA_REGISTRYINDEX, "qmp.keys") == LUA_TTABLE) {
+    lua_pop(L, 1);
+    return;
+  }
+  lua_pop(L, 1);
+  lua_createtable(L, KEY_SLOTS, 0);
+  for (i = 0; i < KEY_SLOTS; i++) {
+    if (KEY_NAMES[i] != NULL) lua_pushstring(L, KEY_NAMES[i]);
+    else lua_pushboolean(L, 0);  /* no holes: the slots stay in the array part */
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  lua_setfield(L, LUA_REGISTRYINDEX, "qmp.keys");
+}
+
 static int count_children(const cJSON *node) {
   int n = 0;
   for (node = node->child; node != NULL; node = node->next) n++;
@@ -238,7 +559,9 @@ static void push_node(Walk *w, const cJSON *node) {
     case cJSON_True: lua_pushboolean(L, 1); break;
     case cJSON_NULL: qmp_pushnull(L); break;
     case cJSON_Number: push_number(w, node); break;
-    case cJSON_String: lua_pushstring(L, node->valuestring); break;  /* no NUL: scanner */
+    case cJSON_String:  /* no NUL inside: the scanner */
+      lua_pushlstring(L, node->valuestring, strlen(node->valuestring));
+      break;
     case cJSON_Array: {
       lua_Integer i = 1;
       lua_createtable(L, count_children(node), 0);
@@ -255,7 +578,7 @@ static void push_node(Walk *w, const cJSON *node) {
     case cJSON_Object:
       lua_createtable(L, 0, count_children(node));
       for (child = node->child; child != NULL; child = child->next) {
-        lua_pushstring(L, child->string);
+        push_name(L, w->keys, child->string, strlen(child->string));
         push_node(w, child);
         lua_rawset(L, -3);  /* duplicate keys: the last one wins */
       }
@@ -271,7 +594,7 @@ static int treebox_close(lua_State *L) {
     cJSON_Delete(box->tree);
     box->tree = NULL;
   }
-  if (box->busy != NULL) {  /* a walk was cut short by an error: the decoder is free again */
+  if (box->busy != NULL) {  /* the call is over, or cut short by an error: the decoder is free */
     *box->busy = 0;
     box->busy = NULL;
   }
@@ -299,8 +622,8 @@ static const char *excerpt(char *out, const char *p, size_t n) {
 
 /* Give an event its type: the metatable events[name], created on first sight
 ** by the events table's __index (Lua).  Messages without data get data = {}. */
-static void type_event(lua_State *L, int msgidx, int eventsidx) {
-  lua_pushliteral(L, "event");
+static void type_event(lua_State *L, int msgidx, int eventsidx, int keysidx) {
+  push_name(L, keysidx, "event", 5);
   if (lua_rawget(L, msgidx) != LUA_TSTRING) {
     lua_pop(L, 1);
     return;
@@ -314,9 +637,9 @@ static void type_event(lua_State *L, int msgidx, int eventsidx) {
   if (lua_type(L, -1) == LUA_TTABLE) lua_setmetatable(L, msgidx);
   else lua_pop(L, 1);
   lua_pop(L, 1);  /* the name */
-  lua_pushliteral(L, "data");  /* raw: the type's __index must not answer */
+  push_name(L, keysidx, "data", 4);  /* raw: the type's __index must not answer */
   if (lua_rawget(L, msgidx) == LUA_TNIL) {
-    lua_pushliteral(L, "data");
+    push_name(L, keysidx, "data", 4);
     lua_newtable(L);
     lua_rawset(L, msgidx);
   }
@@ -351,20 +674,26 @@ static int parse_text(TreeBox *box, const char *text, size_t len, char *why, siz
 }
 
 /*
-** Push the Lua value of box->tree (parsed from text) and free the tree; a
-** top-level event gets its type.  Raises only on memory errors (the box,
-** marked to-be-closed by the caller, then frees the tree).
+** Push the Lua value of box->tree (parsed from text) and free the tree.
+** Raises only on memory errors (the box, marked to-be-closed by the
+** caller, then frees the tree).
 */
-static void push_tree(lua_State *L, TreeBox *box, int eventsidx,
+static void push_tree(lua_State *L, TreeBox *box, int keysidx,
                       const char *text, size_t len, int sawfloat) {
   Walk w;
-  w.L = L; w.text = text; w.len = len; w.sawfloat = sawfloat;
+  w.L = L; w.keys = keysidx; w.text = text; w.len = len; w.sawfloat = sawfloat;
   w.numseen = 0; w.cur = 0; w.curcount = 0; w.curinstr = 0;
   push_node(&w, box->tree);
   cJSON_Delete(box->tree);
   box->tree = NULL;
+}
+
+/* push_tree for a whole message: an object also gets its event type. */
+static void push_message(lua_State *L, TreeBox *box, int eventsidx, int keysidx,
+                         const char *text, size_t len, int sawfloat) {
+  push_tree(L, box, keysidx, text, len, sawfloat);
   if (lua_type(L, -1) == LUA_TTABLE)
-    type_event(L, lua_gettop(L), eventsidx);  /* may call Lua: the tree is gone */
+    type_event(L, lua_gettop(L), eventsidx, keysidx);  /* may call Lua: the tree is gone */
 }
 
 /* }====================================================== */
@@ -383,7 +712,7 @@ struct qmp_decoder {
   size_t scan;          /* next byte for the scanner */
   size_t max_message;   /* largest message accepted */
   int inmsg;            /* the scanner is inside a message starting at head */
-  int busy;             /* a walk reads the buffer: it must not move */
+  int busy;             /* a decoding call runs: the buffer must not move, the framer not run */
   int framed;           /* [fstart, fend) is a complete message not yet decoded */
   size_t fstart, fend;  /* offsets into buf; fstart == head while framed */
   Scanner s;            /* left alone while framed: its sawfloat is the message's */
@@ -391,23 +720,27 @@ struct qmp_decoder {
   char errmsg[160];
 };
 
-/* Decoder user values: 1 = tree box, 2 = the event types table. */
-#define UV_BOX    1
-#define UV_EVENTS 2
+/* Decoder user values: the event types table, the key cache, the tree box.
+** In this order they are also the stack slots a decoding call holds. */
+#define UV_EVENTS 1
+#define UV_KEYS   2
+#define UV_BOX    3
 
 static qmp_decoder *checkdecoder(lua_State *L, int idx) {
   return (qmp_decoder *)luaL_checkudata(L, idx, QMP_DECODER_MT);
 }
 
 qmp_decoder *qmp_decoder_new(lua_State *L, size_t max_message) {
-  qmp_decoder *d = (qmp_decoder *)lua_newuserdatauv(L, sizeof(qmp_decoder), 2);
+  qmp_decoder *d = (qmp_decoder *)lua_newuserdatauv(L, sizeof(qmp_decoder), 3);
   memset(d, 0, sizeof *d);  /* harmless state first: no buffer yet */
   d->max_message = max_message;
   luaL_setmetatable(L, QMP_DECODER_MT);
-  treebox_new(L);
-  lua_setiuservalue(L, -2, UV_BOX);
   lua_getfield(L, LUA_REGISTRYINDEX, "qmp.events");
   lua_setiuservalue(L, -2, UV_EVENTS);
+  lua_getfield(L, LUA_REGISTRYINDEX, "qmp.keys");
+  lua_setiuservalue(L, -2, UV_KEYS);
+  treebox_new(L);
+  lua_setiuservalue(L, -2, UV_BOX);
   return d;
 }
 
@@ -504,12 +837,141 @@ int qmp_decoder_ready(lua_State *L, qmp_decoder *d) {
   return frame(d) != 0;  /* a new error counts: next() has it to give */
 }
 
+/* quick_scan over buf[start..end), with the NUL it needs at buf[end]. */
+static int quick_scan_at(qmp_decoder *d, size_t start, size_t end, Quick *q) {
+  char saved = d->buf[end];  /* end <= len < cap */
+  int r;
+  d->buf[end] = '\0';
+  r = quick_scan((const unsigned char *)d->buf + start, q);
+  d->buf[end] = saved;
+  if (!r) {  /* what it found before giving up means nothing */
+    q->name = NULL;
+    q->shaped = 0;
+  }
+  return r;
+}
+
+/* Frame the next message with quick_scan, when it is sure of it: 1 (framed,
+** q says what it found) or 0 (the framer's turn; nothing changed). */
+static int quick_frame(qmp_decoder *d, Quick *q) {
+  const unsigned char *p = (const unsigned char *)d->buf;
+  size_t i = d->scan, n;
+  q->name = NULL;
+  q->shaped = 0;
+  if (d->inmsg) return 0;
+  while (i < d->len && isspace_json(p[i])) i++;
+  if (i == d->len || p[i] != '{') return 0;
+  n = d->len - i;
+  if (n > d->max_message) n = d->max_message;  /* a longer one is the framer's error */
+  if (!quick_scan_at(d, i, i + n, q)) return 0;
+  d->head = d->fstart = i;
+  d->scan = d->fend = i + q->len;
+  d->s.sawfloat = q->sawfloat;
+  d->framed = 1;
+  return 1;
+}
+
+/* What quick_scan finds in a message the framer framed (q->name NULL if unsure). */
+static void quick_framed(qmp_decoder *d, Quick *q) {
+  if (quick_scan_at(d, d->fstart, d->fend, q) && q->len != d->fend - d->fstart) {
+    q->name = NULL;
+    q->shaped = 0;
+  }
+}
+
+/* Push the stack slots a decoding call holds (UV_*, from top + 1 on) and
+** mark the decoder busy: the tree box is to-be-closed, so an error can
+** never leak a tree nor leave the decoder busy. */
+static TreeBox *open_slots(lua_State *L, qmp_decoder *d, int didx, int top) {
+  TreeBox *box;
+  lua_getiuservalue(L, didx, UV_EVENTS);
+  lua_getiuservalue(L, didx, UV_KEYS);
+  lua_getiuservalue(L, didx, UV_BOX);
+  lua_toclose(L, top + UV_BOX);
+  box = (TreeBox *)lua_touserdata(L, top + UV_BOX);
+  d->busy = 1;
+  box->busy = &d->busy;
+  return box;
+}
+
+/* Close the slots of open_slots: the decoder is free again. */
+static void close_slots(lua_State *L, qmp_decoder *d, int top) {
+  lua_closeslot(L, top + UV_BOX);
+  d->busy = 0;
+}
+
+/*
+** Decode the framed message, consuming it: push its value and return 1, or
+** return 0 with the reason in why (not valid JSON: the stream goes on).
+** Raises only on memory errors (or from the events table's __index); the
+** box then frees the tree and clears busy, which the caller sets (any Lua
+** code run by a push must not touch the decoder).
+*/
+static int decode_framed(lua_State *L, qmp_decoder *d, TreeBox *box, int top,
+                         char *why, size_t whysz) {
+  size_t start = d->fstart, end = d->fend;
+  char saved = d->buf[end];  /* cap > len >= end: NUL-terminate in place for cJSON */
+  int ok;
+  d->buf[end] = '\0';
+  ok = parse_text(box, d->buf + start, end - start, why, whysz);
+  d->buf[end] = saved;
+  d->head = end;  /* consumed before anything can raise; bad JSON too */
+  d->framed = 0;
+  if (!ok) return 0;
+  push_message(L, box, top + UV_EVENTS, top + UV_KEYS, d->buf + start, end - start,
+               d->s.sawfloat);
+  return 1;
+}
+
+/*
+** decode_framed for an event of QEMU's shape (q->shaped): its timestamp and
+** name are taken from q, so cJSON parses its data only.  Gives the values
+** the whole message would: timestamp integers are exact either way, and
+** the message table has room for as many members.
+*/
+static int decode_shaped(lua_State *L, qmp_decoder *d, TreeBox *box, int top,
+                         const Quick *q, char *why, size_t whysz) {
+  int keys = top + UV_KEYS, msg;
+  char *data = (char *)q->data, saved = 0;  /* in d->buf, which is ours to write */
+  size_t datalen = q->data ? (size_t)(q->dataend - q->data) : 0;
+  int ok = 1;
+  d->head = d->fend;  /* consumed before anything can raise */
+  d->framed = 0;
+  if (data != NULL) {
+    saved = data[datalen];  /* a byte of the message: '}', ',' or a space */
+    data[datalen] = '\0';
+    ok = parse_text(box, data, datalen, why, whysz);  /* cannot fail but for memory */
+    data[datalen] = saved;
+    if (!ok) return 0;
+  }
+  lua_createtable(L, 0, data ? 3 : 2);
+  msg = lua_gettop(L);
+  push_name(L, keys, "timestamp", 9);
+  lua_createtable(L, 0, 2);
+  push_name(L, keys, "seconds", 7);
+  lua_pushinteger(L, q->seconds);
+  lua_rawset(L, -3);
+  push_name(L, keys, "microseconds", 12);
+  lua_pushinteger(L, q->microseconds);
+  lua_rawset(L, -3);
+  lua_rawset(L, msg);
+  push_name(L, keys, "event", 5);
+  lua_pushlstring(L, q->name, q->namelen);
+  lua_rawset(L, msg);
+  if (data != NULL) {
+    push_name(L, keys, "data", 4);
+    push_tree(L, box, keys, data, datalen, q->sawfloat);
+    lua_rawset(L, msg);
+  }
+  type_event(L, msg, top + UV_EVENTS, keys);
+  return 1;
+}
+
 int qmp_decoder_next(lua_State *L, int didx) {
   qmp_decoder *d = (qmp_decoder *)lua_touserdata(L, didx);
-  size_t start = 0, end = 0;
-  char saved, why[160];
+  char why[160];
   TreeBox *box;
-  int r, ok, top;
+  int r, top;
   if (d->busy)  /* a finalizer run by the walk: touch nothing, not even the framer */
     return luaL_error(L, "qmp: decoder used re-entrantly");
   if (d->errkind != NULL) return qmp_fail(L, d->errkind, "%s", d->errmsg);
@@ -518,33 +980,96 @@ int qmp_decoder_next(lua_State *L, int didx) {
     if (r == 0) return 0;
     if (r < 0) return qmp_fail(L, d->errkind, "%s", d->errmsg);
   }
-  start = d->fstart;
-  end = d->fend;
   top = lua_gettop(L);
-  lua_getiuservalue(L, didx, UV_EVENTS);
-  lua_getiuservalue(L, didx, UV_BOX);
-  lua_toclose(L, top + 2);
-  box = (TreeBox *)lua_touserdata(L, top + 2);
-  saved = d->buf[end];  /* cap > len >= end: NUL-terminate in place for cJSON */
-  d->buf[end] = '\0';
-  ok = parse_text(box, d->buf + start, end - start, why, sizeof why);
-  d->buf[end] = saved;
-  d->head = end;  /* consumed before anything can raise; bad JSON too: the stream goes on */
-  d->framed = 0;
-  if (ok) {
-    d->busy = 1;
-    box->busy = &d->busy;  /* cleared by the box if the walk raises */
-    push_tree(L, box, top + 1, d->buf + start, end - start, d->s.sawfloat);
-    d->busy = 0;
-    box->busy = NULL;
-    r = 1;
-  }
-  else
-    r = qmp_fail(L, "protocol", "%s", why);
-  lua_closeslot(L, top + 2);
-  lua_rotate(L, top + 1, r);  /* results down over the events table and box */
+  box = open_slots(L, d, didx, top);
+  r = decode_framed(L, d, box, top, why, sizeof why) ? 1 : qmp_fail(L, "protocol", "%s", why);
+  close_slots(L, d, top);
+  lua_rotate(L, top + 1, r);  /* results down over the slots */
   lua_settop(L, top + r);
   return r;
+}
+
+/* Is the name q found in the interest set at idx?  A raw read: no Lua runs. */
+static int wanted(lua_State *L, int idx, const Quick *q) {
+  int yes;
+  lua_pushlstring(L, q->name, q->namelen);
+  lua_rawget(L, idx);
+  yes = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  return yes;
+}
+
+int qmp_decoder_drain(lua_State *L, int didx, qmp_batch *b) {
+  qmp_decoder *d = (qmp_decoder *)lua_touserdata(L, didx);
+  const char *kind = NULL, *msg = NULL;
+  char why[160];
+  TreeBox *box;
+  int top;
+  if (d->busy)
+    return luaL_error(L, "qmp: decoder used re-entrantly");
+  top = lua_gettop(L);
+  /* One to-be-closed slot for the whole batch; busy all along, as Lua code
+  ** may run (finalizers, the events table's __index) while a message is
+  ** half-way from framed to decoded. */
+  box = open_slots(L, d, didx, top);
+  while (b->n + b->skipped < b->limit) {
+    Quick q;
+    int ok;
+    q.name = NULL;
+    q.shaped = 0;
+    if (d->errkind != NULL) {
+      kind = d->errkind;
+      msg = d->errmsg;
+      break;
+    }
+    if (!d->framed && !quick_frame(d, &q)) {
+      int r = frame(d);
+      if (r == 0) break;
+      if (r < 0) continue;  /* the sticky error, above */
+    }
+    if (b->interest) {
+      if (q.name == NULL) quick_framed(d, &q);  /* framed by the framer (or by ready()) */
+      if (q.name != NULL && !wanted(L, b->interest, &q)) {
+        d->head = d->fend;  /* consumed unparsed */
+        d->framed = 0;
+        b->skipped++;
+        continue;
+      }
+    }
+    if (q.shaped) ok = decode_shaped(L, d, box, top, &q, why, sizeof why);
+    else ok = decode_framed(L, d, box, top, why, sizeof why);
+    if (!ok) {
+      kind = "protocol";
+      msg = why;
+      break;
+    }
+    lua_rawseti(L, b->list, ++b->n);
+  }
+  close_slots(L, d, top);
+  lua_settop(L, top);
+  if (kind == NULL) return 0;
+  qmp_pusherror(L, kind, "%s", msg);
+  return 1;
+}
+
+void qmp_batch_start(lua_State *L, qmp_batch *b, int arg) {
+  lua_Integer limit = luaL_checkinteger(L, arg);
+  luaL_argcheck(L, limit > 0, arg, "limit must be positive");
+  if (!lua_isnoneornil(L, arg + 1)) luaL_checktype(L, arg + 1, LUA_TTABLE);
+  b->interest = lua_istable(L, arg + 1) ? arg + 1 : 0;
+  b->limit = limit;
+  b->n = b->skipped = 0;
+  lua_settop(L, arg + 1);
+  lua_createtable(L, limit < 16 ? (int)limit : 16, 0);
+  b->list = arg + 2;
+}
+
+int qmp_batch_finish(lua_State *L, qmp_batch *b, int failed) {
+  lua_pushvalue(L, b->list);
+  lua_pushinteger(L, b->skipped);
+  if (!failed) return 2;
+  lua_rotate(L, -3, -1);  /* the error object (pushed by the drain) last */
+  return 3;
 }
 
 static int decoder_gc(lua_State *L) {
@@ -600,6 +1125,17 @@ static int decoder_next(lua_State *L) {
   return r ? r : 1;
 }
 
+/* d:drain(limit [, interest]) -> list, skipped | list, skipped, err
+** Up to limit messages in one call, as next() would give them one by one;
+** with interest (a set of event names), an event outside it may be counted
+** in skipped instead (see qmp_decoder_drain).  The error ends the list. */
+static int decoder_drain(lua_State *L) {
+  qmp_batch b;
+  checkdecoder(L, 1);
+  qmp_batch_start(L, &b, 2);
+  return qmp_batch_finish(L, &b, qmp_decoder_drain(L, 1, &b));
+}
+
 /* d:buffered() -> true when next() would give a message or an error now */
 static int decoder_buffered(lua_State *L) {
   lua_pushboolean(L, qmp_decoder_ready(L, checkdecoder(L, 1)));
@@ -628,15 +1164,16 @@ static int core_decode(lua_State *L) {
   }
   lua_settop(L, 1);
   lua_getfield(L, LUA_REGISTRYINDEX, "qmp.events");
+  lua_getfield(L, LUA_REGISTRYINDEX, "qmp.keys");
   box = treebox_new(L);
-  lua_toclose(L, 3);
+  lua_toclose(L, 4);
   if (parse_text(box, text, len, why, sizeof why)) {  /* Lua strings end in NUL */
-    push_tree(L, box, 2, text, len, s.sawfloat);
+    push_message(L, box, 2, 3, text, len, s.sawfloat);
     r = 1;
   }
   else
     r = qmp_fail(L, "protocol", "%s", why);
-  lua_closeslot(L, 3);
+  lua_closeslot(L, 4);
   lua_rotate(L, 2, r);
   lua_settop(L, 1 + r);
   return r;
@@ -646,10 +1183,12 @@ void qmp_decode_open(lua_State *L) {
   static const luaL_Reg decoder_methods[] = {
     {"feed", decoder_feed},
     {"next", decoder_next},
+    {"drain", decoder_drain},
     {"pending", decoder_pending},
     {"buffered", decoder_buffered},
     {NULL, NULL}
   };
+  keys_open(L);
   if (luaL_newmetatable(L, TREEBOX_MT)) {
     lua_pushcfunction(L, treebox_close);
     lua_setfield(L, -2, "__close");

@@ -66,6 +66,27 @@ int qmp_decoder_next(lua_State *L, int didx);
 int qmp_decoder_ready(lua_State *L, qmp_decoder *d);
 size_t qmp_decoder_pending(qmp_decoder *d);          /* bytes of a partial message */
 
+/* A batch of messages taken by one drain call (d:drain, conn:drain). */
+typedef struct qmp_batch {
+  int list;             /* stack index of the list the messages go to */
+  int interest;         /* stack index of the interest set, or 0 */
+  lua_Integer limit;    /* messages to take at most, listed or skipped */
+  lua_Integer n;        /* messages listed */
+  lua_Integer skipped;  /* events skipped: outside the interest set */
+} qmp_batch;
+/* Check the arguments limit (at arg) and interest (arg + 1), drop any
+** after them and push the new list (at arg + 2). */
+void qmp_batch_start(lua_State *L, qmp_batch *b, int arg);
+/* Decode the whole messages held into the batch until b->limit: 0 when the
+** limit is reached or more bytes are needed; 1 with an error object pushed
+** (a framing error, sticky; or a message that is not JSON, consumed).  An
+** event whose top-level "event" name the interest set does not hold (raw
+** read) is counted in b->skipped, never parsed, when the quick scan is sure
+** of the name (decode.c); else it is listed, for the caller to filter. */
+int qmp_decoder_drain(lua_State *L, int didx, qmp_batch *b);
+/* Push the results list, skipped [, err (on top when failed)]; returns their number. */
+int qmp_batch_finish(lua_State *L, qmp_batch *b, int failed);
+
 /* transport.c: sockets. */
 void qmp_transport_open(lua_State *L);  /* adds open_*, resolve, fdopen, sleep */
 

@@ -5,6 +5,8 @@
 ** open_unix/open_tcp only start a connect, and conn:finish_connect,
 ** conn:take, conn:write and conn:buffered do what can be done now; the
 ** caller polls the fd (core.poll) and calls again when it is ready.
+** conn:drain takes many messages in one call, reading at most
+** MAX_DRAIN_READS times, so that a flood cannot hold it.
 ** Every fd is non-blocking and close-on-exec; sends use MSG_NOSIGNAL so a
 ** dead peer gives an error, never SIGPIPE.  A connection owns a streaming
 ** decoder (decode.c): conn:take() returns whole decoded messages.
@@ -33,6 +35,7 @@
 
 #define MAX_FDS 16       /* fds passed with one command (SCM_RIGHTS) */
 #define READ_SIZE 65536  /* bytes asked of one recv() */
+#define MAX_DRAIN_READS 4  /* recv()s by one conn:drain */
 #define MAX_ADDRS 32     /* addresses kept by core.resolve */
 #define ADDR_LEN 64      /* a numeric address: INET6_ADDRSTRLEN + "%" + scope */
 
@@ -132,9 +135,15 @@ static int connect_state(Conn *c) {
   return 1;
 }
 
+static void push_connect_error(lua_State *L, Conn *c) {
+  qmp_pusherror(L, connect_kind(c->connerr), "cannot connect to %s: %s", c->label,
+                strerror(c->connerr));
+}
+
 static int connect_fail(lua_State *L, Conn *c) {
-  return qmp_fail(L, connect_kind(c->connerr), "cannot connect to %s: %s", c->label,
-                  strerror(c->connerr));
+  luaL_pushfail(L);
+  push_connect_error(L, c);
+  return 2;
 }
 
 /* Check a unix socket path (raises on misuse) and fill sa with it. */
@@ -333,13 +342,33 @@ static int unusable(lua_State *L, Conn *c) {
   return 0;
 }
 
-/* nil, err once the peer's end is closed and no whole message is left. */
-static int eof_fail(lua_State *L, Conn *c) {
+/* The error once the peer's end is closed and no whole message is left. */
+static void push_eof_error(lua_State *L, Conn *c) {
   size_t partial = qmp_decoder_pending(c->dec);
   if (partial > 0)
-    return qmp_fail(L, "closed", "connection closed by the peer inside a message "
-                    "(%d bytes discarded)", (int)partial);
-  return qmp_fail(L, "closed", "connection closed by the peer");
+    qmp_pusherror(L, "closed", "connection closed by the peer inside a message "
+                  "(%d bytes discarded)", (int)partial);
+  else
+    qmp_pusherror(L, "closed", "connection closed by the peer");
+}
+
+static int eof_fail(lua_State *L, Conn *c) {
+  luaL_pushfail(L);
+  push_eof_error(L, c);
+  return 2;
+}
+
+/* One recv() into the decoder: 1 bytes came (or the end: c->eof), 0 none
+** yet (EAGAIN), -1 failed (errno says why). */
+static int read_some(lua_State *L, Conn *c) {
+  char *p = qmp_decoder_reserve(L, c->dec, READ_SIZE);
+  ssize_t n;
+  while ((n = recv(c->fd, p, READ_SIZE, 0)) < 0 && errno == EINTR) {}
+  if (n > 0) qmp_decoder_commit(c->dec, (size_t)n);
+  else if (n == 0 || errno == ECONNRESET) c->eof = 1;
+  else if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
+  else return -1;
+  return 1;
 }
 
 /*
@@ -355,27 +384,56 @@ static int conn_take(lua_State *L) {
   if ((r = qmp_decoder_next(L, 2)) != 0) return r;
   if ((r = unusable(L, c)) != 0) return r;
   if (!c->eof) {
-    ssize_t n;
-    char *p;
     if ((r = connect_state(c)) < 0) return connect_fail(L, c);
-    if (r == 0) {
+    if (r == 0 || (r = read_some(L, c)) == 0) {
       lua_pushboolean(L, 0);
       return 1;
     }
-    p = qmp_decoder_reserve(L, c->dec, READ_SIZE);
-    while ((n = recv(c->fd, p, READ_SIZE, 0)) < 0 && errno == EINTR) {}
-    if (n > 0) qmp_decoder_commit(c->dec, (size_t)n);
-    else if (n == 0 || errno == ECONNRESET) c->eof = 1;
-    else if (errno == EAGAIN || errno == EWOULDBLOCK) {
-      lua_pushboolean(L, 0);
-      return 1;
-    }
-    else return qmp_fail(L, "io", "read: %s", strerror(errno));
+    if (r < 0) return qmp_fail(L, "io", "read: %s", strerror(errno));
     if ((r = qmp_decoder_next(L, 2)) != 0) return r;
   }
   if (c->eof) return eof_fail(L, c);
   lua_pushboolean(L, 0);
   return 1;
+}
+
+/*
+** conn:drain(limit [, interest]) -> list, skipped | list, skipped, err.
+** take() for many messages in one call: up to limit of them, listed or
+** skipped (d:drain in decode.c says which are), reading as take() does but
+** at most MAX_DRAIN_READS times.  Never waits; an empty list when nothing
+** whole is there yet.  An error ends the list: the messages before it come
+** with it, and it comes again from the next call as from take().
+*/
+static int conn_drain(lua_State *L) {
+  Conn *c = toconn(L);
+  qmp_batch b;
+  int reads = 0, r;
+  qmp_batch_start(L, &b, 2);
+  lua_getiuservalue(L, 1, 1);  /* the decoder, above the list */
+  for (;;) {
+    if (qmp_decoder_drain(L, b.list + 1, &b)) break;  /* the error is on top */
+    if (b.n + b.skipped >= b.limit) return qmp_batch_finish(L, &b, 0);
+    if (c->fd < 0) {
+      qmp_pusherror(L, "closed", "the connection is closed");
+      break;
+    }
+    if (c->eof) {
+      push_eof_error(L, c);
+      break;
+    }
+    if ((r = connect_state(c)) < 0) {
+      push_connect_error(L, c);
+      break;
+    }
+    if (r == 0 || reads++ == MAX_DRAIN_READS || (r = read_some(L, c)) == 0)
+      return qmp_batch_finish(L, &b, 0);
+    if (r < 0) {
+      qmp_pusherror(L, "io", "read: %s", strerror(errno));
+      break;
+    }
+  }
+  return qmp_batch_finish(L, &b, 1);
 }
 
 /* conn:buffered() -> true when take() would answer without reading the
@@ -543,6 +601,7 @@ static int conn_tostring(lua_State *L) {
 void qmp_transport_open(lua_State *L) {
   static const luaL_Reg methods[] = {
     {"take", conn_take},
+    {"drain", conn_drain},
     {"write", conn_write},
     {"buffered", conn_buffered},
     {"finish_connect", conn_finish_connect},

@@ -5,6 +5,7 @@ local socket = require "socket"
 local unix = require "socket.unix"
 local address = require "qmp.address"
 local tmp = require "support.tmp"
+local fake = require "support.fake_qmp"
 
 local GREETING = '{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, "package": ""}, "capabilities": []}}\r\n'
 
@@ -609,6 +610,96 @@ describe("qmp.core non-blocking connections", function()
       local ok, ferr = conn:finish_connect()
       assert.is_nil(ok)
       assert.equal("closed", ferr.kind)
+    end)
+  end)
+
+  describe("drain()", function()
+    local EVENT = '{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "%s"}\r\n'
+    local function ev(name) return EVENT:format(name) end
+
+    it("gives an empty list when nothing came", function()
+      local conn = unix_pair()
+      local list, skipped, err = conn:drain(10)
+      assert.same({ 0, 0 }, { #list, skipped })
+      assert.is_nil(err)
+    end)
+
+    it("gives every message of several writes in one call, up to limit", function()
+      local conn, peer = unix_pair()
+      assert(peer:send(ev("STOP") .. '{"return": {}, "id": 1}\r\n'))
+      assert(peer:send(ev("RESUME") .. ev("RTC_CHANGE")))
+      readable(conn)
+      local list, skipped = conn:drain(3, { STOP = true, RESUME = true })
+      assert.equal(3, #list + skipped)
+      assert.equal(core.events.STOP, getmetatable(list[1]))
+      assert.equal(1, list[2].id)
+      assert.equal("RESUME", list[3].event)
+      assert.is_true(conn:buffered())
+      list, skipped = conn:drain(3, { STOP = true, RESUME = true })
+      assert.same({ 0, 1 }, { #list, skipped })
+      assert.is_false(conn:buffered())
+    end)
+
+    it("gives the messages held with the peer's close, then the close again", function()
+      local conn, peer = unix_pair()
+      assert(peer:send('{"a": 1}\n{"b": 2}\n{"c": '))
+      peer:close()
+      readable(conn)
+      local out, err = {}
+      local deadline = core.monotime() + TEST_TIMEOUT
+      repeat  -- the close may take one more read
+        assert(core.monotime() < deadline, "no close")
+        local list, _, e = conn:drain(10)
+        for _, m in ipairs(list) do out[#out + 1] = m end
+        err = e
+      until err
+      assert.same({ { a = 1 }, { b = 2 } }, out)
+      assert.equal("closed", err.kind)
+      assert.equal("connection closed by the peer inside a message (6 bytes discarded)", err.message)
+      local list, skipped, again = conn:drain(10)
+      assert.same({ 0, 0 }, { #list, skipped })
+      assert.equal(err.message, again.message)
+    end)
+
+    it("fails with closed on a closed connection, after what it holds", function()
+      local conn, peer = unix_pair()
+      assert(peer:send('{"a": 1}\n{"b": 2}\n'))
+      readable(conn)
+      assert.equal(1, #conn:drain(1))
+      conn:close()
+      local list, _, err = conn:drain(10)
+      assert.same({ { b = 2 } }, list)
+      assert.equal("closed", err.kind)
+      assert.equal("the connection is closed", err.message)
+    end)
+
+    -- A peer that writes faster than we read must not hold one call: the
+    -- reads are bounded (4 of 64 KiB), skipped events or not.
+    it("returns while a flood goes on", function()
+      local srv = fake.start({ { flood = { count = 2000000, seconds = TEST_TIMEOUT } } })
+      cleanup(function() srv:stop() end)
+      local conn, connected = assert(core.open_unix(srv.path))
+      cleanup(function() conn:close() end)
+      finish(conn, connected)
+      readable(conn)
+      local size = #fake.event("RTC_CHANGE")
+      local total = 0
+      for _ = 1, 20 do
+        local list, skipped, err = conn:drain(1000000000, {})
+        assert.is_nil(err)
+        assert.equal(0, #list)
+        assert(skipped * size <= 4 * 65536, ("%d events (%d bytes) in one call"):format(skipped, skipped * size))
+        total = total + skipped
+        readable(conn)
+      end
+      assert(total > 0)
+    end)
+
+    it("checks its arguments", function()
+      local conn = unix_pair()
+      assert.has_error(function() conn:drain(0) end)
+      assert.has_error(function() conn:drain(1, 1) end)
+      assert.has_error(function() conn.drain({}, 1) end)
     end)
   end)
 

@@ -87,6 +87,18 @@ local function check_connect(opts)
   return opts, w
 end
 
+-- opts.events as a set of names for conn:drain, which then skips the other
+-- events undecoded; nil unless it is plain names only (a glob or a function
+-- needs the decoded event: _on_event filters those).
+local function interest_set(names)
+  if type(names) ~= "string" and type(names) ~= "table" then return nil end
+  local exact = filter.exact_names(names)
+  if #exact ~= (type(names) == "string" and 1 or #names) then return nil end
+  local set = {}
+  for _, name in ipairs(exact) do set[name] = true end
+  return set
+end
+
 -- A client whose first connection attempt has started.  announce: emit
 -- qmp.connected once connected (qmp.connect returns connected instead).
 local function new(addr, opts, announce)
@@ -113,6 +125,7 @@ local function new(addr, opts, announce)
               skipped = 0, handler_errors = 0, invalid = 0 },
     _opts = opts, _target = target,
     _interest = opts.events and filter.names(opts.events),
+    _interest_set = interest_set(opts.events),
     _clock = opts.clock or REAL_CLOCK,
     _waiter = waiter,
     _cond = waiter.condition(),
@@ -183,7 +196,7 @@ function Client:_attempt()
     now = self._clock.now,
     target = self._target, timeout = self.default_timeout, name = self.name,
     max_message = opts.max_message, negotiate = opts.negotiate, expect_uid = opts.expect_uid,
-    stats = self.stats, trace = opts.trace, setup = setup,
+    stats = self.stats, trace = opts.trace, setup = setup, interest = self._interest_set,
     on_event = function(ev) self:_on_event(ev) end,
     report = function(e) self:_report(e) end,
   })

@@ -34,7 +34,10 @@ end
 --- Start a connection attempt.  p: now (the clock), target (address.target), timeout,
 -- name, max_message, negotiate, expect_uid, stats, on_event(ev),
 -- report(err), setup = { { name, args, handle(value) -> nil | err }, ... }
--- run in order after negotiation, before the session counts as ready.
+-- run in order after negotiation, before the session counts as ready;
+-- interest (optional): a set { [name] = true } of the only events on_event
+-- wants: the others are counted in stats.events and stats.skipped and
+-- never decoded (unless p.trace, which must see every message).
 function Session.start(p)
   local s = setmetatable({
     state = "connecting",
@@ -167,8 +170,19 @@ function Session:_flush()
   end
 end
 
+-- conn:drain for a connection object that has only take() (see address.target).
+local function drain_by_take(conn, limit)
+  local list = {}
+  while #list < limit do
+    local msg, err = conn:take()
+    if not msg then return list, 0, msg == nil and err or nil end
+    list[#list + 1] = msg
+  end
+  return list, 0
+end
+
 --- Do what can be done now: finish connecting, write, and route up to
--- `limit` messages.  Returns the number of messages routed.
+-- `limit` messages.  Returns the number of messages routed or skipped.
 function Session:advance(limit)
   if self.state == "dead" then return 0 end
   if self.state == "connecting" and self.conn then
@@ -179,22 +193,46 @@ function Session:advance(limit)
   local n = 0
   if self.state ~= "connecting" and self.state ~= "dead" then
     if self._out[1] then self:_flush() end
-    local conn, was_ready = self.conn, self.state == "ready"
-    while n < limit and self.state ~= "dead" do
-      local msg, err = conn:take()
-      if not msg then
-        if msg == nil then self:_die(err) end
-        break
+    if self.state == "ready" then
+      n = self:_drain(limit)
+    else
+      -- The owner must see the session become ready before any message
+      -- that follows (its qmp.connected comes first), and what a drain took
+      -- is gone from the connection: so while negotiating, one message per
+      -- drain, and stop as soon as the session is ready.
+      while self.state == "negotiating" and n < limit do
+        local got = self:_drain(1)
+        if got == 0 then break end
+        n = n + got
       end
-      n = n + 1
-      self:_route(msg)
-      if not was_ready and self.state == "ready" then break end  -- let the owner see it
     end
   end
   if self.state ~= "ready" and self.state ~= "dead" and self._p.now() >= self._deadline then
     self:_die(self:_handshake_timeout())
   end
   return n
+end
+
+-- Take and route up to limit messages in one drain; the number taken.
+function Session:_drain(limit)
+  local conn, p = self.conn, self._p
+  local interest = not p.trace and p.interest or nil
+  local list, skipped, err
+  if conn.drain then list, skipped, err = conn:drain(limit, interest)
+  else list, skipped, err = drain_by_take(conn, limit) end
+  if skipped > 0 then
+    local stats = p.stats
+    stats.events, stats.skipped = stats.events + skipped, stats.skipped + skipped
+  end
+  local on_event = not p.trace and p.on_event  -- where _route would send an event
+  for i = 1, #list do
+    if self.state == "dead" then break end  -- e.g. a bad greeting: the rest is moot
+    local msg = list[i]
+    if on_event and type(msg.event) == "string" then on_event(msg)  -- the common case, made short
+    else self:_route(msg) end
+  end
+  if err and self.state ~= "dead" then self:_die(err) end
+  return #list + skipped
 end
 
 function Session:_handshake_timeout()
@@ -216,7 +254,8 @@ function Session:_trace(direction, text)
   if not ok then self._p.report(errors.new("handler", "trace failed: " .. tostring(why))) end
 end
 
--- The router: every message goes through here once.
+-- The router: every message goes through here once (an event that is not
+-- traced may go straight to on_event from _drain, as this would send it).
 function Session:_route(msg)
   if self._p.trace then
     local ok, text = pcall(encode, msg)  -- the decoded message, re-encoded
