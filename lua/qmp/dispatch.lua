@@ -66,8 +66,10 @@ function Dispatch.new(p)
     _handlers = {},                 -- subscriptions in registration order (copy on write)
     _by_name = {}, _named = 0,      -- event name -> the handlers that may want it (a cache)
     _listeners = {},                -- open listeners (copy on write)
-    _queue = new_queue(p.max_queue),  -- events waiting for the handlers
-    _log = {}, _first = 1, _last = 0, -- recent events by sequence number, for vm:wait
+    -- The last max_queue events by sequence number: the handlers' queue is
+    -- the part from _next on, vm:wait's history the whole of it.
+    _log = {}, _first = 1, _last = 0,
+    _next = 1,                      -- the next event for the handlers
     _taken = {},                    -- seq -> true: returned by a vm:wait
     _window = 0,                    -- seq of the last event before the last command
     _windows = setmetatable({}, { __mode = "k" }),  -- the same per coroutine
@@ -93,24 +95,25 @@ end
 
 --- Hand an arriving event to every consumer.
 function Dispatch:push(ev)
-  -- vm:wait's history
-  local seq = self._last + 1
+  local seq, first = self._last + 1, self._first
   self._log[seq], self._last = ev, seq
-  if seq - self._first >= self._p.max_queue then
-    self._log[self._first], self._taken[self._first] = nil, nil
-    self._first = self._first + 1
+  if seq - first >= self._p.max_queue then  -- full: the oldest goes
+    self._log[first], self._taken[first], self._first = nil, nil, first + 1
+    if first >= self._next then  -- the handlers had not had it
+      self._next = first + 1
+      if #self._handlers > 0 then  -- with no handler, nobody lost it
+        local stats = self._p.stats
+        stats.overflow = stats.overflow + 1
+        overflowed(self._p.report, stats.overflow, "the handlers' event queue", self._p.max_queue)
+      end
+    end
   end
   for _, l in ipairs(self._listeners) do l:_offer(ev) end
-  if self._queue:push(ev) and #self._handlers > 0 then  -- with no handler, nobody lost it
-    local stats = self._p.stats
-    stats.overflow = stats.overflow + 1
-    overflowed(self._p.report, stats.overflow, "the handlers' event queue", self._queue.max)
-  end
 end
 
 --- true while events wait for their handlers.
 function Dispatch:pending()
-  return self._queue.head <= self._queue.tail
+  return self._next <= self._last
 end
 
 local MAX_NAMED = 512   -- names cached by _for_name; a peer inventing names cannot grow it
@@ -134,13 +137,13 @@ end
 -- is, so that after a handler raised, delivery goes on with the next one.
 -- A filter is user code too: it runs under the same protection.
 local function run_handlers(self, vm, limit, at)
-  local q = self._queue
+  local log = self._log
   while true do
     local ev = at.ev
     if not ev then
-      if at.n >= limit or vm:stopping() then return end
-      ev = q:pop()
-      if not ev then return end
+      local seq = self._next
+      if seq > self._last or at.n >= limit or vm:stopping() then return end
+      ev, self._next = log[seq], seq + 1
       at.ev, at.i, at.list, at.n = ev, 1, self:_for_name(ev.event), at.n + 1
     end
     local list = at.list
