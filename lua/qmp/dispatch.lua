@@ -66,9 +66,11 @@ function Dispatch.new(p)
     _handlers = {},                 -- subscriptions in registration order (copy on write)
     _by_name = {}, _named = 0,      -- event name -> the handlers that may want it (a cache)
     _listeners = {},                -- open listeners (copy on write)
-    -- The last max_queue events by sequence number: the handlers' queue is
-    -- the part from _next on, vm:wait's history the whole of it.
-    _log = {}, _first = 1, _last = 0,
+    -- The last max_queue events by sequence number, in a ring (slot
+    -- seq % max_queue + 1; a slot let go holds false, never nil, so the
+    -- table stays a dense array): the handlers' queue is the part from
+    -- _next on, vm:wait's history the whole of it.
+    _log = {}, _cap = p.max_queue, _first = 1, _last = 0,
     _next = 1,                      -- the next event for the handlers
     _taken = {},                    -- seq -> true: returned by a vm:wait
     _window = 0,                    -- seq of the last event before the last command
@@ -93,12 +95,18 @@ local function with(list, item)
   return copy
 end
 
+-- Events the handlers have had stay for vm:wait's history up to this many:
+-- a script's wait answers a command just sent, and every event kept alive
+-- costs the garbage collector on a busy stream.
+local HISTORY = 1024
+
 --- Hand an arriving event to every consumer.
 function Dispatch:push(ev)
-  local seq, first = self._last + 1, self._first
-  self._log[seq], self._last = ev, seq
-  if seq - first >= self._p.max_queue then  -- full: the oldest goes
-    self._log[first], self._taken[first], self._first = nil, nil, first + 1
+  local seq, first, cap = self._last + 1, self._first, self._cap
+  if first < self._next and seq - first >= HISTORY then  -- old history goes quietly
+    self._log[first % cap + 1], self._taken[first], self._first = false, nil, first + 1
+  elseif seq - first >= cap then  -- full: the oldest goes
+    self._log[first % cap + 1], self._taken[first], self._first = false, nil, first + 1
     if first >= self._next then  -- the handlers had not had it
       self._next = first + 1
       if #self._handlers > 0 then  -- with no handler, nobody lost it
@@ -108,6 +116,7 @@ function Dispatch:push(ev)
       end
     end
   end
+  self._log[seq % cap + 1], self._last = ev, seq
   for _, l in ipairs(self._listeners) do l:_offer(ev) end
 end
 
@@ -137,25 +146,32 @@ end
 -- is, so that after a handler raised, delivery goes on with the next one.
 -- A filter is user code too: it runs under the same protection.
 local function run_handlers(self, vm, limit, at)
-  local log = self._log
+  local log, cap, by_name = self._log, self._cap, self._by_name
+  if vm:stopping() then return end
   while true do
     local ev = at.ev
     if not ev then
       local seq = self._next
-      if seq > self._last or at.n >= limit or vm:stopping() then return end
-      ev, self._next = log[seq], seq + 1
-      at.ev, at.i, at.list, at.n = ev, 1, self:_for_name(ev.event), at.n + 1
+      if seq > self._last or at.n >= limit then return end
+      ev, self._next = log[seq % cap + 1], seq + 1
+      local name = ev.event
+      at.ev, at.i, at.list, at.n = ev, 1, by_name[name] or self:_for_name(name), at.n + 1
     end
-    local list = at.list
+    local list, ran = at.list, false
     for i = at.i, #list do
       local sub = list[i]
       at.i = i + 1
       if sub.active and (sub.always or sub.match(ev)) then
         if sub.once then sub:off() end
+        ran = true
         sub.fn(ev, vm)
       end
     end
     at.ev = nil
+    if ran then
+      if vm:stopping() then return end   -- only a handler can have asked
+      by_name = self._by_name             -- and only a handler can have changed them
+    end
   end
 end
 
@@ -328,9 +344,10 @@ end
 function Dispatch:take(match)
   local log, taken = self._log, self._taken
   for seq = math.max(window_of(self) + 1, self._first), self._last do
-    if not taken[seq] and match(log[seq]) then
+    local ev = log[seq % self._cap + 1]
+    if not taken[seq] and match(ev) then
       taken[seq] = true
-      return log[seq]
+      return ev
     end
   end
 end
@@ -339,7 +356,7 @@ end
 function Dispatch:matched_before(match)
   local log = self._log
   for seq = self._first, math.min(window_of(self), self._last) do
-    if match(log[seq]) then return true end
+    if match(log[seq % self._cap + 1]) then return true end
   end
   return false
 end
