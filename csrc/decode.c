@@ -550,9 +550,21 @@ static int count_children(const cJSON *node) {
   return n;
 }
 
-static void push_node(Walk *w, const cJSON *node) {
+/* The walk frees each child once it is pushed: the cJSON tree shrinks as
+** the Lua value grows, so a big reply never holds both whole (peak memory).
+** The child is unlinked first, so the tree stays whole for the box's
+** cleanup if a push raises. */
+static void free_head(cJSON *node) {
+  cJSON *child = node->child;
+  node->child = child->next;
+  if (child->next != NULL) child->next->prev = child->prev;  /* the head's prev is the tail */
+  child->next = child->prev = NULL;
+  cJSON_Delete(child);
+}
+
+static void push_node(Walk *w, cJSON *node) {
   lua_State *L = w->L;
-  const cJSON *child;
+  cJSON *child;
   luaL_checkstack(L, 3, "cannot grow the Lua stack for a nested JSON value");
   switch (node->type & 0xFF) {
     case cJSON_False: lua_pushboolean(L, 0); break;
@@ -569,18 +581,20 @@ static void push_node(Walk *w, const cJSON *node) {
       ** non-empty one needs no mark (its keys 1..n say array), and leaving
       ** it plain keeps decoding fast. */
       if (node->child == NULL) luaL_setmetatable(L, QMP_ARRAY_MT);
-      for (child = node->child; child != NULL; child = child->next) {
+      while ((child = node->child) != NULL) {
         push_node(w, child);
         lua_rawseti(L, -2, i++);
+        free_head(node);
       }
       break;
     }
     case cJSON_Object:
       lua_createtable(L, 0, count_children(node));
-      for (child = node->child; child != NULL; child = child->next) {
+      while ((child = node->child) != NULL) {
         push_name(L, w->keys, child->string, strlen(child->string));
         push_node(w, child);
         lua_rawset(L, -3);  /* duplicate keys: the last one wins */
+        free_head(node);
       }
       break;
     default: qmp_pushnull(L); break;  /* cJSON_Raw/Invalid: not produced by the parser */
