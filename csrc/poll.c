@@ -110,7 +110,36 @@ static int core_poll(lua_State *L) {
   return 1;
 }
 
+/* core.wait_fd(fd, mode, timeout) -> ready: one fd, no tables (the
+** blocking wait of a single client); mode "r", "w" or "rw"; timeout nil:
+** forever. */
+static int core_wait_fd(lua_State *L) {
+  lua_Integer fd = luaL_checkinteger(L, 1);
+  const char *mode = luaL_checkstring(L, 2);
+  double t = luaL_optnumber(L, 3, -1), deadline;
+  struct pollfd p;
+  int r, ms;
+  luaL_argcheck(L, fd >= 0 && fd <= INT_MAX, 1, "not a file descriptor");
+  luaL_argcheck(L, !isnan(t), 3, "timeout must be a number");
+  p.fd = (int)fd;
+  p.events = (short)((strchr(mode, 'r') ? POLLIN : 0) | (strchr(mode, 'w') ? POLLOUT : 0));
+  luaL_argcheck(L, p.events != 0, 2, "mode must be \"r\", \"w\" or \"rw\"");
+  p.revents = 0;
+  deadline = t < 0 ? HUGE_VAL : qmp_monotime() + t;
+  for (;;) {
+    ms = qmp_poll_ms(deadline);
+    r = poll(&p, 1, ms);
+    if (r > 0) break;
+    if (r < 0 && errno != EINTR) return qmp_fail(L, "io", "poll: %s", strerror(errno));
+    if (r == 0 && (ms == 0 || qmp_monotime() >= deadline)) break;
+  }
+  lua_pushboolean(L, r > 0);
+  return 1;
+}
+
 void qmp_poll_open(lua_State *L) {
   lua_pushcfunction(L, core_poll);
   lua_setfield(L, -2, "poll");
+  lua_pushcfunction(L, core_wait_fd);
+  lua_setfield(L, -2, "wait_fd");
 }

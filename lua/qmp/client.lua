@@ -596,9 +596,11 @@ function Client:run(opts)
   if done ~= nil and type(done) ~= "function" then errors.raise("qmp: run: done must be a function") end
   local deadline = opts.timeout and self:now() + opts.timeout or huge
   local d = self._dispatch
+  local waited = false   -- _wait_io progresses after its wait: no need again
   self._stop = false
   while true do
-    if self:_progress() then self._cond:signal() end
+    if not waited and self:_progress() then self._cond:signal() end
+    waited = false
     d:deliver(self, BATCH)   -- events first: a handler may cancel a timer now due
     d:run_timers(self)
     if self._stop or (done and done(self)) then
@@ -617,6 +619,7 @@ function Client:run(opts)
     else
       local due = d:next_due()
       self:_wait_io(min(deadline, due and now + due or huge))
+      waited = true
     end
   end
 end

@@ -180,7 +180,7 @@ end
 -- One protected call serves the whole batch; a failing handler is
 -- reported and the next one runs.
 function Dispatch:deliver(vm, limit)
-  if self._delivering then return 0 end
+  if self._delivering or self._next > self._last then return 0 end
   self._delivering = true
   local at = { n = 0 }
   while true do

@@ -30,7 +30,7 @@ local inert = { signal = function() end }
 -- thread of control can only be its own reader).
 waiters.blocking = {
   wait = function(fd, mode, _, timeout)
-    if fd and fd >= 0 then core.poll({ fd }, timeout, { mode })
+    if fd and fd >= 0 then core.wait_fd(fd, mode, timeout)
     elseif timeout then core.sleep(timeout) end
   end,
   condition = function() return inert end,
@@ -45,7 +45,7 @@ function waiters.blocking_on(clock)
   if not w then
     w = {
       wait = function(fd, mode, _, timeout)
-        if fd and fd >= 0 then core.poll({ fd }, timeout, { mode }) else clock.sleep(timeout) end
+        if fd and fd >= 0 then core.wait_fd(fd, mode, timeout) else clock.sleep(timeout) end
       end,
       condition = function() return inert end,
     }
