@@ -89,7 +89,7 @@ end
 
 -- opts.events as a set of names for conn:drain, which then skips the other
 -- events undecoded; nil unless it is plain names only (a glob or a function
--- needs the decoded event: _on_event filters those).
+-- needs the decoded event: the event sink filters those).
 local function interest_set(names)
   if type(names) ~= "string" and type(names) ~= "table" then return nil end
   local exact = filter.exact_names(names)
@@ -148,6 +148,7 @@ local function new(addr, opts, announce)
     await = function(ready, deadline) return vm:_await(ready, deadline) end,
     unknown_name = function(name) return vm:_unknown_name(name) end,
   })
+  vm._sink = vm:_event_sink()
   vm:_attempt()
   return vm
 end
@@ -197,7 +198,7 @@ function Client:_attempt()
     target = self._target, timeout = self.default_timeout, name = self.name,
     max_message = opts.max_message, negotiate = opts.negotiate, expect_uid = opts.expect_uid,
     stats = self.stats, trace = opts.trace, setup = setup, interest = self._interest_set,
-    on_event = function(ev) self:_on_event(ev) end,
+    on_event = self._sink,
     report = function(e) self:_report(e) end,
   })
   self.state = "connecting"
@@ -345,15 +346,19 @@ function Client:_report(err)
   end
 end
 
-function Client:_on_event(ev)
-  local stats = self.stats
-  stats.events = stats.events + 1
-  if self._interest and not self._interest(ev) then
-    stats.skipped = stats.skipped + 1
-    return
+-- Where the session sends each event: one closure made once, as every
+-- event of the stream goes through it.
+function Client:_event_sink()
+  local stats, interest, validate, dispatch = self.stats, self._interest, self._opts.validate, self._dispatch
+  return function(ev)
+    stats.events = stats.events + 1
+    if interest and not interest(ev) then
+      stats.skipped = stats.skipped + 1
+      return
+    end
+    if validate then self:_validate(ev) end
+    dispatch:push(ev)
   end
-  if self._opts.validate then self:_validate(ev) end
-  self._dispatch:push(ev)
 end
 
 function Client:_synthetic(name, data)

@@ -117,7 +117,8 @@ function Dispatch:push(ev)
     end
   end
   self._log[seq % cap + 1], self._last = ev, seq
-  for _, l in ipairs(self._listeners) do l:_offer(ev) end
+  local listeners = self._listeners
+  for i = 1, #listeners do listeners[i]:_offer(ev) end
 end
 
 --- true while events wait for their handlers.
