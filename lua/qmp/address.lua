@@ -20,7 +20,7 @@ end
 function address.parse(a)
   if type(a) == "table" and a.conn ~= nil then
     local c = a.conn
-    for _, m in ipairs({ "take", "write", "buffered", "fileno", "finish_connect", "peercred", "close" }) do
+    for _, m in ipairs({ "drain", "write", "buffered", "fileno", "finish_connect", "peercred", "close" }) do
       if type(c[m]) ~= "function" then
         raise("qmp: address { conn = } needs a connection object with :" .. m .. "()")
       end
@@ -58,7 +58,7 @@ end
 --- What a session connects to: the address with TCP names resolved.
 -- Resolution happens once, here (getaddrinfo cannot be bounded by a
 -- deadline), so reconnect attempts never block on it.  An inherited fd, or
--- a connection object (the conn interface without a socket: take, write,
+-- a connection object (the conn interface without a socket: drain, write,
 -- buffered, fileno, finish_connect, peercred, close, and optionally
 -- due_in(); qmp.replay has one), can be opened once only.  target | nil, err
 function address.target(a, opts)

@@ -191,6 +191,19 @@ function Player:due_in()
   if it.dir ~= "out" then return self:_due(it) - self._clock.now() end
 end
 
+--- conn:drain(limit): the messages due now, at most limit, as a list, 0
+-- skipped (a replay decodes every event; the client filters) and the end's
+-- error once it is played.
+function Player:drain(limit)
+  local list = {}
+  while #list < limit do
+    local msg, err = self:take()
+    if not msg then return list, 0, msg == nil and err or nil end
+    list[#list + 1] = msg
+  end
+  return list, 0
+end
+
 --- conn:take(): the next message | false (none now) | nil, err (the end).
 function Player:take()
   while not self._error do

@@ -170,17 +170,6 @@ function Session:_flush()
   end
 end
 
--- conn:drain for a connection object that has only take() (see address.target).
-local function drain_by_take(conn, limit)
-  local list = {}
-  while #list < limit do
-    local msg, err = conn:take()
-    if not msg then return list, 0, msg == nil and err or nil end
-    list[#list + 1] = msg
-  end
-  return list, 0
-end
-
 --- Do what can be done now: finish connecting, write, and route up to
 -- `limit` messages.  Returns the number of messages routed or skipped.
 function Session:advance(limit)
@@ -218,8 +207,7 @@ function Session:_drain(limit)
   local conn, p = self.conn, self._p
   local interest = not p.trace and p.interest or nil
   local list, skipped, err
-  if conn.drain then list, skipped, err = conn:drain(limit, interest)
-  else list, skipped, err = drain_by_take(conn, limit) end
+  list, skipped, err = conn:drain(limit, interest)
   if skipped > 0 then
     local stats = p.stats
     stats.events, stats.skipped = stats.events + skipped, stats.skipped + skipped
