@@ -206,8 +206,7 @@ end
 function Session:_drain(limit)
   local conn, p = self.conn, self._p
   local interest = not p.trace and p.interest or nil
-  local list, skipped, err
-  list, skipped, err = conn:drain(limit, interest)
+  local list, skipped, err = conn:drain(limit, interest)
   if skipped > 0 then
     local stats = p.stats
     stats.events, stats.skipped = stats.events + skipped, stats.skipped + skipped
