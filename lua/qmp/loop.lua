@@ -151,12 +151,15 @@ function Loop:run(opts)
   if done ~= nil and type(done) ~= "function" then raise("qmp.loop: run: done must be a function") end
   local deadline = timeout and monotime() + timeout or huge
   local ready = {}   -- vm -> true: its fd was ready at the last poll
+  local due = {}     -- vm -> when it has work without its fd (from its timeout())
   self._stop = false
   while true do
+    local now = monotime()
     for _, vm in ipairs(self._vms) do   -- a snapshot: add/remove replace the list
       if self._stop then break end
-      local t = vm:timeout()
-      if self._member[vm] and (ready[vm] or (t and t <= 0)) then step(self, vm) end
+      local t = due[vm]
+      if t == nil then t = vm:timeout(); t = t and now + t or huge end  -- new in the loop
+      if self._member[vm] and (ready[vm] or t <= now) then step(self, vm) end
     end
     if self._stop or (done and done(self)) then
       self._stop = false
@@ -169,10 +172,12 @@ function Loop:run(opts)
       return nil, errors.new("timeout", ("loop: %g s passed"):format(timeout))
     end
     local fds, modes = {}, {}
+    now = monotime()
     for i, vm in ipairs(vms) do
       fds[i], modes[i] = vm:pollfd(), vm:events()
       local t = vm:timeout()
       if t then wait = min(wait, t) end
+      due[vm] = t and now + t or huge
     end
     local list, err = core.poll(fds, wait < huge and wait or nil, modes)
     if not list then return nil, err end
