@@ -519,7 +519,9 @@ static void push_name(lua_State *L, int keysidx, const char *s, size_t n) {
   if (n >= 2) {
     unsigned slot = key_slot(s, n);
     const char *k = KEY_NAMES[slot];
-    if (k != NULL && memcmp(k, s, n + 1) == 0) {  /* n + 1: the lengths match too */
+    /* strncmp stops at k's end (memcmp would read past a shorter k); then
+    ** k[n] == NUL says the lengths match too. */
+    if (k != NULL && strncmp(k, s, n) == 0 && k[n] == '\0') {
       lua_rawgeti(L, keysidx, slot + 1);
       return;
     }
