@@ -29,12 +29,12 @@ RL   := qmp/shell/rl.so
 # Debian packages needed to build, test, run the demo and the benchmarks.
 DEBS := lua5.4 liblua5.4-dev libcjson-dev lua-busted lua-socket lua-cqueues locales \
         lua-luv luarocks qemu-system-x86 qemu-utils pkg-config gcc make \
-        lua-readline libreadline-dev tmux lua-cjson valgrind
+        lua-readline libreadline-dev tmux lua-cjson valgrind clang libclang-rt-14-dev
 
 # Lets lua5.4 (and only lua5.4) find the in-tree modules.
 RUN_ENV := LUA_PATH_5_4='./lua/?.lua;./lua/?/init.lua;;' LUA_CPATH_5_4='./?.so;;' LUA=$(LUA)
 
-.PHONY: build deps test demo bench bench-ir lint clean
+.PHONY: build deps test demo bench bench-ir lint clean fuzz fuzz-smoke
 # deps must finish before build starts, even under -j.
 .NOTPARALLEL:
 
@@ -88,8 +88,33 @@ bench-ir: deps build
 	$(RUN_ENV) $(LUA) spec/bench/run.lua ir
 
 lint:
-	@if command -v $(LUACHECK) >/dev/null; then $(LUACHECK) lua spec examples; \
+	@if command -v $(LUACHECK) >/dev/null; then $(LUACHECK) lua spec examples bin/qmp-lua; \
 	else echo "$(LUACHECK) not installed; skipping lint"; fi
+
+# Fuzzing (spec/fuzz/): libFuzzer harnesses, built with clang into .build/fuzz/
+# with the C core and Lua 5.4 linked in.  `make fuzz` runs each for FUZZ_TIME
+# seconds on a copy of the seed corpus; `make fuzz-smoke` for 10 seconds.
+FUZZ_CC    ?= clang
+FUZZ_TIME  ?= 60
+FUZZ_DIR   := .build/fuzz
+FUZZERS    := stream oneshot roundtrip fastpath
+FUZZ_BINS  := $(FUZZERS:%=$(FUZZ_DIR)/fuzz_%)
+FUZZ_FLAGS := -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined \
+              -fno-sanitize-recover=all -std=c99 -D_GNU_SOURCE $(WARN)
+
+$(FUZZ_DIR)/checks_lua.h: spec/fuzz/checks.lua spec/fuzz/embed.lua
+	@mkdir -p $(@D)
+	$(LUA) spec/fuzz/embed.lua $< > $@
+
+$(FUZZ_DIR)/fuzz_%: spec/fuzz/fuzz_%.c spec/fuzz/harness.h $(FUZZ_DIR)/checks_lua.h $(SRCS) $(HDRS)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -I$(FUZZ_DIR) $(LUA_CFLAGS) $(CJSON_CFLAGS) -o $@ $< $(SRCS) \
+	  -llua5.4 $(CJSON_LIBS) -lm
+
+fuzz: deps $(FUZZ_BINS)
+	sh spec/fuzz/run.sh $(FUZZ_TIME) $(FUZZERS)
+
+fuzz-smoke: deps $(FUZZ_BINS)
+	sh spec/fuzz/run.sh 10 $(FUZZERS)
 
 # csrc/*.o are left behind by `luarocks make`.
 clean:

@@ -1,0 +1,233 @@
+-- The properties the fuzz harnesses check, one function per harness.
+-- Each takes the fuzzer's input (a string) and returns nothing when the
+-- property holds, or a string saying how it failed (the harness then
+-- aborts: a finding).  Embedded into each harness at build time; the
+-- harness passes the qmp.core module table as the chunk's argument.
+local core = ...
+
+local type, next, rawget, getmetatable, tostring, pcall = type, next, rawget, getmetatable, tostring, pcall
+local mathtype = math.type
+
+-- Deep, raw equality: integers and floats differ, metatables must match,
+-- a qmp.uint64 equals one with the same digits (as spec/fastpath_spec.lua).
+local function same(a, b)
+  if type(a) ~= type(b) then return false end
+  if type(a) == "number" then return mathtype(a) == mathtype(b) and a == b end
+  if type(a) == "userdata" then
+    return getmetatable(a) == getmetatable(b) and (a == b or tostring(a) == tostring(b))
+  end
+  if type(a) ~= "table" then return a == b end
+  if getmetatable(a) ~= getmetatable(b) then return false end
+  for k, v in next, a do
+    if not same(v, rawget(b, k)) then return false end
+  end
+  for k in next, b do
+    if rawget(a, k) == nil then return false end
+  end
+  return true
+end
+
+local function show(item)
+  if item == nil then return "nothing" end
+  if item.err then return "error " .. tostring(item.err) end
+  local ok, text = pcall(core.encode, item.msg, { sort = true })
+  return ok and text or tostring(item.msg)
+end
+
+-- A message that is not JSON is reported once and the stream goes on; any
+-- other error (framing, toolarge) stays and ends the stream.
+local function sticky(err)
+  return not (err.message:find("^invalid JSON") or err.message:find("^trailing data"))
+end
+
+-- An input that starts with a byte >= 0x80 (no JSON message can) carries a
+-- header: that byte, then (its low 3 bits + 1) chunk sizes of 1..256 bytes.
+-- Bits 3-6 of the first byte are left to the harness (cfg).  Any other
+-- input is all text, fed in the default chunk sizes.
+local DEFAULT_SIZES = { 1, 7, 64, 3, 4096 }
+
+local function header(input)
+  local b = input:byte(1)
+  if b == nil or b < 0x80 then return DEFAULT_SIZES, nil, input end
+  local sizes = {}
+  for i = 1, (b & 7) + 1 do sizes[i] = (input:byte(1 + i) or 0) + 1 end
+  return sizes, b >> 3 & 15, input:sub(#sizes + 2)
+end
+
+-- text cut in pieces of the sizes, in turn.
+local function pieces(text, sizes)
+  local list, pos, i = {}, 1, 0
+  while pos <= #text do
+    i = i % #sizes + 1
+    list[#list + 1] = text:sub(pos, pos + sizes[i] - 1)
+    pos = pos + sizes[i]
+  end
+  return list
+end
+
+-- Everything d:next() gives for the pieces: a list of { msg = } | { err = },
+-- ending at a sticky error.
+local function through_next(list, opts)
+  local d, out, k = core.decoder(opts), {}, 0
+  while true do
+    local msg, err = d:next()
+    if msg ~= nil then out[#out + 1] = { msg = msg }
+    elseif err then
+      out[#out + 1] = { err = err }
+      if sticky(err) then return out end
+    else
+      k = k + 1
+      if list[k] == nil then return out end
+      d:feed(list[k])
+    end
+  end
+end
+
+local checks = {}
+
+-- (a) The framer and decoder: any chunking gives what the whole text gives.
+-- A message over max_message may be refused as too large before its bad
+-- byte is seen, so a sticky error matches a toolarge one.
+function checks.stream(input)
+  local sizes, cfg, text = header(input)
+  local opts = cfg and cfg > 0 and { max_message = 1 << (cfg + 2) } or nil
+  local whole = through_next({ text }, opts)
+  local chunked = through_next(pieces(text, sizes), opts)
+  for i = 1, math.max(#whole, #chunked) do
+    local x, y = whole[i], chunked[i]
+    local agree = x and y and (x.msg ~= nil and y.msg ~= nil and same(x.msg, y.msg)
+      or x.err and y.err and (x.err.kind == y.err.kind
+        or sticky(x.err) and sticky(y.err) and (x.err.kind == "toolarge" or y.err.kind == "toolarge")))
+    if not agree then
+      return ("message %d: %s whole, %s chunked"):format(i, show(x), show(y))
+    end
+  end
+end
+
+-- (b) One-shot decode: a value or nil plus a protocol error; a value encodes
+-- or raises (strings that are not UTF-8, infinities), never crashes.
+function checks.oneshot(input)
+  local v, err = core.decode(input)
+  if v == nil then
+    if getmetatable(err) ~= core.Error or err.kind ~= "protocol" then
+      return "decode failed without a protocol error: " .. tostring(err)
+    end
+    return
+  end
+  pcall(core.encode, v)
+  pcall(core.encode, v, { pretty = true, sort = true })
+end
+
+-- What encode may refuse of a decoded value: JSON strings need not be
+-- UTF-8 for cJSON, and a number too large for a double reads as infinity.
+local function refusable(msg)
+  return msg:find("invalid UTF%-8") or msg:find("NaN or infinity")
+end
+
+-- (c) decode -> encode -> decode: the same value, the same sorted text,
+-- compact and pretty.
+function checks.roundtrip(input)
+  local v = core.decode(input)
+  if v == nil then return end
+  local ok, text = pcall(core.encode, v, { sort = true })
+  if not ok then
+    if refusable(tostring(text)) then return end
+    return "encode refused a decoded value: " .. tostring(text)
+  end
+  for _, opts in ipairs { { sort = true }, { sort = true, pretty = true } } do
+    local out = opts.pretty and core.encode(v, opts) or text
+    local v2, err = core.decode(out)
+    if v2 == nil then return ("encoded text does not decode (%s): %s"):format(tostring(err), out) end
+    if not same(v, v2) then return "decoded value differs after a round trip: " .. text end
+    local text2 = core.encode(v2, { sort = true })
+    if text2 ~= text then return ("round trip changed the text: %s, then %s"):format(text, text2) end
+  end
+end
+
+-- The names an interest set may hold: events of the seeds, and odd ones.
+local NAMES = { "STOP", "RESUME", "SHUTDOWN", "RTC_CHANGE", "BLOCK_IO_ERROR", "POWERDOWN", "" }
+local LIMITS = { 1, 2, 3, 7, 256, 100000 }
+
+-- The same as through_next through d:drain(limit, interest), limits taken
+-- in turn from LIMITS; also the events skipped.
+local function through_drain(list, interest, first_limit)
+  local d, out, skipped, k, l = core.decoder(), {}, 0, 0, first_limit
+  while true do
+    l = l % #LIMITS + 1
+    local items, sk, err = d:drain(LIMITS[l], interest)
+    for i = 1, #items do out[#out + 1] = { msg = items[i] } end
+    skipped = skipped + sk
+    if err then
+      out[#out + 1] = { err = err }
+      if sticky(err) then
+        local again, sk2, err2 = d:drain(1, interest)
+        if #again ~= 0 or sk2 ~= 0 or not err2 or err2.message ~= err.message then
+          return out, skipped, "a sticky error did not come again: " .. tostring(err)
+        end
+        return out, skipped
+      end
+    elseif #items + sk == 0 then
+      k = k + 1
+      if list[k] == nil then return out, skipped end
+      d:feed(list[k])
+    end
+  end
+end
+
+local function same_item(x, y)
+  if x.err or y.err then
+    return x.err ~= nil and y.err ~= nil and x.err.kind == y.err.kind and x.err.message == y.err.message
+  end
+  return same(x.msg, y.msg)
+end
+
+-- An event the Lua filter (_on_event) drops for this interest set.
+local function unwanted(item, interest)
+  local name = item.msg and type(item.msg) == "table" and rawget(item.msg, "event")
+  return type(name) == "string" and not interest[name]
+end
+
+-- (d) The fast path against the full path: drain without an interest set
+-- gives exactly what next() gives; with one, it leaves out only events the
+-- Lua filter would drop, and counts each one it leaves out.  The header's
+-- cfg picks the first limit; the byte after the header, the interest set.
+function checks.fastpath(input)
+  local sizes, cfg, text = header(input)
+  local mask = 3  -- STOP, RESUME
+  if cfg then
+    mask = text:byte(1) or 0
+    text = text:sub(2)
+  end
+  local interest = {}
+  for i, name in ipairs(NAMES) do
+    if mask & (1 << (i - 1)) ~= 0 then interest[name] = true end
+  end
+  local list, first = pieces(text, sizes), (cfg or 0) % #LIMITS
+  local full = through_next(list)
+  local fast, skipped, why = through_drain(list, nil, first)
+  if why then return why end
+  if skipped ~= 0 then return "skipped without an interest set" end
+  for i = 1, math.max(#full, #fast) do
+    if not (full[i] and fast[i] and same_item(full[i], fast[i])) then
+      return ("no interest set, message %d: %s by next(), %s by drain()"):format(i, show(full[i]), show(fast[i]))
+    end
+  end
+  fast, skipped, why = through_drain(list, interest, first)
+  if why then return why end
+  local j, left_out = 1, 0
+  for i, item in ipairs(full) do
+    if fast[j] and same_item(item, fast[j]) then
+      j = j + 1
+    elseif unwanted(item, interest) then
+      left_out = left_out + 1
+    else
+      return ("message %d differs: %s, then %s"):format(i, show(item), show(fast[j]))
+    end
+  end
+  if j <= #fast then return "drain gave more: " .. show(fast[j]) end
+  if left_out ~= skipped then
+    return ("%d events left out, %d counted as skipped"):format(left_out, skipped)
+  end
+end
+
+return checks

@@ -1,0 +1,56 @@
+/*
+** harness.h: the body shared by the libFuzzer harnesses.  A harness defines
+** QMP_FUZZ_CHECK, the name of a function of checks.lua, and includes this.
+**
+** One lua_State per process, made on the first input: standard libraries,
+** qmp.core linked in (the C sources are compiled into the harness) and the
+** checks (checks.lua, embedded at build time as checks_lua.h).  Each input
+** runs the check under lua_pcall: a Lua error (a raised usage error, out of
+** memory) is no finding; a check that returns a reason aborts, so libFuzzer
+** keeps the input.  Crashes and sanitizer reports are findings of their own.
+*/
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include <lua.h>
+#include <lauxlib.h>
+#include <lualib.h>
+
+#include "checks_lua.h"  /* static const char checks_lua[] (NUL-terminated) */
+
+int luaopen_qmp_core(lua_State *L);
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+static lua_State *fuzz_state(void) {
+  static lua_State *L;
+  if (L != NULL) return L;
+  L = luaL_newstate();
+  luaL_openlibs(L);
+  luaL_requiref(L, "qmp.core", luaopen_qmp_core, 0);
+  if (luaL_loadbuffer(L, checks_lua, sizeof checks_lua - 1, "=checks.lua") != LUA_OK
+      || (lua_insert(L, -2), lua_pcall(L, 1, 1, 0)) != LUA_OK) {
+    fprintf(stderr, "checks.lua: %s\n", lua_tostring(L, -1));
+    abort();
+  }
+  if (lua_getfield(L, -1, QMP_FUZZ_CHECK) != LUA_TFUNCTION) {
+    fprintf(stderr, "checks.lua has no check '%s'\n", QMP_FUZZ_CHECK);
+    abort();
+  }
+  lua_setfield(L, LUA_REGISTRYINDEX, "qmp.fuzz.check");
+  lua_settop(L, 0);
+  return L;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+  lua_State *L = fuzz_state();
+  lua_getfield(L, LUA_REGISTRYINDEX, "qmp.fuzz.check");
+  lua_pushlstring(L, (const char *)data, size);
+  if (lua_pcall(L, 1, 1, 0) == LUA_OK && lua_isstring(L, -1)) {
+    fprintf(stderr, "qmp fuzz check '%s' failed: %s\n", QMP_FUZZ_CHECK, lua_tostring(L, -1));
+    abort();
+  }
+  lua_settop(L, 0);
+  lua_gc(L, LUA_GCCOLLECT);  /* every value of this input is gone before the next */
+  return 0;
+}
