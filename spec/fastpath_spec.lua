@@ -11,8 +11,7 @@ local tmp = require "support.tmp"
 
 local cleanup = require("support.cleanup")(after_each)
 
-local type, next, rawget, getmetatable, tostring, error = type, next, rawget, getmetatable, tostring, error
-local mathtype = math.type
+local type, rawget, getmetatable, tostring, error = type, rawget, getmetatable, tostring, error
 
 local function fixture(name)
   local f = assert(io.open("spec/fixtures/" .. name, "rb"))
@@ -22,23 +21,8 @@ local function fixture(name)
 end
 
 -- Deep, raw equality: integers and floats differ, metatables must match,
--- a qmp.uint64 equals one with the same digits.
-local function same(a, b)
-  if type(a) ~= type(b) then return false end
-  if type(a) == "number" then return mathtype(a) == mathtype(b) and a == b end
-  if type(a) == "userdata" then
-    return getmetatable(a) == getmetatable(b) and (a == b or tostring(a) == tostring(b))
-  end
-  if type(a) ~= "table" then return a == b end
-  if getmetatable(a) ~= getmetatable(b) then return false end
-  for k, v in next, a do
-    if not same(v, rawget(b, k)) then return false end
-  end
-  for k in next, b do
-    if rawget(a, k) == nil then return false end
-  end
-  return true
-end
+-- a qmp.uint64 equals one with the same digits (the fuzzers' own).
+local same = dofile("spec/fuzz/checks.lua").same
 
 local function show(item)
   if item == nil then return "nothing" end
