@@ -11,7 +11,7 @@ local tmp = require "support.tmp"
 local WAIT = 5   -- seconds the screen may take to show what is expected
 
 describe("qmp-lua shell in a terminal #qemu", function()
-  local machine, mon, home
+  local machine, mon, home, run, cwd   -- run: the shell's command line
   local server = ("qmp-spec-%d-%d"):format(os.time(), math.random(1 << 30))
   local SESSION = "shell"
 
@@ -69,10 +69,10 @@ describe("qmp-lua shell in a terminal #qemu", function()
     assert(os.execute("mkdir " .. tmp.quote(home)))
     tmp.write(home .. "/inputrc", "")   -- readline's defaults, whatever this machine's /etc/inputrc says
     -- The shell twice in a row (the second run proves the history); `timeout` bounds each.
-    local run = ("HOME=%s INPUTRC=%s timeout --foreground 60 bin/qmp-lua shell %s"):format(
+    run = ("HOME=%s INPUTRC=%s timeout --foreground 60 bin/qmp-lua shell %s"):format(
       tmp.quote(home), tmp.quote(home .. "/inputrc"), tmp.quote(machine.sock))
     local pwd = assert(io.popen("pwd"))
-    local cwd = pwd:read("l")
+    cwd = pwd:read("l")
     pwd:close()
     tmux("new-session", "-d", "-s", SESSION, "-x", "160", "-y", "50", "-c", cwd,
          run .. '; echo "[shell exited $?]"; ' .. run .. '; echo "[shell exited $?]"; sleep 60')
@@ -227,5 +227,19 @@ describe("qmp-lua shell in a terminal #qemu", function()
     wait_for_screen('\nqmp> vm.name\n"' .. machine.sock .. '"\nqmp>', WAIT, true)
     keys("C-d")
     wait_for_screen("%[shell exited 0%]\n.*%[shell exited 0%]")
+  end)
+
+  it("says when the connection is lost, and Lua goes on", function()
+    SESSION = "lost"   -- a session of its own: the first one has ended
+    tmux("new-session", "-d", "-s", SESSION, "-x", "160", "-y", "50", "-c", cwd,
+         run .. "; echo '[third run over]'; sleep 60")
+    wait_for_screen("\nqmp>")
+    assert(mon:execute("quit"))   -- QEMU goes away under the shell
+    wait_for_screen("connection lost: ", WAIT, true)
+    type_text("1+2")
+    keys("Enter")
+    wait_for_screen("\nqmp> 1%+2\n3\nqmp>")
+    keys("C-d")
+    wait_for_screen("[third run over]", WAIT, true)
   end)
 end)
