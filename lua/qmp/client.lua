@@ -9,7 +9,6 @@
 -- vm.state is one explicit value: "connecting" | "negotiating" | "ready" |
 -- "reconnecting" | "closed".  Only one coroutine at a time reads the socket
 -- (the reader); the others park on a condition and re-check after each read.
-local core = require "qmp.core"
 local errors = require "qmp.errors"
 local address = require "qmp.address"
 local filter = require "qmp.filter"
@@ -31,7 +30,6 @@ Client.__name = "qmp.Client"
 
 local DEFAULT_TIMEOUT = 10
 local DEFAULT_MAX_QUEUE = 10000
-local REAL_CLOCK = { now = core.monotime, sleep = core.sleep }
 local BATCH = 256   -- messages routed, or events dispatched, per step: a flood cannot hold a step
 
 local CONNECT_OPTIONS = {
@@ -126,11 +124,12 @@ local function new(addr, opts, announce)
     _opts = opts, _target = target,
     _interest = opts.events and filter.names(opts.events),
     _interest_set = interest_set(opts.events),
-    _clock = opts.clock or REAL_CLOCK,
+    _clock = opts.clock or waiters.clock,
+    _blocking = waiters.blocking_on(opts.clock or waiters.clock),   -- waiting outside a scheduler
     _waiter = waiter,
     _cond = waiter.condition(),
     _reader = nil,             -- the coroutine reading the socket now
-    _backoff = reconnect and Backoff.new(reconnect, (opts.clock or REAL_CLOCK).now),
+    _backoff = reconnect and Backoff.new(reconnect, (opts.clock or waiters.clock).now),
     _session = nil,
     _schema = nil,             -- this connection's live schema (vm:schema())
     _resync = nil,             -- query-status after a reconnect
@@ -284,11 +283,10 @@ end
 -- {==================== waiting
 
 -- The waiter for the running code: the scheduler's inside a coroutine,
--- else poll() (or the client's own clock, for a connection with no fd).
+-- else blocking on the client's clock.
 function Client:_current_waiter()
   if self._waiter ~= waiters.blocking and isyieldable() then return self._waiter end
-  if self._clock ~= REAL_CLOCK then return waiters.blocking_on(self._clock) end
-  return waiters.blocking
+  return self._blocking
 end
 
 -- Wait (at most until deadline; nil = no limit) for the socket, the next
@@ -310,7 +308,7 @@ function Client:_wait_io(deadline)
     local w = self:_current_waiter()
     local timeout = t < huge and t or nil
     local reader = self._reader
-    if reader and w == self._waiter and costatus(reader) ~= "dead" then
+    if reader and w ~= self._blocking and costatus(reader) ~= "dead" then
       w.wait(nil, nil, self._cond, timeout)        -- another coroutine reads
     else
       self._reader = running()
@@ -620,7 +618,7 @@ function Client:run(opts)
     end
     if d:pending() then
       local w = self:_current_waiter()
-      if w ~= waiters.blocking then w.wait(nil, nil, nil, 0) end  -- let other coroutines run
+      if w ~= self._blocking then w.wait(nil, nil, nil, 0) end  -- let other coroutines run
     else
       local due = d:next_due()
       self:_wait_io(min(deadline, due and now + due or huge))

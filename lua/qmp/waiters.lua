@@ -26,18 +26,13 @@ local READER_SLICE = 0.1   -- and how often the reader does (a vm:stop() from el
 
 local inert = { signal = function() end }
 
---- No scheduler: block in poll().  Conditions are never waited on (one
--- thread of control can only be its own reader).
-waiters.blocking = {
-  wait = function(fd, mode, _, timeout)
-    if fd and fd >= 0 then core.wait_fd(fd, mode, timeout)
-    elseif timeout then core.sleep(timeout) end
-  end,
-  condition = function() return inert end,
-}
+--- The real clock: monotonic seconds; a sleep with no time limit and nothing
+-- to wait for returns at once (a client's own clock, opts.clock, may differ).
+waiters.clock = { now = core.monotime, sleep = function(seconds) if seconds then core.sleep(seconds) end end }
 
--- Blocking on a client's own clock (opts.clock): a wait with no fd is that
--- clock's sleep, so a simulated connection (qmp.replay) runs on simulated time.
+-- No scheduler: block in poll(), or, with no fd, in the clock's sleep (so a
+-- simulated connection, qmp.replay, runs on simulated time).  Conditions
+-- are never waited on: one thread of control can only be its own reader.
 local on_clock = setmetatable({}, { __mode = "k" })
 
 function waiters.blocking_on(clock)
@@ -53,6 +48,8 @@ function waiters.blocking_on(clock)
   end
   return w
 end
+
+waiters.blocking = waiters.blocking_on(waiters.clock)
 
 local function from_function(fn)
   return {
