@@ -14,8 +14,9 @@ local jobs = {}
 
 local OPTIONS = { progress = true, timeout = true, interval = true, dismiss = true, complete = true }
 
--- The job's entry in query-jobs, or nil when QEMU has no such job (any more).
-local function query(vm, id)
+--- The job's entry in query-jobs: job | false (QEMU has no such job, or no
+-- more) | nil, err.
+function jobs.find(vm, id)
   local list, err = vm:execute("query-jobs")
   if not list then return nil, err end
   for _, job in ipairs(list) do
@@ -65,7 +66,7 @@ function jobs.wait(vm, id, opts)
   local ends <close> = vm:listen({ "BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED" }, { device = id })
   local last, completing
   while true do
-    local job, err = query(vm, id)
+    local job, err = jobs.find(vm, id)
     if job == nil then return nil, err end
     if not job then return vanished(id, ends, last) end
     last = job

@@ -14,6 +14,9 @@ local qmp = require "qmp"
 
 local cli = {}
 
+--- The back-off of every subcommand's --reconnect / --follow (seconds).
+cli.RECONNECT = { min = 0.2, max = 5 }
+
 --- Exit codes, the same for every subcommand.
 cli.OK, cli.FAILED, cli.CONNECTION, cli.USAGE = 0, 1, 2, 64
 

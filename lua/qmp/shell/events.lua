@@ -67,7 +67,7 @@ function cmd.run(opts, args)
   local vms = {}
   for i, address in ipairs(args) do
     if opts.follow then
-      vms[i] = assert(qmp.client(address, { name = address, reconnect = { min = 0.2, max = 5 } }))
+      vms[i] = assert(qmp.client(address, { name = address, reconnect = cli.RECONNECT }))
     else
       vms[i] = cli.connect(address, { name = address })
       if not vms[i] then

@@ -1,6 +1,7 @@
 --- qmp-lua job: list a VM's jobs, or follow one to its end with progress.
 local cli = require "qmp.shell.cli"
 local progress = require "qmp.shell.progress"
+local jobs = require "qmp.jobs"
 
 local cmd = {
   name = "job",
@@ -24,24 +25,22 @@ A mirror waits in "ready" until told: --complete tells it.]],
 }
 
 local function list(vm)
-  local jobs, err = vm:execute("query-jobs")
-  if not jobs then return nil, err end
-  if #jobs == 0 then io.stdout:write("no jobs\n") end
-  for _, job in ipairs(jobs) do io.stdout:write(progress.line(job), "\n") end
+  local all, err = vm:execute("query-jobs")
+  if not all then return nil, err end
+  if #all == 0 then io.stdout:write("no jobs\n") end
+  for _, job in ipairs(all) do io.stdout:write(progress.line(job), "\n") end
   return true
 end
 
 local function show(vm, id)
-  local jobs, err = vm:execute("query-jobs")
-  if not jobs then return nil, err end
-  for _, job in ipairs(jobs) do
-    if job.id == id then
-      io.stdout:write(progress.line(job), "\n")
-      return true
-    end
+  local job, err = jobs.find(vm, id)
+  if job == nil then return nil, err end
+  if not job then
+    cli.complain("no job %s", id)
+    return false
   end
-  cli.complain("no job %s", id)
-  return false
+  io.stdout:write(progress.line(job), "\n")
+  return true
 end
 
 local function follow(vm, id, opts)

@@ -25,7 +25,7 @@ function cmd.run(opts, args)
   local address, script = args[1], args[2]
   local timeout = cli.number(cmd, opts, "timeout")
   local vm = cli.connect(address, { name = address, timeout = timeout,
-                                    reconnect = opts.reconnect and { min = 0.2, max = 5 } or nil })
+                                    reconnect = opts.reconnect and cli.RECONNECT or nil })
   if not vm then return cli.CONNECTION end
   local env = setmetatable({ vm = vm, qmp = qmp, arg = { [0] = script, table.unpack(args, 3) } },
                            { __index = _G })

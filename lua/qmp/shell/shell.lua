@@ -148,7 +148,7 @@ function cmd.run(opts, args)
   local rl = require "qmp.shell.rl"
   local address = args[1]
   local vm = cli.connect(address, { name = address, timeout = cli.number(cmd, opts, "timeout"),
-                                    reconnect = opts.reconnect and { min = 0.2, max = 5 } or nil })
+                                    reconnect = opts.reconnect and cli.RECONNECT or nil })
   if not vm then return cli.CONNECTION end
   local schema = vm:schema()   -- for completion and :help; nil if the VM will not say
   local self = setmetatable({ vm = vm, schema = schema, events = filter.names("*"),
