@@ -458,12 +458,7 @@ describe("the fast receive path", function()
       cleanup(function() srv:close() end)
       local conn, connected = assert(core.open_unix(path))
       cleanup(function() conn:close() end)
-      local deadline = core.monotime() + TEST_TIMEOUT
-      while not connected do
-        assert(core.monotime() < deadline, "connect did not finish")
-        core.poll({ conn:fileno() }, TEST_TIMEOUT, { "w" })
-        connected = assert(conn:finish_connect())
-      end
+      require("support.conn").finish(conn, connected)
       local peer = assert(srv:accept())
       cleanup(function() peer:close() end)
       return conn, peer

@@ -41,17 +41,7 @@ local function unix_listener(backlog)
   return srv, path, dir
 end
 
--- Wait (bounded) until a connect started by open_* has finished.
-local function finish(conn, connected)
-  local deadline = core.monotime() + TEST_TIMEOUT
-  while not connected do
-    assert(core.monotime() < deadline, "connect did not finish")
-    core.poll({ conn:fileno() }, TEST_TIMEOUT, { "w" })
-    local err
-    connected, err = conn:finish_connect()
-    assert(connected ~= nil, tostring(err))
-  end
-end
+local finish = require("support.conn").finish
 
 -- conn (ours, from open(...)) connected to the listener srv, and the
 -- server's end of it (luasocket).
