@@ -20,9 +20,8 @@ local function fixture(name)
   return text
 end
 
--- Deep, raw equality: integers and floats differ, metatables must match,
--- a qmp.uint64 equals one with the same digits (the fuzzers' own).
-local same = dofile("spec/fuzz/checks.lua").same
+-- The fuzzers' comparisons (spec/fuzz/checks.lua), shared with this spec.
+local checks = assert(loadfile("spec/fuzz/checks.lua"))(core)
 
 local function show(item)
   if item == nil then return "nothing" end
@@ -31,19 +30,9 @@ local function show(item)
   return ok and text or tostring(item.msg)
 end
 
-local function same_item(x, y)
-  if x.err or y.err then
-    return x.err ~= nil and y.err ~= nil and x.err.kind == y.err.kind and x.err.message == y.err.message
-      and getmetatable(x.err) == core.Error and getmetatable(y.err) == core.Error
-  end
-  return same(x.msg, y.msg)
-end
-
--- A framing error stays: every later call gives it again.  A message that
--- is not JSON is reported once, and the stream goes on.
-local function sticky(err)
-  return not err.message:find("^invalid JSON")
-end
+-- Two results ({ msg = } | { err = }) alike; whether an error stays (a
+-- framing error) or ends only its message (bad JSON): the fuzzers' own.
+local same_item, sticky = checks.same_item, checks.sticky
 
 -- The pieces text is fed in: sizes from size().
 local function feeder(text, size)

@@ -179,9 +179,11 @@ end
 local function same_item(x, y)
   if x.err or y.err then
     return x.err ~= nil and y.err ~= nil and x.err.kind == y.err.kind and x.err.message == y.err.message
+      and getmetatable(x.err) == core.Error and getmetatable(y.err) == core.Error
   end
   return same(x.msg, y.msg)
 end
+checks.same_item, checks.sticky = same_item, sticky   -- spec/fastpath_spec.lua too
 
 -- An event the Lua filter (_on_event) drops for this interest set.
 local function unwanted(item, interest)
