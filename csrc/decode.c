@@ -1015,6 +1015,15 @@ static int wanted(lua_State *L, int idx, const Quick *q) {
   return yes;
 }
 
+/* Is the message on top an event, i.e. has it a string "event"?  Raw. */
+static int is_event(lua_State *L, int keys) {
+  int yes;
+  push_name(L, keys, "event", 5);
+  yes = lua_rawget(L, -2) == LUA_TSTRING;
+  lua_pop(L, 1);
+  return yes;
+}
+
 int qmp_decoder_drain(lua_State *L, int didx, qmp_batch *b) {
   qmp_decoder *d = (qmp_decoder *)lua_touserdata(L, didx);
   const char *kind = NULL, *msg = NULL;
@@ -1059,6 +1068,7 @@ int qmp_decoder_drain(lua_State *L, int didx, qmp_batch *b) {
       msg = why;
       break;
     }
+    if (q.shaped || is_event(L, top + UV_KEYS)) b->events++;
     lua_rawseti(L, b->list, ++b->n);
   }
   close_slots(L, d, top);
@@ -1074,18 +1084,19 @@ void qmp_batch_start(lua_State *L, qmp_batch *b, int arg) {
   if (!lua_isnoneornil(L, arg + 1)) luaL_checktype(L, arg + 1, LUA_TTABLE);
   b->interest = lua_istable(L, arg + 1) ? arg + 1 : 0;
   b->limit = limit;
-  b->n = b->skipped = 0;
+  b->n = b->skipped = b->events = 0;
   lua_settop(L, arg + 1);
   lua_createtable(L, limit < 16 ? (int)limit : 16, 0);
   b->list = arg + 2;
 }
 
 int qmp_batch_finish(lua_State *L, qmp_batch *b, int failed) {
+  if (!failed) lua_pushnil(L);  /* else the error object, pushed by the drain */
   lua_pushvalue(L, b->list);
   lua_pushinteger(L, b->skipped);
-  if (!failed) return 2;
-  lua_rotate(L, -3, -1);  /* the error object (pushed by the drain) last */
-  return 3;
+  lua_rotate(L, -3, -1);  /* err or nil after them */
+  lua_pushinteger(L, b->events);
+  return 4;
 }
 
 static int decoder_gc(lua_State *L) {
@@ -1141,10 +1152,12 @@ static int decoder_next(lua_State *L) {
   return r ? r : 1;
 }
 
-/* d:drain(limit [, interest]) -> list, skipped | list, skipped, err
+/* d:drain(limit [, interest]) -> list, skipped, err|nil, events
 ** Up to limit messages in one call, as next() would give them one by one;
 ** with interest (a set of event names), an event outside it may be counted
-** in skipped instead (see qmp_decoder_drain).  The error ends the list. */
+** in skipped instead (see qmp_decoder_drain).  The error ends the list.
+** events says how many listed messages are events, so that a caller whose
+** list holds nothing else can hand it on whole. */
 static int decoder_drain(lua_State *L) {
   qmp_batch b;
   checkdecoder(L, 1);

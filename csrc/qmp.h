@@ -73,6 +73,7 @@ typedef struct qmp_batch {
   lua_Integer limit;    /* messages to take at most, listed or skipped */
   lua_Integer n;        /* messages listed */
   lua_Integer skipped;  /* events skipped: outside the interest set */
+  lua_Integer events;   /* messages listed that are events (a string "event") */
 } qmp_batch;
 /* Check the arguments limit (at arg) and interest (arg + 1), drop any
 ** after them and push the new list (at arg + 2). */
@@ -84,7 +85,7 @@ void qmp_batch_start(lua_State *L, qmp_batch *b, int arg);
 ** read) is counted in b->skipped, never parsed, when the quick scan is sure
 ** of the name (decode.c); else it is listed, for the caller to filter. */
 int qmp_decoder_drain(lua_State *L, int didx, qmp_batch *b);
-/* Push the results list, skipped [, err (on top when failed)]; returns their number. */
+/* Push the results list, skipped, err or nil, events; returns their number. */
 int qmp_batch_finish(lua_State *L, qmp_batch *b, int failed);
 
 /* transport.c: sockets. */

@@ -398,7 +398,7 @@ static int conn_take(lua_State *L) {
 }
 
 /*
-** conn:drain(limit [, interest]) -> list, skipped | list, skipped, err.
+** conn:drain(limit [, interest]) -> list, skipped, err|nil, events.
 ** take() for many messages in one call: up to limit of them, listed or
 ** skipped (d:drain in decode.c says which are), reading as take() does but
 ** at most MAX_DRAIN_READS times.  Never waits; an empty list when nothing

@@ -1165,16 +1165,31 @@ describe("qmp.core decoder() drain()", function()
   it("gives the messages held as a list, with the number of events skipped", function()
     local d = core.decoder()
     d:feed(ev("STOP") .. '{"return": {}, "id": 1}\n' .. ev("RESUME") .. ev("STOP"))
-    local list, skipped, err = d:drain(10, { STOP = true })
+    local list, skipped, err, events = d:drain(10, { STOP = true })
     assert.equal(3, #list)
     assert.equal(1, skipped)
     assert.is_nil(err)
-    assert.equal(2, select("#", d:drain(10)))  -- list, skipped: no error
+    assert.equal(2, events)  -- the two listed STOPs; the reply is not an event
+    assert.equal(4, select("#", d:drain(10)))  -- list, skipped, nil (no error), events
     assert.equal(core.events.STOP, getmetatable(list[1]))
     assert_same({ ["return"] = {}, id = 1 }, list[2])
     assert.equal("STOP", list[3].event)
     assert_same({ seconds = 1, microseconds = 2 }, list[3].timestamp)
     assert_same({}, rawget(list[3], "data"))
+  end)
+
+  it("counts the listed messages that are events: those with a string name, in any layout", function()
+    local d = core.decoder()
+    d:feed(ev("STOP") .. '{"data": {}, "event": "RESUME"}\n{"event": 5}\n{"QMP": {}}\n' ..
+           '{"event": "X"}\n{"return": {"event": "STOP"}}\n')
+    local list, skipped, err, events = d:drain(10)
+    assert.same({ 6, 0 }, { #list, skipped })
+    assert.is_nil(err)
+    assert.equal(3, events)  -- STOP (QEMU's layout), RESUME and X (framed whole)
+    d:feed('{"a": 1}\n{"b": tru}\n')
+    list, skipped, err, events = d:drain(10)
+    assert.same({ 1, 0, 0 }, { #list, skipped, events })
+    assert.equal("protocol", err.kind)
   end)
 
   it("gives an empty list when it needs more bytes, and the message once it is whole", function()
@@ -1251,7 +1266,7 @@ describe("qmp.core decoder() drain()", function()
     assert.has_error(function() d:drain(1.5) end)
     assert.has_error(function() d:drain(1, "STOP") end)
     assert.has_error(function() d.drain({}, 1) end)
-    assert.equal(2, select("#", d:drain(1, nil, "ignored")))
+    assert.equal(4, select("#", d:drain(1, nil, "ignored")))
   end)
 
   -- As for next(): an error raised while an event is typed (by the events

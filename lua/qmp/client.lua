@@ -146,8 +146,9 @@ local function new(addr, opts, announce)
     report = function(e) vm:_report(e) end,
     await = function(ready, deadline) return vm:_await(ready, deadline) end,
     unknown_name = function(name) return vm:_unknown_name(name) end,
+    pump = function() if vm:_progress() then vm._cond:signal() end end,
   })
-  vm._sink = vm:_event_sink()
+  vm._sink, vm._sink_list = vm:_event_sinks()
   vm:_attempt()
   return vm
 end
@@ -197,7 +198,7 @@ function Client:_attempt()
     target = self._target, timeout = self.default_timeout, name = self.name,
     max_message = opts.max_message, negotiate = opts.negotiate, expect_uid = opts.expect_uid,
     stats = self.stats, trace = opts.trace, setup = setup, interest = self._interest_set,
-    on_event = self._sink,
+    on_event = self._sink, on_events = self._sink_list,
     report = function(e) self:_report(e) end,
   })
   self.state = "connecting"
@@ -344,11 +345,11 @@ function Client:_report(err)
   end
 end
 
--- Where the session sends each event: one closure made once, as every
--- event of the stream goes through it.
-function Client:_event_sink()
+-- Where the session sends events, one by one and n at a time: closures
+-- made once, as every event of the stream goes through them.
+function Client:_event_sinks()
   local stats, interest, validate, dispatch = self.stats, self._interest, self._opts.validate, self._dispatch
-  return function(ev)
+  local function one(ev)
     stats.events = stats.events + 1
     if interest and not interest(ev) then
       stats.skipped = stats.skipped + 1
@@ -357,6 +358,15 @@ function Client:_event_sink()
     if validate then self:_validate(ev) end
     dispatch:push(ev)
   end
+  local function many(list, n)
+    if interest or validate then
+      for i = 1, n do one(list[i]) end
+    else
+      stats.events = stats.events + n
+      dispatch:push_list(list, n)
+    end
+  end
+  return one, many
 end
 
 function Client:_synthetic(name, data)
@@ -632,11 +642,6 @@ end
 function Client:stop()
   self._stop = true
   self._cond:signal()   -- a run parked in another coroutine sees it now
-end
-
---- true between vm:stop() and the end of the loop it stops.
-function Client:stopping()
-  return self._stop
 end
 
 -- }==================== loops

@@ -12,7 +12,7 @@
 local errors = require "qmp.errors"
 local filter = require "qmp.filter"
 
-local type, ipairs, xpcall, tostring, setmetatable = type, ipairs, xpcall, tostring, setmetatable
+local type, ipairs, next, xpcall, tostring, setmetatable = type, ipairs, next, xpcall, tostring, setmetatable
 local traceback, running = debug.traceback, coroutine.running
 
 local Dispatch = {}
@@ -59,7 +59,8 @@ function Queue:size()
 end
 
 --- new(p): p.now (the clock), p.max_queue, p.report(err), p.await(ready, deadline), p.stats,
--- p.unknown_name(name) -> why the name is suspicious, or nil.
+-- p.unknown_name(name) -> why the name is suspicious, or nil, p.pump() (optional): read
+-- what the socket has now, without waiting (called between handlers, see PUMP_EVERY).
 function Dispatch.new(p)
   return setmetatable({
     _p = p,
@@ -95,30 +96,57 @@ local function with(list, item)
   return copy
 end
 
--- Events the handlers have had stay for vm:wait's history up to this many:
--- a script's wait answers a command just sent, and every event kept alive
+-- Events the handlers have had stay for vm:wait's history: at least this
+-- many, at most twice as many (they go in bulk, HISTORY at a time).  A
+-- script's wait answers a command just sent, and every event kept alive
 -- costs the garbage collector on a busy stream.
 local HISTORY = 1024
 
 --- Hand an arriving event to every consumer.
 function Dispatch:push(ev)
-  local seq, first, cap = self._last + 1, self._first, self._cap
-  if first < self._next and seq - first >= HISTORY then  -- old history goes quietly
-    self._log[first % cap + 1], self._taken[first], self._first = false, nil, first + 1
-  elseif seq - first >= cap then  -- full: the oldest goes
-    self._log[first % cap + 1], self._taken[first], self._first = false, nil, first + 1
-    if first >= self._next then  -- the handlers had not had it
-      self._next = first + 1
-      if #self._handlers > 0 then  -- with no handler, nobody lost it
-        local stats = self._p.stats
+  self:push_list({ ev }, 1)
+end
+
+--- Hand n arriving events (list[1..n], in order) to every consumer.
+function Dispatch:push_list(list, n)
+  local log, cap, seq = self._log, self._cap, self._last
+  local room = math.min(cap, 2 * HISTORY)  -- the log may span this many before any goes
+  for i = 1, n do
+    seq = seq + 1
+    if seq - self._first >= room then self:_make_room(seq) end
+    log[seq % cap + 1] = list[i]
+  end
+  self._last = seq
+  local listeners = self._listeners
+  for l = 1, #listeners do
+    local listener = listeners[l]
+    for i = 1, n do listener:_offer(list[i]) end
+  end
+end
+
+-- Before event seq goes in: let old history go, down to HISTORY events; if
+-- the log is still full, its oldest event goes, lost to the handlers if they
+-- had not had it.
+function Dispatch:_make_room(seq)
+  local log, cap, taken = self._log, self._cap, self._taken
+  local first, nxt = self._first, self._next
+  local keep = math.max(first, math.min(nxt, seq - HISTORY))  -- the first to keep
+  if seq - keep >= cap then keep = seq - cap + 1 end
+  for old = first, keep - 1 do log[old % cap + 1] = false end  -- false: the ring stays an array
+  if next(taken) ~= nil then
+    for old = first, keep - 1 do taken[old] = nil end
+  end
+  self._first = keep
+  if keep > nxt then  -- the handlers had not had these
+    self._next = keep
+    if #self._handlers > 0 then  -- with no handler, nobody lost them
+      local stats = self._p.stats
+      for _ = nxt, keep - 1 do
         stats.overflow = stats.overflow + 1
         overflowed(self._p.report, stats.overflow, "the handlers' event queue", self._p.max_queue)
       end
     end
   end
-  self._log[seq % cap + 1], self._last = ev, seq
-  local listeners = self._listeners
-  for i = 1, #listeners do listeners[i]:_offer(ev) end
 end
 
 --- true while events wait for their handlers.
@@ -143,54 +171,63 @@ function Dispatch:_for_name(name)
   return list
 end
 
--- Hand up to `limit` queued events to their handlers.  `at` says where it
--- is, so that after a handler raised, delivery goes on with the next one.
+-- While handlers run, the socket is read again (p.pump) once this many
+-- seconds have passed since the last read: a slow handler must not stop the
+-- client draining the socket, or the flood piles up in the peer (QEMU's
+-- monitor output buffer has no bound) instead of in the bounded queues here,
+-- where an overflow is counted.
+local PUMP_EVERY = 0.001
+local function nothing() end
+
+-- Hand queued events to their handlers until the one numbered at.stop.
+-- at says where delivery is, so that after a handler raised it goes on
+-- with the next one: at.ev, its handlers at.list and the next of them at.i.
 -- A filter is user code too: it runs under the same protection.
-local function run_handlers(self, vm, limit, at)
-  local log, cap, by_name = self._log, self._cap, self._by_name
-  if vm:stopping() then return end
+local function run_handlers(self, vm, at)
+  local log, cap, by_name, stop = self._log, self._cap, self._by_name, at.stop
+  local now, pump = self._p.now, self._p.pump or nothing
+  local ev, list, from = at.ev, at.list, at.i
+  if vm._stop then return end  -- vm:stop(); read, not asked, as it is checked after every handler
   while true do
-    local ev = at.ev
     if not ev then
       local seq = self._next
-      if seq > self._last or at.n >= limit then return end
-      ev, self._next = log[seq % cap + 1], seq + 1
+      if seq > self._last or seq >= stop then return end
+      ev, self._next, from = log[seq % cap + 1], seq + 1, 1
       local name = ev.event
-      at.ev, at.i, at.list, at.n = ev, 1, by_name[name] or self:_for_name(name), at.n + 1
+      list = by_name[name] or self:_for_name(name)
     end
-    local list, ran = at.list, false
-    for i = at.i, #list do
+    for i = from, #list do
       local sub = list[i]
-      at.i = i + 1
-      if sub.active and (sub.always or sub.match(ev)) then
-        if sub.once then sub:off() end
-        ran = true
-        sub.fn(ev, vm)
+      if sub.active then
+        at.ev, at.list, at.i = ev, list, i + 1   -- set before any user code runs
+        if sub.always or sub.match(ev) then
+          if sub.once then sub:off() end
+          sub.fn(ev, vm)
+          if vm._stop then return end       -- only a handler can have asked
+          by_name = self._by_name            -- and only a handler can have changed them
+          local t = now()
+          if t >= at.pump then at.pump = t + PUMP_EVERY; pump() end  -- keep reading: see PUMP_EVERY
+        end
       end
     end
-    at.ev = nil
-    if ran then
-      if vm:stopping() then return end   -- only a handler can have asked
-      by_name = self._by_name             -- and only a handler can have changed them
-    end
+    ev = nil
   end
 end
 
 --- Run the handlers of up to `limit` queued events, in order of arrival and,
--- per event, of registration.  Not re-entrant: from a handler it returns 0.
+-- per event, of registration.  Not re-entrant: from a handler it does nothing.
 -- One protected call serves the whole batch; a failing handler is
 -- reported and the next one runs.
 function Dispatch:deliver(vm, limit)
-  if self._delivering or self._next > self._last then return 0 end
+  if self._delivering or self._next > self._last then return end
   self._delivering = true
-  local at = { n = 0 }
+  local at = { stop = self._next + limit, pump = self._p.now() + PUMP_EVERY }
   while true do
-    local ok, err = xpcall(run_handlers, traceback, self, vm, limit, at)
+    local ok, err = xpcall(run_handlers, traceback, self, vm, at)
     if ok then break end
     self:_failed("handler for " .. tostring(at.ev and at.ev.event), err)
   end
   self._delivering = false
-  return at.n
 end
 
 function Dispatch:_failed(what, err)

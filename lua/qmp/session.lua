@@ -33,6 +33,7 @@ end
 
 --- Start a connection attempt.  p: now (the clock), target (address.target), timeout,
 -- name, max_message, negotiate, expect_uid, stats, on_event(ev),
+-- on_events(list, n) (n events at once, as on_event would have them one by one),
 -- report(err), setup = { { name, args, handle(value) -> nil | err }, ... }
 -- run in order after negotiation, before the session counts as ready;
 -- interest (optional): a set { [name] = true } of the only events on_event
@@ -206,17 +207,19 @@ end
 function Session:_drain(limit)
   local conn, p = self.conn, self._p
   local interest = not p.trace and p.interest or nil
-  local list, skipped, err = conn:drain(limit, interest)
+  local list, skipped, err, events = conn:drain(limit, interest)
   if skipped > 0 then
     local stats = p.stats
     stats.events, stats.skipped = stats.events + skipped, stats.skipped + skipped
   end
-  local on_event = not p.trace and p.on_event  -- where _route would send an event
-  for i = 1, #list do
-    if self.state == "dead" then break end  -- e.g. a bad greeting: the rest is moot
-    local msg = list[i]
-    if on_event and type(msg.event) == "string" then on_event(msg)  -- the common case, made short
-    else self:_route(msg) end
+  local n = #list
+  if events == n and n > 0 and not p.trace then
+    p.on_events(list, n)  -- nothing but events: the common case, handed on whole
+  else
+    for i = 1, n do
+      if self.state == "dead" then break end  -- e.g. a bad greeting: the rest is moot
+      self:_route(list[i])
+    end
   end
   if err and self.state ~= "dead" then self:_die(err) end
   return #list + skipped
@@ -241,8 +244,8 @@ function Session:_trace(direction, text)
   if not ok then self._p.report(errors.new("handler", "trace failed: " .. tostring(why))) end
 end
 
--- The router: every message goes through here once (an event that is not
--- traced may go straight to on_event from _drain, as this would send it).
+-- The router: every message goes through here once (a batch of nothing but
+-- events, not traced, may go straight to on_events from _drain instead).
 function Session:_route(msg)
   if self._p.trace then
     local ok, text = pcall(encode, msg)  -- the decoded message, re-encoded
