@@ -35,6 +35,7 @@ DEBS := lua5.4 liblua5.4-dev libcjson-dev lua-busted lua-socket lua-cqueues loca
 RUN_ENV := LUA_PATH_5_4='./lua/?.lua;./lua/?/init.lua;;' LUA_CPATH_5_4='./?.so;;' LUA=$(LUA)
 
 .PHONY: build deps test demo bench bench-ir lint clean fuzz fuzz-smoke
+.PHONY: test-asan test-valgrind san-deps
 # deps must finish before build starts, even under -j.
 .NOTPARALLEL:
 
@@ -115,6 +116,43 @@ fuzz: deps $(FUZZ_BINS)
 
 fuzz-smoke: deps $(FUZZ_BINS)
 	sh spec/fuzz/run.sh 10 $(FUZZERS)
+
+# Sanitizer runs of the whole suite (spec/sanitize/, README "Sanitizers"),
+# both without the #timing specs.  `make test-asan`: the C core and the shell
+# helper built with ASan+UBSan into .build/asan/qmp/ (./qmp/ is left alone),
+# with Debian's cJSON source (the installed libcjson1's version, fetched with
+# apt-get source) compiled in with the same flags.  `make test-valgrind`: the
+# normal build, busted's lua5.4 under memcheck.
+SAN_CC    ?= gcc
+SAN_DIR   := .build/asan
+SAN_FLAGS := -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+SAN_DEBS  := dpkg-dev xz-utils binutils
+
+san-deps:
+	@$(MAKE) --no-print-directory deps DEBS='$(SAN_DEBS)'
+
+$(SAN_DIR)/cjson/cJSON.c:
+	sh spec/sanitize/cjson_source.sh $(SAN_DIR)
+
+$(SAN_DIR)/cJSON.o: $(SAN_DIR)/cjson/cJSON.c
+	@mkdir -p $(SAN_DIR)/include/cjson
+	cp $(SAN_DIR)/cjson/cJSON.h $(SAN_DIR)/include/cjson/cJSON.h
+	$(SAN_CC) -std=c99 -fPIC -fvisibility=hidden -DENABLE_LOCALES $(SAN_FLAGS) -c -o $@ $<
+
+$(SAN_DIR)/qmp/core.so: $(SRCS) $(HDRS) $(SAN_DIR)/cJSON.o
+	@mkdir -p $(@D)
+	$(SAN_CC) $(CPPFLAGS) -std=c99 -fPIC -fvisibility=hidden -D_GNU_SOURCE $(WARN) $(LUA_CFLAGS) \
+	  -I$(SAN_DIR)/include $(SAN_FLAGS) -shared -o $@ $(SRCS) $(SAN_DIR)/cJSON.o
+
+$(SAN_DIR)/qmp/shell/rl.so: csrc/shell/rl.c
+	@mkdir -p $(@D)
+	$(SAN_CC) $(CPPFLAGS) $(QMP_CFLAGS) $(SAN_FLAGS) -shared -o $@ $< -lreadline
+
+test-asan: deps san-deps build $(LOCALE_DIR)/de_DE.UTF-8 $(SAN_DIR)/qmp/core.so $(SAN_DIR)/qmp/shell/rl.so
+	nice -n 10 sh spec/sanitize/run.sh asan $(BUSTED_ARGS)
+
+test-valgrind: deps build $(LOCALE_DIR)/de_DE.UTF-8
+	nice -n 10 sh spec/sanitize/run.sh valgrind $(BUSTED_ARGS)
 
 # csrc/*.o are left behind by `luarocks make`.
 clean:
