@@ -34,6 +34,11 @@
 --                                    n events s seconds apart, data
 --                                    {"offset": i}, timestamped with the wall
 --                                    clock of their sending
+--   { stream = { head = "text", unit = "text", count = n, tail = "text" } }
+--                                    head, unit n times (a %d in unit
+--                                    numbers the copies), then tail, as fast
+--                                    as the client reads; a gigabyte of a
+--                                    fixed unit costs the peer 1 MiB
 -- A command without an id gets its reply without the ', "id": %ID' part.
 local proc = require "support.proc"
 local tmp = require "support.tmp"

@@ -245,8 +245,50 @@ local function ticks(step)
   log("ticks: sent %d events", t.count)
 end
 
+-- { stream = { head = "text", unit = "text", count = n, tail = "text" } }:
+-- head, then unit count times, then tail, as fast as the client takes them
+-- (head and tail as for send: %ID).  A %d in unit is the copy's number (1,
+-- 2, ...); without one, a fixed buffer of copies is sent again and again, so
+-- a gigabyte costs no more memory than 1 MiB.  Stops early, logging it, when
+-- the client goes away.
+local function stream(step)
+  need_conn("stream")
+  local s = step.stream
+  local unit, count = s.unit or " ", s.count or 0
+  local numbered = unit:find("%d", 1, true) ~= nil
+  local per = math.max(1, (1 << 20) // #unit)   -- copies per send: about 1 MiB
+  local fixed = not numbered and unit:rep(math.min(per, count)) or nil
+  local sent, bytes = 0, 0
+  local function put(data)
+    conn:settimeout(remaining())
+    local ok, err = conn:send(data)
+    if not ok then log("stream: send stopped after %d bytes: %s", bytes, err) return false end
+    bytes = bytes + #data
+    return true
+  end
+  if s.head and not put(with_id(s.head)) then return end
+  while sent < count do
+    local n = math.min(per, count - sent)
+    local data
+    if numbered then
+      local parts = {}
+      for i = 1, n do parts[i] = unit:format(sent + i) end
+      data = table.concat(parts)
+    elseif n == per then
+      data = fixed
+    else
+      data = unit:rep(n)
+    end
+    if not put(data) then return end
+    sent = sent + n
+  end
+  if s.tail and not put(with_id(s.tail)) then return end
+  log("stream: sent %d bytes", bytes)
+end
+
 local actions = {
   flood = flood,
+  stream = stream,
   ticks = ticks,
   greet = function(step)
     local caps = type(step.greet) == "table" and step.greet.capabilities or nil
@@ -278,7 +320,7 @@ local actions = {
   end,
 }
 local order = { "greet", "send", "expect", "sleep", "close", "wait_close", "hold", "accept",
-  "shutdown_write", "flood", "ticks" }
+  "shutdown_write", "flood", "ticks", "stream" }
 
 master = assert(unix.stream())
 assert(master:bind(path))
