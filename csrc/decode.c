@@ -1005,27 +1005,54 @@ int qmp_decoder_next(lua_State *L, int didx) {
   return r;
 }
 
+/* The answers of the interest set for the names one drain call has met:
+** a busy stream repeats a few names, and a hit costs a memcmp where
+** asking the set costs interning the name as a Lua string. */
+#define NAME_CACHE 16        /* entries, a power of two */
+#define NAME_CACHE_LEN 47    /* longer names are not cached */
+typedef struct NameCache {
+  struct {
+    unsigned char len;       /* 0: empty entry */
+    unsigned char wanted;
+    char name[NAME_CACHE_LEN];
+  } e[NAME_CACHE];
+} NameCache;
+
 /* Is the name q found in the interest set at idx?  A raw read: no Lua runs. */
-static int wanted(lua_State *L, int idx, const Quick *q) {
-  int yes;
-  lua_pushlstring(L, q->name, q->namelen);
+static int wanted(lua_State *L, int idx, const Quick *q, NameCache *cache) {
+  size_t n = q->namelen;
+  int yes, slot = -1;
+  if (n > 0 && n <= NAME_CACHE_LEN) {
+    slot = (int)((n * 31 + (unsigned char)q->name[0] * 7 + (unsigned char)q->name[n - 1])
+                 & (NAME_CACHE - 1));
+    if (cache->e[slot].len == n && memcmp(cache->e[slot].name, q->name, n) == 0)
+      return cache->e[slot].wanted;
+  }
+  lua_pushlstring(L, q->name, n);
   lua_rawget(L, idx);
   yes = lua_toboolean(L, -1);
   lua_pop(L, 1);
+  if (slot >= 0) {
+    cache->e[slot].len = (unsigned char)n;
+    cache->e[slot].wanted = (unsigned char)yes;
+    memcpy(cache->e[slot].name, q->name, n);
+  }
   return yes;
 }
 
-/* Is the message on top an event, i.e. has it a string "event"?  Raw. */
+/* Is the message on top an event, i.e. has it a non-empty string "event"?
+** Raw.  (The session drops an event named "" as malformed.) */
 static int is_event(lua_State *L, int keys) {
   int yes;
   push_name(L, keys, "event", 5);
-  yes = lua_rawget(L, -2) == LUA_TSTRING;
+  yes = lua_rawget(L, -2) == LUA_TSTRING && lua_rawlen(L, -1) > 0;
   lua_pop(L, 1);
   return yes;
 }
 
 int qmp_decoder_drain(lua_State *L, int didx, qmp_batch *b) {
   qmp_decoder *d = (qmp_decoder *)lua_touserdata(L, didx);
+  NameCache names;  /* for this call only: the set may change between calls */
   const char *kind = NULL, *msg = NULL;
   char why[160];
   TreeBox *box;
@@ -1037,6 +1064,7 @@ int qmp_decoder_drain(lua_State *L, int didx, qmp_batch *b) {
   ** may run (finalizers, the events table's __index) while a message is
   ** half-way from framed to decoded. */
   box = open_slots(L, d, didx, top);
+  for (int i = 0; i < NAME_CACHE; i++) names.e[i].len = 0;
   while (b->n + b->skipped < b->limit) {
     Quick q;
     int ok;
@@ -1054,7 +1082,7 @@ int qmp_decoder_drain(lua_State *L, int didx, qmp_batch *b) {
     }
     if (b->interest) {
       if (q.name == NULL) quick_framed(d, &q);  /* framed by the framer (or by ready()) */
-      if (q.name != NULL && !wanted(L, b->interest, &q)) {
+      if (q.name != NULL && !wanted(L, b->interest, &q, &names)) {
         d->head = d->fend;  /* consumed unparsed */
         d->framed = 0;
         b->skipped++;
@@ -1068,7 +1096,7 @@ int qmp_decoder_drain(lua_State *L, int didx, qmp_batch *b) {
       msg = why;
       break;
     }
-    if (q.shaped || is_event(L, top + UV_KEYS)) b->events++;
+    if ((q.shaped && q.namelen > 0) || is_event(L, top + UV_KEYS)) b->events++;
     lua_rawseti(L, b->list, ++b->n);
   }
   close_slots(L, d, top);
@@ -1187,6 +1215,14 @@ static int core_decode(lua_State *L) {
   Scanner s;
   int r;
   memset(&s, 0, sizeof s);
+  /* Only JSON whitespace before the value, as between a stream's messages:
+  ** cJSON would also skip a UTF-8 BOM and any control byte there. */
+  while (pos < len && isspace_json((unsigned char)text[pos])) pos++;
+  if (pos < len && (((unsigned char)text[pos] > 0 && (unsigned char)text[pos] < ' ')
+                    || (unsigned char)text[pos] >= 0x80))
+    return qmp_fail(L, "protocol", "expected a JSON value at byte %d, got the byte %d",
+                    (int)pos, (int)(unsigned char)text[pos]);
+  pos = 0;
   while (pos < len) {  /* validate every top-level piece; cJSON judges the syntax */
     if (scan_value(&s, (const unsigned char *)text, len, &pos) == SCAN_ERROR)
       return qmp_fail(L, "protocol", "%s (byte %d)", s.err, (int)pos);

@@ -1244,6 +1244,24 @@ describe("qmp.core decoder() drain()", function()
     assert.equal("toolarge", err.kind)
   end)
 
+  it("tells apart names that share a length and their first and last letters", function()
+    local d = core.decoder()
+    local parts, want = {}, {}
+    for i = 1, 200 do
+      local name = (i % 3 == 0) and "AXB" or (i % 3 == 1) and "AYB" or ("A" .. ("Z"):rep(50) .. "B")
+      parts[#parts + 1] = ev(name)
+      if name == "AYB" then want[#want + 1] = i end
+    end
+    d:feed(table.concat(parts))
+    local list, skipped = d:drain(1000, { AYB = true })
+    assert.same({ #want, 200 - #want }, { #list, skipped })
+    for _, msg in ipairs(list) do assert.equal("AYB", msg.event) end
+    d:feed(table.concat(parts))  -- the set may change between calls
+    list, skipped = d:drain(1000, { AXB = true })
+    assert.same({ 66, 134 }, { #list, skipped })  -- i = 3, 6, ... 198
+    for _, msg in ipairs(list) do assert.equal("AXB", msg.event) end
+  end)
+
   it("skips an event framed by buffered() too", function()
     local d = core.decoder()
     d:feed(ev("STOP"))

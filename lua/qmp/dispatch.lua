@@ -110,10 +110,17 @@ end
 --- Hand n arriving events (list[1..n], in order) to every consumer.
 function Dispatch:push_list(list, n)
   local log, cap, seq = self._log, self._cap, self._last
+  local first, nxt = self._first, self._next
   local room = math.min(cap, 2 * HISTORY)  -- the log may span this many before any goes
   for i = 1, n do
     seq = seq + 1
-    if seq - self._first >= room then self:_make_room(seq) end
+    local span = seq - first
+    -- Room is made when the log is full, or when HISTORY or more events the
+    -- handlers have had can go at once; not while they only lag behind.
+    if span >= room and (span >= cap or nxt - first >= HISTORY) then
+      self:_make_room(seq)
+      first, nxt = self._first, self._next
+    end
     log[seq % cap + 1] = list[i]
   end
   self._last = seq
