@@ -123,3 +123,47 @@ describe("logs and message contents", function()
     assert.is_true(traced_line('^in .*"RTC_CHANGE"'), traced)       -- after the reconnect
   end)
 end)
+
+describe("log lines under a hostile peer", function()
+  -- A tiny schema in query-qmp-schema's shape (QEMU masks type names as numbers).
+  local SCHEMA = [==[[
+    {"name": "str", "meta-type": "builtin", "json-type": "string"},
+    {"name": "0", "meta-type": "object", "members": []},
+    {"name": "1", "meta-type": "object", "members": [{"name": "device", "type": "str"}, {"name": "action", "type": "9"}]},
+    {"name": "9", "meta-type": "enum", "values": ["ignore", "report", "stop"]},
+    {"name": "STOP", "meta-type": "event", "arg-type": "0"},
+    {"name": "__com.example_DISK", "meta-type": "event", "arg-type": "1"}
+  ]]==]
+
+  it("stay short whatever the peer sends: validate's reports, the policy's, the event names", function()
+    local big = ("x"):rep(1 << 20)
+    local many = {}
+    for i = 1, 10000 do many[i] = ('"m%d": 1'):format(i) end
+    local srv = fake.serve({
+      { greet = true }, { expect = "qmp_capabilities", reply = OK },
+      { expect = "query-qmp-schema", reply = fake.reply(SCHEMA) },
+      { send = EV("__com.example_DISK", '{"device": "d0", "action": "' .. big .. '", "' .. big .. '": 1}')
+            .. EV("__com.example_DISK", '{"device": "d0", "action": "stop", ' .. table.concat(many, ", ") .. '}')
+            .. EV(big)
+            .. EV("BLOCK_IO_ERROR", '{"device": "", "node-name": "disk0", "operation": "read", "action": "stop"}')
+            .. EV("STOP") },
+      { expect = "query-status", reply = '{"error": {"class": "GenericError", "desc": "' .. big .. '"}, "id": %ID}' },
+      { hold = 10 },
+    }, cleanup)
+    local vm = fake.connect(srv, cleanup, { timeout = 5, validate = true })
+    local reports = {}
+    vm.on_error = function(err) reports[#reports + 1] = err end
+    qmp.policy.resume_on_io_error(vm, { delay = 0.01 })
+    assert(vm:run({ timeout = 5, done = function() return #reports >= 5 end }))
+    local kinds = {}
+    for _, err in ipairs(reports) do
+      local line = tostring(err)
+      assert.is_true(#line < 4096, ("a %d-byte report: %s..."):format(#line, line:sub(1, 200)))
+      kinds[#kinds + 1] = err.kind
+      if err.problems then assert.is_true(#err.problems <= 20, #err.problems) end
+    end
+    table.sort(kinds)
+    assert.same({ "qmp", "schema", "schema", "schema", "schema" }, kinds)
+    assert.equal(4, vm.stats.invalid)   -- DISK twice, the long name, BLOCK_IO_ERROR (not in this schema)
+  end)
+end)

@@ -381,7 +381,7 @@ function Client:_validate(ev)
   if problems then
     self.stats.invalid = self.stats.invalid + 1
     self:_report(errors.new("schema", ("%s does not match the live schema: %s")
-                                      :format(ev.event, table.concat(problems, "; ")),
+                                      :format(schema.quote(ev.event), table.concat(problems, "; ")),
                             { event = ev, problems = problems }))
   end
 end

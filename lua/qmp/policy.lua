@@ -55,9 +55,12 @@ local function check_function(opts, name)
   return v
 end
 
--- Report a failed command through vm.on_error; never raise.
+-- Report a failed command through vm.on_error; never raise.  The message
+-- is kept to one short line (QEMU's error text could be megabytes); the
+-- whole error is err.cause.
 local function report(vm, what, err)
   local message = "resume_on_io_error: " .. what .. ": " .. tostring(err and err.message or err)
+  if #message > 200 then message = message:sub(1, 197) .. "..." end
   vm:_report(errors.new(err and err.kind or "io", message, { cause = err }))
 end
 

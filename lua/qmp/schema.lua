@@ -16,6 +16,23 @@ Schema.__index = Schema
 local schema = {}
 local events  -- qmp.events' types, loaded on first use (events.lua loads the catalogue)
 
+-- A report stays one short line whatever the peer sends (validate reports
+-- go to vm.on_error, by default a line on stderr): a name or value from an
+-- event is quoted up to QUOTED bytes, a problem up to PROBLEM bytes, and a
+-- report lists at most PROBLEMS of them.
+local QUOTED, PROBLEM, PROBLEMS = 64, 200, 20
+
+local function clip(text, max)
+  text = tostring(text)
+  if #text <= max then return text end
+  return text:sub(1, max - 3) .. "..."
+end
+
+--- A name or value from the wire as a report quotes it: at most 64 bytes.
+function schema.quote(v)
+  return clip(v, QUOTED)
+end
+
 --- Index the entities of a query-qmp-schema reply.
 function schema.parse(entities)
   local s = setmetatable({ types = {}, events = {}, commands = {} }, Schema)
@@ -76,7 +93,7 @@ function Schema:check(name, value, path, problems)
     local found = false
     for _, v in ipairs(t.values or {}) do if v == value then found = true break end end
     if not found then
-      problems[#problems + 1] = ("%s: %s is not one of the enum's values"):format(path, tostring(value))
+      problems[#problems + 1] = ("%s: %s is not one of the enum's values"):format(path, clip(value, QUOTED))
     end
   elseif meta == "array" then
     if type(value) ~= "table" then
@@ -100,7 +117,7 @@ function Schema:check(name, value, path, problems)
       end
     end
     for k in pairs(value) do
-      if not known[k] then problems[#problems + 1] = ("%s.%s: not in the schema"):format(path, tostring(k)) end
+      if not known[k] then problems[#problems + 1] = ("%s.%s: not in the schema"):format(path, clip(k, QUOTED)) end
     end
   elseif meta == "alternate" then
     for _, m in ipairs(t.members or {}) do
@@ -115,14 +132,21 @@ end
 --- Problems of event ev against the schema: nil when it matches.
 function Schema:validate(ev)
   local e = self.events[ev.event]
-  if not e then return { "no event " .. tostring(ev.event) .. " in the live schema" } end
+  if not e then return { "no event " .. clip(ev.event, QUOTED) .. " in the live schema" } end
   local problems = {}
   if e["arg-type"] then
     self:check(e["arg-type"], ev.data, "data", problems)
   elseif next(ev.data or {}) ~= nil then
     problems[1] = "data: the event has no members"
   end
-  return #problems > 0 and problems or nil
+  local n = #problems
+  if n == 0 then return nil end
+  if n > PROBLEMS then
+    for i = n, PROBLEMS + 1, -1 do problems[i] = nil end
+    problems[PROBLEMS] = ("... %d more"):format(n - PROBLEMS + 1)
+  end
+  for i = 1, #problems do problems[i] = clip(problems[i], PROBLEM) end
+  return problems
 end
 
 --- What this schema says about event `name`: { name, in_schema, doc,
