@@ -223,6 +223,25 @@ describe("a reply of max_message - 1 bytes", function()
     assert.is_true(r.peak < MAX_MESSAGE + 2 * MiB, "the peak resident set grew by " .. mib(r.peak))
   end)
 
+  it("decodes the most amplifying reply under max_message, [0,0,...], within 64 times its size", function()
+    local M = MiB   -- max_message; the 10 MiB default would take 500 MiB at the peak
+    local head = HEAD:gsub("%%ID", '"qmp#2"'):gsub('"$', "[")
+    local srv = serve(opening({ { expect = "big" },
+                                { stream = { head = HEAD:gsub('"$', "["), unit = "0,", count = (M - #head - 2) // 2,
+                                             tail = '0]}\r\n' } },
+                                { hold = 10 } }))
+    local r = in_child(srv, ("{ timeout = 5, max_message = %d }"):format(M), [[function(vm)
+      local ret, err = vm:execute("big", nil, { timeout = 10 })
+      return { n = ret and #ret, why = err and tostring(err) }
+    end]])
+    assert.equal((M - #head - 2) // 2 + 1, r.n, r.why)
+    assert.is_true(streamed(srv) - 2 <= M)
+    -- cJSON's tree (a node of 64 bytes and its malloc header per element)
+    -- is whole before the Lua table grows; each node is freed once it is in
+    assert.is_true(r.peak < 64 * M, "the peak resident set grew by " .. mib(r.peak))
+    assert.is_true(r.heap < 64 * KiB, "the heap kept " .. mib(r.heap))
+  end)
+
   it("applies a smaller max_message to the byte: 1000 accepted, 1001 refused", function()
     for _, case in ipairs({ { 1000, true }, { 1001, false } }) do
       local size, accepted = case[1], case[2]
