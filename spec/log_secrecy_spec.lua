@@ -27,10 +27,9 @@ local function script()
           .. EV("BLOCK_IO_ERROR", '{"device": "", "node-name": "disk0", "operation": "read", "action": "stop", '
                                    .. '"nospace": false, "reason": ' .. q .. '}') },
     { expect = "bad", reply = '{"error": {"class": "GenericError", "desc": "no such thing: ' .. SECRET .. '"}, "id": %ID}' },
-    { expect = "slow" },
-    { sleep = 0.3 },
-    { send = '{"return": ' .. q .. ', "id": %ID}\r\n' },   -- after the caller gave up
-    { expect = "ping", reply = OK },
+    { expect = "slow", save = "slow" },
+    { expect = "ping" },                                      -- sent once slow's caller gave up
+    { send = fake.reply(q, "slow") .. "\r\n" .. fake.reply("{}") .. "\r\n" },
     { send = '{"return": ' .. SECRET .. '}\r\n' },   -- not JSON: the connection is lost
     { accept = true },
     { greet = true },
