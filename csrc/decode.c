@@ -162,7 +162,7 @@ typedef struct Quick {
   ** and microseconds), event and, optionally, data, each once, no other.
   ** Then these parts are all there is to the message. */
   int shaped;
-  lua_Integer seconds, microseconds;
+  const unsigned char *seconds, *microseconds;  /* their digits (quick_integer) */
   const char *data, *dataend;  /* the text of the data member, or NULL */
 } Quick;
 
@@ -241,18 +241,24 @@ static const unsigned char *quick_number(const unsigned char *p, int *sawfloat) 
 }
 
 /* An integer of at most 18 digits (exact in a lua_Integer) at p, with
-** nothing after it that would make it a float: past it, or NULL. */
-static const unsigned char *quick_integer(const unsigned char *p, lua_Integer *v) {
-  const unsigned char *digits;
-  uint64_t n = 0;
-  int neg = *p == '-';
-  digits = p += neg;
+** nothing after it that would make it a float: past it, or NULL.  Only
+** checked here: most events are skipped, and integer_value reads it
+** again for those that are not. */
+static const unsigned char *quick_integer(const unsigned char *p) {
+  const unsigned char *digits = p += *p == '-';
   if (*p == '0') p++;
-  else while (isdigit_json(*p) && p - digits < 19) n = n * 10 + (uint64_t)(*p++ - '0');
+  else while (isdigit_json(*p)) p++;
   if (p == digits || p - digits > 18 || isdigit_json(*p) || *p == '.' || *p == 'e' || *p == 'E')
-    return NULL;
-  *v = neg ? -(lua_Integer)n : (lua_Integer)n;
+    return NULL;  /* none, too long, a leading zero, or a float */
   return p;
+}
+
+/* The value of an integer quick_integer accepted. */
+static lua_Integer integer_value(const unsigned char *p) {
+  int neg = *p == '-';
+  lua_Integer n = 0;
+  for (p += neg; isdigit_json(*p); p++) n = n * 10 + (*p - '0');
+  return neg ? -n : n;
 }
 
 /* p starts with the word w?  Reads no further than a mismatch. */
@@ -271,23 +277,19 @@ static const unsigned char *quick_timestamp(const unsigned char *c, Quick *q) {
   int got = 0;  /* 1: seconds, 2: microseconds */
   if (*c++ != '{') return NULL;
   for (;;) {
-    const unsigned char *key;
     int which;
     SKIP_SPACE();
-    if (*c++ != '"') return NULL;
-    for (key = c; *c >= 'a' && *c <= 'z'; c++) {}
-    if (*c != '"') return NULL;
-    if (c - key == 7 && memcmp(key, "seconds", 7) == 0) which = 1;
-    else if (c - key == 12 && memcmp(key, "microseconds", 12) == 0) which = 2;
+    if (quick_word(c, "\"seconds\"")) which = 1, c += 9;
+    else if (quick_word(c, "\"microseconds\"")) which = 2, c += 14;
     else return NULL;
     if (got & which) return NULL;
     got |= which;
-    c++;
     SKIP_SPACE();
     if (*c++ != ':') return NULL;
     SKIP_SPACE();
-    c = quick_integer(c, which == 1 ? &q->seconds : &q->microseconds);
-    if (c == NULL) return NULL;
+    if (which == 1) q->seconds = c;
+    else q->microseconds = c;
+    if ((c = quick_integer(c)) == NULL) return NULL;
     SKIP_SPACE();
     if (*c != ',') break;
     c++;
@@ -306,7 +308,7 @@ static int quick_scan(const unsigned char *p, Quick *q) {
   q->sawfloat = 0;
   q->name = NULL;
   q->data = q->dataend = NULL;
-  q->seconds = q->microseconds = 0;
+  q->seconds = q->microseconds = NULL;
   q->shaped = 1;
  member:  /* a member name, then its value */
   SKIP_SPACE();
@@ -965,10 +967,10 @@ static int decode_shaped(lua_State *L, qmp_decoder *d, TreeBox *box, int top,
   push_name(L, keys, "timestamp", 9);
   lua_createtable(L, 0, 2);
   push_name(L, keys, "seconds", 7);
-  lua_pushinteger(L, q->seconds);
+  lua_pushinteger(L, integer_value(q->seconds));
   lua_rawset(L, -3);
   push_name(L, keys, "microseconds", 12);
-  lua_pushinteger(L, q->microseconds);
+  lua_pushinteger(L, integer_value(q->microseconds));
   lua_rawset(L, -3);
   lua_rawset(L, msg);
   push_name(L, keys, "event", 5);

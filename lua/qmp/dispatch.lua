@@ -185,6 +185,10 @@ end
 -- where an overflow is counted.
 local PUMP_EVERY = 0.001
 local function nothing() end
+-- Reading the clock costs more than a quick handler: it is read after every
+-- handler while they are slow (PUMP_EVERY passed since the last read), and
+-- every 2, 4 ... up to MAX_STRIDE handlers while they are quick.
+local MAX_STRIDE = 64
 
 -- Hand queued events to their handlers until the one numbered at.stop.
 -- at says where delivery is, so that after a handler raised it goes on
@@ -193,6 +197,7 @@ local function nothing() end
 local function run_handlers(self, vm, at)
   local log, cap, by_name, stop = self._log, self._cap, self._by_name, at.stop
   local now, pump = self._p.now, self._p.pump or nothing
+  local countdown, stride = 1, 1   -- handlers until the clock is read; the next countdown
   local ev, list, from = at.ev, at.list, at.i
   if vm._stop then return end  -- vm:stop(); read, not asked, as it is checked after every handler
   while true do
@@ -212,8 +217,17 @@ local function run_handlers(self, vm, at)
           sub.fn(ev, vm)
           if vm._stop then return end       -- only a handler can have asked
           by_name = self._by_name            -- and only a handler can have changed them
-          local t = now()
-          if t >= at.pump then at.pump = t + PUMP_EVERY; pump() end  -- keep reading: see PUMP_EVERY
+          countdown = countdown - 1
+          if countdown == 0 then             -- keep reading: see PUMP_EVERY
+            local t = now()
+            if t >= at.pump then
+              at.pump, stride = t + PUMP_EVERY, 1
+              pump()
+            elseif stride < MAX_STRIDE then
+              stride = stride * 2
+            end
+            countdown = stride
+          end
         end
       end
     end

@@ -1,12 +1,14 @@
 -- One end-to-end client in a process of its own (for callgrind, and for
 -- memory figures no other benchmark has inflated), against a blast peer.
---   lua5.4 client_child.lua qmp|luasocket <socket> [events=A,B] [every=K] [profile=N]
+--   lua5.4 client_child.lua qmp|luasocket <socket> [events=A,B] [every=K] [profile=N] [clock=frozen]
 -- Prints "sample <events> <VmRSS>" every K events as it goes, then a Lua
 -- chunk: return { events, skipped, cpu, rss_ready, peak, samples }
 -- (samples: those VmRSS figures; rss_ready: VmRSS once negotiated).
 -- profile=N: also count which Lua functions run, one sample every N Lua VM
 -- instructions once negotiated, and print "profile <samples> <function>"
 -- lines, most first (the count hook sees Lua code only, not C).
+-- clock=frozen: the qmp client's clock stands still (no deadline passes,
+-- no time-driven work runs), for runs slowed down by instrumentation.
 local spec_dir = arg[0]:match("^(.*)/bench/[^/]*$") or "spec"
 package.path = spec_dir .. "/?.lua;" .. package.path
 local clients = require "bench.clients"
@@ -24,6 +26,8 @@ for i = 3, #arg do
     end
   elseif k == "profile" then
     opts.profile = assert(math.tointeger(tonumber(v)), "profile=N: an integer")
+  elseif k == "clock" and v == "frozen" then
+    opts.clock = { now = function() return 0 end, sleep = function() end }
   elseif k == "every" then
     opts.every = assert(math.tointeger(tonumber(v)), "every=K: an integer")
   else

@@ -21,11 +21,13 @@ local function counter(opts)
   return handler, function() return n end
 end
 
---- qmp: vm:on("*") under vm:run().  opts.events: an interest set (a list).
+--- qmp: vm:on("*") under vm:run().  opts.events: an interest set (a list);
+-- opts.max_queue, opts.clock: the client's (default: the library's).
 function M.qmp(path, opts)
   opts = opts or {}
   local qmp = require "qmp"
-  local vm = assert(qmp.connect(path, { timeout = 30, events = opts.events }))
+  local vm = assert(qmp.connect(path, { timeout = 30, events = opts.events, max_queue = opts.max_queue,
+                                        clock = opts.clock }))
   local handler, count = counter(opts)
   vm:on("*", handler)
   if opts.ready then opts.ready() end
