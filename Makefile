@@ -35,7 +35,7 @@ DEBS := lua5.4 liblua5.4-dev libcjson-dev lua-busted lua-socket lua-cqueues loca
 RUN_ENV := LUA_PATH_5_4='./lua/?.lua;./lua/?/init.lua;;' LUA_CPATH_5_4='./?.so;;' LUA=$(LUA)
 
 .PHONY: build deps test demo bench bench-ir lint clean fuzz fuzz-smoke
-.PHONY: test-asan test-valgrind san-deps
+.PHONY: test-asan test-valgrind san-deps test-long
 # deps must finish before build starts, even under -j.
 .NOTPARALLEL:
 
@@ -74,6 +74,11 @@ $(LOCALE_DIR)/de_DE.UTF-8:
 # busted's configuration is in .busted; its last line is "N passed, M failed".
 test: deps build $(LOCALE_DIR)/de_DE.UTF-8
 	LOCPATH=$(CURDIR)/$(LOCALE_DIR) $(BUSTED) $(BUSTED_ARGS)
+
+# Floods and churn (spec/long/, README "Long runs"; about 5 minutes, CPU-heavy):
+# files named *_long.lua, which `make test` (pattern _spec) never loads.
+test-long: deps build
+	nice -n 5 $(BUSTED) --pattern=_long $(BUSTED_ARGS) spec/long
 
 demo: deps build
 	sh examples/demo.sh
