@@ -665,16 +665,78 @@ static void type_event(lua_State *L, int msgidx, int eventsidx, int keysidx) {
 }
 
 /*
+** Is text[0..len) (a NUL at text[len]) one JSON value, with JSON whitespace
+** around it, by the quick scan's strict grammar?  Asked only once cJSON
+** failed: cJSON accepts all of that, so then it could not allocate (it
+** tells a failed allocation from bad JSON no other way).  Never laxer than
+** cJSON, so bad JSON is never taken for a memory failure.
+*/
+static int strict_json(const unsigned char *c, size_t len) {
+  const unsigned char *end = c + len;
+  unsigned char arrays[QMP_MAX_DEPTH / 8 + 1];  /* bit k: nesting level k + 1 is an array */
+  int depth = 0, flag;
+#define SKIP() while (c < end && isspace_json(*c)) c++
+#define INARRAY() (arrays[(depth - 1) >> 3] >> ((depth - 1) & 7) & 1)
+ value:
+  SKIP();
+  switch (*c) {  /* the helpers stop at the NUL: never past end */
+    case '"': if ((c = quick_string(c + 1, &flag)) == NULL) return 0; break;
+    case '{': case '[':
+      if (depth == QMP_MAX_DEPTH) return 0;
+      if (*c == '[') arrays[depth >> 3] |= (unsigned char)(1u << (depth & 7));
+      else arrays[depth >> 3] &= (unsigned char)~(1u << (depth & 7));
+      depth++;
+      c++;
+      SKIP();
+      if (*c == (INARRAY() ? ']' : '}')) goto close;
+      if (INARRAY()) goto value;
+      goto member;
+    case 't': if (!quick_word(c, "true")) return 0; c += 4; break;
+    case 'f': if (!quick_word(c, "false")) return 0; c += 5; break;
+    case 'n': if (!quick_word(c, "null")) return 0; c += 4; break;
+    default: if ((c = quick_number(c, &flag)) == NULL) return 0; break;
+  }
+ after:  /* a value ended */
+  SKIP();
+  if (depth == 0) return c == end;
+  if (*c == ',') {
+    c++;
+    if (INARRAY()) goto value;
+    goto member;
+  }
+  if (*c != (INARRAY() ? ']' : '}')) return 0;
+ close:
+  c++;
+  depth--;
+  goto after;
+ member:
+  SKIP();
+  if (*c != '"' || (c = quick_string(c + 1, &flag)) == NULL) return 0;
+  SKIP();
+  if (*c++ != ':') return 0;
+  goto value;
+#undef SKIP
+#undef INARRAY
+}
+
+/*
 ** Parse text[0..len) (text[len] must be NUL) into box->tree.  Touches no
 ** Lua state, so callers can restore the byte after the text at once.
-** Returns 1, or 0 with the reason in why.
+** Returns 1; or 0 (not JSON) or -1 (cJSON could not allocate: kind
+** "memory") with the reason in why.
 */
 static int parse_text(TreeBox *box, const char *text, size_t len, char *why, size_t whysz) {
   const char *end = NULL;
   char ex[48];
   box->tree = cJSON_ParseWithLengthOpts(text, len, &end, 0);
   if (box->tree == NULL) {
-    size_t at = (end != NULL && end >= text) ? (size_t)(end - text) : 0;
+    size_t at;
+    if (strict_json((const unsigned char *)text, len)) {
+      snprintf(why, whysz, "out of memory: cJSON could not allocate while parsing %d bytes of JSON",
+               (int)len);
+      return -1;
+    }
+    at = (end != NULL && end >= text) ? (size_t)(end - text) : 0;
     if (at > len) at = len;
     snprintf(why, whysz, "invalid JSON at byte %d of a %d-byte message near '%s'",
              (int)at, (int)len, excerpt(ex, text + at, len - at));
@@ -920,7 +982,8 @@ static void close_slots(lua_State *L, qmp_decoder *d, int top) {
 
 /*
 ** Decode the framed message, consuming it: push its value and return 1, or
-** return 0 with the reason in why (not valid JSON: the stream goes on).
+** return 0 (not valid JSON) or -1 (out of memory) with the reason in why;
+** the stream goes on.
 ** Raises only on memory errors (or from the events table's __index); the
 ** box then frees the tree and clears busy, which the caller sets (any Lua
 ** code run by a push must not touch the decoder).
@@ -935,7 +998,7 @@ static int decode_framed(lua_State *L, qmp_decoder *d, TreeBox *box, int top,
   d->buf[end] = saved;
   d->head = end;  /* consumed before anything can raise; bad JSON too */
   d->framed = 0;
-  if (!ok) return 0;
+  if (ok <= 0) return ok;
   push_message(L, box, top + UV_EVENTS, top + UV_KEYS, d->buf + start, end - start,
                d->s.sawfloat);
   return 1;
@@ -960,7 +1023,7 @@ static int decode_shaped(lua_State *L, qmp_decoder *d, TreeBox *box, int top,
     data[datalen] = '\0';
     ok = parse_text(box, data, datalen, why, whysz);  /* cannot fail but for memory */
     data[datalen] = saved;
-    if (!ok) return 0;
+    if (ok <= 0) return ok;
   }
   lua_createtable(L, 0, data ? 3 : 2);
   msg = lua_gettop(L);
@@ -1000,7 +1063,8 @@ int qmp_decoder_next(lua_State *L, int didx) {
   }
   top = lua_gettop(L);
   box = open_slots(L, d, didx, top);
-  r = decode_framed(L, d, box, top, why, sizeof why) ? 1 : qmp_fail(L, "protocol", "%s", why);
+  r = decode_framed(L, d, box, top, why, sizeof why);
+  r = r > 0 ? 1 : qmp_fail(L, r < 0 ? "memory" : "protocol", "%s", why);
   close_slots(L, d, top);
   lua_rotate(L, top + 1, r);  /* results down over the slots */
   lua_settop(L, top + r);
@@ -1093,8 +1157,8 @@ int qmp_decoder_drain(lua_State *L, int didx, qmp_batch *b) {
     }
     if (q.shaped) ok = decode_shaped(L, d, box, top, &q, why, sizeof why);
     else ok = decode_framed(L, d, box, top, why, sizeof why);
-    if (!ok) {
-      kind = "protocol";
+    if (ok <= 0) {
+      kind = ok < 0 ? "memory" : "protocol";
       msg = why;
       break;
     }
@@ -1234,12 +1298,9 @@ static int core_decode(lua_State *L) {
   lua_getfield(L, LUA_REGISTRYINDEX, "qmp.keys");
   box = treebox_new(L);
   lua_toclose(L, 4);
-  if (parse_text(box, text, len, why, sizeof why)) {  /* Lua strings end in NUL */
-    push_message(L, box, 2, 3, text, len, s.sawfloat);
-    r = 1;
-  }
-  else
-    r = qmp_fail(L, "protocol", "%s", why);
+  r = parse_text(box, text, len, why, sizeof why);  /* Lua strings end in NUL */
+  if (r > 0) push_message(L, box, 2, 3, text, len, s.sawfloat);
+  else r = qmp_fail(L, r < 0 ? "memory" : "protocol", "%s", why);
   lua_closeslot(L, 4);
   lua_rotate(L, 2, r);
   lua_settop(L, 1 + r);

@@ -120,7 +120,7 @@ local function new(addr, opts, announce)
     default_timeout = opts.timeout or DEFAULT_TIMEOUT,
     on_error = default_on_error,
     stats = { events = 0, replies = 0, stale = 0, unknown = 0, overflow = 0,
-              skipped = 0, handler_errors = 0, invalid = 0 },
+              skipped = 0, handler_errors = 0, invalid = 0, malformed = 0 },
     _opts = opts, _target = target,
     _interest = opts.events and filter.names(opts.events),
     _interest_set = interest_set(opts.events),

@@ -18,6 +18,7 @@ errors.kinds = {
   denied = "not allowed: non-loopback TCP without allow_remote, expect_uid mismatch, EACCES",
   protocol = "the peer broke the protocol: bad JSON, no greeting, a malformed reply",
   toolarge = "a message exceeded max_message",
+  memory = "cJSON could not allocate while parsing a message (out of memory)",
   qmp = "QEMU answered with an error: err.class and err.desc",
   unsupported = "the connection cannot do that: exec-oob without oob, fds over TCP",
   io = "another socket error",

@@ -22,11 +22,14 @@ local events = core.events  -- shared with the C decoder, which looks types up h
 --- Methods every event has (types inherit them).
 local Event = {}
 
---- Seconds since the epoch as a float, or nil when QEMU had no clock (-1).
+--- Seconds since the epoch as a float, or nil when QEMU had no clock (-1)
+-- or the timestamp is not two numbers.
 function Event:time()
   local ts = rawget(self, "timestamp")
-  if type(ts) ~= "table" or type(ts.seconds) ~= "number" or ts.seconds < 0 then return nil end
-  return ts.seconds + (ts.microseconds or 0) / 1e6
+  if type(ts) ~= "table" then return nil end
+  local s, us = ts.seconds, ts.microseconds or 0
+  if type(s) ~= "number" or type(us) ~= "number" or s < 0 then return nil end
+  return s + us / 1e6
 end
 
 --- true when this event is named name.
@@ -55,9 +58,11 @@ end
 function Event:__tostring()
   local parts, seen = {}, {}
   local t = Event.time(self)
-  local ts = t and (date("%Y-%m-%d %H:%M:%S", t // 1) .. format(".%06d", self.timestamp.microseconds or 0))
+  local secs = t and math.tointeger(t // 1)
+  local ok, day = false, nil
+  if secs then ok, day = pcall(date, "%Y-%m-%d %H:%M:%S", secs) end   -- a clock far off cannot be shown
+  parts[1] = ok and (day .. format(".%06d", math.tointeger(self.timestamp.microseconds or 0) or 0))
              or "(no time)"
-  parts[1] = ts
   parts[2] = tostring(rawget(self, "event"))
   local data = rawget(self, "data")
   if type(data) == "table" then

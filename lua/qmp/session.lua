@@ -31,6 +31,25 @@ local function describe(msg)
   return "an object with members " .. (#keys > 0 and concat(keys, ", ") or "(none)")
 end
 
+-- A JSON array as decoded: an empty one carries core.array_mt, a full one
+-- has the key 1 (a decoded object's keys are strings).
+local function is_array(v)
+  return type(v) == "table" and (getmetatable(v) == core.array_mt or rawget(v, 1) ~= nil)
+end
+
+-- Does the JSON text hold the escape \u0000 (and not an escaped backslash
+-- followed by "u0000")?
+local function has_nul_escape(text)
+  local at = text:find("\\u0000", 1, true)
+  while at do
+    local i = at - 1
+    while i > 0 and text:byte(i) == 92 do i = i - 1 end
+    if (at - 1 - i) % 2 == 0 then return true end
+    at = text:find("\\u0000", at + 1, true)
+  end
+  return false
+end
+
 --- Start a connection attempt.  p: now (the clock), target (address.target), timeout,
 -- name, max_message, negotiate, expect_uid, stats, on_event(ev),
 -- on_events(list, n) (n events at once, as on_event would have them one by one),
@@ -253,12 +272,15 @@ function Session:_route(msg)
   end
   local name = msg.event
   if name ~= nil then
-    if type(name) == "string" then return self._p.on_event(msg) end
-    return self._p.report(errors.new("protocol", "event with a non-string name dropped"))
+    if type(name) == "string" and name ~= "" then return self._p.on_event(msg) end
+    local stats = self._p.stats
+    stats.malformed = stats.malformed + 1
+    return self._p.report(errors.new("protocol", "dropped an event whose name is not a non-empty string ("
+                                                 .. describe(msg) .. ")"))
   end
   if not self.greeting then
     local g = msg.QMP
-    if type(g) ~= "table" or type(g.capabilities) ~= "table" then
+    if type(g) ~= "table" or not is_array(g.capabilities) then
       return self:_die(errors.new("protocol", ("expected the QMP greeting from %s, got %s")
                                                :format(self.name, describe(msg))))
     end
@@ -268,7 +290,14 @@ function Session:_route(msg)
   local id = msg.id
   local cmd = id ~= nil and self._pending[id]
   -- No id: QEMU could not parse a request; it can only be the one in flight.
-  if not cmd and id == nil and msg.error ~= nil and msg.QMP == nil and self._npending == 1 then
+  -- With several in flight nobody can tell which: the stream is not to be
+  -- trusted any more (QEMU may answer one unparsable command many times).
+  if not cmd and id == nil and msg.error ~= nil and msg.QMP == nil and self._npending > 0 then
+    if self._npending > 1 then
+      local e = errors.qmp("(unknown command)", msg.error)
+      return self:_die(errors.new("protocol", ("an error reply without an id (%s: %s) while %d commands " ..
+        "are in flight: which one it answers is unknown"):format(e.class, e.desc, self._npending)))
+    end
     local _, only = next(self._pending)
     cmd = only
   end
@@ -287,8 +316,14 @@ function Session:_answer(cmd, msg)
   self._pending[cmd.id] = nil
   self._npending = self._npending - 1
   self._p.stats.replies = self._p.stats.replies + 1
-  if msg.error ~= nil then
-    cmd.err = errors.qmp(cmd.name, msg.error)
+  local e = msg.error
+  if e ~= nil then
+    if type(e) == "table" and type(e.class) == "string" and type(e.desc) == "string" then
+      cmd.err = errors.qmp(cmd.name, e)
+    else
+      cmd.err = errors.new("protocol", "reply to " .. cmd.name .. " has an error member without " ..
+                           "a string class and desc", { command = cmd.name })
+    end
   elseif msg["return"] == nil then
     cmd.err = errors.new("protocol", "reply to " .. cmd.name .. " has neither return nor error")
   else
@@ -338,6 +373,9 @@ function Session:send(name, args, fds, oob, on_done)
   self._nextid = self._nextid + 1
   local id = ID_PREFIX .. self._nextid
   local text = encode({ [oob and "exec-oob" or "execute"] = name, arguments = args, id = id }) .. "\n"
+  if has_nul_escape(text) then  -- QEMU refuses \u0000, in an error without an id
+    errors.raise(("qmp: %s: a string in the command holds a NUL byte, which QEMU refuses"):format(name))
+  end
   local cmd = { id = id, name = name, done = false, on_done = on_done }
   if self._p.trace then self:_trace("out", text:sub(1, -2)) end
   if self.state == "dead" then
