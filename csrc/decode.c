@@ -824,6 +824,21 @@ qmp_decoder *qmp_decoder_new(lua_State *L, size_t max_message) {
   return d;
 }
 
+/* The buffer grew by `bytes`, which the garbage collector cannot see: a
+** step of collection as for that many bytes of Lua's own, so that the
+** buffers of connections gone (64 KiB each at least, freed by __gc) do
+** not pile up, waiting for a cycle that Lua's allocations alone would bring
+** much later (a client reconnecting a thousand times a second held some
+** 16 MiB of them).  Not while the collector is stopped, by the script or
+** because it is running finalizers (lua_gc then answers -1); and this
+** decoder is busy meanwhile, so a finalizer cannot feed it. */
+static void grown(lua_State *L, qmp_decoder *d, size_t bytes) {
+  if (lua_gc(L, LUA_GCISRUNNING) != 1) return;
+  d->busy = 1;
+  lua_gc(L, LUA_GCSTEP, (int)(bytes >> 10));
+  d->busy = 0;
+}
+
 char *qmp_decoder_reserve(lua_State *L, qmp_decoder *d, size_t n) {
   if (d->busy)  /* e.g. a finalizer feeding the decoder in the middle of a walk */
     luaL_error(L, "qmp: decoder used re-entrantly");
@@ -846,6 +861,7 @@ char *qmp_decoder_reserve(lua_State *L, qmp_decoder *d, size_t n) {
     nb = (char *)realloc(d->buf, newcap);
     if (nb == NULL) luaL_error(L, "not enough memory for the qmp read buffer");
     d->buf = nb;
+    grown(L, d, newcap - d->cap);
     d->cap = newcap;
   }
   return d->buf + d->len;
