@@ -28,15 +28,6 @@ local WARMUP = math.min(2000, CYCLES // 5)
 
 local RSS_SLACK = 1024    -- KiB the resident set may move by between two checkpoints
 local LUA_SLACK = 64      -- KiB the Lua heap may (after a full collection)
--- A client reconnecting a thousand times a second leaves a dead connection,
--- with its 64-128 KiB read buffer (malloc'd by qmp.core, freed when the
--- garbage collector finalizes it), every millisecond; Lua's collector does
--- not see that memory, so some hundred of them wait for a cycle.  glibc keeps
--- the freed arena (some 16 MiB here), and the resident set creeps towards it
--- as its pages get used in turn: bounded, but not flat.  Memory in use
--- (malloc's, and the Lua heap) stays flat: that is what the Lua heap check
--- and the valgrind run in the README say.
-local RSS_SLACK_RECONNECT = 8192
 
 -- fds, RSS and the Lua heap at a checkpoint: { fds =, list =, rss =, lua = } (KiB).
 local function checkpoint()
@@ -45,9 +36,9 @@ local function checkpoint()
   return { fds = n, list = list, rss = rss, lua = math.floor(collectgarbage("count")) }
 end
 
-local function assert_flat(before, after, what, rss_slack)
+local function assert_flat(before, after, what)
   assert.same(before.list, after.list, what .. ": the open file descriptors changed")
-  assert.is_true(after.rss - before.rss <= (rss_slack or RSS_SLACK),
+  assert.is_true(after.rss - before.rss <= RSS_SLACK,
     ("%s: VmRSS grew from %d to %d KiB"):format(what, before.rss, after.rss))
   assert.is_true(after.lua - before.lua <= LUA_SLACK,
     ("%s: the Lua heap grew from %d to %d KiB"):format(what, before.lua, after.lua))
@@ -136,7 +127,7 @@ describe("#long churn", function()
     assert.equal(CYCLES - 1, got.reconnected)
     assert.equal(CYCLES, vm.generation)
     assert.equal(3 * report.events, got.events)
-    assert_flat(before, after, "reconnecting client", RSS_SLACK_RECONNECT)
+    assert_flat(before, after, "reconnecting client")
     measure.say("churn reconnect: %d generations of one client in %.1f s; %d events; %s (from cycle %d on); "
                 .. "VmRSS at each tenth: %s KiB", CYCLES, seconds, got.events, flat_text(before, after),
                 WARMUP + 1, table.concat(samples, " "))
