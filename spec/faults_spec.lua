@@ -1030,3 +1030,95 @@ describe("fault #64: a thread with a small C stack", function()
 end)
 
 -- }====================
+
+-- {==================== the table
+
+describe("docs/faults.md", function()
+  -- The names of the describes and its of a spec file: the first string
+  -- literal of each call, unescaped; "prefix" when the call adds to it (a
+  -- name made in a loop), else "exact".
+  local function names_in(path)
+    local src = tmp.read(path)
+    if not src then return nil end
+    local names = {}
+    for _, word in ipairs({ "describe", "it" }) do
+      for p in src:gmatch("%f[%w_]" .. word .. "%s*%(%s*()[\"']") do
+        local q, i = src:sub(p, p), p + 1
+        while src:sub(i, i) ~= q do
+          i = i + (src:sub(i, i) == "\\" and 2 or 1)
+          assert(i <= #src, "an unfinished string in " .. path)
+        end
+        local name = assert(load("return " .. src:sub(p, i)))()
+        names[name] = src:match("^%s*%.%.", i + 1) and "prefix" or "exact"
+      end
+    end
+    return names
+  end
+
+  -- Is name one of the file's test names (or one made from a prefix)?
+  local function known(names, name)
+    if names[name] then return true end
+    for n, how in pairs(names) do
+      if how == "prefix" and name:sub(1, #n) == n and #name > #n then return true end
+    end
+    return false
+  end
+
+  -- The references of a proof cell: { { file, name }, ... }.
+  local function references(cell)
+    local refs, file, pos = {}, nil, 1
+    while true do
+      local at, _, mark = cell:find("([`\"])", pos)
+      if not at then return refs end
+      local close = cell:find(mark, at + 1, true)
+      assert(close, "an unclosed " .. mark .. " in: " .. cell)
+      local text = cell:sub(at + 1, close - 1)
+      if mark == "`" then
+        if text:match("^spec/.+%.lua$") then file = text end
+      else
+        assert(file, "a test name before any spec file: " .. text)
+        refs[#refs + 1] = { file, text }
+      end
+      pos = close + 1
+    end
+  end
+
+  it("names, for every row from 1 to 64, tests that exist", function()
+    local doc = assert(tmp.read("docs/faults.md"))
+    local rows, files = {}, {}
+    for line in doc:gmatch("[^\n]+") do
+      local n = line:match("^| (%d+) |")
+      if n then
+        n = tonumber(n)
+        assert.is_nil(rows[n], "row " .. n .. " twice")
+        local cells = {}
+        for c in (line .. "|"):gmatch("%s*([^|]*[^|%s])%s*|") do cells[#cells + 1] = c end
+        assert.equal(4, #cells, "row " .. n .. " has not 4 cells")
+        rows[n] = cells[4]
+      end
+    end
+    for n = 1, 64 do
+      local cell = rows[n]
+      assert(cell, "no row " .. n)
+      local refs = references(cell)
+      assert(#refs > 0, "row " .. n .. " names no test")
+      for _, ref in ipairs(refs) do
+        local file, name = ref[1], ref[2]
+        if files[file] == nil then files[file] = names_in(file) or false end
+        assert(files[file], "row " .. n .. ": no file " .. file)
+        assert(known(files[file], name), ("row %d: %s has no test named %q"):format(n, file, name))
+      end
+    end
+    assert.is_nil(rows[0])
+    assert.is_nil(rows[65])
+    -- and every describe here is where its row says
+    for name in pairs(names_in("spec/faults_spec.lua")) do
+      local n = tonumber(name:match("^fault #(%d+): "))
+      if n then
+        assert(rows[n]:find('"' .. name .. '"', 1, true), "row " .. n .. " does not name " .. name)
+      end
+    end
+  end)
+end)
+
+-- }====================
