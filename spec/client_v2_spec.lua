@@ -602,7 +602,7 @@ describe("defects found by the audit", function()
     assert.matches("last error: protocol: ", down.message)
   end)
 
-  it("forgets 200,000 distinct unknown event names once the client is gone", function()
+  it("forgets 200,000 distinct unknown event names once the client is gone #timing", function()
     local N = 200000
     local srv = serve(opening({ { expect = "go", reply = OK }, { flood = { count = N, name = "X_AUDIT_%d" } },
                                 { hold = 30 } }))
@@ -633,7 +633,7 @@ describe("defects found by the audit", function()
     assert.is_true(took < 10, took)
   end)
 
-  it("bounds a send the peer never reads by its timeout, keeping the fd until close", function()
+  it("bounds a send the peer never reads by its timeout, keeping the fd until close #timing", function()
     local srv = serve(opening({ { sleep = 20 } }))   -- reads nothing more
     local vm = connect(srv)
     local fd = vm:pollfd()
@@ -658,7 +658,7 @@ describe("defects found by the audit", function()
     assert.equal(fd, after)   -- an external loop still polls the fd it was given
   end)
 
-  it("times a command out on time under a flood of events, and keeps step() short", function()
+  it("times a command out on time under a flood of events, and keeps step() short #timing", function()
     local srv = serve(opening({ { expect = "x" }, { flood = { seconds = 3, name = "RTC_CHANGE" } }, { hold = 5 } }))
     local vm = connect(srv)
     local t0 = monotime()

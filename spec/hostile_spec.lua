@@ -91,7 +91,7 @@ describe("unique event names", function()
   local N = 100000
   local UNIT = '{"event": "X_HOSTILE_%d", "data": {}, "timestamp": {"seconds": 1700000000, "microseconds": 1}}\r\n'
 
-  it("keeps the types, the handler index and the heap bounded while a live client takes 100,000 names", function()
+  it("keeps the types, the handler index and the heap bounded while a live client takes 100,000 names #timing", function()
     local srv = serve(opening({ { expect = "go", reply = OK }, { stream = { unit = UNIT, count = N } }, { hold = 30 } }))
     local MAX_QUEUE = 2500
     local vm = connect(srv, { timeout = 5, max_queue = MAX_QUEUE })
@@ -321,7 +321,7 @@ describe("a peer that never reads", function()
     assert.is_true(r.heap < 256 * KiB, "the heap kept " .. mib(r.heap))
   end)
 
-  it("fails a command queued behind the stuck one when the stream dies, long before its own deadline", function()
+  it("fails a command queued behind the stuck one when the stream dies, long before its own deadline #timing", function()
     local srv = serve(opening({ { sleep = 20 } }))
     local vm = connect(srv, { timeout = 5, waiter = qmp.waiters.cqueues })
     local cq = cqueues.new()
@@ -355,7 +355,7 @@ describe("a flood with no reply", function()
   -- waiting, a flood of whitespace, and the memory a flood may hold.
   local T = 0.8
 
-  it("times out vm:wait, a listener's wait, vm:run and qmp.loop within 10 %, holding at most max_queue events", function()
+  it("times out vm:wait, a listener's wait, vm:run and qmp.loop within 10 %, holding at most max_queue events #timing", function()
     local srv = serve(opening({ { expect = "x", reply = OK }, { flood = { seconds = 8, name = "RTC_CHANGE" } }, { hold = 5 } }))
     local vm = connect(srv, { timeout = 5, max_queue = 1000 })
     local reports = {}
@@ -396,7 +396,7 @@ describe("a flood with no reply", function()
     assert.is_true(heap_grown < 1000 * 1024, "the heap holds " .. mib(heap_grown))
   end)
 
-  it("times out vm:execute within 10 % while the peer streams whitespace", function()
+  it("times out vm:execute within 10 % while the peer streams whitespace #timing", function()
     local srv = serve(opening({ { expect = "x" }, { stream = { unit = " ", count = 8 * GiB } } }), { watchdog = 60 })
     local vm = connect(srv)
     local took, ret, err = timed(function() return vm:execute("x", nil, { timeout = T }) end)

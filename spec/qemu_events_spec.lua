@@ -472,7 +472,7 @@ describe("real QEMU guest-side events driven over qtest #qemu", function()
     assert.equal("pause", ev.action)
   end)
 
-  it("RTC_CHANGE from CMOS writes, throttled to a sample of the burst", function()
+  it("RTC_CHANGE from CMOS writes, throttled to a sample of the burst #timing", function()
     running()
     local rtc <close> = vm:listen("RTC_CHANGE")
     local t0 = socket.gettime()

@@ -34,6 +34,7 @@ asan)
   export ASAN_OPTIONS="detect_leaks=1:halt_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1:check_initialization_order=1:log_path=$reports/asan"
   export LSAN_OPTIONS="suppressions=$top/spec/sanitize/lsan.supp:print_suppressions=0"
   export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$reports/ubsan"
+  echo "test-asan: qmp.core with cJSON $(dpkg-parsechangelog -l "$out/cjson/debian/changelog" -S Version 2>/dev/null), $(gcc -dumpfullversion) -fsanitize=address,undefined"
   start=$(date +%s)
   PATH="$out/bin:$PATH" busted --lua=lua5.4 --exclude-tags=timing "$@"
   status=$?
@@ -51,11 +52,14 @@ valgrind)
   status=$?
   end=$(date +%s)
   found=0
+  logs=0
   for f in "$out"/memcheck.*.log; do
     [ -e "$f" ] || continue
-    sed -n 's/^==[0-9]*== \(ERROR SUMMARY\|   definitely lost\|   indirectly lost\|     possibly lost\)/\1/p' "$f"
+    logs=$((logs + 1))
+    sed -n 's/^==[0-9]*== *\(in use at exit\|All heap blocks\|definitely lost\|indirectly lost\|possibly lost\|ERROR SUMMARY\)/memcheck: \1/p' "$f"
     if ! grep -q 'ERROR SUMMARY: 0 errors' "$f"; then found=$((found + 1)); echo "== $f"; cat "$f"; fi
   done
+  [ "$logs" -eq 1 ] || { echo "test-valgrind: $logs memcheck logs, not 1"; found=$((found + 1)); }
   echo "test-valgrind: busted exit $status, $found log(s) with errors, $((end - start)) s"
   ;;
 *)
