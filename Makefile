@@ -106,7 +106,8 @@ FUZZ_DIR   := .build/fuzz
 FUZZERS    := stream oneshot roundtrip fastpath
 FUZZ_BINS  := $(FUZZERS:%=$(FUZZ_DIR)/fuzz_%)
 FUZZ_FLAGS := -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined \
-              -fno-sanitize-recover=all -std=c99 -D_GNU_SOURCE $(WARN)
+              -fno-sanitize-recover=all -std=c99 -D_GNU_SOURCE $(WARN) \
+              -DQMP_PIECE_MIN=8  # big messages are taken apart: make most inputs big
 
 $(FUZZ_DIR)/checks_lua.h: spec/fuzz/checks.lua spec/fuzz/embed.lua
 	@mkdir -p $(@D)

@@ -22,6 +22,7 @@
 ** error (out of memory) in the middle can never leak it.  No Lua code runs
 ** while a tree is alive: events get their metatable after the tree is freed.
 */
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -780,6 +781,135 @@ static void push_message(lua_State *L, TreeBox *box, int eventsidx, int keysidx,
 
 
 /* {====================================================== */
+/* Piecewise: a big message a member at a time
+**
+** cJSON's tree of a message takes some ten times its size, and the Lua
+** value four more: a big reply (query-qmp-schema) would hold both.  So a
+** container longer than PIECE_MIN is taken apart here, and cJSON parses
+** one member's value at a time, each tree freed once its value is pushed.
+** The values are the ones the whole parse would give: each piece goes
+** through the same parse and walk, keys are pushed as the walk does, and
+** anything this cannot be sure of (a byte cJSON would be laxer about than
+** the walk here, a piece cJSON refuses) gives up, leaving the message to
+** the whole parse.  The message was framed, so its strings and brackets
+** close inside it: no scan here runs past its end.
+*/
+
+#if !defined(QMP_PIECE_MIN)
+#define QMP_PIECE_MIN (64 * 1024)  /* the fuzzers build with a small one */
+#endif
+#define PIECE_MIN QMP_PIECE_MIN
+
+#define SKIP_SPACE() while (isspace_json(*c)) c++
+
+/* The end of the value at c: past a string or a balanced container, or up
+** to a delimiter for anything else (cJSON judges the piece); NULL if unsure. */
+static char *value_end(char *text) {
+  const unsigned char *c = (const unsigned char *)text;
+  int depth = 0, plain;
+  if (*c != '"' && *c != '{' && *c != '[') {
+    while (*c != ',' && *c != ']' && *c != '}' && !isspace_json(*c) && *c != '\0') c++;
+    return (char *)c == text ? NULL : (char *)c;  /* none: a misplaced delimiter */
+  }
+  do {
+    switch (*c) {
+      case '"': if ((c = quick_string(c + 1, &plain)) == NULL) return NULL; continue;
+      case '{': case '[': depth++; break;
+      case '}': case ']': depth--; break;
+      case '\0': return NULL;
+      default: break;
+    }
+    c++;
+  } while (depth > 0);
+  return (char *)c;
+}
+
+static int push_piece(lua_State *L, TreeBox *box, int keys, char *start, char *stop, int sawfloat);
+
+/* Push the container [start, stop) a member at a time: 1, or 0 (unsure,
+** nothing pushed). */
+static int push_parts(lua_State *L, TreeBox *box, int keys, char *start, char *stop, int sawfloat) {
+  int object = *start == '{', top = lua_gettop(L), plain;
+  char close = object ? '}' : ']';
+  const unsigned char *c;
+  size_t n = 0;
+  lua_Integer i = 0;
+  luaL_checkstack(L, 4, "cannot grow the Lua stack for a nested JSON value");
+  c = (const unsigned char *)start + 1;  /* first the members' layout, and how many */
+  SKIP_SPACE();
+  while (*c != (unsigned char)close) {
+    if (object) {
+      if (*c != '"' || (c = quick_string(c + 1, &plain)) == NULL) return 0;
+      SKIP_SPACE();
+      if (*c++ != ':') return 0;
+      SKIP_SPACE();
+    }
+    if ((c = (const unsigned char *)value_end((char *)c)) == NULL) return 0;
+    n++;
+    SKIP_SPACE();
+    if (*c == ',') {
+      c++;
+      SKIP_SPACE();
+      if (*c == (unsigned char)close) return 0;  /* a trailing comma */
+    }
+    else if (*c != (unsigned char)close) return 0;
+  }
+  if ((char *)c + 1 != stop || n == 0) return 0;  /* an empty one: the walk marks arrays */
+  if (n > INT_MAX) n = INT_MAX;  /* a size hint only */
+  lua_createtable(L, object ? 0 : (int)n, object ? (int)n : 0);
+  c = (const unsigned char *)start + 1;  /* then the members, as laid out above */
+  SKIP_SPACE();
+  while (*c != (unsigned char)close) {
+    char *end;
+    if (object) {
+      const unsigned char *key = c + 1;
+      plain = 1;
+      c = quick_string(key, &plain);
+      if (plain) push_name(L, keys, (const char *)key, (size_t)(c - 1 - key));
+      else if (!push_piece(L, box, keys, (char *)key - 1, (char *)c, sawfloat)) goto unsure;
+      SKIP_SPACE();
+      c++;  /* the colon */
+      SKIP_SPACE();
+    }
+    end = value_end((char *)c);
+    if (!push_piece(L, box, keys, (char *)c, end, sawfloat)) goto unsure;
+    if (object) lua_rawset(L, -3);  /* duplicate keys: the last one wins, as in the walk */
+    else lua_rawseti(L, -2, ++i);
+    c = (const unsigned char *)end;
+    SKIP_SPACE();
+    if (*c == ',') {
+      c++;
+      SKIP_SPACE();
+    }
+  }
+  return 1;
+ unsure:
+  lua_settop(L, top);
+  return 0;
+}
+
+/* Push the value [start, stop): a big container by push_parts, anything
+** else parsed whole.  1, or 0 (unsure, nothing pushed). */
+static int push_piece(lua_State *L, TreeBox *box, int keys, char *start, char *stop, int sawfloat) {
+  char saved, why[8];
+  int ok;
+  if (stop - start > PIECE_MIN && (*start == '{' || *start == '['))
+    return push_parts(L, box, keys, start, stop, sawfloat);
+  saved = *stop;  /* a byte of the message, after the piece */
+  *stop = '\0';
+  ok = parse_text(box, start, (size_t)(stop - start), why, sizeof why);
+  *stop = saved;
+  if (ok <= 0) return 0;
+  push_tree(L, box, keys, start, (size_t)(stop - start), sawfloat);
+  return 1;
+}
+
+#undef SKIP_SPACE
+
+/* }====================================================== */
+
+
+/* {====================================================== */
 /* Streaming decoder: a buffer, the scanner state and a tree box */
 
 #define READ_CHUNK 65536
@@ -1009,6 +1139,14 @@ static int decode_framed(lua_State *L, qmp_decoder *d, TreeBox *box, int top,
   size_t start = d->fstart, end = d->fend;
   char saved = d->buf[end];  /* cap > len >= end: NUL-terminate in place for cJSON */
   int ok;
+  if (end - start > PIECE_MIN) {
+    d->head = end;  /* consumed before anything can raise */
+    d->framed = 0;
+    if (push_parts(L, box, top + UV_KEYS, d->buf + start, d->buf + end, d->s.sawfloat)) {
+      type_event(L, lua_gettop(L), top + UV_EVENTS, top + UV_KEYS);
+      return 1;
+    }
+  }
   d->buf[end] = '\0';
   ok = parse_text(box, d->buf + start, end - start, why, whysz);
   d->buf[end] = saved;

@@ -1435,3 +1435,74 @@ describe("JSON round trips with a real QEMU #qemu", function()
     assert.equal(text, qmp.encode(assert(qmp.decode(text)), { sort = true }))
   end)
 end)
+
+describe("qmp.core decoder() big messages", function()
+  -- Over 64 KiB a message is taken apart and cJSON parses one member's
+  -- value at a time (decode.c, "Piecewise"), so that its whole tree never
+  -- sits beside the Lua value: the values must be the ones the whole parse
+  -- (qmp.decode) gives, and so must the errors.
+  local function through_decoder(text)
+    local d = core.decoder()
+    d:feed(text .. '\n{"after": true}\n')
+    local msg, err = d:next()
+    local after = d:next()
+    assert.same({ after = true }, after)  -- the stream goes on either way
+    return msg, err
+  end
+
+  local function items(n, make)
+    local list = {}
+    for i = 1, n do list[i] = make(i) end
+    return table.concat(list, ", ")
+  end
+
+  it("gives a real QEMU schema reply as the whole parse does", function()
+    local text = '{"return": ' .. fixture("qemu-7.2-schema.json") .. ', "id": "s1"}'
+    assert.is_true(#text > 65536)
+    assert_same(decode(text), through_decoder(text), true)
+  end)
+
+  it("takes nested big containers apart: numbers, escapes, duplicate keys, empty arrays, any layout", function()
+    local function item(i)
+      return ('{"n": %d, "u": 18446744073709551615, "f": 1.5e300, "z": -0, "b": 9007199254740993, ' ..
+              '"s": "tab\\t \\u263a \\ud83d\\ude00 \\"q\\"", "e": [], "o": {}, "t": true, "x": null, ' ..
+              '"d": 1, "d": %d, "k\\u00e9y": 0123}'):format(i, -i)
+    end
+    local inner = "{\n  " .. items(3000, function(i) return ('"m%d" : [ %d , "v" ]'):format(i % 2000, i) end) .. "\n}"
+    local text = '{"return": {"list": [' .. items(2000, item) .. '],\r\n\t"inner": ' .. inner ..
+                 ', "list": [[' .. items(3000, item) .. ']], "last": "\\u0041"}, "id": {"a": [1]}}'
+    local expected = assert(decode(text))
+    assert.equal(3000, #expected["return"].list[1])  -- the later "list" won
+    assert_same(expected, through_decoder(text), true)
+    local pretty = core.encode(expected, { pretty = true })
+    assert.is_true(#pretty > 65536)
+    assert_same(expected, through_decoder(pretty), true)
+  end)
+
+  it("fails a big message as the whole parse does, wherever the fault is", function()
+    local body = items(8000, function(i) return ('{"i": %d}'):format(i) end)
+    assert.is_true(#body > 65536)
+    for _, text in ipairs({
+      '{"return": [' .. body .. ', tru]}',            -- a bad piece at the end
+      '{"return": [tru, ' .. body .. ']}',            -- at the start
+      '{"return": [' .. body .. ',]}',                -- a trailing comma
+      '{"return": [' .. body .. '], "id": }',         -- a member without a value
+      '{"return": [' .. body .. '] "id": 1}',         -- a missing comma
+    }) do
+      local _, want = decode(text)
+      local msg, err = through_decoder(text)
+      assert.is_nil(msg)
+      assert.equal("protocol", err.kind)
+      assert.equal(want.message, err.message)
+    end
+  end)
+
+  it("leaves to the whole parse what cJSON reads more laxly than JSON (a byte 1 as a blank)", function()
+    local text = '{"return": [' .. items(20000, function(i) return ("%d\1"):format(i) end) .. ']}'
+    local v, want = decode(text)
+    assert.is_table(v, tostring(want))  -- cJSON takes it: so must the decoder
+    local msg, err = through_decoder(text)
+    if v ~= nil then assert_same(v, msg, true)
+    else assert.equal(want.message, err and err.message) end
+  end)
+end)
