@@ -175,6 +175,9 @@ local MESSAGES = {
     '"operation": "read", "action": "stop"}}',
   '{"return": [{"name": "a", "props": {"x": [1, 2.5, "s", null, true], "n": 18446744073709551615}}, ' ..
     '{"name": "b", "props": {}}], "id": "qmp#7"}',
+  -- over 64 KiB: the stream decoder parses it a member at a time
+  '{"return": ["' .. ("x"):rep(70000) .. '", {"a": 1, "b": [1, 2.5, null]}, ["' .. ("y"):rep(70000) ..
+    '"]], "id": "qmp#8"}',
 }
 
 -- What a failed call gave: "ok" with the value, or the error's message.
