@@ -99,7 +99,10 @@ describe("#long churn", function()
 
   it("10,000 generations of one reconnecting client, under vm:run", function()
     local peer = peers.churn(CYCLES, "resync", cleanup)
-    local vm = assert(qmp.client(peer.path, { timeout = 5, reconnect = { min = 0.001, max = 0.002 } }))
+    -- max_queue 1000: the event ring (its slots, vm:wait's history) is full
+    -- after some 330 generations of three events, well within the warm-up
+    local vm = assert(qmp.client(peer.path, { timeout = 5, max_queue = 1000,
+                                              reconnect = { min = 0.001, max = 0.002 } }))
     cleanup(function() vm:close() end)
     local got = { connected = 0, reconnected = 0, disconnected = 0, events = 0 }
     local before
