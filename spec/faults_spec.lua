@@ -438,14 +438,14 @@ describe("fault #22: the most amplifying messages under max_message #slow", func
   ]]
 
   for _, item in ipairs({ "0", '""', "{}", "[]", '{"a":0}' }) do
-    it("keeps the peak under 56 times the message for 10 MiB of " .. item, function()
+    it("keeps the peak under 40 times the message for 10 MiB of " .. item, function()
       local status, out = run("QMP_FAULTS_ITEM=" .. tmp.quote(item) .. " lua5.4 -e " .. tmp.quote(PROBE))
       assert.equal(0, status, out)
       local size, peak = out:match("^(%d+) (%-?%d+)\n")
       size, peak = tonumber(size), tonumber(peak)
       assert.is_truthy(size, out)
       assert.is_true(size <= 10 << 20)
-      assert.is_true(peak < 56 * size, ("peak %.1f times the message"):format(peak / size))
+      assert.is_true(peak < 40 * size, ("peak %.1f times the message"):format(peak / size))
     end)
   end
 end)
