@@ -1159,6 +1159,59 @@ static int decode_framed(lua_State *L, qmp_decoder *d, TreeBox *box, int top,
 }
 
 /*
+** Flat data: an event's data object whose members are all plain (strings
+** without escapes, integers of up to 18 digits, true, false, null) is read
+** from the bytes, as the timestamp is: that is most of QEMU's events, and
+** it spares cJSON a tree of a node and a string or two per member.  The
+** values are the walk's: it pushes such strings as their bytes and reads
+** integers from the text too.  The bytes were checked by quick_scan, so
+** only the kinds of the values are looked at here.
+** Without L: the number of members, or -1 if the data is not flat.  With
+** L: push the data as a table of n members.
+*/
+static long flat_data(lua_State *L, int keys, const unsigned char *c, long n) {
+  long count = 0;
+  int plain = 1;
+  if (L != NULL) lua_createtable(L, 0, n < INT_MAX ? (int)n : INT_MAX);  /* a size hint */
+  c++;
+  while (isspace_json(*c)) c++;
+  if (*c == '}') return 0;
+  for (;;) {
+    const unsigned char *key = c + 1, *keyend, *value;
+    keyend = c = quick_string(key, &plain);  /* past the closing quote */
+    if (!plain) return -1;
+    while (*c != ':') c++;
+    c++;
+    while (isspace_json(*c)) c++;
+    value = c;
+    switch (*c) {
+      case '"': c = quick_string(c + 1, &plain); if (!plain) return -1; break;
+      case 't': c += 4; break;
+      case 'f': c += 5; break;
+      case 'n': c += 4; break;
+      case '{': case '[': return -1;
+      default: if ((c = quick_integer(c)) == NULL) return -1; break;  /* a float, or too long */
+    }
+    count++;
+    if (L != NULL) {
+      push_name(L, keys, (const char *)key, (size_t)(keyend - 1 - key));
+      switch (*value) {
+        case '"': lua_pushlstring(L, (const char *)value + 1, (size_t)(c - value) - 2); break;
+        case 't': lua_pushboolean(L, 1); break;
+        case 'f': lua_pushboolean(L, 0); break;
+        case 'n': qmp_pushnull(L); break;
+        default: lua_pushinteger(L, integer_value(value)); break;
+      }
+      lua_rawset(L, -3);  /* duplicate keys: the last one wins, as in the walk */
+    }
+    while (isspace_json(*c)) c++;
+    if (*c != ',') return count;  /* the closing brace */
+    c++;
+    while (isspace_json(*c)) c++;
+  }
+}
+
+/*
 ** decode_framed for an event of QEMU's shape (q->shaped): its timestamp and
 ** name are taken from q, so cJSON parses its data only.  Gives the values
 ** the whole message would: timestamp integers are exact either way, and
@@ -1170,9 +1223,10 @@ static int decode_shaped(lua_State *L, qmp_decoder *d, TreeBox *box, int top,
   char *data = (char *)q->data, saved = 0;  /* in d->buf, which is ours to write */
   size_t datalen = q->data ? (size_t)(q->dataend - q->data) : 0;
   int ok = 1;
+  long flat = data != NULL && *data == '{' ? flat_data(NULL, 0, (const unsigned char *)data, 0) : -1;
   d->head = d->fend;  /* consumed before anything can raise */
   d->framed = 0;
-  if (data != NULL) {
+  if (data != NULL && flat < 0) {
     saved = data[datalen];  /* a byte of the message: '}', ',' or a space */
     data[datalen] = '\0';
     ok = parse_text(box, data, datalen, why, whysz);  /* cannot fail but for memory */
@@ -1195,7 +1249,8 @@ static int decode_shaped(lua_State *L, qmp_decoder *d, TreeBox *box, int top,
   lua_rawset(L, msg);
   if (data != NULL) {
     push_name(L, keys, "data", 4);
-    push_tree(L, box, keys, data, datalen, q->sawfloat);
+    if (flat >= 0) flat_data(L, keys, (const unsigned char *)data, flat);
+    else push_tree(L, box, keys, data, datalen, q->sawfloat);
     lua_rawset(L, msg);
   }
   type_event(L, msg, top + UV_EVENTS, keys);

@@ -252,6 +252,16 @@ local ODD = {
   '{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "STOP", "extra": 1}',
   '{"event": "STOP", "data": {"a": 1}}',
   '{"event": "STOP", "data": {"a": 1}, "timestamp": {"seconds": 1, "microseconds": 2}}',
+  -- flat data (plain members, read from the bytes) and its edges
+  '{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "STOP", "data": {"i": 123456789012345678, '
+    .. '"j": -123456789012345678, "k": 1234567890123456789, "u": 18446744073709551615, "z": -0, "o": 0}}',
+  '{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "STOP", "data": {"s": "", "t": "null", '
+    .. '"cafÃ©": "ÿ", "a": true, "a": "again", "b": false, "c": null}}',
+  '{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "STOP", "data":{ "a" :1 ,"b":	"x" }}',
+  '{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "STOP", "data": {"a": 1, "b": "x\\ty"}}',
+  '{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "STOP", "data": {"a": 1, "k\\u0065y": 2}}',
+  '{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "STOP", "data": {"a": 1, "b": {"c": 2}}}',
+  '{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "STOP", "data": {"a": 1, "b": 2.0}}',
 }
 
 -- Not JSON, yet framed: an error once, then the stream goes on.

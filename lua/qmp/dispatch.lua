@@ -190,15 +190,18 @@ local function nothing() end
 -- every 2, 4 ... up to MAX_STRIDE handlers while they are quick.
 local MAX_STRIDE = 64
 
+-- Where delivery is, so that after a handler raised it goes on with the
+-- next one: at[EV], its handlers at[LIST] and the next of them at[NEXT]
+-- (set before each handler: array slots are the cheapest to write).
+local EV <const>, LIST <const>, NEXT <const> = 1, 2, 3
+
 -- Hand queued events to their handlers until the one numbered at.stop.
--- at says where delivery is, so that after a handler raised it goes on
--- with the next one: at.ev, its handlers at.list and the next of them at.i.
 -- A filter is user code too: it runs under the same protection.
 local function run_handlers(self, vm, at)
   local log, cap, by_name, stop = self._log, self._cap, self._by_name, at.stop
   local now, pump = self._p.now, self._p.pump or nothing
   local countdown, stride = 1, 1   -- handlers until the clock is read; the next countdown
-  local ev, list, from = at.ev, at.list, at.i
+  local ev, list, from = at[EV], at[LIST], at[NEXT]
   if vm._stop then return end  -- vm:stop(); read, not asked, as it is checked after every handler
   while true do
     if not ev then
@@ -210,24 +213,21 @@ local function run_handlers(self, vm, at)
     end
     for i = from, #list do
       local sub = list[i]
-      if sub.active then
-        at.ev, at.list, at.i = ev, list, i + 1   -- set before any user code runs
-        if sub.always or sub.match(ev) then
-          if sub.once then sub:off() end
-          sub.fn(ev, vm)
-          if vm._stop then return end       -- only a handler can have asked
-          by_name = self._by_name            -- and only a handler can have changed them
-          countdown = countdown - 1
-          if countdown == 0 then             -- keep reading: see PUMP_EVERY
-            local t = now()
-            if t >= at.pump then
-              at.pump, stride = t + PUMP_EVERY, 1
-              pump()
-            elseif stride < MAX_STRIDE then
-              stride = stride * 2
-            end
-            countdown = stride
+      at[EV], at[LIST], at[NEXT] = ev, list, i + 1   -- before any user code runs
+      if sub.direct or sub:wants(ev) then
+        sub.fn(ev, vm)
+        if vm._stop then return end       -- only a handler can have asked
+        by_name = self._by_name            -- and only a handler can have changed them
+        countdown = countdown - 1
+        if countdown == 0 then             -- keep reading: see PUMP_EVERY
+          local t = now()
+          if t >= at.pump then
+            at.pump, stride = t + PUMP_EVERY, 1
+            pump()
+          elseif stride < MAX_STRIDE then
+            stride = stride * 2
           end
+          countdown = stride
         end
       end
     end
@@ -246,7 +246,7 @@ function Dispatch:deliver(vm, limit)
   while true do
     local ok, err = xpcall(run_handlers, traceback, self, vm, at)
     if ok then break end
-    self:_failed("handler for " .. tostring(at.ev and at.ev.event), err)
+    self:_failed("handler for " .. tostring(at[EV] and at[EV].event), err)
   end
   self._delivering = false
 end
@@ -284,10 +284,18 @@ end
 local Subscription = { __name = "qmp.Subscription" }
 Subscription.__index = Subscription
 
+-- Whether the handler runs for ev: active, and its filter takes it; a once
+-- handler goes as it is chosen.  (sub.direct: active, no filter, not once.)
+function Subscription:wants(ev)
+  if not (self.active and (self.always or self.match(ev))) then return false end
+  if self.once then self:off() end
+  return true
+end
+
 --- Remove the handler; idempotent, safe from inside any handler.
 function Subscription:off()
   if not self.active then return end
-  self.active = false
+  self.active, self.direct = false, false
   local d = self._dispatch
   d._handlers = without(d._handlers, self)
   d._by_name, d._named = {}, 0
@@ -305,6 +313,7 @@ function Dispatch:on(names, data, fn, once)
                              names = plain and {} or nil,                       -- indexed by these
                              always = data == nil and (plain or names == nil or names == "*") },
                            Subscription)
+  sub.direct = sub.always and not once
   for _, name in ipairs(plain and exact or {}) do sub.names[name] = true end
   self._handlers = with(self._handlers, sub)
   self._by_name, self._named = {}, 0
