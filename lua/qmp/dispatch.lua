@@ -188,7 +188,7 @@ local function nothing() end
 -- Reading the clock costs more than a quick handler: it is read after every
 -- handler while they are slow (PUMP_EVERY passed since the last read), and
 -- every 2, 4 ... up to MAX_STRIDE handlers while they are quick.
-local MAX_STRIDE = 64
+local MAX_STRIDE = 16
 
 -- Where delivery is, so that after a handler raised it goes on with the
 -- next one: at[EV], its handlers at[LIST] and the next of them at[NEXT]
