@@ -398,6 +398,7 @@ static int quick_scan(const unsigned char *p, Quick *q) {
 typedef struct TreeBox {
   cJSON *tree;          /* the tree being walked, or NULL */
   int *busy;            /* the decoder's busy flag while a decoding call runs, or NULL */
+  int pieces;           /* push_parts calls under way (bounded: each takes C stack) */
 } TreeBox;
 
 typedef struct Walk {
@@ -624,6 +625,7 @@ static TreeBox *treebox_new(lua_State *L) {
   TreeBox *box = (TreeBox *)lua_newuserdatauv(L, sizeof(TreeBox), 0);
   box->tree = NULL;
   box->busy = NULL;
+  box->pieces = 0;
   luaL_setmetatable(L, TREEBOX_MT);
   return box;
 }
@@ -799,6 +801,10 @@ static void push_message(lua_State *L, TreeBox *box, int eventsidx, int keysidx,
 #define QMP_PIECE_MIN (64 * 1024)  /* the fuzzers build with a small one */
 #endif
 #define PIECE_MIN QMP_PIECE_MIN
+/* Containers taken apart inside one another at most: deeper ones are parsed
+** whole, so that decoding nesting 1000 deep still fits in 128 KiB of C
+** stack (docs/faults.md row 64). */
+#define PIECE_DEPTH 32
 
 #define SKIP_SPACE() while (isspace_json(*c)) c++
 
@@ -893,8 +899,12 @@ static int push_parts(lua_State *L, TreeBox *box, int keys, char *start, char *s
 static int push_piece(lua_State *L, TreeBox *box, int keys, char *start, char *stop, int sawfloat) {
   char saved, why[8];
   int ok;
-  if (stop - start > PIECE_MIN && (*start == '{' || *start == '['))
-    return push_parts(L, box, keys, start, stop, sawfloat);
+  if (stop - start > PIECE_MIN && (*start == '{' || *start == '[') && box->pieces < PIECE_DEPTH) {
+    box->pieces++;
+    ok = push_parts(L, box, keys, start, stop, sawfloat);
+    box->pieces--;
+    return ok;
+  }
   saved = *stop;  /* a byte of the message, after the piece */
   *stop = '\0';
   ok = parse_text(box, start, (size_t)(stop - start), why, sizeof why);
@@ -1142,6 +1152,7 @@ static int decode_framed(lua_State *L, qmp_decoder *d, TreeBox *box, int top,
   if (end - start > PIECE_MIN) {
     d->head = end;  /* consumed before anything can raise */
     d->framed = 0;
+    box->pieces = 1;  /* also after an error left it counting */
     if (push_parts(L, box, top + UV_KEYS, d->buf + start, d->buf + end, d->s.sawfloat)) {
       type_event(L, lua_gettop(L), top + UV_EVENTS, top + UV_KEYS);
       return 1;

@@ -98,6 +98,16 @@ function M.stack(_, part)
       end
     end
   end
+  -- 1000 levels each over 64 KiB: the stream decoder takes big containers
+  -- apart, one inside another, only so deep
+  local s = '"' .. ("x"):rep(70000) .. '"'
+  for _, text in ipairs({ ('{"a":'):rep(1000) .. s .. ("}"):rep(1000),
+                          '{"a":' .. ("["):rep(999) .. s .. ("]"):rep(999) .. "}" }) do
+    local d = core.decoder()
+    d:feed(text .. "\n")
+    local msg, err = d:next()
+    check(msg and depth(msg) == 1000, "1000 big levels from the stream decoder: %s", tostring(err))
+  end
   return true
 end
 
