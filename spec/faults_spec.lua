@@ -204,7 +204,7 @@ describe("fault #6: EINTR on every call #timing", function()
 end)
 
 describe("fault #7: a command larger than the socket takes at once", function()
-  it("sends the rest in order, never interleaved with another coroutine's command", function()
+  it("sends the rest in order, never interleaved with another coroutine's command #timing", function()
     local cqueues = require "cqueues"
     local srv = serve(opening({
       { expect = "big", reply = fake.reply('"big"') },
@@ -438,7 +438,7 @@ describe("fault #22: the most amplifying messages under max_message #slow", func
   ]]
 
   for _, item in ipairs({ "0", '""', "{}", "[]", '{"a":0}' }) do
-    it("keeps the peak under 40 times the message for 10 MiB of " .. item, function()
+    it("keeps the peak under 40 times the message for 10 MiB of " .. item .. " #memory", function()
       local status, out = run("QMP_FAULTS_ITEM=" .. tmp.quote(item) .. " lua5.4 -e " .. tmp.quote(PROBE))
       assert.equal(0, status, out)
       local size, peak = out:match("^(%d+) (%-?%d+)\n")

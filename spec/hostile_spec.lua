@@ -133,7 +133,7 @@ describe("unique event names", function()
 end)
 
 describe("unknown reply ids", function()
-  it("drops and counts 200,000 replies that are not ours, in flat memory", function()
+  it("drops and counts 200,000 replies that are not ours, in flat memory #memory", function()
     local N = 200000
     local odd = '{"return": 1, "id": {"a": [1, 2]}}\r\n{"return": 2, "id": null}\r\n'
              .. '{"return": 3, "id": 12}\r\n{"return": 4}\r\n{"error": {"class": "GenericError", "desc": "x"}, "id": "qmp#999"}\r\n'
@@ -205,7 +205,7 @@ describe("a reply of max_message - 1 bytes", function()
   end
 
   for _, size in ipairs({ MAX_MESSAGE - 1, MAX_MESSAGE }) do
-    it(("accepts %d bytes (the default max_message is %d) and goes on"):format(size, MAX_MESSAGE), function()
+    it(("accepts %d bytes (the default max_message is %d) and goes on #memory"):format(size, MAX_MESSAGE), function()
       local r = reply_of(size)
       assert.equal(size - EMPTY, r.len, r.why)
       assert.equal("ok", r.after)
@@ -214,7 +214,7 @@ describe("a reply of max_message - 1 bytes", function()
     end)
   end
 
-  it("refuses max_message + 1 bytes with toolarge, closing the stream", function()
+  it("refuses max_message + 1 bytes with toolarge, closing the stream #memory", function()
     local r = reply_of(MAX_MESSAGE + 1)
     assert.is_nil(r.len)
     assert.equal("closed", r.kind)
@@ -226,7 +226,7 @@ describe("a reply of max_message - 1 bytes", function()
     assert.is_true(r.peak < MAX_MESSAGE + 2 * MiB, "the peak resident set grew by " .. mib(r.peak))
   end)
 
-  it("decodes the most amplifying reply under max_message, [0,0,...], within 64 times its size", function()
+  it("decodes the most amplifying reply under max_message, [0,0,...], within 64 times its size #memory", function()
     local M = MiB   -- max_message; the 10 MiB default would take 500 MiB at the peak
     local head = HEAD:gsub("%%ID", '"qmp#2"'):gsub('"$', "[")
     local srv = serve(opening({ { expect = "big" },
@@ -268,7 +268,7 @@ end)
 describe("1 GiB of whitespace", function()
   -- 1 GiB over a unix socket takes about 1.3 s here: part of every run.
 
-  it("skips 1 GiB between messages in flat memory; the reply after it arrives", function()
+  it("skips 1 GiB between messages in flat memory; the reply after it arrives #memory", function()
     local srv = serve(opening({ { expect = "x" },
                                 { stream = { unit = " \r\n\t", count = GiB // 4, tail = fake.reply("42") .. "\r\n" } },
                                 { hold = 10 } }), { watchdog = 120 })
@@ -283,7 +283,7 @@ describe("1 GiB of whitespace", function()
     assert.is_true(r.took < 15, ("1 GiB took %.1f s"):format(r.took))
   end)
 
-  it("refuses 1 GiB inside a message at max_message, having read at most a chunk more", function()
+  it("refuses 1 GiB inside a message at max_message, having read at most a chunk more #memory", function()
     local srv = serve(opening({ { expect = "x" }, { stream = { head = '{"return": ', unit = " ", count = GiB } } }),
                       { watchdog = 120 })
     local r = in_child(srv, "{ timeout = 5 }", [[function(vm)
@@ -300,7 +300,7 @@ describe("1 GiB of whitespace", function()
 end)
 
 describe("a peer that never reads", function()
-  it("returns from an 8 MiB command within its timeout + 10 %, closing the half-sent stream, and lets the text go", function()
+  it("returns from an 8 MiB command within its timeout + 10 %, closing the half-sent stream, and lets the text go #memory", function()
     local srv = serve(opening({ { sleep = 20 } }))   -- reads nothing more
     local T = 1   -- 10 % of it leaves room for encoding 8 MiB (about 20 ms) on a busy machine
     local r = in_child(srv, "{ timeout = 5 }", [[function(vm, qmp)

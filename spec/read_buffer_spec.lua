@@ -69,13 +69,13 @@ local function run_child(what, n)
 end
 
 describe("read buffers", function()
-  it("of dropped decoders are collected as they come: 500 x 60 KB, peak under 12 MiB", function()
+  it("of dropped decoders are collected as they come: 500 x 60 KB, peak under 12 MiB #memory", function()
     local kb, out = run_child("decoders", 500)    -- before the fix: 31 MiB
     assert(kb, out)
     assert.is_true(kb < 12 * 1024, ("the peak grew by %d KiB"):format(kb))
   end)
 
-  it("of closed connections are collected as they come: 500 x 60 KB read, peak under 12 MiB", function()
+  it("of closed connections are collected as they come: 500 x 60 KB read, peak under 12 MiB #memory", function()
     local kb, out = run_child("conns", 500)       -- before the fix: 35 MiB
     assert(kb, out)
     assert.is_true(kb < 12 * 1024, ("the peak grew by %d KiB"):format(kb))
