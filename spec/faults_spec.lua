@@ -517,10 +517,14 @@ describe("fault #31: duplicate keys", function()
   it("keep the last one, in replies, events and every decoder", function()
     assert.same({ a = 2 }, core.decode('{"a":1,"a":2}'))
     local text = '{"event": "STOP", "event": "RESUME", "timestamp": {"seconds": 1, "microseconds": 2}}\n' ..
-                 '{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "STOP", "data": {"x": 1}, "data": {"x": 2}}\n'
+                 '{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "STOP", "data": {"x": 1}, "data": {"x": 2}}\n' ..
+                 '{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "STOP", "data": {"x": 1, "y": "a", "x": 3}}\n' ..
+                 '{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "STOP", "data": {"x": {"a": 1}, "x": [4]}}\n'
     local whole = decode_pieces({ text }, "next")
     assert.matches("^RESUME ", whole[1])
     assert.matches('"x":2', whole[2])
+    assert.matches('{"x":3,"y":"a"}', whole[3], 1, true)
+    assert.matches('{"x":[4]}', whole[4], 1, true)
     assert.same(whole, decode_pieces({ text }, "drain"))
     assert.same(whole, decode_pieces({ text }, "drain", { RESUME = true, STOP = true }))
     local vm = client({
