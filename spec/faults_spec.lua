@@ -1029,6 +1029,13 @@ end)
 
 describe("fault #62: two Lua states in two threads", function()
   it("decode and encode at once without disturbing each other", function()
+    -- nothing process-wide: no cJSON error pointer, no cJSON hooks
+    local p = assert(io.popen("cat csrc/*.c csrc/*.h"))
+    local src = p:read("a")
+    p:close()
+    assert.is_true(#src > 10000)
+    assert.is_nil(src:find("cJSON_GetErrorPtr", 1, true))
+    assert.is_nil(src:find("cJSON_InitHooks", 1, true))
     local status, out = harness_run("threads", "2")
     assert.equal(0, status, out)
     assert.matches("ok threads thread 1\nok threads thread 2\n", out)
