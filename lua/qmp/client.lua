@@ -345,27 +345,29 @@ function Client:_report(err)
   end
 end
 
--- Where the session sends events, one by one and n at a time: closures
+-- Where the session sends events, n at a time and one by one: closures
 -- made once, as every event of the stream goes through them.
 function Client:_event_sinks()
   local stats, interest, validate, dispatch = self.stats, self._interest, self._opts.validate, self._dispatch
-  local function one(ev)
-    stats.events = stats.events + 1
-    if interest and not interest(ev) then
-      stats.skipped = stats.skipped + 1
-      return
-    end
-    if validate then self:_validate(ev) end
-    dispatch:push(ev)
-  end
+  local set = self._interest_set  -- names only: a table read does what the filter's call would
   local function many(list, n)
-    if interest or validate then
-      for i = 1, n do one(list[i]) end
-    else
-      stats.events = stats.events + n
-      dispatch:push_list(list, n)
+    stats.events = stats.events + n
+    if not (interest or validate) then return dispatch:push_list(list, n) end
+    local kept = 0  -- the list is the session's to give away: kept in place
+    for i = 1, n do
+      local ev, wanted = list[i], true
+      if set then wanted = set[ev.event]
+      elseif interest then wanted = interest(ev) end
+      if wanted then
+        if validate then self:_validate(ev) end
+        kept = kept + 1
+        list[kept] = ev
+      end
     end
+    stats.skipped = stats.skipped + (n - kept)
+    dispatch:push_list(list, kept)
   end
+  local function one(ev) many({ ev }, 1) end
   return one, many
 end
 
