@@ -236,7 +236,7 @@ describe("fault #7: a command larger than the socket takes at once", function()
 end)
 
 describe("fault #9: a peer that never ends its first message", function()
-  it("is stopped by max_message, and the fd is released", function()
+  it("is stopped by max_message, and the fd is released #timing", function()
     local srv = serve({ { send = '{"QMP": {"version": "' .. ("x"):rep(300000) }, { hold = 5 } })
     local before = fds()
     local t0 = monotime()
@@ -278,7 +278,7 @@ describe("fault #13: a peer that is not QMP", function()
     { "an HTTP server", "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n", "HTTP/1.1" },
     { "a JSON service", '{"jsonrpc": "2.0", "method": "hello"}\r\n', '"jsonrpc"' },
   }) do
-    it("is refused at once with a protocol error quoting its first bytes: " .. case[1], function()
+    it("is refused at once with a protocol error quoting its first bytes: " .. case[1] .. " #timing", function()
       local srv = serve({ { send = case[2] }, { hold = 5 } })
       local t0 = monotime()
       local vm, err = qmp.connect(srv.path, { timeout = 5 })
