@@ -7,6 +7,7 @@ local core = require "qmp.core"
 local socket = require "socket"
 local cqueues = require "cqueues"
 local fake = require "support.fake_qmp"
+local in_flight = require "support.in_flight"
 local tmp = require "support.tmp"
 
 local EV = fake.event
@@ -233,25 +234,8 @@ describe("commands in flight", function()
       { send = fake.reply('"one"', "first") .. "\r\n" },
       { hold = 5 },
     }))
-    -- A plain-function waiter: park by yielding; the loop below resumes.
-    local vm = connect(srv, { timeout = 5, waiter = function() coroutine.yield() end })
-    local results = {}
-    local cos = {
-      coroutine.create(function() results.first = { vm:execute("first") } end),
-      coroutine.create(function() results.second = { vm:execute("second") } end),
-    }
-    local deadline = monotime() + 5
-    repeat
-      local alive = false
-      for _, co in ipairs(cos) do
-        if coroutine.status(co) == "suspended" then
-          local ok, err = coroutine.resume(co)
-          assert(ok, err)
-          alive = alive or coroutine.status(co) == "suspended"
-        end
-      end
-      if alive then core.poll({ vm:pollfd() }, 0.01) end
-    until not alive or monotime() > deadline
+    local vm = connect(srv, { timeout = 5, waiter = in_flight.waiter })
+    local results = in_flight.execute(vm, { "first", "second" })
     assert.same({ "one" }, results.first)
     assert.same({ "two" }, results.second)
     assert.equal(0, vm.stats.unknown)
