@@ -7,47 +7,26 @@
 -- Then it waits until the control closes.
 --   lua5.4 many_peer.lua <socket> <n> <trials> <gap seconds> [watchdog seconds]
 local socket = require "socket"
-local unix = require "socket.unix"
 local monotime = require("qmp.core").monotime
 
 local spec_dir = arg[0]:match("^(.*)/bench/[^/]*$") or "spec"
 package.path = spec_dir .. "/?.lua;" .. package.path
-local fake = require "support.fake_qmp"
+local peer_socket = require "support.peer_socket"
 local corpus = require "bench.corpus"
 
 local path, n, trials, gap = arg[1], tonumber(arg[2]), tonumber(arg[3]), tonumber(arg[4])
-local deadline = socket.gettime() + (tonumber(arg[5]) or 300)
+local watchdog = tonumber(arg[5]) or 300
 
-local function left()
-  local t = deadline - socket.gettime()
-  if t <= 0 then
-    io.stderr:write("many_peer: watchdog fired\n")
-    os.remove(path)
-    os.exit(2)
-  end
-  return t
-end
-
-local master = assert(unix.stream())
-assert(master:bind(path))
-assert(master:listen(128))
-
+local peer = peer_socket.listen("many_peer", path, 128, watchdog)
 local conns = {}
 for k = 1, n do
-  master:settimeout(left())
-  local c = assert(master:accept())
-  c:settimeout(left())
-  assert(c:send(fake.greeting))
-  local line = assert(c:receive("*l"))
-  local id = line:match('"id"%s*:%s*("[^"]*")')
-  assert(c:send('{"return": {}' .. (id and (', "id": ' .. id) or "") .. '}\r\n'))
+  local c = peer:accept()
+  assert(peer:negotiate(c))
   conns[k] = c
 end
 print(("many_peer: %d connected"):format(n))
 
-master:settimeout(left())
-local control = assert(master:accept())
-control:settimeout(left())
+local control = peer:accept()
 assert(control:receive("*l") == "go", "many_peer: expected go")
 
 local rng = corpus.rng(corpus.SEED + 7)
@@ -62,8 +41,7 @@ for _ = 1, trials do
 end
 print(("many_peer: sent %d events"):format(trials))
 
-control:settimeout(left())
+control:settimeout(peer:left())
 control:receive("*l")   -- until the driver closes it
 for _, c in ipairs(conns) do c:close() end
-master:close()
-os.remove(path)
+peer:close()

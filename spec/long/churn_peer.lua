@@ -17,53 +17,23 @@
 --   killed (the spec sends SIGKILL).
 -- The report, written once all n are served: return { served = n, ... }.
 -- Exit status 0; 1 on unexpected input; 2 when the watchdog fired.
-local socket = require "socket"
-local unix = require "socket.unix"
-
 local spec_dir = arg[0]:match("^(.*)/long/[^/]*$") or "spec"
 package.path = spec_dir .. "/?.lua;" .. package.path
 local fake = require "support.fake_qmp"
+local peer_socket = require "support.peer_socket"
 
 local path, n, mode, report = arg[1], tonumber(arg[2]), arg[3], arg[4]
-local deadline = socket.gettime() + (tonumber(arg[5]) or 600)
+local watchdog = tonumber(arg[5]) or 600
 assert(path and n and (mode == "fresh" or mode == "resync" or mode == "hold") and report,
        "usage: churn_peer.lua socket n fresh|resync|hold report [watchdog]")
-
-local function left()
-  local t = deadline - socket.gettime()
-  if t <= 0 then
-    io.stderr:write("churn_peer: watchdog fired\n")
-    os.remove(path)
-    os.exit(2)
-  end
-  return t
-end
-
-local function fail(what, got)
-  io.stderr:write("churn_peer: expected ", what, ", got ", tostring(got), "\n")
-  os.remove(path)
-  os.exit(1)
-end
-
--- Read one command line; answer it with `result` (JSON text) and its id.
-local function answer(c, what, result)
-  local line = c:receive("*l")
-  if not line or not line:find('"' .. what .. '"', 1, true) then fail(what, line) end
-  local id = line:match('"id"%s*:%s*("[^"]*")')
-  c:send('{"return": ' .. result .. (id and (', "id": ' .. id) or "") .. '}\r\n')
-end
 
 local EVENTS = fake.event("STOP") .. fake.event("RESUME") .. fake.event("RESET", '{"guest": false, "reason": "host-qmp-system-reset"}')
 local TORN = '{"event": "STOP", "timest'
 
-local master = assert(unix.stream())
-assert(master:bind(path))
-assert(master:listen(16))
+local peer = peer_socket.listen("churn_peer", path, 16, watchdog)
 local served, kinds = 0, {}
 for i = 1, n do
-  master:settimeout(left())
-  local c = assert(master:accept())
-  c:settimeout(left())
+  local c = peer:accept()
   local kind
   if mode == "fresh" then
     kind = ({ [0] = "eof", "events", "reset", "torn", "silent" })[i % 5]
@@ -73,9 +43,8 @@ for i = 1, n do
     kind = "hold"
   end
   if kind ~= "silent" then
-    c:send(fake.greeting)
-    answer(c, "qmp_capabilities", "{}")
-    if mode == "resync" and i > 1 then answer(c, "query-status", '{"status": "running", "running": true}') end
+    peer:negotiate(c)
+    if mode == "resync" and i > 1 then peer:answer(c, "query-status", '{"status": "running", "running": true}') end
   end
   if kind == "events" then c:send(EVENTS)
   elseif kind == "torn" then c:send(TORN)
@@ -86,8 +55,7 @@ for i = 1, n do
   served = served + 1
   kinds[kind] = (kinds[kind] or 0) + 1
 end
-master:close()
-os.remove(path)
+peer:close()
 local parts = {}
 for k, v in pairs(kinds) do parts[#parts + 1] = ("%s = %d"):format(k, v) end
 local f = assert(io.open(report, "w"))

@@ -13,44 +13,21 @@
 -- stops reading makes it grow); blocked: seconds spent inside send().
 -- Exit status 0; 1 on unexpected input; 2 when the watchdog fired.
 local socket = require "socket"
-local unix = require "socket.unix"
 
 local spec_dir = arg[0]:match("^(.*)/long/[^/]*$") or "spec"
 package.path = spec_dir .. "/?.lua;" .. package.path
-local fake = require "support.fake_qmp"
+local peer_socket = require "support.peer_socket"
 
 local path, rate, seconds, report = arg[1], tonumber(arg[2]), tonumber(arg[3]), arg[4]
 local stop_file = arg[5] ~= "" and arg[5] or nil
-local watchdog = socket.gettime() + (tonumber(arg[6]) or 600)
+local watchdog = tonumber(arg[6]) or 600
 local name = arg[7] or "BLOCK_IO_ERROR"
 assert(path and rate and rate > 0 and seconds and report, "usage: paced_peer.lua socket rate seconds report [stop] [watchdog] [name]")
 
-local function left()
-  local t = watchdog - socket.gettime()
-  if t <= 0 then
-    io.stderr:write("paced_peer: watchdog fired\n")
-    os.remove(path)
-    os.exit(2)
-  end
-  return t
-end
-
-local master = assert(unix.stream())
-assert(master:bind(path))
-assert(master:listen(4))
-master:settimeout(left())
-local c = assert(master:accept())
-master:close()
-os.remove(path)
-c:settimeout(left())
-assert(c:send(fake.greeting))
-local line = c:receive("*l")
-if not line or not line:find('"qmp_capabilities"', 1, true) then
-  io.stderr:write("paced_peer: expected qmp_capabilities, got ", tostring(line), "\n")
-  os.exit(1)
-end
-local id = line:match('"id"%s*:%s*("[^"]*")')
-assert(c:send('{"return": {}' .. (id and (', "id": ' .. id) or "") .. '}\r\n'))
+local peer = peer_socket.listen("paced_peer", path, 4, watchdog)
+local c = peer:accept()
+peer:close()   -- one client only
+assert(peer:negotiate(c))
 
 local head = '{"timestamp": {"seconds": %d, "microseconds": %d}, "event": "' .. name .. '", "data": '
   .. '{"device": "", "node-name": "disk0", "reason": "Input/output error", "operation": "write", '
@@ -84,7 +61,7 @@ while true do
     local sec = floor(now)
     local usec = floor((now - sec) * 1e6)
     for i = 1, n do parts[i] = format(head, sec, usec, sent + i) end
-    c:settimeout(left())
+    c:settimeout(peer:left())
     local ok, err = c:send(concat(parts))
     blocked = blocked + (socket.gettime() - now)
     if not ok then
@@ -104,7 +81,7 @@ if ok_all and not stop_requested() and sent < total then
   local now = socket.gettime()
   local sec = floor(now)
   for i = sent + 1, total do parts[#parts + 1] = format(head, sec, floor((now - sec) * 1e6), i) end
-  c:settimeout(left())
+  c:settimeout(peer:left())
   if c:send(concat(parts)) then sent = total end
 end
 local elapsed = socket.gettime() - t0
