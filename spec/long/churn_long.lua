@@ -15,16 +15,15 @@ local proc = require "support.proc"
 local qemu = require "support.qemu"
 local measure = require "long.measure"
 local peers = require "long.peers"
+local settings = require "long.settings"
 
 local cleanup = require("support.cleanup")(after_each)
 
-local CYCLES = tonumber(os.getenv("QMP_LONG_CYCLES")) or 10000
-local KILLS = tonumber(os.getenv("QMP_LONG_KILLS")) or 100
 -- Cycles before the first checkpoint: lazily loaded code, caches, and
 -- glibc's malloc, whose threshold for giving big buffers their own mmap
 -- rises as they are freed, so that the heap grows by some hundreds of KiB
 -- over the first thousands of connections and then stays put.
-local WARMUP = math.min(2000, CYCLES // 5)
+local WARMUP = math.min(2000, settings.CYCLES // 5)
 
 local RSS_SLACK = 1024    -- KiB the resident set may move by between two checkpoints
 local LUA_SLACK = 64      -- KiB the Lua heap may (after a full collection)
@@ -50,15 +49,40 @@ local function flat_text(before, after)
     before.rss, after.rss, before.lua, after.lua)
 end
 
+-- settings.KILLS times: start() starts a peer and connects to it, returning
+-- the client, the peer's pid and a function that clears up after the peer;
+-- the peer is killed with SIGKILL and the client must see the connection
+-- closed within timeout seconds.  From the 11th kill on, the fds, VmRSS
+-- and the Lua heap stay flat.
+local function killed_while_connected(what, timeout, start)
+  local before
+  local t0 = qmp.monotime()
+  for i = 1, settings.KILLS do
+    if i == 11 then before = checkpoint() end
+    local vm, pid, tidy = start()
+    proc.kill(pid, "KILL")
+    local ok, err = vm:run({ timeout = timeout })
+    assert.is_nil(ok)
+    assert.equal("closed", err.kind, tostring(err))
+    vm:close()
+    tidy()
+  end
+  local seconds = qmp.monotime() - t0
+  local after = checkpoint()
+  assert_flat(before, after, "killed " .. what)
+  measure.say("churn killed %s: %d in %.1f s; %s (from cycle 11 on)", what, settings.KILLS, seconds,
+              flat_text(before, after))
+end
+
 describe("#long churn", function()
   it("10,000 fresh clients: connect, negotiate, the peer ends the connection abruptly", function()
-    local peer = peers.churn(CYCLES, "fresh", cleanup)
+    local peer = peers.churn(settings.CYCLES, "fresh", cleanup)
     local outcome = {}
     local function count(k) outcome[k] = (outcome[k] or 0) + 1 end
     local samples = {}
     local before
     local t0 = qmp.monotime()
-    for i = 1, CYCLES do
+    for i = 1, settings.CYCLES do
       if i == WARMUP + 1 then before = checkpoint() end
       local kind = i % 5
       local vm, err = qmp.connect(peer.path, { timeout = 5 })
@@ -82,23 +106,23 @@ describe("#long churn", function()
         vm:close()
         count(({ [0] = "eof", "events then eof", "reset", "torn message" })[kind])
       end
-      if i % (CYCLES // 10) == 0 then samples[#samples + 1] = measure.rss() end
+      if i % (settings.CYCLES // 10) == 0 then samples[#samples + 1] = measure.rss() end
     end
     local seconds = qmp.monotime() - t0
     local after = checkpoint()
     local report = peer:finish(30)
-    assert.equal(CYCLES, report.served)
+    assert.equal(settings.CYCLES, report.served)
     assert_flat(before, after, "fresh clients")
     local parts = {}
     for k, v in pairs(outcome) do parts[#parts + 1] = ("%s %d"):format(k, v) end
     table.sort(parts)
     measure.say("churn fresh: %d cycles in %.1f s (%s); %s (from cycle %d on); VmRSS at each tenth: %s KiB",
-                CYCLES, seconds, table.concat(parts, ", "), flat_text(before, after), WARMUP + 1,
+                settings.CYCLES, seconds, table.concat(parts, ", "), flat_text(before, after), WARMUP + 1,
                 table.concat(samples, " "))
   end)
 
   it("10,000 generations of one reconnecting client, under vm:run", function()
-    local peer = peers.churn(CYCLES, "resync", cleanup)
+    local peer = peers.churn(settings.CYCLES, "resync", cleanup)
     -- max_queue 1000: the event ring (its slots, vm:wait's history) is full
     -- after some 330 generations of three events, well within the warm-up
     local vm = assert(qmp.client(peer.path, { timeout = 5, max_queue = 1000,
@@ -115,46 +139,36 @@ describe("#long churn", function()
     vm:on("qmp.disconnected", function()
       got.disconnected = got.disconnected + 1
       if got.disconnected == WARMUP then before = checkpoint() end
-      if got.disconnected % (CYCLES // 10) == 0 then samples[#samples + 1] = measure.rss() end
+      if got.disconnected % (settings.CYCLES // 10) == 0 then samples[#samples + 1] = measure.rss() end
     end)
     vm:on({ "STOP", "RESUME", "RESET" }, function() got.events = got.events + 1 end)
     local t0 = qmp.monotime()
-    assert(vm:run({ timeout = 600, done = function() return got.disconnected == CYCLES end }))
+    assert(vm:run({ timeout = 600, done = function() return got.disconnected == settings.CYCLES end }))
     local seconds = qmp.monotime() - t0
     vm:close()
     local after = checkpoint()
     local report = peer:finish(30)
-    assert.equal(CYCLES, report.served)
+    assert.equal(settings.CYCLES, report.served)
     assert.is_nil(got.bad_status)
     assert.equal(1, got.connected)
-    assert.equal(CYCLES - 1, got.reconnected)
-    assert.equal(CYCLES, vm.generation)
+    assert.equal(settings.CYCLES - 1, got.reconnected)
+    assert.equal(settings.CYCLES, vm.generation)
     assert.equal(3 * report.events, got.events)
     assert_flat(before, after, "reconnecting client")
     measure.say("churn reconnect: %d generations of one client in %.1f s; %d events; %s (from cycle %d on); "
-                .. "VmRSS at each tenth: %s KiB", CYCLES, seconds, got.events, flat_text(before, after),
+                .. "VmRSS at each tenth: %s KiB", settings.CYCLES, seconds, got.events, flat_text(before, after),
                 WARMUP + 1, table.concat(samples, " "))
   end)
 
   it("100 peer processes killed with SIGKILL while connected", function()
-    local before
-    local t0 = qmp.monotime()
-    for i = 1, KILLS do
-      if i == 11 then before = checkpoint() end
+    killed_while_connected("peers", 5, function()
       local peer = peers.churn(1, "hold", nil, 60)
       local vm = assert(qmp.connect(peer.path, { timeout = 5 }))
-      proc.kill(peer.pid, "KILL")
-      local ok, err = vm:run({ timeout = 5 })
-      assert.is_nil(ok)
-      assert.equal("closed", err.kind, tostring(err))
-      vm:close()
-      assert.is_true(proc.wait_exit(peer.pid, 5))
-      peer:stop()
-    end
-    local seconds = qmp.monotime() - t0
-    local after = checkpoint()
-    assert_flat(before, after, "killed peers")
-    measure.say("churn killed peers: %d in %.1f s; %s (from cycle 11 on)", KILLS, seconds, flat_text(before, after))
+      return vm, peer.pid, function()
+        assert.is_true(proc.wait_exit(peer.pid, 5))
+        peer:stop()
+      end
+    end)
   end)
 
   it("100 real QEMUs killed with SIGKILL while connected #qemu", function()
@@ -162,23 +176,11 @@ describe("#long churn", function()
       pending("qemu-system-x86_64 is not installed")
       return
     end
-    local before
-    local t0 = qmp.monotime()
-    for i = 1, KILLS do
-      if i == 11 then before = checkpoint() end
+    killed_while_connected("QEMUs", 10, function()
       local q = qemu.start()
       local vm = assert(qmp.connect(q.sock, { timeout = 10 }))
       assert.equal("prelaunch", assert(vm:execute("query-status")).status)
-      proc.kill(q.pid, "KILL")
-      local ok, err = vm:run({ timeout = 10 })
-      assert.is_nil(ok)
-      assert.equal("closed", err.kind, tostring(err))
-      vm:close()
-      q:stop()
-    end
-    local seconds = qmp.monotime() - t0
-    local after = checkpoint()
-    assert_flat(before, after, "killed QEMUs")
-    measure.say("churn killed QEMUs: %d in %.1f s; %s (from cycle 11 on)", KILLS, seconds, flat_text(before, after))
+      return vm, q.pid, function() q:stop() end
+    end)
   end)
 end)

@@ -15,12 +15,11 @@ local qmp = require "qmp"
 local core = require "qmp.core"
 local measure = require "long.measure"
 local peers = require "long.peers"
+local settings = require "long.settings"
 
 local cleanup = require("support.cleanup")(after_each)
 
-local RATE = tonumber(os.getenv("QMP_LONG_RATE")) or 50000
-local SECONDS = tonumber(os.getenv("QMP_LONG_SECONDS")) or 60
-local SENT = math.floor(RATE * SECONDS)
+local SENT = math.floor(settings.RATE * settings.SECONDS)
 local RSS_BOUND = 16 * 1024   -- KiB the resident set may grow by during a flood
 local MAX_LAG = 1.0           -- seconds the peer may ever be behind its schedule
 local SLOW = 0.001            -- seconds per call of the slow handler
@@ -66,7 +65,7 @@ end
 
 describe("#long flood", function()
   it("50,000 events/s for 60 s into a handler: none lost, none twice, in order, RSS bounded", function()
-    local peer = peers.paced(RATE, SECONDS, cleanup)
+    local peer = peers.paced(settings.RATE, settings.SECONDS, cleanup)
     local vm = assert(qmp.connect(peer.path, { timeout = 10 }))
     cleanup(function() vm:close() end)
     local seen = tally()
@@ -75,7 +74,7 @@ describe("#long flood", function()
     sample_rss(vm, rss)
     local rss0 = measure.rss()
     local cpu0, t0 = os.clock(), qmp.monotime()
-    local ok, err = vm:run({ timeout = SECONDS + 60 })
+    local ok, err = vm:run({ timeout = settings.SECONDS + 60 })
     local cpu, seconds = os.clock() - cpu0, qmp.monotime() - t0
     assert.is_nil(ok)
     assert.equal("closed", err.kind, tostring(err))   -- the peer closed after its last event
@@ -92,7 +91,7 @@ describe("#long flood", function()
     assert.is_true(peak - rss0 <= RSS_BOUND, ("VmRSS grew from %d to %d KiB"):format(rss0, peak))
     measure.say("flood handler: %d events sent at %d/s over %.1f s (peer at most %.3f s behind), %d delivered, "
                 .. "0 lost, 0 twice, in order; client CPU %.1f s (%.0f%% of a core); VmRSS %d KiB before, "
-                .. "peak %d, %d after", report.sent, RATE, report.elapsed, report.lag, seen.n, cpu,
+                .. "peak %d, %d after", report.sent, settings.RATE, report.elapsed, report.lag, seen.n, cpu,
                 100 * cpu / seconds, rss0, peak, rss1)
   end)
 
@@ -146,12 +145,12 @@ describe("#long flood", function()
                 .. "1 ms handler, max_queue %d: %d delivered + %d dropped; listener, max_queue %d, read %d "
                 .. "per %g s: %d read (%d of them left at the end) + %d dropped; drops == missing numbers, "
                 .. "order kept; VmRSS %d KiB before, peak %d, %d after",
-                what, report.sent, RATE, report.elapsed, report.lag, MAX_QUEUE, handled.n, vm.stats.overflow,
-                LISTEN_QUEUE, TAKE, TAKE_EVERY, listened.n, buffered, l.dropped, rss0, peak, rss1)
+                what, report.sent, settings.RATE, report.elapsed, report.lag, MAX_QUEUE, handled.n,
+                vm.stats.overflow, LISTEN_QUEUE, TAKE, TAKE_EVERY, listened.n, buffered, l.dropped, rss0, peak, rss1)
   end
 
   it("the same into a slow handler and a slow listener under vm:run: delivered + dropped == sent", function()
-    local peer = peers.paced(RATE, SECONDS, cleanup)
+    local peer = peers.paced(settings.RATE, settings.SECONDS, cleanup)
     local vm = assert(qmp.connect(peer.path, { timeout = 10, max_queue = MAX_QUEUE }))
     cleanup(function() vm:close() end)
     local reports = 0
@@ -160,7 +159,7 @@ describe("#long flood", function()
     local rss = {}
     sample_rss(vm, rss)
     local rss0 = measure.rss()
-    local ok, err = vm:run({ timeout = SECONDS + 60 })
+    local ok, err = vm:run({ timeout = settings.SECONDS + 60 })
     assert.is_nil(ok)
     assert.equal("closed", err.kind, tostring(err))
     local report = peer:finish(30)
@@ -169,8 +168,8 @@ describe("#long flood", function()
   end)
 
   it("the same under qmp.loop, beside a quiet VM whose every event arrives", function()
-    local peer = peers.paced(RATE, SECONDS, cleanup)
-    local quiet = peers.paced(100, SECONDS, cleanup)
+    local peer = peers.paced(settings.RATE, settings.SECONDS, cleanup)
+    local quiet = peers.paced(100, settings.SECONDS, cleanup)
     local vm = assert(qmp.connect(peer.path, { timeout = 10, max_queue = MAX_QUEUE, name = "flood" }))
     local other = assert(qmp.connect(quiet.path, { timeout = 10, max_queue = MAX_QUEUE, name = "quiet" }))
     cleanup(function() vm:close() other:close() end)
@@ -190,7 +189,7 @@ describe("#long flood", function()
     local closed = {}
     loop.on_close = function(v, e) closed[#closed + 1] = v.name .. ": " .. tostring(e) end
     local rss0 = measure.rss()
-    local ok, err = loop:run({ timeout = SECONDS + 60 })
+    local ok, err = loop:run({ timeout = settings.SECONDS + 60 })
     assert.is_nil(ok)
     assert.equal("closed", err.kind, tostring(err))   -- both peers done, no VM left
     assert.equal(2, #closed)

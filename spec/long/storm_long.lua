@@ -13,10 +13,10 @@ local proc = require "support.proc"
 local qemu = require "support.qemu"
 local measure = require "long.measure"
 local peers = require "long.peers"
+local settings = require "long.settings"
 
 local cleanup = require("support.cleanup")(after_each)
 
-local RESTARTS = tonumber(os.getenv("QMP_LONG_RESTARTS")) or 100
 local TICK_RATE = 200      -- the peer's events per second
 local RESET_EVERY = 0.05   -- seconds between b's resets
 local UP_FOR = 0.05        -- seconds a's QEMU lives once reconnected, before the next kill
@@ -51,7 +51,7 @@ describe("#long storm", function()
     local function kill_and_restart()
       proc.kill(current, "KILL")
       down_since = qmp.monotime()
-      if restarts < RESTARTS then
+      if restarts < settings.RESTARTS then
         restarts = restarts + 1
         current = proc.spawn(a.argv, a.dir .. "/qemu.log")   -- unlinks the old socket and listens anew
       end
@@ -65,7 +65,7 @@ describe("#long storm", function()
       a_up.reconnected = a_up.reconnected + 1
       if ev.status ~= "prelaunch" then a_up.not_prelaunch = a_up.not_prelaunch + 1 end
       downtime_max = math.max(downtime_max, qmp.monotime() - down_since)
-      if a_up.reconnected < RESTARTS then v:after(UP_FOR, kill_and_restart) end
+      if a_up.reconnected < settings.RESTARTS then v:after(UP_FOR, kill_and_restart) end
     end)
 
     -- b: a reset every RESET_EVERY seconds, each answered by a RESET event.
@@ -90,7 +90,8 @@ describe("#long storm", function()
     local fds0 = measure.fds()
     local rss0 = measure.rss()
     local t0 = qmp.monotime()
-    assert(loop:run({ timeout = 60 + RESTARTS * 10, done = function() return a_up.reconnected == RESTARTS end }))
+    assert(loop:run({ timeout = 60 + settings.RESTARTS * 10,
+                      done = function() return a_up.reconnected == settings.RESTARTS end }))
     local seconds = qmp.monotime() - t0
     -- the end: the ticker stops and closes; its last events are still delivered
     ticker:request_stop()
@@ -103,9 +104,9 @@ describe("#long storm", function()
     local rss1 = measure.rss()
 
     assert.equal(1, a_up.connected)
-    assert.equal(RESTARTS, a_up.disconnected)
-    assert.equal(RESTARTS, a_up.reconnected)
-    assert.equal(RESTARTS + 1, va.generation)
+    assert.equal(settings.RESTARTS, a_up.disconnected)
+    assert.equal(settings.RESTARTS, a_up.reconnected)
+    assert.equal(settings.RESTARTS + 1, va.generation)
     assert.equal(0, a_up.not_prelaunch)
     assert.equal("ready", va.state)
     assert.equal(0, reset_failed)
