@@ -105,6 +105,25 @@ describe("vm:run()", function()
     assert.equal("RESUME", assert(vm:wait("RESUME", nil, 1)).event)
   end)
 
+  -- Found by the protocol fuzzer: the handlers after the one that stopped
+  -- the loop never got its event (the next run began with the next event).
+  it("leaves the stopping event's later handlers their turn, at the next run or step", function()
+    local vm = vm_with({ { send = EV("STOP") .. EV("RESUME") }, { hold = 5 } })
+    local l <close> = vm:listen("RESUME")
+    assert(l:wait(2))
+    local seen = {}
+    vm:on("*", function(ev) seen[#seen + 1] = "a:" .. ev.event end)
+    vm:on("*", function(_, v) v:stop() end)
+    vm:on("*", function(ev) seen[#seen + 1] = "b:" .. ev.event end)
+    assert.is_true(vm:run({ timeout = 5 }))
+    assert.same({ "a:STOP" }, seen)
+    assert.equal(0, vm:timeout())   -- the rest of STOP's handlers are due
+    assert.is_true(vm:run({ timeout = 5 }))
+    assert.same({ "a:STOP", "b:STOP", "a:RESUME" }, seen)
+    assert(vm:step())
+    assert.same({ "a:STOP", "b:STOP", "a:RESUME", "b:RESUME" }, seen)
+  end)
+
   it("returns timeout when nothing ends it", function()
     local vm = vm_with({ { hold = 5 } })
     local t0 = qmp.monotime()

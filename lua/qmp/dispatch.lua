@@ -78,6 +78,7 @@ function Dispatch.new(p)
     _windows = setmetatable({}, { __mode = "k" }),  -- the same per coroutine
     _timers = {},                   -- vm:after timers, sorted by due time
     _delivering = false,
+    _held = nil,                    -- an event vm:stop() left half-delivered: where it is
     _warned = {},                   -- unknown names already reported
   }, Dispatch)
 end
@@ -158,7 +159,7 @@ end
 
 --- true while events wait for their handlers.
 function Dispatch:pending()
-  return self._next <= self._last
+  return self._next <= self._last or self._held ~= nil
 end
 
 local MAX_NAMED = 512   -- names cached by _for_name; a peer inventing names cannot grow it
@@ -240,14 +241,18 @@ end
 -- One protected call serves the whole batch; a failing handler is
 -- reported and the next one runs.
 function Dispatch:deliver(vm, limit)
-  if self._delivering or self._next > self._last then return end
+  if self._delivering or not self:pending() then return end
   self._delivering = true
-  local at = { stop = self._next + limit, pump = self._p.now() + PUMP_EVERY }
+  -- An event whose handlers a vm:stop() cut short goes on with the next of
+  -- them: every handler registered when its delivery began still gets it.
+  local at = self._held or {}
+  at.stop, at.pump, self._held = self._next + limit, self._p.now() + PUMP_EVERY, nil
   while true do
     local ok, err = xpcall(run_handlers, traceback, self, vm, at)
     if ok then break end
     self:_failed("handler for " .. tostring(at[EV] and at[EV].event), err)
   end
+  if at[EV] and at[NEXT] <= #at[LIST] then self._held = at end
   self._delivering = false
 end
 
