@@ -427,24 +427,20 @@ describe("fault #22: the most amplifying messages under max_message #slow", func
   -- 64 KiB pieces, as a connection does; it prints the growth of its peak
   -- RSS over what it held before (the text itself included).
   local PROBE = [[
+    package.path = "./spec/?.lua;" .. package.path
     package.cpath = "./?.so;" .. package.cpath
     local core = require "qmp.core"
+    local memory = require "support.memory"
     local item = os.getenv("QMP_FAULTS_ITEM")
     local n = ((10 << 20) - 40) // (#item + 1)
     local text = '{"return": [' .. (item .. ","):rep(n - 1) .. item .. '], "id": 1}\n'
-    local function kib(field)
-      for l in io.lines("/proc/self/status") do
-        local v = l:match("^" .. field .. ":%s*(%d+)")
-        if v then return tonumber(v) end
-      end
-    end
     collectgarbage()
-    local base = kib("VmRSS")
+    local base = memory.rss()
     local d = core.decoder()
     for i = 1, #text, 65536 do d:feed(text:sub(i, i + 65535)) end
     local msg = assert(d:next())
     assert(#msg["return"] == n)
-    io.write(#text, " ", (kib("VmHWM") - base) * 1024, "\n")
+    io.write(#text, " ", memory.peak() - base, "\n")
   ]]
 
   for _, item in ipairs({ "0", '""', "{}", "[]", '{"a":0}' }) do

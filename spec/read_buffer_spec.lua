@@ -14,12 +14,8 @@ package.cpath = "./?.so;" .. package.cpath
 local core = require "qmp.core"
 local socket = require "socket"
 local unix = require "socket.unix"
-local function hwm()
-  local f = assert(io.open("/proc/self/status"))
-  local kb = tonumber(f:read("a"):match("VmHWM:%s*(%d+)"))
-  f:close()
-  return kb
-end
+local memory = require "support.memory"
+local function hwm() return memory.peak() // 1024 end   -- KiB
 local partial = '{"event": "X", "data": {"a": "' .. ("x"):rep(60000)   -- never ends: held in the buffer
 local what, n, path = arg[1], tonumber(arg[2]), arg[3]
 -- A live heap like a busy client's (its event history, handlers): the

@@ -12,7 +12,7 @@
 local spec_dir = arg[0]:match("^(.*)/bench/[^/]*$") or "spec"
 package.path = spec_dir .. "/?.lua;" .. package.path
 local clients = require "bench.clients"
-local memory = require "bench.memory"
+local memory = require "support.memory"
 
 local which, path = arg[1], arg[2]
 local opts = {}

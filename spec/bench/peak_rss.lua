@@ -6,7 +6,7 @@
 -- reading, VmHWM after decoding with the result still alive, file size).
 local spec_dir = arg[0]:match("^(.*)/bench/[^/]*$") or "spec"
 package.path = spec_dir .. "/?.lua;" .. package.path
-local memory = require "bench.memory"
+local memory = require "support.memory"
 
 local which, path = arg[1], arg[2]
 local decode

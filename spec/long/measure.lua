@@ -1,32 +1,25 @@
 -- What the long specs measure of their own process: resident memory, open
 -- file descriptors, and a record of figures for the end of the run.
 local lfs = require "lfs"
+local memory = require "support.memory"
 
 local M = {}
-
-local function status_kb(name)
-  local f = assert(io.open("/proc/self/status", "r"))
-  local text = f:read("a")
-  f:close()
-  local kb = assert(text:match(name .. ":%s*(%d+) kB"), "no " .. name .. " in /proc/self/status")
-  return tonumber(kb)
-end
 
 --- VmRSS in KiB, after a full garbage collection (what is still in use).
 function M.rss()
   collectgarbage("collect")
   collectgarbage("collect")
-  return status_kb("VmRSS")
+  return memory.rss() // 1024
 end
 
 --- VmRSS in KiB as it is, without collecting (cheap enough for a timer).
 function M.rss_now()
-  return status_kb("VmRSS")
+  return memory.rss() // 1024
 end
 
 --- Peak resident memory so far (VmHWM), KiB.
 function M.peak()
-  return status_kb("VmHWM")
+  return memory.peak() // 1024
 end
 
 --- Open file descriptors of this process, and what they point at, sorted.

@@ -1,29 +1,25 @@
--- Memory of this process, for specs that bound it: the resident set now and
--- at its peak (Linux /proc), and Lua's heap after a full collection.
+-- Memory of this process, for the specs, long runs and benchmarks that
+-- measure it: the resident set now and at its peak (Linux /proc), and Lua's
+-- heap after a full collection.  All in bytes.
 local M = {}
 
-local PAGE = (function()
-  local p = io.popen("getconf PAGESIZE 2>/dev/null")
-  local n = p and tonumber(p:read("l"))
-  if p then p:close() end
-  return n or 4096
-end)()
-
--- Resident bytes now.
-function M.rss()
-  local f = assert(io.open("/proc/self/statm"))
-  local _, resident = f:read("n", "n")
+-- A "<name>: <n> kB" line of /proc/self/status, in bytes.
+local function status_bytes(name)
+  local f = assert(io.open("/proc/self/status", "r"))
+  local text = f:read("a")
   f:close()
-  return resident * PAGE
+  local kb = assert(text:match(name .. ":%s*(%d+) kB"), "no " .. name .. " in /proc/self/status")
+  return tonumber(kb) * 1024
 end
 
--- The peak resident set (VmHWM) in bytes.
+-- Resident bytes now (VmRSS), without collecting first.
+function M.rss()
+  return status_bytes("VmRSS")
+end
+
+-- The peak resident set so far (VmHWM).
 function M.peak()
-  for line in io.lines("/proc/self/status") do
-    local v = line:match("^VmHWM:%s+(%d+) kB")
-    if v then return tonumber(v) * 1024 end
-  end
-  error("no VmHWM in /proc/self/status")
+  return status_bytes("VmHWM")
 end
 
 -- Start the peak afresh from the resident set now ("5" to clear_refs).
