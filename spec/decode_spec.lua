@@ -13,12 +13,7 @@ local type, next, rawget, rawequal, getmetatable, tostring, error =
   type, next, rawget, rawequal, getmetatable, tostring, error
 local mathtype = math.type
 
-local function fixture(name)
-  local f = assert(io.open("spec/fixtures/" .. name, "rb"))
-  local text = f:read("a")
-  f:close()
-  return text
-end
+local fixture = require("support.fixtures").read
 
 -- Marks an expected qmp.uint64 (an integer in 2^63 .. 2^64-1) by its digits.
 local U64 = {}

@@ -13,12 +13,7 @@ local cleanup = require("support.cleanup")(after_each)
 
 local type, rawget, getmetatable, tostring, error = type, rawget, getmetatable, tostring, error
 
-local function fixture(name)
-  local f = assert(io.open("spec/fixtures/" .. name, "rb"))
-  local text = f:read("a")
-  f:close()
-  return text
-end
+local fixture = require("support.fixtures").read
 
 -- The fuzzers' comparisons (spec/fuzz/checks.lua), shared with this spec.
 local checks = assert(loadfile("spec/fuzz/checks.lua"))(core)

@@ -5,13 +5,7 @@
 -- hostile, reentry: { name, run = function() -> true | nil, why }, run once.
 local core = require "qmp.core"
 require "qmp.events"
-
-local function readfile(path)
-  local f = assert(io.open(path, "rb"))
-  local text = f:read("a")
-  f:close()
-  return text
-end
+local fixtures = require "support.fixtures"
 
 -- {====================================================== }
 -- Comparing decoded values
@@ -97,8 +91,8 @@ local BIG = '{"timestamp": {"seconds": 1795288011, "microseconds": 599184}, "eve
   '"arg2": 9223372036854775808, "arg3": 9007199254740993, "arg4": -9223372036854775808, ' ..
   '"arg5": 12, "ratio": 0.5, "msg": "crash \\"1\\" at -2", "more": [18446744073709551614, 1e3, null]}}}'
 
-local SESSION = readfile("spec/fixtures/qemu-7.2-session.txt")
-local PRETTY = readfile("spec/fixtures/qemu-7.2-pretty.txt")
+local SESSION = fixtures.read("qemu-7.2-session.txt")
+local PRETTY = fixtures.read("qemu-7.2-pretty.txt")
 local REPLY = '{"return": {}, "id": 8}'
 
 -- Checks that the expected values are right, not merely what the decoder gives.

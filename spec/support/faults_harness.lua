@@ -11,12 +11,7 @@ local function check(ok, fmt, ...)
   if not ok then fail(fmt, ...) end
 end
 
-local function fixture(name)
-  local f = assert(io.open("spec/fixtures/" .. name, "rb"))
-  local text = f:read("a")
-  f:close()
-  return text
-end
+local fixture = require("support.fixtures").read
 
 -- {==================== threads (row 62)
 
