@@ -427,10 +427,9 @@ describe("fault #22: the most amplifying messages under max_message #slow", func
   -- 64 KiB pieces, as a connection does; it prints the growth of its peak
   -- RSS over what it held before (the text itself included).
   local PROBE = [[
-    package.path = "./spec/?.lua;" .. package.path
     package.cpath = "./?.so;" .. package.cpath
     local core = require "qmp.core"
-    local memory = require "support.memory"
+    local memory = dofile("spec/support/memory.lua")
     local item = os.getenv("QMP_FAULTS_ITEM")
     local n = ((10 << 20) - 40) // (#item + 1)
     local text = '{"return": [' .. (item .. ","):rep(n - 1) .. item .. '], "id": 1}\n'
