@@ -643,6 +643,7 @@ end
 -- handler returns.
 function Client:stop()
   self._stop = true
+  self._dispatch:interrupt()
   self._cond:signal()   -- a run parked in another coroutine sees it now
 end
 

@@ -66,6 +66,7 @@ function Dispatch.new(p)
     _p = p,
     _handlers = {},                 -- subscriptions in registration order (copy on write)
     _by_name = {}, _named = 0,      -- event name -> the handlers that may want it (a cache)
+    _epoch = 0,                     -- bumped when the handlers change or vm:stop() asks (see interrupt)
     _listeners = {},                -- open listeners (copy on write)
     -- The last max_queue events by sequence number, in a ring (slot
     -- seq % max_queue + 1; a slot let go holds false, never nil, so the
@@ -157,6 +158,12 @@ function Dispatch:_make_room(seq)
   end
 end
 
+--- vm:stop() was called: the dispatch loop looks at it after the handler
+-- that runs now.
+function Dispatch:interrupt()
+  self._epoch = self._epoch + 1
+end
+
 --- true while events wait for their handlers.
 function Dispatch:pending()
   return self._next <= self._last or self._held ~= nil
@@ -192,8 +199,9 @@ local function nothing() end
 local MAX_STRIDE = 16
 
 -- Where delivery is, so that after a handler raised it goes on with the
--- next one: at[EV], its handlers at[LIST] and the next of them at[NEXT]
--- (set before each handler: array slots are the cheapest to write).
+-- next one: at[EV], its handlers at[LIST] (set as it is taken) and the next
+-- of them at[NEXT] (set before each runs; array slots are the cheapest to
+-- write).
 local EV <const>, LIST <const>, NEXT <const> = 1, 2, 3
 
 -- Hand queued events to their handlers until the one numbered at.stop.
@@ -203,22 +211,27 @@ local function run_handlers(self, vm, at)
   local now, pump = self._p.now, self._p.pump or nothing
   local countdown, stride = 1, 1   -- handlers until the clock is read; the next countdown
   local ev, list, from = at[EV], at[LIST], at[NEXT]
-  if vm._stop then return end  -- vm:stop(); read, not asked, as it is checked after every handler
+  local epoch = self._epoch
+  if vm._stop then return end  -- vm:stop(); read, not asked
   while true do
     if not ev then
       local seq = self._next
       if seq > self._last or seq >= stop then return end
       ev, self._next, from = log[seq % cap + 1], seq + 1, 1
       local name = ev.event
-      list = by_name[name] or self:_for_name(name)
+      list = by_name[name]
+      if not list then list, by_name = self:_for_name(name), self._by_name end
+      at[EV], at[LIST] = ev, list
     end
     for i = from, #list do
       local sub = list[i]
-      at[EV], at[LIST], at[NEXT] = ev, list, i + 1   -- before any user code runs
+      at[NEXT] = i + 1   -- before any user code runs
       if sub.direct or sub:wants(ev) then
         sub.fn(ev, vm)
-        if vm._stop then return end       -- only a handler can have asked
-        by_name = self._by_name            -- and only a handler can have changed them
+        if self._epoch ~= epoch then       -- the handler changed the handlers, or stopped
+          if vm._stop then return end
+          by_name, epoch = self._by_name, self._epoch
+        end
         countdown = countdown - 1
         if countdown == 0 then             -- keep reading: see PUMP_EVERY
           local t = now()
@@ -252,7 +265,7 @@ function Dispatch:deliver(vm, limit)
     if ok then break end
     self:_failed("handler for " .. tostring(at[EV] and at[EV].event), err)
   end
-  if at[EV] and at[NEXT] <= #at[LIST] then self._held = at end
+  if at[EV] and (at[NEXT] or 1) <= #at[LIST] then self._held = at end  -- handlers left for it
   self._delivering = false
 end
 
@@ -303,7 +316,7 @@ function Subscription:off()
   self.active, self.direct = false, false
   local d = self._dispatch
   d._handlers = without(d._handlers, self)
-  d._by_name, d._named = {}, 0
+  d._by_name, d._named, d._epoch = {}, 0, d._epoch + 1
 end
 
 --- on(filter, data_filter, fn, once) -> subscription; fn(ev, vm).
@@ -321,7 +334,7 @@ function Dispatch:on(names, data, fn, once)
   sub.direct = sub.always and not once
   for _, name in ipairs(plain and exact or {}) do sub.names[name] = true end
   self._handlers = with(self._handlers, sub)
-  self._by_name, self._named = {}, 0
+  self._by_name, self._named, self._epoch = {}, 0, self._epoch + 1
   return sub
 end
 
