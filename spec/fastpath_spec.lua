@@ -530,9 +530,11 @@ describe("a client with opts.events", function()
     return table.concat(parts)
   end
 
-  -- Run vm until it has seen n events (received, skipped or not).
+  -- Run vm until it has seen n events (received, skipped or not) and its
+  -- handlers have had every one (the client may read ahead of them).
   local function until_events(vm, n)
-    assert(vm:run({ timeout = TEST_TIMEOUT, done = function() return vm.stats.events >= n end }))
+    assert(vm:run({ timeout = TEST_TIMEOUT,
+                    done = function() return vm.stats.events >= n and not vm._dispatch:pending() end }))
   end
 
   it("skips the events outside a list of names undecoded, and counts every event", function()
