@@ -2,20 +2,10 @@
 -- valgrind: spec/support/allocfail.c makes the Nth Lua allocation fail for
 -- N = 1, 2, ... while decoding (cases in spec/support/allocfail.lua) and
 -- checks that the cJSON tree is always freed and that the state stays usable.
+local proc = require "support.proc"
 local tmp = require "support.tmp"
 
--- Run a shell command; returns its exit status and its output (with stderr).
-local function run(cmd)
-  local p = assert(io.popen("(" .. cmd .. ") 2>&1; echo \"exit status: $?\""))
-  local out = p:read("a")
-  p:close()
-  local status = tonumber(out:match("exit status: (%d+)\n$"))
-  return status, out
-end
-
-local function have(tool)
-  return (run("command -v " .. tool .. " >/dev/null")) == 0
-end
+local run, have = proc.run, proc.have
 
 describe("the decoder under failing allocations #slow", function()
   local dir, exe, build_error

@@ -6,6 +6,7 @@ local qmp = require "qmp"
 local core = require "qmp.core"
 local fake = require "support.fake_qmp"
 local in_flight = require "support.in_flight"
+local proc = require "support.proc"
 local tmp = require "support.tmp"
 
 local EV = fake.event
@@ -106,17 +107,7 @@ local function no_new_fd(before)
   end
 end
 
--- Run a shell command; its exit status and its output (stderr included).
-local function run(cmd)
-  local p = assert(io.popen("(" .. cmd .. ") 2>&1; echo \"exit status: $?\""))
-  local out = p:read("a")
-  p:close()
-  return tonumber(out:match("exit status: (%d+)\n$")), out
-end
-
-local function have(tool)
-  return (run("command -v " .. tool .. " >/dev/null")) == 0
-end
+local run, have = proc.run, proc.have
 
 -- memcheck, with definite leaks counted as errors (exit status 99).
 local VALGRIND = "valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite "

@@ -77,4 +77,18 @@ function M.listening(path)
   return false
 end
 
+-- Run a shell command in the foreground: its exit status and its output
+-- (stderr included).
+function M.run(cmd)
+  local p = assert(io.popen("(" .. cmd .. ") 2>&1; echo \"exit status: $?\""))
+  local out = p:read("a")
+  p:close()
+  return tonumber(out:match("exit status: (%d+)\n$")), out
+end
+
+-- Whether the shell finds tool.
+function M.have(tool)
+  return (M.run("command -v " .. tool .. " >/dev/null")) == 0
+end
+
 return M
