@@ -103,15 +103,18 @@ lint:
 FUZZ_CC    ?= clang
 FUZZ_TIME  ?= 60
 FUZZ_DIR   := .build/fuzz
-FUZZERS    := stream oneshot roundtrip fastpath
+FUZZERS    := stream oneshot roundtrip fastpath protocol
 FUZZ_BINS  := $(FUZZERS:%=$(FUZZ_DIR)/fuzz_%)
 FUZZ_FLAGS := -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined \
               -fno-sanitize-recover=all -std=c99 -D_GNU_SOURCE $(WARN) \
               -DQMP_PIECE_MIN=8  # big messages are taken apart: make most inputs big
 
-$(FUZZ_DIR)/checks_lua.h: spec/fuzz/checks.lua spec/fuzz/embed.lua
+$(FUZZ_DIR)/checks_lua.h $(FUZZ_DIR)/protocol_lua.h: $(FUZZ_DIR)/%_lua.h: spec/fuzz/%.lua spec/fuzz/embed.lua
 	@mkdir -p $(@D)
 	$(LUA) spec/fuzz/embed.lua $< > $@
+
+# The protocol harness has its own chunk, and loads the client from ./lua.
+$(FUZZ_DIR)/fuzz_protocol: $(FUZZ_DIR)/protocol_lua.h
 
 $(FUZZ_DIR)/fuzz_%: spec/fuzz/fuzz_%.c spec/fuzz/harness.h $(FUZZ_DIR)/checks_lua.h $(SRCS) $(HDRS)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -I$(FUZZ_DIR) $(LUA_CFLAGS) $(CJSON_CFLAGS) -o $@ $< $(SRCS) \

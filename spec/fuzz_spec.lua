@@ -3,7 +3,7 @@
 -- sanitizer report or a failed check).  `make fuzz` runs them for longer.
 local tmp = require "support.tmp"
 
-local HARNESSES = { "stream", "oneshot", "roundtrip", "fastpath" }
+local HARNESSES = { "stream", "oneshot", "roundtrip", "fastpath", "protocol" }
 local SECONDS = 5
 
 -- Run a shell command; returns its exit status and its output (with stderr).

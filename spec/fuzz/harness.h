@@ -8,6 +8,11 @@
 ** runs the check under lua_pcall: a Lua error (a raised usage error, out of
 ** memory) is no finding; a check that returns a reason aborts, so libFuzzer
 ** keeps the input.  Crashes and sanitizer reports are findings of their own.
+**
+** A harness may bring its own chunk instead of checks.lua: it defines
+** QMP_FUZZ_LUA (the array embed.lua made) and QMP_FUZZ_LUA_NAME, and
+** includes its header first.  QMP_FUZZ_OPEN(L), when defined, runs after
+** qmp.core is loaded and before the chunk (more modules, package.path).
 */
 #include <stdint.h>
 #include <stdio.h>
@@ -17,7 +22,11 @@
 #include <lauxlib.h>
 #include <lualib.h>
 
+#ifndef QMP_FUZZ_LUA
 #include "checks_lua.h"  /* static const char checks_lua[] (NUL-terminated) */
+#define QMP_FUZZ_LUA checks_lua
+#define QMP_FUZZ_LUA_NAME "checks.lua"
+#endif
 
 int luaopen_qmp_core(lua_State *L);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -28,13 +37,16 @@ static lua_State *fuzz_state(void) {
   L = luaL_newstate();
   luaL_openlibs(L);
   luaL_requiref(L, "qmp.core", luaopen_qmp_core, 0);
-  if (luaL_loadbuffer(L, checks_lua, sizeof checks_lua - 1, "=checks.lua") != LUA_OK
+#ifdef QMP_FUZZ_OPEN
+  QMP_FUZZ_OPEN(L);
+#endif
+  if (luaL_loadbuffer(L, QMP_FUZZ_LUA, sizeof QMP_FUZZ_LUA - 1, "=" QMP_FUZZ_LUA_NAME) != LUA_OK
       || (lua_insert(L, -2), lua_pcall(L, 1, 1, 0)) != LUA_OK) {
-    fprintf(stderr, "checks.lua: %s\n", lua_tostring(L, -1));
+    fprintf(stderr, "%s: %s\n", QMP_FUZZ_LUA_NAME, lua_tostring(L, -1));
     abort();
   }
   if (lua_getfield(L, -1, QMP_FUZZ_CHECK) != LUA_TFUNCTION) {
-    fprintf(stderr, "checks.lua has no check '%s'\n", QMP_FUZZ_CHECK);
+    fprintf(stderr, "%s has no check '%s'\n", QMP_FUZZ_LUA_NAME, QMP_FUZZ_CHECK);
     abort();
   }
   lua_setfield(L, LUA_REGISTRYINDEX, "qmp.fuzz.check");

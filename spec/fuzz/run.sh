@@ -1,6 +1,7 @@
 #!/bin/sh
 # Runs each libFuzzer harness for a given time on a fresh copy of the seed
-# corpus, one after the other, and prints its executions, coverage and
+# corpus (spec/fuzz/corpus-NAME/ for a harness that has one, else
+# spec/fuzz/corpus/), one after the other, and prints its executions, coverage and
 # findings.  Usage: run.sh SECONDS NAME... (the harnesses are in .build/fuzz/).
 # Exits 1 if any harness found something (its inputs are left in .build/fuzz/).
 time=$1; shift
@@ -9,7 +10,9 @@ found=0
 for name in "$@"; do
   work=$dir/run-$name
   rm -rf "$work" && mkdir -p "$work/corpus"
-  cp spec/fuzz/corpus/* spec/fuzz/crashes/* "$work/corpus/"   # past findings stay tested
+  seeds=spec/fuzz/corpus
+  if [ -d "spec/fuzz/corpus-$name" ]; then seeds=spec/fuzz/corpus-$name; fi   # seeds of its own
+  cp "$seeds"/* spec/fuzz/crashes/* "$work/corpus/"   # past findings stay tested
   "$dir/fuzz_$name" -max_total_time="$time" -max_len=4096 -timeout=10 -rss_limit_mb=1024 \
     -print_final_stats=1 -dict=spec/fuzz/qmp.dict -artifact_prefix="$work/" "$work/corpus" >"$work/log" 2>&1
   status=$?
