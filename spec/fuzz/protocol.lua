@@ -13,7 +13,7 @@
 -- every event (see below).  Then, for the peer:
 --   >TEXT   write TEXT and a newline ($0..$9: the id, as JSON, of the
 --           latest command read, of the one before, ...)
---   +TEXT   write TEXT (no newline: a partial message)
+--   +TEXT   write TEXT (no newline: a partial message; $0..$9 too)
 --   g[o]    a QEMU greeting (offering oob with o)
 --   Rd      a reply to command d (0 the latest read) marked with its tag
 --   Ed      an error reply to command d, its desc marked with its tag
@@ -235,12 +235,13 @@ function run_input(input)
     end
     return last, name
   end
-  local head, head_last = 0, 0
+  local head, head_last, head_events = 0, 0, {}
   vm:on("*", function(ev, v)
     if v ~= vm then note("a handler got another client") end
     local name
     head_last, name = in_order(ev, head_last, "the first handler")
     head = head + 1
+    head_events[head] = ev
     if name == "qmp.connected" and getmetatable(ev) ~= qmp.events["qmp.connected"] then
       note("qmp.connected without its type")
     end
@@ -253,13 +254,16 @@ function run_input(input)
     tail_last = in_order(ev, tail_last, "the last handler")
     tail = tail + 1
   end)
-  local star = vm:listen("*", nil, { max_queue = opts.max_queue })
-  local star_taken, star_last = 0, 0
-  local listeners = {}   -- { l =, test =, last = }
+  -- Every event pushed, in order: a listener that never overflows.
+  local star = vm:listen("*", nil, { max_queue = 1 << 30 })
+  local star_taken, star_last, star_events = 0, 0, {}
+  local listeners = {}   -- { l =, test =, last =, p0 = #star_events then, got = { ev... } }
+  local waited = {}      -- events vm:wait returned
   -- }====================
 
   -- {==================== the peer
   local out, chunk, closed_peer, written = "", 0, false, 0
+  local mirror = core.decoder({ max_message = opts.max_message })   -- what the client was sent
   local seen = {}        -- commands read: { id =, tag = }
   local last_id = 0
   local function flush(all)
@@ -272,6 +276,7 @@ function run_input(input)
         return
       end
       written = written + off
+      mirror:feed(out:sub(1, off))
       out = out:sub(off + 1)
       if off < n or not all then return end
     end
@@ -321,12 +326,13 @@ function run_input(input)
     local c = target(d)
     return c and c.id or ("qmp#" .. (d + 1))   -- none read yet: a guess
   end
+  local function with_ids(text)
+    return (text:gsub("%$(%d)", function(d) return '"' .. id_of(tonumber(d)) .. '"' end))
+  end
   local seq = 0
   local peer_ops = {
-    [">"] = function(arg)
-      emit(arg:gsub("%$(%d)", function(d) return '"' .. id_of(tonumber(d)) .. '"' end) .. "\n")
-    end,
-    ["+"] = function(arg) emit(arg) end,
+    [">"] = function(arg) emit(with_ids(arg) .. "\n") end,
+    ["+"] = function(arg) emit(with_ids(arg)) end,
     g = function(arg)
       emit('{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, "package": ""}, "capabilities": ['
            .. (arg:find("o", 1, true) and '"oob"' or "") .. "]}}\n")
@@ -430,7 +436,9 @@ function run_input(input)
       end
     end,
     wait = function(rec, v, e)
-      if v ~= nil then check_event(v, rec.test, rec.what)
+      if v ~= nil then
+        check_event(v, rec.test, rec.what)
+        if rec.what:find("^vm:wait") then waited[#waited + 1] = v end
       elseif e == nil then note(rec.what .. " returned nothing")
       else
         check_error(e, rec.what, WAIT_KINDS)
@@ -538,6 +546,7 @@ function run_input(input)
       local ev = star:next()
       if ev == nil then break end
       star_taken = star_taken + 1
+      star_events[star_taken] = ev
       star_last = in_order(ev, star_last, "the first listener")
     end
     for _, x in ipairs(listeners) do
@@ -546,6 +555,7 @@ function run_input(input)
         if ev == nil then break end
         check_event(ev, x.test, "a listener")
         x.last = in_order(ev, x.last, "a listener")
+        x.got[#x.got + 1] = ev
       end
     end
   end
@@ -568,7 +578,7 @@ function run_input(input)
     l = function(arg)
       local f = FILTERS[pick(arg, 1, #FILTERS) + 1]
       local l = vm:listen(f.f, nil, { max_queue = LISTEN_QUEUES[pick(arg, 2, #LISTEN_QUEUES) + 1] })
-      listeners[#listeners + 1] = { l = l, test = f.test, last = 0 }
+      listeners[#listeners + 1] = { l = l, test = f.test, last = 0, p0 = star_taken + star:size(), got = {} }
     end,
     n = take_listeners,
     a = function(arg)
@@ -577,7 +587,10 @@ function run_input(input)
       local t = TIMEOUTS[arg:sub(1, 1)]
       spawn("wait", "l:wait", function()
         local ev, e = x.l:wait(t)
-        if ev then x.last = in_order(ev, x.last, "a listener") end
+        if ev then
+          x.last = in_order(ev, x.last, "a listener")
+          x.got[#x.got + 1] = ev
+        end
         return ev, e
       end, t == nil and true or t, { test = x.test })
     end,
@@ -648,7 +661,7 @@ function run_input(input)
     if fn then
       local ok, why = xpcall(fn, debug.traceback, arg)
       if not ok then note(format("line %d (%s): %s", i, op, tostring(why))) end
-      if peer_ops[op] then flush(false) end
+      flush(false)   -- at most a chunk per operation: the client's steps come between
       peer_read()
       check_state(format("line %d (%s)", i, op))
     end
@@ -698,8 +711,63 @@ function run_input(input)
     note(format("%d events handled + %d overflow, %d received - %d skipped + %d synthetic",
                 head, st.overflow, st.events, st.skipped, synthetic))
   end
-  if star_taken + star.dropped ~= pushed then
+  if star_taken + star.dropped ~= pushed or star.dropped ~= 0 then
     note(format("the first listener: %d taken + %d dropped, %d pushed", star_taken, star.dropped, pushed))
+  end
+  -- Every consumer got the events pushed, the same objects in the same
+  -- order, less those it dropped (the handlers' overflow, a listener's).
+  local function follows(got, all, from, test, dropped, who)
+    local j = from + 1
+    for i, ev in ipairs(got) do
+      while all[j] and (all[j] ~= ev) do
+        if dropped == 0 and test(rawget(all[j], "event")) then
+          return note(format("%s's event %d is not the %d-th pushed", who, i, j))
+        end
+        j = j + 1
+      end
+      if not all[j] then return note(format("%s got an event %d that was not pushed after it began", who, i)) end
+      j = j + 1
+    end
+    local expected = 0
+    for k = from + 1, #all do
+      if test(rawget(all[k], "event")) then expected = expected + 1 end
+    end
+    if #got + dropped ~= expected then
+      note(format("%s got %d + %d dropped of %d events", who, #got, dropped, expected))
+    end
+  end
+  follows(head_events, star_events, 0, FILTERS[1].test, st.overflow, "the first handler")
+  for i, x in ipairs(listeners) do
+    follows(x.got, star_events, x.p0, x.test, x.l.dropped, "listener " .. i)
+  end
+  local pushed_set, returned = {}, {}
+  for _, ev in ipairs(star_events) do pushed_set[ev] = true end
+  for _, ev in ipairs(waited) do
+    if not pushed_set[ev] then note("vm:wait returned an event never pushed") end
+    if returned[ev] then note("vm:wait returned an event twice") end
+    returned[ev] = true
+  end
+  -- A clean EOF: the client read all the peer wrote, so each message is in
+  -- the stats: events (or malformed ones), the greeting, the replies
+  -- (matched, stale or unknown).
+  local m = last_err and last_err.message or ""
+  if m == "connection closed by the peer" or m:find("^connection closed by the peer inside a message") then
+    local ev_n, bad_n, reply_n, greeted = 0, 0, 0, false
+    while true do
+      local msg, e = mirror:next()
+      if e then note("the client ended at EOF, but the stream broke before: " .. tostring(e)) break end
+      if msg == nil then break end
+      local name = type(msg) == "table" and rawget(msg, "event")
+      if name ~= nil then
+        if type(name) == "string" and name ~= "" then ev_n = ev_n + 1 else bad_n = bad_n + 1 end
+      elseif not greeted then greeted = true
+      else reply_n = reply_n + 1 end
+    end
+    if st.events ~= ev_n or st.malformed ~= bad_n or st.replies + st.stale + st.unknown ~= reply_n then
+      note(format("sent %d events, %d malformed, %d replies; stats: %d events, %d malformed, "
+                  .. "%d replies + %d stale + %d unknown", ev_n, bad_n, reply_n, st.events, st.malformed,
+                  st.replies, st.stale, st.unknown))
+    end
   end
   if st.handler_errors ~= raised or reports.handler ~= raised then
     note(format("%d handlers and timers raised; handler_errors %d, reported %d", raised, st.handler_errors,
@@ -727,8 +795,8 @@ function run_input(input)
 
   if verbose then
     local e = io.stderr
-    e:write(format("state %s, generation %d, oob %s, %d commands read by the peer, %d bytes written\n",
-                   vm.state, vm.generation, tostring(vm.oob), #seen, written))
+    e:write(format("state %s (%s), generation %d, oob %s, %d commands read by the peer, %d bytes written\n",
+                   vm.state, tostring(last_err), vm.generation, tostring(vm.oob), #seen, written))
     for _, k in ipairs(STATS) do e:write(format("  stats.%s = %d\n", k, st[k])) end
     e:write(format("  handlers: first %d, last %d; listener %d + %d dropped; raised %d\n",
                    head, tail, star_taken, star.dropped, raised))
