@@ -1368,7 +1368,8 @@ int qmp_decoder_drain(lua_State *L, int didx, qmp_batch *b) {
     }
     if (b->interest) {
       if (q.name == NULL) quick_framed(d, &q);  /* framed by the framer (or by ready()) */
-      if (q.name != NULL && !wanted(L, b->interest, &q, &names)) {
+      /* An event named "" is no event: the session reports it (malformed). */
+      if (q.name != NULL && q.namelen > 0 && !wanted(L, b->interest, &q, &names)) {
         d->head = d->fend;  /* consumed unparsed */
         d->framed = 0;
         b->skipped++;

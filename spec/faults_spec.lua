@@ -784,6 +784,29 @@ describe("fault #44: an event whose name is not a non-empty string", function()
       assert.matches("not a non%-empty string", r.message)
     end
   end)
+
+  -- Found by the protocol fuzzer: with opts.events, the fast path skipped
+  -- an event named "" as one outside the set (counted in stats.events and
+  -- stats.skipped, never reported).
+  it("is not skipped as an unwanted name by an events interest set", function()
+    local vm = client({
+      { expect = "go" },
+      { send = '{"event": ""}\r\n{"timestamp": {"seconds": 1, "microseconds": 2}, "event": ""}\r\n'
+               .. EV("RESUME") .. EV("STOP") .. REPLY },
+      { hold = 5 },
+    }, { events = { "STOP" } })
+    local reports, seen = {}, {}
+    vm.on_error = function(err) reports[#reports + 1] = err end
+    vm:on("*", function(ev) seen[#seen + 1] = ev.event end)
+    assert(vm:execute("go"))
+    assert(vm:run({ timeout = 5, done = function() return #seen >= 1 end }))
+    assert.same({ "STOP" }, seen)
+    assert.equal(2, vm.stats.malformed)
+    assert.equal(2, vm.stats.events)
+    assert.equal(1, vm.stats.skipped)
+    assert.equal(2, #reports)
+    for _, r in ipairs(reports) do assert.matches("not a non%-empty string", r.message) end
+  end)
 end)
 
 describe("fault #46: a throttled burst", function()
