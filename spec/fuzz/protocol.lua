@@ -284,13 +284,20 @@ function run_input(input)
   local function emit(text)
     if not closed_peer then out = out .. text end
   end
+  -- The client's socket stays open until vm:close(), even once the
+  -- connection is lost (README "The connection"), and closes then.
+  local client_closed, tag_names, sent_tags = false, {}, {}
   local function peer_read()
     if closed_peer then return end
     while true do
       local msg, err = peer:take()
-      if msg == false then return end
+      if msg == false then
+        if client_closed then note("the client's socket is open after vm:close()") end
+        return
+      end
       if msg == nil then
         if err.kind ~= "closed" then note("the client sent what the peer cannot read: " .. tostring(err)) end
+        if not client_closed then note("the client's socket closed before vm:close(): " .. tostring(err)) end
         return
       end
       if type(msg) ~= "table" then return note("the client sent a " .. type(msg)) end
@@ -314,7 +321,13 @@ function run_input(input)
         end
         tag = tag or "c"
       end
-      seen[#seen + 1] = { id = id, tag = tostring(tag) }
+      tag = tostring(tag)
+      if tag ~= "c" then
+        if tag_names[tag] ~= name then note(format("call #%s sent as %s", tag, name)) end
+        if sent_tags[tag] then note(format("call #%s sent twice", tag)) end
+        sent_tags[tag] = true
+      end
+      seen[#seen + 1] = { id = id, tag = tag }
     end
   end
   local function target(d)   -- command d back from the latest read
@@ -493,6 +506,7 @@ function run_input(input)
   local function command(kind, name, timeout)
     tags = tags + 1
     local tag = tags
+    tag_names[tostring(tag)] = name
     if vm.state == "ready" and not (kind == "oob" and not vm.oob) then issued = issued + 1 end
     local o = timeout ~= nil and { timeout = timeout } or nil
     spawn("command", format("%s %s #%d", kind, name, tag), function()
@@ -524,7 +538,9 @@ function run_input(input)
         if e then check_error(e, "execute in a handler", WAIT_KINDS) end
       elseif kind == 6 then
         subs[#subs + 1] = v:on("*", function(e2) check_event(e2, FILTERS[1].test, "an added handler") end)
-      elseif kind == 7 then v:close()
+      elseif kind == 7 then
+        client_closed = true
+        v:close()
       end
     end
   end
@@ -535,7 +551,9 @@ function run_input(input)
         raised = raised + 1
         error("a timer raised on purpose")
       elseif kind == 2 then v:stop()
-      elseif kind == 3 then v:close()
+      elseif kind == 3 then
+        client_closed = true
+        v:close()
       end
     end
   end
@@ -619,10 +637,13 @@ function run_input(input)
     end,
     S = function() vm:stop() end,
     z = function(arg) vm:after(pick(arg, 2, 2) / 1000, timer(pick(arg, 1, 4))) end,
-    C = function() vm:close() end,
+    C = function()
+      client_closed = true
+      vm:close()
+    end,
     ["?"] = function()
       local fd, ev, t = vm:pollfd(), vm:events(), vm:timeout()
-      if mathtype(fd) ~= "integer" or (fd ~= -1 and fd ~= fd1) or vm:fileno() ~= fd then
+      if mathtype(fd) ~= "integer" or fd ~= (client_closed and -1 or fd1) or vm:fileno() ~= fd then
         note("vm:pollfd() is " .. tostring(fd))
       end
       if ev ~= "r" and ev ~= "w" and ev ~= "rw" then note("vm:events() is " .. tostring(ev)) end
