@@ -1,10 +1,11 @@
 -- The libFuzzer harnesses (spec/fuzz/): they build with clang and each runs
--- for about 5 seconds on the seed corpus without a finding (a crash, a
--- sanitizer report or a failed check).  `make fuzz` runs them for longer.
+-- for 30 seconds on the seed corpus without a finding (a crash, a sanitizer
+-- report or a failed check): the smoke CI runs.  `make fuzz` runs them for
+-- longer.
 local tmp = require "support.tmp"
 
 local HARNESSES = { "stream", "oneshot", "roundtrip", "fastpath", "protocol" }
-local SECONDS = 5
+local SECONDS = 30
 
 -- Run a shell command; returns its exit status and its output (with stderr).
 local function run(cmd)
