@@ -97,6 +97,63 @@ describe("vm:schema()", function()
     assert.matches("data.sizes%[2%]: int expected", text)
     assert.matches("no event NOT_IN_SCHEMA", reports[3].message)
   end)
+
+  -- Found by the protocol fuzzer: the schema comes from the peer, and a
+  -- malformed one made vm:schema() raise, and with validate made every
+  -- event raise out of the client's loop.
+  it("returns a protocol error for a reply that is not a list of entities", function()
+    local srv = fake.start({ { greet = true }, { expect = "qmp_capabilities", reply = fake.reply("{}") },
+                             { expect = "query-qmp-schema", reply = fake.reply("5") }, { hold = 5 } })
+    cleanup(function() srv:stop() end)
+    local vm = assert(qmp.connect(srv.path, { timeout = 5 }))
+    cleanup(function() vm:close() end)
+    local s, err = vm:schema()
+    assert.is_nil(s)
+    assert.equal("protocol", err.kind)
+    srv = fake.start({ { greet = true }, { expect = "qmp_capabilities", reply = fake.reply("{}") },
+                       { expect = "query-qmp-schema", reply = fake.reply('"x"') }, { hold = 5 } })
+    cleanup(function() srv:stop() end)
+    local vm2
+    vm2, err = qmp.connect(srv.path, { timeout = 5, validate = true })
+    assert.is_nil(vm2)
+    assert.equal("protocol", err.kind)
+  end)
+
+  it("follows any schema without raising: malformed entities, types that refer to themselves", function()
+    local BAD = [==[[
+      5, {"name": 5}, "x", {"meta-type": "event"},
+      {"name": "STOP", "meta-type": "event", "arg-type": "A"},
+      {"name": "A", "meta-type": "alternate", "members": [7, {"type": "A"}, {"type": "L"}]},
+      {"name": "L", "meta-type": "array", "element-type": "L"},
+      {"name": "RESET", "meta-type": "event", "arg-type": "O"},
+      {"name": "O", "meta-type": "object", "members": [5, {"name": 1}, {"name": "m", "type": "E"}],
+       "tag": "m", "variants": [3, {"case": "a", "type": "O"}]},
+      {"name": "E", "meta-type": "enum", "values": 9},
+      {"name": "RESUME", "meta-type": "event"},
+      {"name": "__com.example_X", "meta-type": "event", "arg-type": "P"},
+      {"name": "P", "meta-type": "object", "members": 5}
+    ]]==]
+    local srv = fake.start({ { greet = true }, { expect = "qmp_capabilities", reply = fake.reply("{}") },
+                             { expect = "query-qmp-schema", reply = fake.reply(BAD) },
+                             { send = fake.event("STOP", '{"x": [1]}') .. fake.event("RESET", '{"m": "a"}')
+                                      .. fake.event("RESUME", "5") .. fake.event("__com.example_X", '{"y": 1}') },
+                             { hold = 5 } })
+    cleanup(function() srv:stop() end)
+    local vm = assert(qmp.connect(srv.path, { timeout = 5, validate = true }))
+    cleanup(function() vm:close() end)
+    local reports, seen = {}, {}
+    vm.on_error = function(err) reports[#reports + 1] = err end
+    vm:on("*", function(ev) seen[#seen + 1] = ev.event end)
+    assert(vm:run({ timeout = 5, done = function() return #seen >= 4 end }))
+    assert.same({ "STOP", "RESET", "RESUME", "__com.example_X" }, seen)
+    assert.equal(#reports, vm.stats.invalid)
+    for _, r in ipairs(reports) do assert.equal("schema", r.kind) end
+    local s = assert(vm:schema())
+    for _, name in ipairs({ "STOP", "RESET", "RESUME", "__com.example_X" }) do
+      assert.equal(name, s:event_info(name).name)
+    end
+    assert.equal("array", s:describe("L"):sub(1, 5))
+  end)
 end)
 
 describe("the live schema of a real QEMU #qemu", function()

@@ -180,6 +180,11 @@ end
 
 -- {==================== connection lifecycle
 
+local function not_a_schema()
+  return errors.new("protocol", "the reply to query-qmp-schema is not a list of entities",
+                    { command = "query-qmp-schema" })
+end
+
 -- Start a connection attempt.
 function Client:_attempt()
   local opts = self._opts
@@ -187,7 +192,10 @@ function Client:_attempt()
   self._schema, self._resync = nil, nil  -- the QEMU behind the socket may be another version
   if opts.validate then
     setup[#setup + 1] = { name = "query-qmp-schema", timeout = max(self.default_timeout, 30),
-                          handle = function(v) self._schema = schema.parse(v) end }
+                          handle = function(v)
+                            self._schema = schema.parse(v)
+                            if not self._schema then return not_a_schema() end
+                          end }
   end
   if self.generation > 0 then  -- what changed while the link was down
     setup[#setup + 1] = { name = "query-status", handle = function(v) self._resync = v end }
@@ -488,7 +496,9 @@ function Client:schema()
   if self._schema then return self._schema end
   local entities, err = self:execute("query-qmp-schema", nil, { timeout = max(self.default_timeout, 30) })
   if not entities then return nil, err end
-  self._schema = schema.parse(entities)
+  local s = schema.parse(entities)
+  if not s then return nil, not_a_schema() end
+  self._schema = s
   return self._schema
 end
 

@@ -21,6 +21,15 @@ local events  -- qmp.events' types, loaded on first use (events.lua loads the ca
 -- event is quoted up to QUOTED bytes, a problem up to PROBLEM bytes, and a
 -- report lists at most PROBLEMS of them.
 local QUOTED, PROBLEM, PROBLEMS = 64, 200, 20
+-- The schema comes from the peer too: anything in it may be of any shape,
+-- and types may refer to themselves.  What is not a table counts as an
+-- empty list, and a check follows types at most this deep (then: no
+-- judgement), so no schema can make a check raise or run away.
+local DEPTH = 100
+
+local function list(v)
+  return type(v) == "table" and v or {}
+end
 
 local function clip(text, max)
   text = tostring(text)
@@ -33,41 +42,53 @@ function schema.quote(v)
   return clip(v, QUOTED)
 end
 
---- Index the entities of a query-qmp-schema reply.
+--- Index the entities of a query-qmp-schema reply: a schema, or nil when
+-- the reply is not a list.  Entities that are not tables with a string
+-- name are left out.
 function schema.parse(entities)
+  if type(entities) ~= "table" then return nil end
   local s = setmetatable({ types = {}, events = {}, commands = {} }, Schema)
   for _, e in ipairs(entities) do
-    local meta = e["meta-type"]
-    if meta == "event" then s.events[e.name] = e
-    elseif meta == "command" then s.commands[e.name] = e
-    else s.types[e.name] = e end
+    if type(e) == "table" and type(e.name) == "string" then
+      local meta = e["meta-type"]
+      if meta == "event" then s.events[e.name] = e
+      elseif meta == "command" then s.commands[e.name] = e
+      else s.types[e.name] = e end
+    end
   end
   return s
 end
 
 --- A short readable description of the type named name.
-function Schema:describe(name)
+function Schema:describe(name, depth)
   local t = self.types[name]
-  if not t then return name end
+  if not t then return tostring(name) end
   local meta = t["meta-type"]
   if meta == "builtin" then return t.name end
-  if meta == "array" then return "array of " .. self:describe(t["element-type"]) end
-  return meta  -- enum, object, alternate
+  if meta == "array" then
+    depth = (depth or 0) + 1
+    return depth > DEPTH and "array" or "array of " .. self:describe(t["element-type"], depth)
+  end
+  return tostring(meta)  -- enum, object, alternate
 end
 
--- The members of an object, with those of the variant the tag selects.
-local function members_of(self, t, value)
-  local list = {}
-  for _, m in ipairs(t.members or {}) do list[#list + 1] = m end
-  if t.tag and t.variants and type(value) == "table" then
-    for _, v in ipairs(t.variants) do
-      if v.case == value[t.tag] then
+-- The members (tables with a string name) of an object, with those of the
+-- variant the tag selects.
+local function members_of(self, t, value, depth)
+  local members = {}
+  for _, m in ipairs(list(t.members)) do
+    if type(m) == "table" and type(m.name) == "string" then members[#members + 1] = m end
+  end
+  depth = (depth or 0) + 1
+  if t.tag ~= nil and type(value) == "table" and depth <= DEPTH then
+    for _, v in ipairs(list(t.variants)) do
+      if type(v) == "table" and v.case == value[t.tag] then
         local vt = self.types[v.type]
-        if vt then for _, m in ipairs(members_of(self, vt, value)) do list[#list + 1] = m end end
+        if vt then for _, m in ipairs(members_of(self, vt, value, depth)) do members[#members + 1] = m end end
       end
     end
   end
-  return list
+  return members
 end
 
 local BUILTIN = {
@@ -80,18 +101,19 @@ local BUILTIN = {
 }
 
 -- Check value against the type named name; append problems ("path: what").
-function Schema:check(name, value, path, problems)
+function Schema:check(name, value, path, problems, depth)
   local t = self.types[name]
-  if not t then return end  -- a type we cannot see: no judgement
+  depth = (depth or 0) + 1
+  if not t or depth > DEPTH then return end  -- a type we cannot see or follow: no judgement
   local meta = t["meta-type"]
   if meta == "builtin" then
     local ok = BUILTIN[t["json-type"]]
     if ok and not ok(value) then
-      problems[#problems + 1] = ("%s: %s expected, got %s"):format(path, t.name, type(value))
+      problems[#problems + 1] = ("%s: %s expected, got %s"):format(path, clip(t.name, QUOTED), type(value))
     end
   elseif meta == "enum" then
     local found = false
-    for _, v in ipairs(t.values or {}) do if v == value then found = true break end end
+    for _, v in ipairs(list(t.values)) do if v == value then found = true break end end
     if not found then
       problems[#problems + 1] = ("%s: %s is not one of the enum's values"):format(path, clip(value, QUOTED))
     end
@@ -99,7 +121,7 @@ function Schema:check(name, value, path, problems)
     if type(value) ~= "table" then
       problems[#problems + 1] = ("%s: array expected, got %s"):format(path, type(value))
     else
-      for i, v in ipairs(value) do self:check(t["element-type"], v, path .. "[" .. i .. "]", problems) end
+      for i, v in ipairs(value) do self:check(t["element-type"], v, path .. "[" .. i .. "]", problems, depth) end
     end
   elseif meta == "object" then
     if type(value) ~= "table" then
@@ -111,18 +133,18 @@ function Schema:check(name, value, path, problems)
       known[m.name] = true
       local v = value[m.name]
       if v == nil then
-        if m.default == nil then problems[#problems + 1] = ("%s.%s: missing"):format(path, m.name) end
+        if m.default == nil then problems[#problems + 1] = ("%s.%s: missing"):format(path, clip(m.name, QUOTED)) end
       else
-        self:check(m.type, v, path .. "." .. m.name, problems)
+        self:check(m.type, v, path .. "." .. clip(m.name, QUOTED), problems, depth)
       end
     end
     for k in pairs(value) do
       if not known[k] then problems[#problems + 1] = ("%s.%s: not in the schema"):format(path, clip(k, QUOTED)) end
     end
   elseif meta == "alternate" then
-    for _, m in ipairs(t.members or {}) do
+    for _, m in ipairs(list(t.members)) do
       local trial = {}
-      self:check(m.type, value, path, trial)
+      self:check(type(m) == "table" and m.type or nil, value, path, trial, depth)
       if #trial == 0 then return end
     end
     problems[#problems + 1] = ("%s: matches no branch of the alternate"):format(path)
@@ -136,7 +158,7 @@ function Schema:validate(ev)
   local problems = {}
   if e["arg-type"] then
     self:check(e["arg-type"], ev.data, "data", problems)
-  elseif next(ev.data or {}) ~= nil then
+  elseif type(ev.data) ~= "table" or next(ev.data) ~= nil then
     problems[1] = "data: the event has no members"
   end
   local n = #problems
@@ -165,7 +187,7 @@ function Schema:event_info(name)
     info.fields[k] = c
   end
   local e = self.events[name]
-  local obj = e and e["arg-type"] and self.types[e["arg-type"]]
+  local obj = e and e["arg-type"] ~= nil and self.types[e["arg-type"]]
   for _, m in ipairs(obj and members_of(self, obj) or {}) do
     local f = info.fields[m.name]
     if not f then
@@ -176,7 +198,7 @@ function Schema:event_info(name)
     local mt = self.types[m.type]
     if mt and mt["meta-type"] == "enum" and not f.values then
       f.values = {}
-      for i, v in ipairs(mt.values or {}) do f.values[i] = v end
+      for i, v in ipairs(list(mt.values)) do f.values[i] = v end
     end
   end
   return info
