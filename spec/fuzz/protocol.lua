@@ -10,7 +10,8 @@
 -- events = { STOP, RESUME, RESET } (skipped undecoded), F events = "S*" (a
 -- glob: the Lua filter), n negotiate = false, m max_message = 256, T timeout
 -- = 1 s (else 10), t a trace function, s a handler that stops the loop at
--- every event (see below).  Then, for the peer:
+-- every event (see below), V validate = true (the client asks for the
+-- schema after negotiating).  Then, for the peer:
 --   >TEXT   write TEXT and a newline ($0..$9: the id, as JSON, of the
 --           latest command read, of the one before, ...)
 --   +TEXT   write TEXT (no newline: a partial message; $0..$9 too)
@@ -37,6 +38,7 @@
 --   s  vm:step();  pt  vm:run{ timeout = t } (0: from the main thread);
 --   S  vm:stop();  zh  a timer (vm:after) of kind h;  C  vm:close();
 --   ?  pollfd/events/timeout;  u  resume the parked coroutines;  tN  N ms pass
+--   y  vm:schema() in a coroutine
 -- Anything else is skipped.  At the end the peer writes what it still holds,
 -- closes, and the client is stepped until it is closed with nothing left.
 --
@@ -70,7 +72,7 @@ local KINDS = {
 -- What each call may return.
 local COMMAND_KINDS = { timeout = true, closed = true, protocol = true, qmp = true, unsupported = true }
 local WAIT_KINDS = { timeout = true, closed = true }
-local REPORT_KINDS = { overflow = true, usage = true, handler = true, protocol = true }
+local REPORT_KINDS = { overflow = true, usage = true, handler = true, protocol = true, schema = true }
 local STATES = { connecting = true, negotiating = true, ready = true, reconnecting = true, closed = true }
 local STATS = { "events", "replies", "stale", "unknown", "overflow", "skipped", "handler_errors",
                 "invalid", "malformed" }
@@ -169,6 +171,7 @@ function run_input(input)
   if flag("f") then opts.events = { "STOP", "RESUME", "RESET" } elseif flag("F") then opts.events = "S*" end
   if flag("n") then opts.negotiate = false end
   if flag("m") then opts.max_message = 256 end
+  if flag("V") then opts.validate = true end
   if flag("t") then
     opts.trace = function(direction, text)
       if (direction ~= "in" and direction ~= "out") or type(text) ~= "string" then
@@ -190,7 +193,7 @@ function run_input(input)
   local default_timeout = vm.default_timeout
 
   -- {==================== reports (vm.on_error)
-  local reports = { handler = 0, overflow_handlers = 0, overflow_listeners = 0, malformed = 0 }
+  local reports = { handler = 0, overflow_handlers = 0, overflow_listeners = 0, malformed = 0, schema = 0 }
   local function check_error(e, where, allowed)
     if not errors.is(e) then return note(format("%s: not an error object: %s", where, tostring(e))) end
     if type(e.kind) ~= "string" or not KINDS[e.kind] then
@@ -205,12 +208,14 @@ function run_input(input)
     check_error(e, "on_error", REPORT_KINDS)
     local m = tostring(e.message)
     if m:find("\n", 1, true) or #m > 1024 then note("a report longer than a line: " .. m:sub(1, 200)) end
-    if m:find(secret, 1, true) then note("a report quotes the peer: " .. m) end
+    -- (validate may quote an offending value, cut short: README "Logs")
+    if m:find(secret, 1, true) and e.kind ~= "schema" then note("a report quotes the peer: " .. m) end
     if e.kind == "handler" then reports.handler = reports.handler + 1
     elseif e.kind == "overflow" then
       if m:find("handlers'", 1, true) then reports.overflow_handlers = reports.overflow_handlers + 1
       else reports.overflow_listeners = reports.overflow_listeners + 1 end
     elseif e.kind == "protocol" and m:find("^dropped an event") then reports.malformed = reports.malformed + 1
+    elseif e.kind == "schema" then reports.schema = reports.schema + 1
     end
   end
   -- }====================
@@ -458,6 +463,11 @@ function run_input(input)
         check_timeout(rec, e)
       end
     end,
+    schema = function(rec, v, e)
+      if (v == nil) == (e == nil) then return note(format("vm:schema() returned %s, %s", tostring(v), tostring(e))) end
+      if e then check_error(e, rec.what, COMMAND_KINDS)
+      elseif type(v) ~= "table" or type(v.events) ~= "table" then note("vm:schema() returned " .. tostring(v)) end
+    end,
     run = function(rec, v, e)
       if v ~= true and e == nil then return note(rec.what .. " returned " .. tostring(v)) end
       if e then
@@ -650,6 +660,10 @@ function run_input(input)
       if t ~= nil and (type(t) ~= "number" or t < 0 or t ~= t) then note("vm:timeout() is " .. tostring(t)) end
     end,
     u = resume_all,
+    y = function()
+      if vm.state == "ready" then issued = issued + 1 end   -- (at most: it is read once)
+      spawn("schema", "vm:schema()", function() return vm:schema() end, true)
+    end,
     t = function(arg)
       clock_ms = clock_ms + math.min(tonumber(arg:match("^%d+")) or 1, 1000000)
       resume_all()
@@ -805,7 +819,8 @@ function run_input(input)
   if reports.overflow_listeners ~= listener_reports then
     note(format("%d reports of listeners' overflows, %d expected", reports.overflow_listeners, listener_reports))
   end
-  local negotiation = opts.negotiate == false and 0 or 1
+  local negotiation = (opts.negotiate == false and 0 or 1) + (opts.validate and 1 or 0)
+  if reports.schema ~= st.invalid then note(format("%d invalid events, %d reported", st.invalid, reports.schema)) end
   if st.replies > issued + negotiation then
     note(format("%d replies to %d commands", st.replies, issued + negotiation))
   end
