@@ -28,7 +28,8 @@
 -- and t; time is virtual and moves only with t):
 --   xNt     vm:execute(CMDS[N], { tag = k }) with timeout t (0: 0, 1: 1 ms,
 --           2: 50 ms, 3: 1 s, else the default), in a coroutine
---   oNt     the same with vm:execute_oob;  qt  quit;  ht  vm:hmp
+--   oNt     the same with vm:execute_oob;  qt  quit;  ht  vm:hmp;  ft  getfd,
+--           passing fd 2 (SCM_RIGHTS; the peer's plain recv drops it)
 --   wft     vm:wait(FILTERS[f], timeout t) in a coroutine;  Wf  vm:wait(f, 0)
 --   lfq     vm:listen(FILTERS[f], { max_queue = 1, 2, 4 or 10000 });  n  take
 --           what every listener holds;  at  l:wait(t) on the latest, in a coroutine
@@ -522,6 +523,11 @@ function run_input(input)
     spawn("command", format("%s %s #%d", kind, name, tag), function()
       if kind == "oob" then return vm:execute_oob(name, { tag = tag }, o) end
       if kind == "hmp" then return vm:hmp("info status #" .. tag, o) end
+      if kind == "fds" then
+        o = o or {}
+        o.fds = { 2 }
+        return vm:execute(name, { fdname = "fuzz", tag = tag }, o)
+      end
       return vm:execute(name, { tag = tag }, o)
     end, timeout == nil and true or timeout, { tag = tostring(tag), oob = kind == "oob" })
   end
@@ -593,6 +599,7 @@ function run_input(input)
     o = function(arg) command("oob", CMDS[pick(arg, 1, #CMDS) + 1], TIMEOUTS[arg:sub(2, 2)]) end,
     q = function(arg) command("execute", "quit", TIMEOUTS[arg:sub(1, 1)]) end,
     h = function(arg) command("hmp", "human-monitor-command", TIMEOUTS[arg:sub(1, 1)]) end,
+    f = function(arg) command("fds", "getfd", TIMEOUTS[arg:sub(1, 1)]) end,
     w = function(arg)
       local f = FILTERS[pick(arg, 1, #FILTERS) + 1]
       local t = TIMEOUTS[arg:sub(2, 2)]
