@@ -11,7 +11,8 @@
 **
 ** The Lua client (lua/qmp/) is loaded from ./lua, as run.sh runs from the
 ** top of the tree.  This file adds the module qmp.fuzz: socketpair(),
-** fds() (the number of open file descriptors) and budget(n).
+** sndbuf(fd, bytes), fds() (the number of open file descriptors) and
+** budget(n).
 **
 ** The client is Lua, which libFuzzer cannot see: a line hook on the state
 ** (coroutines inherit it) counts each pair of consecutive lines run in
@@ -81,6 +82,14 @@ static int fuzz_socketpair(lua_State *L) {
   return 2;
 }
 
+/* qmp.fuzz.sndbuf(fd, bytes): set SO_SNDBUF (the kernel keeps its minimum) */
+static int fuzz_sndbuf(lua_State *L) {
+  int fd = (int)luaL_checkinteger(L, 1), n = (int)luaL_checkinteger(L, 2);
+  if (setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &n, sizeof n) < 0)
+    return luaL_error(L, "SO_SNDBUF: %s", strerror(errno));
+  return 0;
+}
+
 /* qmp.fuzz.fds() -> the number of open file descriptors (/proc/self/fd) */
 static int fuzz_fds(lua_State *L) {
   DIR *d = opendir("/proc/self/fd");
@@ -98,6 +107,7 @@ static int luaopen_qmp_fuzz(lua_State *L) {
   static const luaL_Reg funcs[] = {
     {"socketpair", fuzz_socketpair},
     {"fds", fuzz_fds},
+    {"sndbuf", fuzz_sndbuf},
     {"budget", fuzz_budget},
     {NULL, NULL}
   };

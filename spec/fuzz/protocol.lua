@@ -11,7 +11,8 @@
 -- glob: the Lua filter), n negotiate = false, m max_message = 256, T timeout
 -- = 1 s (else 10), t a trace function, s a handler that stops the loop at
 -- every event (see below), V validate = true (the client asks for the
--- schema after negotiating).  Then, for the peer:
+-- schema after negotiating), r a peer that reads only at op r, and a
+-- client socket with the smallest send buffer (a few commands fill it).  Then, for the peer:
 --   >TEXT   write TEXT and a newline ($0..$9: the id, as JSON, of the
 --           latest command read, of the one before, ...)
 --   +TEXT   write TEXT (no newline: a partial message; $0..$9 too)
@@ -23,11 +24,13 @@
 --   Dd      a reply to command d with a malformed error
 --   vk      an event (name k of EVENTS), data { s = secret, n = seq }
 --   /N      from now on write at most N bytes per operation (0: all)
+--   r       read what the client sent (else done after every operation)
 --   c       close the peer's end (EOF)
 -- and for the client (coroutines park in the waiter and are resumed by u
 -- and t; time is virtual and moves only with t):
 --   xNt     vm:execute(CMDS[N], { tag = k }) with timeout t (0: 0, 1: 1 ms,
---           2: 50 ms, 3: 1 s, else the default), in a coroutine
+--           2: 50 ms, 3: 1 s, else the default), in a coroutine;  XNt  the
+--           same with 8 KiB more of arguments (written in parts under r)
 --   oNt     the same with vm:execute_oob;  qt  quit;  ht  vm:hmp;  ft  getfd,
 --           passing fd 2 (SCM_RIGHTS; the peer's plain recv drops it)
 --   wft     vm:wait(FILTERS[f], timeout t) in a coroutine;  Wf  vm:wait(f, 0)
@@ -83,6 +86,7 @@ local EVENTS = { "STOP", "RESUME", "RESET", "SHUTDOWN", "BLOCK_IO_ERROR", "NEW_T
                  "qmp.connected", "BLOCK_JOB_READY" }
 local TIMEOUTS = { ["0"] = 0, ["1"] = 0.001, ["2"] = 0.05, ["3"] = 1 }
 local LISTEN_QUEUES = { 1, 2, 4, 10000 }
+local PAD = ("x"):rep(8192)
 
 -- Filters with a test of their own (on the event's name) to hold the
 -- library's filtering to.
@@ -189,6 +193,8 @@ function run_input(input)
     return false
   end
   local fd1, fd2 = fuzz.socketpair()
+  local lazy = flag("r")
+  if lazy then fuzz.sndbuf(fd1, 1) end   -- the kernel makes it its minimum
   local peer = core.fdopen(fd2)
   local vm = qmp.client({ fd = fd1 }, opts)
   local default_timeout = vm.default_timeout
@@ -388,6 +394,7 @@ function run_input(input)
                   secret, seq))
     end,
     ["/"] = function(arg) chunk = math.min(tonumber(arg:match("^%d+")) or 0, 65536) end,
+    r = function() peer_read() end,
     c = function()
       flush(true)
       peer_read()
@@ -528,6 +535,7 @@ function run_input(input)
         o.fds = { 2 }
         return vm:execute(name, { fdname = "fuzz", tag = tag }, o)
       end
+      if kind == "big" then return vm:execute(name, { tag = tag, pad = PAD }, o) end
       return vm:execute(name, { tag = tag }, o)
     end, timeout == nil and true or timeout, { tag = tostring(tag), oob = kind == "oob" })
   end
@@ -596,6 +604,7 @@ function run_input(input)
 
   local client_ops = {
     x = function(arg) local name = CMDS[pick(arg, 1, #CMDS) + 1]; command("execute", name, TIMEOUTS[arg:sub(2, 2)]) end,
+    X = function(arg) command("big", CMDS[pick(arg, 1, #CMDS) + 1], TIMEOUTS[arg:sub(2, 2)]) end,
     o = function(arg) command("oob", CMDS[pick(arg, 1, #CMDS) + 1], TIMEOUTS[arg:sub(2, 2)]) end,
     q = function(arg) command("execute", "quit", TIMEOUTS[arg:sub(1, 1)]) end,
     h = function(arg) command("hmp", "human-monitor-command", TIMEOUTS[arg:sub(1, 1)]) end,
@@ -704,7 +713,7 @@ function run_input(input)
       local ok, why = xpcall(fn, debug.traceback, arg)
       if not ok then note(format("line %d (%s): %s", i, op, tostring(why))) end
       flush(false)   -- at most a chunk per operation: the client's steps come between
-      peer_read()
+      if not lazy then peer_read() end
       check_state(format("line %d (%s)", i, op))
     end
     if finding then break end
