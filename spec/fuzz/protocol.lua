@@ -301,11 +301,15 @@ function run_input(input)
   local client_closed, tag_names, sent_tags = false, {}, {}
   local function peer_read()
     if closed_peer then return end
+    local held = -1   -- bytes of a partial message the peer held after the last take()
     while true do
       local msg, err = peer:take()
       if msg == false then
-        if client_closed then note("the client's socket is open after vm:close()") end
-        return
+        -- take() reads once: bytes of a message cut short may come before the EOF
+        if not client_closed then return end
+        if peer:pending() == held then return note("the client's socket is open after vm:close()") end
+        held = peer:pending()
+        goto continue
       end
       if msg == nil then
         if err.kind ~= "closed" then note("the client sent what the peer cannot read: " .. tostring(err)) end
@@ -340,6 +344,7 @@ function run_input(input)
         sent_tags[tag] = true
       end
       seen[#seen + 1] = { id = id, tag = tag }
+      ::continue::
     end
   end
   local function target(d)   -- command d back from the latest read
