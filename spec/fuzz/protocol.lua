@@ -46,18 +46,24 @@
 -- Anything else is skipped.  At the end the peer writes what it still holds,
 -- closes, and the client is stepped until it is closed with nothing left.
 --
--- Checked: no Lua error anywhere; every error returned or reported is an
+-- Checked: no Lua error anywhere, and nothing waits for real (poll) or
+-- runs away (an instruction budget); every error returned or reported is an
 -- error object with a kind documented in README "Error kinds", and the
 -- kinds each call may return; a reply marked for a command reaches that
 -- call and no other; a timeout never comes early; a command before the
--- client is ready fails at once (closed); the ids the client sends grow;
--- vm.state is a documented state; the stats are non-negative integers, and
--- every event is delivered to a handler registered first and to one kept
--- last, or counted as an overflow; a listener opened first holds, dropped
--- or gave them all; handler errors and malformed events are counted and
--- reported once each, overflows at the 1st, 2nd, 4th ... drop; a report is
--- one line and never quotes the peer; after the peer's EOF every call ends
--- (closed, or the reply that came first); no fd is left open.
+-- client is ready fails at once (closed); each call is sent once, under its
+-- name, with growing ids, exec-oob only with oob; vm.state is a documented
+-- state; the stats are non-negative integers; every event pushed reaches a
+-- handler registered first and one kept last (even when a handler between
+-- them stops the loop), or is counted as an overflow, and each listener and
+-- the handlers get the very events pushed, in order, less what they
+-- dropped; vm:wait never returns an event twice; handler errors, malformed
+-- and invalid events are counted and reported once each, overflows at the
+-- 1st, 2nd, 4th ... drop; a report is one line and never quotes the peer;
+-- at a clean EOF every message the peer wrote is in the stats; the client's
+-- socket stays open until vm:close() and closes then; after the peer's EOF
+-- every call ends (closed, or the reply that came first); no fd is left
+-- open.
 local core = ...
 local fuzz = require "qmp.fuzz"
 local qmp = require "qmp"
