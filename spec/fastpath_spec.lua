@@ -42,21 +42,11 @@ local function feeder(text, size)
 end
 
 -- Everything d:next() gives for the pieces: a list of { msg = } | { err = },
--- ending at a sticky error.
+-- ending at a sticky error (the fuzzers' own).
 local function through_next(text, size, opts)
-  local d, pieces, out = core.decoder(opts), feeder(text, size), {}
-  while true do
-    local msg, err = d:next()
-    if msg ~= nil then out[#out + 1] = { msg = msg }
-    elseif err then
-      out[#out + 1] = { err = err }
-      if sticky(err) then return out end
-    else
-      local piece = pieces()
-      if not piece then return out end
-      d:feed(piece)
-    end
-  end
+  local list = {}
+  for piece in feeder(text, size) do list[#list + 1] = piece end
+  return checks.through_next(list, opts)
 end
 
 -- The same through d:drain(limit(), interest); also the events skipped.

@@ -86,6 +86,7 @@ end
 local checks = {}
 
 checks.same = same   -- spec/fastpath_spec.lua compares with it too
+checks.through_next = through_next   -- and decodes its pieces with it
 
 -- (a) The framer and decoder: any chunking gives what the whole text gives.
 -- A message over max_message may be refused as too large before its bad
