@@ -10,8 +10,10 @@
 # runs, so a harness too slow to reach its figure in one sitting goes on
 # where it stopped:
 #   FUZZ_CAMPAIGN=1  work in .build/fuzz/campaign-NAME/, keep the corpus, and
-#                    append each run's figures to its ledger (the total is
-#                    printed);
+#                    append each run's figures to its ledger, with the last
+#                    commit of the fuzzed code (csrc/, lua/, spec/fuzz/ but
+#                    this script; "+changes" when the tree differs from it);
+#                    the total printed is of the clean runs of this code;
 #   FUZZ_JOBS=N      N processes share the corpus (each reads what the others
 #                    add); their executions are summed;
 #   FUZZ_REPLAY=DIR  afterwards, run the whole corpus once through the
@@ -29,6 +31,9 @@ for name in "$@"; do
   seeds=spec/fuzz/corpus
   if [ -d "spec/fuzz/corpus-$name" ]; then seeds=spec/fuzz/corpus-$name; fi   # seeds of its own
   cp "$seeds"/* spec/fuzz/crashes/* "$work/corpus/"   # past findings stay tested
+  fuzzed="csrc lua spec/fuzz :!spec/fuzz/run.sh"   # the code this run fuzzes, as it starts
+  code=$(git log -1 --format=%h -- $fuzzed)
+  if [ -n "$(git status --porcelain -- $fuzzed)" ]; then code=$code+changes; fi
   pids=
   job=0
   while [ "$job" -lt "$jobs" ]; do
@@ -52,10 +57,10 @@ for name in "$@"; do
   findings=$(ls "$work" | grep -c -E '^(crash|leak|timeout|oom)-')
   echo "fuzz_$name: $execs execs ($rate/s, $jobs job(s)), $cov, $findings findings, exit $status"
   if [ -n "$FUZZ_CAMPAIGN" ]; then
-    echo "$(date -u +%Y-%m-%dT%H:%MZ) $time s, $jobs job(s): $execs execs, $cov, $findings findings, exit $status" >>"$work/ledger"
-    # A finding voids the campaign's count until it is fixed: only clean runs add up.
-    total=$(grep ' 0 findings, exit 0$' "$work/ledger" | sed 's/.*: \([0-9]*\) execs.*/\1/' | awk '{ n += $1 } END { print n + 0 }')
-    echo "fuzz_$name campaign: $total execs in clean runs ($work/ledger)"
+    echo "$(date -u +%Y-%m-%dT%H:%MZ) code $code, $time s, $jobs job(s): $execs execs, $cov, $findings findings, exit $status" >>"$work/ledger"
+    # A finding voids the count until it is fixed: only clean runs of this code add up.
+    total=$(grep " code $code, .* 0 findings, exit 0\$" "$work/ledger" | sed 's/.*: \([0-9]*\) execs.*/\1/' | awk '{ n += $1 } END { print n + 0 }')
+    echo "fuzz_$name campaign: $total execs in clean runs of code $code ($work/ledger)"
   fi
   if [ "$status" -ne 0 ] || [ "$findings" -ne 0 ]; then
     found=1
