@@ -288,6 +288,53 @@ describe("commands in flight", function()
     assert.equal(1, vm.stats.stale)
     assert.equal(0, vm.stats.unknown)
   end)
+
+  it("refuses fds over TCP for that command alone (unsupported); the connection goes on", function()
+    local listener = assert(socket.tcp())
+    cleanup(function() listener:close() end)
+    assert(listener:bind("127.0.0.1", 0))
+    assert(listener:listen(1))
+    local _, port = listener:getsockname()
+    local vm = qmp.client("127.0.0.1:" .. port, { timeout = 5 })
+    cleanup(function() vm:close() end)
+    listener:settimeout(5)
+    local peer = assert(listener:accept())
+    cleanup(function() peer:close() end)
+    peer:settimeout(5)
+    assert(peer:send(fake.greeting))
+    local deadline = monotime() + 5
+    while #socket.select({ peer }, nil, 0) == 0 and monotime() < deadline do
+      core.poll({ vm:pollfd() }, 0.01, { vm:events() })
+      assert(vm:step())
+    end
+    local line = assert(peer:receive("*l"))
+    assert(peer:send('{"return": {}, "id": ' .. line:match('"id":("[^"]*")') .. '}\r\n'))
+    while vm.state ~= "ready" and monotime() < deadline do
+      core.poll({ vm:pollfd() }, 0.01, { vm:events() })
+      assert(vm:step())
+    end
+    assert.equal("ready", vm.state)
+    local ret, err = vm:execute("getfd", { fdname = "f" }, { fds = { 0 }, timeout = 1 })
+    assert.is_nil(ret)
+    assert.equal("unsupported", err.kind)
+    assert.matches("getfd: passing fds needs a unix socket connection, and 127.0.0.1:%d+ is tcp", err.message)
+    assert.equal("ready", vm.state)
+    assert.equal(0, #socket.select({ peer }, nil, 0.05))   -- nothing of it was sent
+    assert(peer:send(EV("STOP")))
+    assert.equal("STOP", assert(vm:wait("STOP", nil, 5)).event)
+  end)
+
+  it("fails the command whose sending ends the session, and every later one, with closed", function()
+    local srv = serve(opening({ { hold = 5 } }))
+    local vm = connect(srv)
+    local _, err = vm:execute("getfd", { fdname = "f" }, { fds = { 65000 } })   -- not an open fd
+    assert.equal("closed", err.kind)
+    assert.equal("io", err.cause.kind)
+    assert.equal("closed", vm.state)
+    local _, again = vm:execute("query-status")
+    assert.equal("closed", again.kind)
+    assert.equal("io", again.cause.kind)
+  end)
 end)
 
 describe("reconnecting as a state machine", function()

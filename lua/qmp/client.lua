@@ -438,6 +438,7 @@ function Client:_command(method, name, args, opts, oob)
   if name == "quit" then self._quitting = true end
   local ok, cmd = pcall(s.send, s, name, args, opts.fds, oob)
   if not ok then errors.raise("qmp: " .. method .. ": " .. tostring(cmd)) end  -- unencodable arguments
+  if s.state == "dead" then self:_follow() end  -- sending can end the session
   local timeout = opts.timeout or self.default_timeout
   self:_await(function() return cmd.done end, self:now() + timeout)
   if not cmd.done then

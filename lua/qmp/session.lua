@@ -65,6 +65,7 @@ function Session.start(p)
     greeting = nil,
     oob = false,
     error = nil,                 -- why the session died
+    _lost = nil,                 -- then: the "closed" error its commands fail with
     conn = nil,
     _p = p,
     _deadline = p.now() + p.timeout,   -- for the whole handshake
@@ -127,6 +128,7 @@ function Session:_die(err)
   self._pending, self._npending, self._out = {}, 0, {}
   local lost = err.kind == "closed" and err
     or errors.new("closed", "connection lost: " .. tostring(err), { cause = err })
+  self._lost = lost  -- what every later command fails with
   for _, cmd in pairs(pending) do
     if cmd.name == "quit" and cmd.sent then
       cmd.value = {}  -- QEMU may close before its reply reaches us
@@ -379,8 +381,13 @@ function Session:send(name, args, fds, oob, on_done)
   local cmd = { id = id, name = name, done = false, on_done = on_done }
   if self._p.trace then self:_trace("out", text:sub(1, -2)) end
   if self.state == "dead" then
-    cmd.err = self.error
-    cmd.done = true
+    cmd.err, cmd.done = self._lost, true
+    return cmd
+  end
+  if fds and fds[1] ~= nil and self.conn and self.conn.family and self.conn:family() ~= "unix" then
+    -- Checked here, as the connection would refuse it only once it is sending.
+    cmd.err, cmd.done = errors.new("unsupported", ("%s: passing fds needs a unix socket connection, and %s is %s")
+      :format(name, self.name, self.conn:family())), true
     return cmd
   end
   self._pending[id] = cmd
