@@ -166,6 +166,23 @@ describe("qmp-lua usage", function()
     assert.matches('unknown command "frobnicate"', err)
   end)
 
+  it("events with a refused address: one line and status 2, with --follow as without", function()
+    -- In an empty network namespace, so nothing can leave the machine even if the refusal broke.
+    for _, follow in ipairs({ "", "--follow " }) do
+      local err = scratch("err")
+      local _, _, status = os.execute(("unshare -n %s </dev/null >/dev/null 2>%s")
+        :format(command_line({ "events" }) .. " " .. follow .. "192.0.2.1:4444", err))
+      local text = tmp.read(err)
+      if status ~= 2 and text:match("unshare") then
+        pending("cannot create a network namespace here: " .. text)
+        return
+      end
+      assert.equal(2, status, text)
+      assert.equal("qmp-lua: 192.0.2.1:4444: denied: refusing TCP to non-loopback address 192.0.2.1 "
+        .. "(the monitor is root-equivalent; pass allow_remote = true)\n", text)
+    end
+  end)
+
   it("missing arguments and bad option values are usage errors, status 64", function()
     local _, err, status = qmp_lua("exec", "/nowhere")
     assert.equal(64, status)
@@ -280,6 +297,18 @@ describe("qmp-lua events #qemu", function()
     assert.matches(" RESET ", list[1])
     assert.matches(' reason="?host%-qmp%-system%-reset"?', list[1])
     assert.matches(" guest=false", list[1])
+  end)
+
+  it("--follow --count 1 counts QEMU's event, not its own qmp.connected line", function()
+    local machine, mon = vm_with_two_monitors()
+    local bg = background("events", "--follow", "--count", "1", machine.sock)
+    assert.is_true(cause_until(function() toggle(mon) end, ended(bg)))
+    assert.equal(0, bg:status(), bg:err())
+    local list = lines(bg:out())
+    assert.equal(2, #list, bg:out())
+    assert.matches(" qmp%.connected ", list[1])
+    local name = list[2]:match(" (%u+)$")
+    assert.is_true(name == "RESUME" or name == "STOP", list[2])
   end)
 
   it("--json prints one JSON object a line: vm, event, data, timestamp", function()

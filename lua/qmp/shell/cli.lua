@@ -124,9 +124,10 @@ function cli.complain(fmt, ...)
   io.stderr:write("qmp-lua: ", fmt:format(...), "\n")
 end
 
---- Connect to address, or say why not on stderr: vm | nil.
-function cli.connect(address, opts)
-  local vm, err = qmp.connect(address, opts)
+--- Connect to address (with open, default qmp.connect; qmp.client to keep
+-- trying), or say why not on stderr: vm | nil.
+function cli.connect(address, opts, open)
+  local vm, err = (open or qmp.connect)(address, opts)
   if not vm then cli.complain("%s: %s", address, tostring(err)) end
   return vm
 end

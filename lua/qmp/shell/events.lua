@@ -15,6 +15,7 @@ each line starts with the VM's address. --json prints one JSON object per
 line ({"vm", "event", "data", "timestamp"}) for log shippers and jq.
 Ends after --count events or --timeout seconds (status 0), or when every VM's
 connection has closed (status 2; with --follow it waits for them to return).
+--count counts QEMU's events, not the qmp.* lines --follow adds.
 With --follow a VM may also be started after the watch: connection changes
 show as qmp.disconnected / qmp.reconnected lines.]],
   options = {
@@ -66,14 +67,14 @@ function cmd.run(opts, args)
   io.stdout:setvbuf("line")
   local vms = {}
   for i, address in ipairs(args) do
-    if opts.follow then
-      vms[i] = assert(qmp.client(address, { name = address, reconnect = cli.RECONNECT }))
+    if opts.follow then   -- a VM not up yet is waited for; a refused address still ends it
+      vms[i] = cli.connect(address, { name = address, reconnect = cli.RECONNECT }, qmp.client)
     else
       vms[i] = cli.connect(address, { name = address })
-      if not vms[i] then
-        for _, vm in ipairs(vms) do vm:close() end
-        return cli.CONNECTION
-      end
+    end
+    if not vms[i] then
+      for _, vm in ipairs(vms) do vm:close() end
+      return cli.CONNECTION
     end
     vms[i].on_error = function(err, vm)
       if err.kind ~= "usage" then cli.complain("%s: %s", vm.name, tostring(err)) end
@@ -83,7 +84,7 @@ function cmd.run(opts, args)
   local show, seen = printer(opts, #args > 1), 0
   loop:on(names, data, function(ev, vm)
     if count and seen >= count then return end
-    seen = seen + 1
+    if not ev.event:find("^qmp%.") then seen = seen + 1 end   -- --follow's own lines are not counted
     io.stdout:write(show(ev, vm), "\n")
   end)
   if opts.follow then
