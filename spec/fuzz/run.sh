@@ -31,6 +31,12 @@ for name in "$@"; do
   seeds=spec/fuzz/corpus
   if [ -d "spec/fuzz/corpus-$name" ]; then seeds=spec/fuzz/corpus-$name; fi   # seeds of its own
   cp "$seeds"/* spec/fuzz/crashes/* "$work/corpus/"   # past findings stay tested
+  if [ -n "$FUZZ_CAMPAIGN" ]; then
+    # libFuzzer keeps every input it ever added: keep the smallest set with the same coverage.
+    rm -rf "$work/merged" && mkdir "$work/merged"
+    "$bin/fuzz_$name" -merge=1 -max_len=4096 -timeout=10 -rss_limit_mb=1024 "$work/merged" "$work/corpus" \
+      >"$work/log.merge" 2>&1 && rm -rf "$work/corpus" && mv "$work/merged" "$work/corpus"
+  fi
   fuzzed="csrc lua spec/fuzz :!spec/fuzz/run.sh"   # the code this run fuzzes, as it starts
   code=$(git log -1 --format=%h -- $fuzzed)
   if [ -n "$(git status --porcelain -- $fuzzed)" ]; then code=$code+changes; fi
