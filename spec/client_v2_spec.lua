@@ -38,6 +38,45 @@ local function escape(text)
   return (text:gsub("%p", "%%%0"))
 end
 
+-- A client over TCP whose peer is this process: it greets and answers only
+-- when the test says.  vm, listener (see accept).
+local function tcp_client()
+  local listener = assert(socket.tcp())
+  cleanup(function() listener:close() end)
+  assert(listener:bind("127.0.0.1", 0))
+  assert(listener:listen(1))
+  local _, port = listener:getsockname()
+  local vm = qmp.client("127.0.0.1:" .. port, { timeout = 5 })
+  cleanup(function() vm:close() end)
+  return vm, listener
+end
+
+-- The peer's end of tcp_client's connection.
+local function accept(listener)
+  listener:settimeout(5)
+  local peer = assert(listener:accept())
+  cleanup(function() peer:close() end)
+  peer:settimeout(5)
+  return peer
+end
+
+-- Step vm until cond() holds, for 5 s at most; each_step() after each step.
+local function step_until(vm, cond, each_step)
+  local deadline = monotime() + 5
+  while not cond() and monotime() < deadline do
+    core.poll({ vm:pollfd() }, 0.01, { vm:events() })
+    assert(vm:step())
+    if each_step then each_step() end
+  end
+end
+
+-- The peer answers the command it reads next with {}.
+local function answer(peer)
+  local line = assert(peer:receive("*l"))
+  assert(peer:send('{"return": {}, "id": ' .. line:match('"id":("[^"]*")') .. '}\r\n'))
+  return line
+end
+
 -- The message of the error fn raises; it must raise.
 local function raised(fn)
   local ok, msg = pcall(fn)
@@ -290,29 +329,12 @@ describe("commands in flight", function()
   end)
 
   it("refuses fds over TCP for that command alone (unsupported); the connection goes on", function()
-    local listener = assert(socket.tcp())
-    cleanup(function() listener:close() end)
-    assert(listener:bind("127.0.0.1", 0))
-    assert(listener:listen(1))
-    local _, port = listener:getsockname()
-    local vm = qmp.client("127.0.0.1:" .. port, { timeout = 5 })
-    cleanup(function() vm:close() end)
-    listener:settimeout(5)
-    local peer = assert(listener:accept())
-    cleanup(function() peer:close() end)
-    peer:settimeout(5)
+    local vm, listener = tcp_client()
+    local peer = accept(listener)
     assert(peer:send(fake.greeting))
-    local deadline = monotime() + 5
-    while #socket.select({ peer }, nil, 0) == 0 and monotime() < deadline do
-      core.poll({ vm:pollfd() }, 0.01, { vm:events() })
-      assert(vm:step())
-    end
-    local line = assert(peer:receive("*l"))
-    assert(peer:send('{"return": {}, "id": ' .. line:match('"id":("[^"]*")') .. '}\r\n'))
-    while vm.state ~= "ready" and monotime() < deadline do
-      core.poll({ vm:pollfd() }, 0.01, { vm:events() })
-      assert(vm:step())
-    end
+    step_until(vm, function() return #socket.select({ peer }, nil, 0) > 0 end)   -- qmp_capabilities comes
+    answer(peer)
+    step_until(vm, function() return vm.state == "ready" end)
     assert.equal("ready", vm.state)
     local ret, err = vm:execute("getfd", { fdname = "f" }, { fds = { 0 }, timeout = 1 })
     assert.is_nil(ret)
@@ -443,37 +465,21 @@ describe("reconnecting as a state machine", function()
     -- Over TCP, where a non-blocking connect is still under way when
     -- qmp.client returns (a unix connect completes at once).  The peer is
     -- this process: it greets only when the test says.
-    local listener = assert(socket.tcp())
-    cleanup(function() listener:close() end)
-    assert(listener:bind("127.0.0.1", 0))
-    assert(listener:listen(1))
-    local _, port = listener:getsockname()
-    local vm = qmp.client("127.0.0.1:" .. port, { timeout = 5 })
-    cleanup(function() vm:close() end)
+    local vm, listener = tcp_client()
     local states = { vm.state }
-    local function step_until(cond)
-      local deadline = monotime() + 5
-      while not cond() and monotime() < deadline do
-        core.poll({ vm:pollfd() }, 0.01, { vm:events() })
-        assert(vm:step())
-        if states[#states] ~= vm.state then states[#states + 1] = vm.state end
-      end
+    local function track()
+      if states[#states] ~= vm.state then states[#states + 1] = vm.state end
     end
-    step_until(function() return vm.state ~= "connecting" end)
-    listener:settimeout(5)
-    local peer = assert(listener:accept())
-    cleanup(function() peer:close() end)
-    peer:settimeout(5)
+    step_until(vm, function() return vm.state ~= "connecting" end, track)
+    local peer = accept(listener)
     local steps = 0
-    step_until(function() steps = steps + 1 return steps > 5 end)   -- a few more steps: no greeting yet
+    step_until(vm, function() steps = steps + 1 return steps > 5 end, track)   -- a few more steps: no greeting yet
     assert.equal("negotiating", vm.state)
     assert(peer:send(fake.greeting))
-    step_until(function() return #socket.select({ peer }, nil, 0) > 0 end)   -- qmp_capabilities comes
-    local line = assert(peer:receive("*l"))
-    assert.matches('"execute":"qmp_capabilities"', line)
+    step_until(vm, function() return #socket.select({ peer }, nil, 0) > 0 end, track)   -- qmp_capabilities comes
     assert.equal("negotiating", vm.state)
-    assert(peer:send('{"return": {}, "id": ' .. line:match('"id":("[^"]*")') .. '}\r\n'))
-    step_until(function() return vm.state == "ready" end)
+    assert.matches('"execute":"qmp_capabilities"', answer(peer))
+    step_until(vm, function() return vm.state == "ready" end, track)
     assert.same({ "connecting", "negotiating", "ready" }, states)
     assert.equal("qmp.connected", assert(vm:wait("qmp.connected", nil, 0)).event)
   end)
