@@ -39,14 +39,14 @@ local function escape(text)
 end
 
 -- A client over TCP whose peer is this process: it greets and answers only
--- when the test says.  vm, listener (see accept).
-local function tcp_client()
+-- when the test says.  vm, listener (see accept).  trace: the client's.
+local function tcp_client(trace)
   local listener = assert(socket.tcp())
   cleanup(function() listener:close() end)
   assert(listener:bind("127.0.0.1", 0))
   assert(listener:listen(1))
   local _, port = listener:getsockname()
-  local vm = qmp.client("127.0.0.1:" .. port, { timeout = 5 })
+  local vm = qmp.client("127.0.0.1:" .. port, { timeout = 5, trace = trace })
   cleanup(function() vm:close() end)
   return vm, listener
 end
@@ -329,7 +329,10 @@ describe("commands in flight", function()
   end)
 
   it("refuses fds over TCP for that command alone (unsupported); the connection goes on", function()
-    local vm, listener = tcp_client()
+    local sent = {}
+    local vm, listener = tcp_client(function(direction, text)
+      if direction == "out" then sent[#sent + 1] = text:match('"execute":"([^"]*)"') end
+    end)
     local peer = accept(listener)
     assert(peer:send(fake.greeting))
     step_until(vm, function() return #socket.select({ peer }, nil, 0) > 0 end)   -- qmp_capabilities comes
@@ -342,6 +345,7 @@ describe("commands in flight", function()
     assert.matches("getfd: passing fds needs a unix socket connection, and 127.0.0.1:%d+ is tcp", err.message)
     assert.equal("ready", vm.state)
     assert.equal(0, #socket.select({ peer }, nil, 0.05))   -- nothing of it was sent
+    assert.same({ "qmp_capabilities" }, sent)                -- nor traced as sent
     assert(peer:send(EV("STOP")))
     assert.equal("STOP", assert(vm:wait("STOP", nil, 5)).event)
   end)

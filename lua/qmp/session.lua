@@ -379,7 +379,6 @@ function Session:send(name, args, fds, oob, on_done)
     errors.raise(("qmp: %s: a string in the command holds a NUL byte, which QEMU refuses"):format(name))
   end
   local cmd = { id = id, name = name, done = false, on_done = on_done }
-  if self._p.trace then self:_trace("out", text:sub(1, -2)) end
   if self.state == "dead" then
     cmd.err, cmd.done = self._lost, true
     return cmd
@@ -390,6 +389,7 @@ function Session:send(name, args, fds, oob, on_done)
       :format(name, self.name, self.conn:family())), true
     return cmd
   end
+  if self._p.trace then self:_trace("out", text:sub(1, -2)) end   -- what is sent, only
   self._pending[id] = cmd
   self._npending = self._npending + 1
   local out = self._out
