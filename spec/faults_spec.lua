@@ -807,6 +807,28 @@ describe("fault #44: an event whose name is not a non-empty string", function()
     assert.equal(2, #reports)
     for _, r in ipairs(reports) do assert.matches("not a non%-empty string", r.message) end
   end)
+
+  -- Found by the protocol fuzzer's campaign: the report named the member
+  -- names with %q, which writes a newline in a name as a backslash and a
+  -- newline: a report of two lines, with the peer's bytes in it.
+  it("is reported in one plain line whatever its member names hold", function()
+    local vm = client({
+      { expect = "go" },
+      { send = '{"event": 5, "da\\n\\u0001ta\\t": 1, "' .. ("m"):rep(100) .. '": 2}\r\n' .. EV("STOP") .. REPLY },
+      { hold = 5 },
+    })
+    local reports, seen = {}, {}
+    vm.on_error = function(err) reports[#reports + 1] = err end
+    vm:on("*", function(ev) seen[#seen + 1] = ev.event end)
+    assert(vm:execute("go"))
+    assert(vm:run({ timeout = 5, done = function() return #seen >= 1 end }))
+    assert.equal(1, #reports)
+    local text = tostring(reports[1])
+    assert.falsy(text:find("[%c\128-\255]"), text)
+    assert.matches('"da%?%?ta%?"', text)
+    assert.matches('"' .. ("m"):rep(40) .. '"', text)
+    assert.falsy(text:find(("m"):rep(41), 1, true), text)
+  end)
 end)
 
 describe("fault #46: a throttled burst", function()

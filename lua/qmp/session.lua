@@ -19,13 +19,16 @@ local ID_PREFIX = "qmp#"   -- our ids; replies with other ids are not ours
 local MAX_STALE = 1024     -- timed-out ids remembered; older late replies count as unknown
 
 -- A short description of a message, for errors: never its text, which may
--- hold anything (1e999, invalid UTF-8) and may be huge.
+-- hold anything (1e999, invalid UTF-8) and may be huge.  Member names are
+-- the peer's too: cut short, and every byte but letters, digits, "_", "-"
+-- and "." shown as "?", so a report stays one plain line.
 local function describe(msg)
   if type(msg) ~= "table" then return "a JSON " .. type(msg) end
   local keys = {}
   for k in pairs(msg) do
     if #keys >= 6 then keys[#keys + 1] = "..." break end
-    keys[#keys + 1] = type(k) == "string" and ("%q"):format(k:sub(1, 40)) or tostring(k)
+    keys[#keys + 1] = type(k) == "string" and ('"%s"'):format((k:sub(1, 40):gsub("[^%w_%-%.]", "?")))
+      or tostring(k)
   end
   sort(keys)
   return "an object with members " .. (#keys > 0 and concat(keys, ", ") or "(none)")

@@ -28,6 +28,9 @@ for name in "$@"; do
   if [ -z "$FUZZ_CAMPAIGN" ]; then rm -rf "$work"; fi
   mkdir -p "$work/corpus"
   rm -f "$work"/log.*
+  for old in "$work"/crash-* "$work"/leak-* "$work"/timeout-* "$work"/oom-*; do   # a campaign's earlier findings
+    if [ -e "$old" ]; then mkdir -p "$work/found" && mv "$old" "$work/found/"; fi
+  done
   seeds=spec/fuzz/corpus
   if [ -d "spec/fuzz/corpus-$name" ]; then seeds=spec/fuzz/corpus-$name; fi   # seeds of its own
   cp "$seeds"/* spec/fuzz/crashes/* "$work/corpus/"   # past findings stay tested
