@@ -98,6 +98,23 @@ describe("vm:schema()", function()
     assert.matches("no event NOT_IN_SCHEMA", reports[3].message)
   end)
 
+  -- Found by the protocol fuzzer's campaign: the report quoted the peer's
+  -- event name as it was, so a newline in it made a report of two lines.
+  it("reports an event name with control or non-ASCII bytes in one plain line", function()
+    local vm = fake_vm({ { send = fake.event("BAD\\nNAME\\u0001\\u00e9") }, { hold = 5 } },
+                       { timeout = 5, validate = true })
+    local reports, seen = {}, {}
+    vm.on_error = function(err) reports[#reports + 1] = err end
+    vm:on("*", function(ev) seen[#seen + 1] = ev end)
+    assert(vm:run({ timeout = 5, done = function() return #seen >= 1 end }))
+    local schema_reports = {}
+    for _, r in ipairs(reports) do if r.kind == "schema" then schema_reports[#schema_reports + 1] = r end end
+    assert.equal(1, #schema_reports)
+    local text = tostring(schema_reports[1])
+    assert.falsy(text:find("[%c\128-\255]"), text)
+    assert.matches("no event BAD%?NAME%?%?%? in the live schema", text)
+  end)
+
   -- Found by the protocol fuzzer: the schema comes from the peer, and a
   -- malformed one made vm:schema() raise, and with validate made every
   -- event raise out of the client's loop.

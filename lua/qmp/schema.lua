@@ -32,7 +32,7 @@ local function list(v)
 end
 
 local function clip(text, max)
-  text = tostring(text)
+  text = tostring(text):gsub("[%c\128-\255]", "?")   -- the peer's bytes: a report stays one plain line
   if #text <= max then return text end
   return text:sub(1, max - 3) .. "..."
 end
