@@ -760,6 +760,16 @@ describe("fault #43: unknown names and members, no data, no clock", function()
 end)
 
 describe("fault #44: an event whose name is not a non-empty string", function()
+  -- Runs the command "go", then the loop to the first event delivered: the
+  -- reports to vm.on_error, and the names of the events delivered.
+  local function go_and_collect(vm)
+    local reports, seen = {}, {}
+    vm.on_error = function(err) reports[#reports + 1] = err end
+    vm:on("*", function(ev) seen[#seen + 1] = ev.event end)
+    assert(vm:execute("go"))
+    assert(vm:run({ timeout = 5, done = function() return #seen >= 1 end }))
+    return reports, seen
+  end
   it("is dropped, reported and counted in stats.malformed; the session goes on", function()
     local vm = client({
       { expect = "go" },
@@ -769,11 +779,7 @@ describe("fault #44: an event whose name is not a non-empty string", function()
       { expect = "x", reply = fake.reply('"x"') },
       { hold = 5 },
     })
-    local reports, seen = {}, {}
-    vm.on_error = function(err) reports[#reports + 1] = err end
-    vm:on("*", function(ev) seen[#seen + 1] = ev.event end)
-    assert(vm:execute("go"))
-    assert(vm:run({ timeout = 5, done = function() return #seen >= 1 end }))
+    local reports, seen = go_and_collect(vm)
     assert.same({ "STOP" }, seen)
     assert.equal("x", assert(vm:execute("x")))
     assert.equal(5, vm.stats.malformed)
@@ -795,11 +801,7 @@ describe("fault #44: an event whose name is not a non-empty string", function()
                .. EV("RESUME") .. EV("STOP") .. REPLY },
       { hold = 5 },
     }, { events = { "STOP" } })
-    local reports, seen = {}, {}
-    vm.on_error = function(err) reports[#reports + 1] = err end
-    vm:on("*", function(ev) seen[#seen + 1] = ev.event end)
-    assert(vm:execute("go"))
-    assert(vm:run({ timeout = 5, done = function() return #seen >= 1 end }))
+    local reports, seen = go_and_collect(vm)
     assert.same({ "STOP" }, seen)
     assert.equal(2, vm.stats.malformed)
     assert.equal(2, vm.stats.events)
@@ -817,11 +819,8 @@ describe("fault #44: an event whose name is not a non-empty string", function()
       { send = '{"event": 5, "da\\n\\u0001ta\\t": 1, "' .. ("m"):rep(100) .. '": 2}\r\n' .. EV("STOP") .. REPLY },
       { hold = 5 },
     })
-    local reports, seen = {}, {}
-    vm.on_error = function(err) reports[#reports + 1] = err end
-    vm:on("*", function(ev) seen[#seen + 1] = ev.event end)
-    assert(vm:execute("go"))
-    assert(vm:run({ timeout = 5, done = function() return #seen >= 1 end }))
+    local reports, seen = go_and_collect(vm)
+    assert.same({ "STOP" }, seen)
     assert.equal(1, #reports)
     local text = tostring(reports[1])
     assert.falsy(text:find("[%c\128-\255]"), text)
