@@ -230,6 +230,7 @@ describe("fault #7: a command larger than the socket takes at once", function()
   it("sends the rest in order, never interleaved with another coroutine's command #timing", function()
     local cqueues = require "cqueues"
     local srv = serve(opening({
+      { wait_for = "read" },   -- the socket stays full until both commands are queued
       { expect = "big", reply = fake.reply('"big"') },
       { expect = "small", reply = fake.reply('"small"') },
       { wait_close = true },
@@ -245,6 +246,9 @@ describe("fault #7: a command larger than the socket takes at once", function()
     assert.is_nil(big)
     assert.equal("rw", vm:events())   -- the rest waits for room
     cq:wrap(function() small = { vm:execute("small") } end)
+    assert(cq:step(0))
+    assert.is_nil(small)   -- queued behind big
+    srv:tell("read")
     local deadline = monotime() + 10
     while not (big and small) and monotime() < deadline do assert(cq:step(0.1)) end
     assert.same({ "big" }, big)

@@ -21,6 +21,10 @@
 --                                    %ID:a in a later reply or send is that id
 --                                    (replies out of order: fake.reply(json, "a"))
 --   { sleep = seconds }              pause
+--   { wait_for = "word" }            neither read nor send until the spec calls
+--                                    srv:tell("word") (max 30 s): the client's
+--                                    writes find the socket full for as long as
+--                                    the spec needs
 --   { close = true }                 close the connection
 --   { wait_close = true }            read until the client closes (max 30 s)
 --   { hold = seconds }               read and discard until EOF or time is up
@@ -125,6 +129,12 @@ function Server:received()
     lines[#lines + 1] = line
   end
   return lines
+end
+
+-- Let a { wait_for = word } step go on.
+function Server:tell(word)
+  assert(type(word) == "string" and word:match("^%w+$"), "fake_qmp: tell takes a plain word")
+  tmp.write(self.dir .. "/told-" .. word, "")
 end
 
 -- Exit status once the server has exited (0 = all steps done, 1 = unexpected

@@ -297,6 +297,16 @@ local actions = {
   send = function(step) send(with_id(step.send), step.chunk) end,
   expect = expect,
   sleep = function(step) socket.sleep(step.sleep) end,
+  wait_for = function(step)
+    -- Polled: the spec's word is a file beside the steps file (Server:tell).
+    local told, limit = steps_file:match("^(.*)/") .. "/told-" .. step.wait_for, socket.gettime() + 30
+    while not os.rename(told, told) do
+      if socket.gettime() > limit then fail(1, "wait_for: not told %q within 30 s", step.wait_for) end
+      remaining()
+      socket.sleep(0.005)
+    end
+    log("told %s", step.wait_for)
+  end,
   close = function()
     need_conn("close")
     conn:close()
@@ -319,7 +329,7 @@ local actions = {
     log("shut down the sending side")
   end,
 }
-local order = { "greet", "send", "expect", "sleep", "close", "wait_close", "hold", "accept",
+local order = { "greet", "send", "expect", "sleep", "wait_for", "close", "wait_close", "hold", "accept",
   "shutdown_write", "flood", "ticks", "stream" }
 
 master = assert(unix.stream())
