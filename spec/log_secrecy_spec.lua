@@ -134,7 +134,7 @@ describe("log lines under a hostile peer", function()
     {"name": "__com.example_DISK", "meta-type": "event", "arg-type": "1"}
   ]]==]
 
-  it("stay short whatever the peer sends: validate's reports, the policy's, the event names", function()
+  it("stay short and on one line whatever the peer sends: validate's reports, the policy's, the event names", function()
     local big = ("x"):rep(1 << 20)
     local many = {}
     for i = 1, 10000 do many[i] = ('"m%d": 1'):format(i) end
@@ -146,7 +146,7 @@ describe("log lines under a hostile peer", function()
             .. EV(big)
             .. EV("BLOCK_IO_ERROR", '{"device": "", "node-name": "disk0", "operation": "read", "action": "stop"}')
             .. EV("STOP") },
-      { expect = "query-status", reply = '{"error": {"class": "GenericError", "desc": "' .. big .. '"}, "id": %ID}' },
+      { expect = "query-status", reply = '{"error": {"class": "GenericError", "desc": "a\\nb ' .. big .. '"}, "id": %ID}' },
       { hold = 10 },
     }, cleanup)
     local vm = fake.connect(srv, cleanup, { timeout = 5, validate = true })
@@ -158,11 +158,25 @@ describe("log lines under a hostile peer", function()
     for _, err in ipairs(reports) do
       local line = tostring(err)
       assert.is_true(#line < 4096, ("a %d-byte report: %s..."):format(#line, line:sub(1, 200)))
+      assert.falsy(line:find("[%c\128-\255]"), line)   -- one plain line
       kinds[#kinds + 1] = err.kind
       if err.problems then assert.is_true(#err.problems <= 20, #err.problems) end
     end
     table.sort(kinds)
     assert.same({ "qmp", "schema", "schema", "schema", "schema" }, kinds)
     assert.equal(4, vm.stats.invalid)   -- DISK twice, the long name, BLOCK_IO_ERROR (not in this schema)
+  end)
+end)
+
+describe("qmp.errors.quote, which every report quoting the peer's text uses", function()
+  it("keeps one plain line: control bytes and non-ASCII bytes show as ?", function()
+    assert.equal('a?b?c??d"e\'', qmp.errors.quote('a\nb\0c\195\169d"e\'', 64))
+    assert.equal("plain text, kept: [x] {y} #1", qmp.errors.quote("plain text, kept: [x] {y} #1", 64))
+    assert.equal("5", qmp.errors.quote(5, 64))
+  end)
+
+  it("cuts a longer text to max bytes, ending in ...", function()
+    assert.equal(("x"):rep(10), qmp.errors.quote(("x"):rep(10), 10))
+    assert.equal(("x"):rep(7) .. "...", qmp.errors.quote(("x"):rep(11), 10))
   end)
 end)

@@ -50,6 +50,16 @@ function errors.is(v)
   return getmetatable(v) == errors.mt
 end
 
+--- The peer's text as a report quotes it: one plain line of at most max
+-- bytes.  Control bytes and non-ASCII bytes show as "?",
+-- so a report neither breaks into lines nor carries the peer's bytes; a
+-- longer text is cut and ends in "...".
+function errors.quote(text, max)
+  text = tostring(text):gsub("[%c\128-\255]", "?")
+  if #text <= max then return text end
+  return text:sub(1, max - 3) .. "..."
+end
+
 -- Sources of the library's own files ("@.../qmp/"): a usage error is
 -- reported at the first frame outside them, i.e. at the caller's line.
 local LIBRARY = getinfo(1, "S").source:match("^(@.*[/\\])errors%.lua$")

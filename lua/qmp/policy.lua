@@ -59,8 +59,7 @@ end
 -- is kept to one short line (QEMU's error text could be megabytes); the
 -- whole error is err.cause.
 local function report(vm, what, err)
-  local message = "resume_on_io_error: " .. what .. ": " .. tostring(err and err.message or err)
-  if #message > 200 then message = message:sub(1, 197) .. "..." end
+  local message = errors.quote("resume_on_io_error: " .. what .. ": " .. tostring(err and err.message or err), 200)
   vm:_report(errors.new(err and err.kind or "io", message, { cause = err }))
 end
 

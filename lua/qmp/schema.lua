@@ -6,6 +6,7 @@
 -- dropping the event).  QEMU masks type names (they are numbers), so
 -- types are described by shape: "str", "int", "enum", "object", "array of str".
 local core = require "qmp.core"
+local quote = require("qmp.errors").quote
 
 local type, ipairs, pairs = type, ipairs, pairs
 local mathtype, null, uint64_mt = math.type, core.null, core.uint64_mt
@@ -31,15 +32,9 @@ local function list(v)
   return type(v) == "table" and v or {}
 end
 
-local function clip(text, max)
-  text = tostring(text):gsub("[%c\128-\255]", "?")   -- the peer's bytes: a report stays one plain line
-  if #text <= max then return text end
-  return text:sub(1, max - 3) .. "..."
-end
-
 --- A name or value from the wire as a report quotes it: at most 64 bytes.
 function schema.quote(v)
-  return clip(v, QUOTED)
+  return quote(v, QUOTED)
 end
 
 --- Index the entities of a query-qmp-schema reply: a schema, or nil when
@@ -109,13 +104,13 @@ function Schema:check(name, value, path, problems, depth)
   if meta == "builtin" then
     local ok = BUILTIN[t["json-type"]]
     if ok and not ok(value) then
-      problems[#problems + 1] = ("%s: %s expected, got %s"):format(path, clip(t.name, QUOTED), type(value))
+      problems[#problems + 1] = ("%s: %s expected, got %s"):format(path, quote(t.name, QUOTED), type(value))
     end
   elseif meta == "enum" then
     local found = false
     for _, v in ipairs(list(t.values)) do if v == value then found = true break end end
     if not found then
-      problems[#problems + 1] = ("%s: %s is not one of the enum's values"):format(path, clip(value, QUOTED))
+      problems[#problems + 1] = ("%s: %s is not one of the enum's values"):format(path, quote(value, QUOTED))
     end
   elseif meta == "array" then
     if type(value) ~= "table" then
@@ -133,13 +128,13 @@ function Schema:check(name, value, path, problems, depth)
       known[m.name] = true
       local v = value[m.name]
       if v == nil then
-        if m.default == nil then problems[#problems + 1] = ("%s.%s: missing"):format(path, clip(m.name, QUOTED)) end
+        if m.default == nil then problems[#problems + 1] = ("%s.%s: missing"):format(path, quote(m.name, QUOTED)) end
       else
-        self:check(m.type, v, path .. "." .. clip(m.name, QUOTED), problems, depth)
+        self:check(m.type, v, path .. "." .. quote(m.name, QUOTED), problems, depth)
       end
     end
     for k in pairs(value) do
-      if not known[k] then problems[#problems + 1] = ("%s.%s: not in the schema"):format(path, clip(k, QUOTED)) end
+      if not known[k] then problems[#problems + 1] = ("%s.%s: not in the schema"):format(path, quote(k, QUOTED)) end
     end
   elseif meta == "alternate" then
     for _, m in ipairs(list(t.members)) do
@@ -154,7 +149,7 @@ end
 --- Problems of event ev against the schema: nil when it matches.
 function Schema:validate(ev)
   local e = self.events[ev.event]
-  if not e then return { "no event " .. clip(ev.event, QUOTED) .. " in the live schema" } end
+  if not e then return { "no event " .. quote(ev.event, QUOTED) .. " in the live schema" } end
   local problems = {}
   if e["arg-type"] then
     self:check(e["arg-type"], ev.data, "data", problems)
@@ -167,7 +162,7 @@ function Schema:validate(ev)
     for i = n, PROBLEMS + 1, -1 do problems[i] = nil end
     problems[PROBLEMS] = ("... %d more"):format(n - PROBLEMS + 1)
   end
-  for i = 1, #problems do problems[i] = clip(problems[i], PROBLEM) end
+  for i = 1, #problems do problems[i] = quote(problems[i], PROBLEM) end
   return problems
 end
 

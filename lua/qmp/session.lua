@@ -20,15 +20,13 @@ local MAX_STALE = 1024     -- timed-out ids remembered; older late replies count
 
 -- A short description of a message, for errors: never its text, which may
 -- hold anything (1e999, invalid UTF-8) and may be huge.  Member names are
--- the peer's too: cut short, and every byte but letters, digits, "_", "-"
--- and "." shown as "?", so a report stays one plain line.
+-- the peer's too: quoted as errors.quote does.
 local function describe(msg)
   if type(msg) ~= "table" then return "a JSON " .. type(msg) end
   local keys = {}
   for k in pairs(msg) do
     if #keys >= 6 then keys[#keys + 1] = "..." break end
-    keys[#keys + 1] = type(k) == "string" and ('"%s"'):format((k:sub(1, 40):gsub("[^%w_%-%.]", "?")))
-      or tostring(k)
+    keys[#keys + 1] = type(k) == "string" and ('"%s"'):format(errors.quote(k, 40)) or tostring(k)
   end
   sort(keys)
   return "an object with members " .. (#keys > 0 and concat(keys, ", ") or "(none)")
@@ -301,7 +299,8 @@ function Session:_route(msg)
     if self._npending > 1 then
       local e = errors.qmp("(unknown command)", msg.error)
       return self:_die(errors.new("protocol", ("an error reply without an id (%s: %s) while %d commands " ..
-        "are in flight: which one it answers is unknown"):format(e.class, e.desc, self._npending)))
+        "are in flight: which one it answers is unknown"):format(errors.quote(e.class, 64),
+        errors.quote(e.desc, 200), self._npending)))
     end
     local _, only = next(self._pending)
     cmd = only
