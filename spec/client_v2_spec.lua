@@ -580,6 +580,19 @@ describe("diagnostics", function()
     assert.equal(1, #usage)
   end)
 
+  it("knows the client's own event names, and suggests them for a misspelt one", function()
+    local vm = connect(serve(opening({ { hold = 10 } })))
+    local usage = {}
+    vm.on_error = function(err) if err.kind == "usage" then usage[#usage + 1] = err end end
+    for _, name in ipairs({ "qmp.connected", "qmp.disconnected", "qmp.reconnected" }) do
+      vm:on(name, function() end)
+    end
+    assert.equal(0, #usage)
+    local _, err = vm:wait("qmp.reconected", 0.05)
+    assert.matches("did you mean qmp.reconnected", err.message)
+    assert.equal(1, #usage)
+  end)
+
   it("says the monitor may be held by another client when no greeting comes", function()
     local srv = serve({ { hold = 10 } })
     local t0 = monotime()

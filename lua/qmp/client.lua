@@ -41,9 +41,6 @@ local COMMAND_OPTIONS = { timeout = true, fds = true }
 local RUN_OPTIONS = { timeout = true, done = true }
 local LISTEN_OPTIONS = { max_queue = true, timeout = true }
 
--- The lifecycle events the client makes itself (lower case: never QEMU's).
-local SYNTHETIC = { ["qmp.connected"] = true, ["qmp.disconnected"] = true, ["qmp.reconnected"] = true }
-
 local function default_on_error(err, vm)
   io.stderr:write(("qmp: %s: %s\n"):format(vm.name, tostring(err)))
 end
@@ -399,12 +396,12 @@ end
 -- Why an event name looks wrong, or nil when the catalogue or this
 -- connection's live schema knows it.
 function Client:_unknown_name(name)
-  if SYNTHETIC[name] or events.known(name) then return nil end
+  if events.is_synthetic[name] or events.known(name) then return nil end
   local s = self._schema
   if s and s.events[name] then return nil end
   local candidates = events.known_names()
   if s then for n in pairs(s.events) do candidates[#candidates + 1] = n end end
-  for n in pairs(SYNTHETIC) do candidates[#candidates + 1] = n end
+  for _, n in ipairs(events.synthetic_names) do candidates[#candidates + 1] = n end
   local guess = errors.closest(name, candidates)
   return ("no event is named %s in the catalogue%s%s"):format(name,
     s and " or in this QEMU's schema" or "", guess and ("; did you mean %s?"):format(guess) or "")

@@ -157,10 +157,16 @@ local function known_names()
   return list
 end
 
+--- The lifecycle events the client makes itself, lower case and dotted so
+-- that they never meet one of QEMU's names; and the same as a set.
+local synthetic_names = { "qmp.connected", "qmp.disconnected", "qmp.reconnected" }
+local is_synthetic = {}
+for _, name in ipairs(synthetic_names) do is_synthetic[name] = true end
+
 -- Timestamps of synthetic events: wall clock, never earlier than the last one.
 local last_s, last_us = 0, 0
 
---- An event made by the library itself (qmp.disconnected, ...), typed,
+--- An event made by the library itself (one of synthetic_names), typed,
 -- stamped with the wall clock at the moment of the call.
 local function synthetic(name, data)
   local s, us = core.walltime()
@@ -180,4 +186,6 @@ return {
   known = known,
   known_names = known_names,
   synthetic = synthetic,
+  synthetic_names = synthetic_names,
+  is_synthetic = is_synthetic,
 }

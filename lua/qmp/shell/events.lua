@@ -3,6 +3,7 @@ local qmp = require "qmp"
 local cli = require "qmp.shell.cli"
 local kv = require "qmp.shell.kv"
 local pretty = require "qmp.shell.pretty"
+local catalogue = require "qmp.events"
 
 local cmd = {
   name = "events",
@@ -84,11 +85,11 @@ function cmd.run(opts, args)
   local show, seen = printer(opts, #args > 1), 0
   loop:on(names, data, function(ev, vm)
     if count and seen >= count then return end
-    if not ev.event:find("^qmp%.") then seen = seen + 1 end   -- --follow's own lines are not counted
+    if not catalogue.is_synthetic[ev.event] then seen = seen + 1 end   -- --follow's own lines are not counted
     io.stdout:write(show(ev, vm), "\n")
   end)
   if opts.follow then
-    loop:on({ "qmp.disconnected", "qmp.reconnected", "qmp.connected" }, function(ev, vm)
+    loop:on(catalogue.synthetic_names, function(ev, vm)
       if names ~= "*" then io.stdout:write(show(ev, vm), "\n") end  -- "*" printed them already
     end)
   end
