@@ -484,6 +484,15 @@ static int check_fds(lua_State *L, int idx, int *fds) {
   return (int)n;
 }
 
+/* core.isfd(n) -> whether n is an open file descriptor of this process:
+** the Lua layer checks a command's fds with it when the command is made,
+** as a closed one would fail the send later, ending the session. */
+static int core_isfd(lua_State *L) {
+  lua_Integer fd = luaL_checkinteger(L, 1);
+  lua_pushboolean(L, fd >= 0 && fd <= INT_MAX && fcntl((int)fd, F_GETFD) != -1);
+  return 1;
+}
+
 /* Send p[0..n) with fds attached to its first byte. */
 static ssize_t send_some(int fd, const char *p, size_t n, const int *fds, int nfds) {
   struct msghdr msg;
@@ -617,6 +626,7 @@ void qmp_transport_open(lua_State *L) {
     {"open_tcp", core_open_tcp},
     {"resolve", core_resolve},
     {"fdopen", core_fdopen},
+    {"isfd", core_isfd},
     {"sleep", core_sleep},
     {NULL, NULL}
   };

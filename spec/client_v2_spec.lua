@@ -350,12 +350,43 @@ describe("commands in flight", function()
     assert.equal("STOP", assert(vm:wait("STOP", nil, 5)).event)
   end)
 
-  it("fails the command whose sending ends the session, and every later one, with closed", function()
-    local srv = serve(opening({ { hold = 5 } }))
+  it("raises at the caller's line on an fd that is not open, sending nothing", function()
+    local srv = serve(opening({ { expect = "query-status", reply = fake.reply('{"status": "running"}') },
+                                { wait_close = true } }))
     local vm = connect(srv)
-    local _, err = vm:execute("getfd", { fdname = "f" }, { fds = { 65000 } })   -- not an open fd
-    assert.equal("closed", err.kind)
-    assert.equal("io", err.cause.kind)
+    local line, msg = here(), raised(function() vm:execute("getfd", { fdname = "f" }, { fds = { 65000 } }) end)
+    assert.matches("qmp: execute: fds%[1%] = 65000 is not an open file descriptor", msg)
+    at_line(msg, line)
+    msg = raised(function() vm:execute("getfd", { fdname = "f" }, { fds = { 0, "1" } }) end)
+    assert.matches("fds%[2%] = 1 is not an open file descriptor", msg)
+    assert.equal("running", assert(vm:execute("query-status")).status)
+    vm:close()
+    assert.is_true(srv:wait(5))
+    assert.equal(2, #srv:received())   -- qmp_capabilities and query-status only
+  end)
+
+  -- An fd closed after the command was made, while it waited behind another
+  -- one, fails the send: nothing can tell what the peer made of the stream.
+  it("fails the command whose sending ends the session, and every later one, with closed", function()
+    local srv = serve(opening({ { wait_for = "read" }, { hold = 5 } }))
+    local vm = connect(srv, { timeout = 5, waiter = qmp.waiters.cqueues })
+    local cq, results = cqueues.new(), {}
+    local spare = assert(socket.bind("127.0.0.1", 0))   -- any open fd that can be closed
+    cq:wrap(function() results.big = { vm:execute("big", { data = ("x"):rep(4 << 20) }) } end)
+    assert(cq:step(0))   -- big fills the socket and parks
+    cq:wrap(function()
+      results.getfd = { vm:execute("getfd", { fdname = "f" }, { fds = { math.tointeger(spare:getfd()) } }) }
+    end)
+    assert(cq:step(0))   -- queued behind big, its fd checked
+    srv:tell("read")     -- before the close: telling opens a file, which could take the fd's number
+    spare:close()
+    local deadline = monotime() + 10
+    while not (results.big and results.getfd) and monotime() < deadline do assert(cq:step(0.1)) end
+    for _, name in ipairs({ "big", "getfd" }) do
+      local err = assert(results[name] and results[name][2], name)
+      assert.equal("closed", err.kind)
+      assert.equal("io", err.cause.kind)
+    end
     assert.equal("closed", vm.state)
     local _, again = vm:execute("query-status")
     assert.equal("closed", again.kind)

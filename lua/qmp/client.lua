@@ -9,6 +9,7 @@
 -- vm.state is one explicit value: "connecting" | "negotiating" | "ready" |
 -- "reconnecting" | "closed".  Only one coroutine at a time reads the socket
 -- (the reader); the others park on a condition and re-check after each read.
+local core = require "qmp.core"
 local errors = require "qmp.errors"
 local address = require "qmp.address"
 local filter = require "qmp.filter"
@@ -420,8 +421,14 @@ local function check_command(method, name, args, opts)
   end
   opts = errors.check_options("qmp: " .. method, opts, COMMAND_OPTIONS)
   check_timeout("qmp: " .. method, opts.timeout)
-  if opts.fds ~= nil and type(opts.fds) ~= "table" then
+  local fds = opts.fds
+  if fds ~= nil and type(fds) ~= "table" then
     errors.raise(("qmp: %s: fds must be a list of file descriptors"):format(method))
+  end
+  for i, fd in ipairs(fds or {}) do
+    if math.type(fd) ~= "integer" or not core.isfd(fd) then
+      errors.raise(("qmp: %s: fds[%d] = %s is not an open file descriptor"):format(method, i, tostring(fd)))
+    end
   end
   return opts
 end
