@@ -426,7 +426,8 @@ local function check_command(method, name, args, opts)
     errors.raise(("qmp: %s: fds must be a list of file descriptors"):format(method))
   end
   for i, fd in ipairs(fds or {}) do
-    if math.type(fd) ~= "integer" or not core.isfd(fd) then
+    local n = type(fd) == "number" and math.tointeger(fd)   -- luasocket's getfd() gives a float
+    if not (n and core.isfd(n)) then
       errors.raise(("qmp: %s: fds[%d] = %s is not an open file descriptor"):format(method, i, tostring(fd)))
     end
   end
