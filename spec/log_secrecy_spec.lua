@@ -178,5 +178,8 @@ describe("qmp.errors.quote, which every report quoting the peer's text uses", fu
   it("cuts a longer text to max bytes, ending in ...", function()
     assert.equal(("x"):rep(10), qmp.errors.quote(("x"):rep(10), 10))
     assert.equal(("x"):rep(7) .. "...", qmp.errors.quote(("x"):rep(11), 10))
+    local ok, msg = pcall(qmp.errors.quote, "x", 2)
+    assert.is_false(ok)
+    assert.matches("log_secrecy_spec%.lua:%d+: qmp.errors.quote: max must be an integer >= 3", msg)
   end)
 end)

@@ -51,10 +51,10 @@ function errors.is(v)
 end
 
 --- The peer's text as a report quotes it: one plain line of at most max
--- bytes.  Control bytes and non-ASCII bytes show as "?",
--- so a report neither breaks into lines nor carries the peer's bytes; a
--- longer text is cut and ends in "...".
+-- bytes, control and non-ASCII bytes shown as "?" (no line breaks, none of
+-- the peer's raw bytes); a longer text is cut to end in "...".
 function errors.quote(text, max)
+  if math.type(max) ~= "integer" or max < 3 then errors.raise("qmp.errors.quote: max must be an integer >= 3") end
   text = tostring(text):gsub("[%c\128-\255]", "?")
   if #text <= max then return text end
   return text:sub(1, max - 3) .. "..."

@@ -59,7 +59,8 @@ end
 -- is kept to one short line (QEMU's error text could be megabytes); the
 -- whole error is err.cause.
 local function report(vm, what, err)
-  local message = errors.quote("resume_on_io_error: " .. what .. ": " .. tostring(err and err.message or err), 200)
+  local message = "resume_on_io_error: " .. what .. ": " .. tostring(err and err.message or err)
+  message = errors.quote(message, 200)
   vm:_report(errors.new(err and err.kind or "io", message, { cause = err }))
 end
 
