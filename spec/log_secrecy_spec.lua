@@ -168,6 +168,22 @@ describe("log lines under a hostile peer", function()
   end)
 end)
 
+describe("a handler's failure", function()
+  it("names the event in one plain line whatever the peer named it", function()
+    local srv = fake.serve({ { greet = true }, { expect = "qmp_capabilities", reply = OK },
+                             { send = EV("BAD\\nNAME\\u001b[2J" .. ("X"):rep(100)) }, { hold = 5 } }, cleanup)
+    local vm = fake.connect(srv, cleanup, { timeout = 5 })
+    local reports = {}
+    vm.on_error = function(err) reports[#reports + 1] = err end
+    vm:on("*", function() error("no such disk", 0) end)
+    assert(vm:run({ timeout = 5, done = function() return #reports >= 1 end }))
+    local line = tostring(reports[1])
+    assert.equal("handler", reports[1].kind)
+    assert.matches("^handler: handler for BAD%?NAME%?%[2JX+%.%.%. failed: no such disk$", line)
+    assert.is_true(#line < 120, line)
+  end)
+end)
+
 describe("qmp.errors.quote, which every report quoting the peer's text uses", function()
   it("keeps one plain line: control bytes and non-ASCII bytes show as ?", function()
     assert.equal('a?b?c??d"e\'', qmp.errors.quote('a\nb\0c\195\169d"e\'', 64))

@@ -263,7 +263,7 @@ function Dispatch:deliver(vm, limit)
   while true do
     local ok, err = xpcall(run_handlers, traceback, self, vm, at)
     if ok then break end
-    self:_failed("handler for " .. tostring(at[EV] and at[EV].event), err)
+    self:_failed("handler for " .. errors.quote(at[EV] and at[EV].event, 64), err)
   end
   if at[EV] and (at[NEXT] or 1) <= #at[LIST] then self._held = at end  -- handlers left for it
   self._delivering = false
