@@ -220,6 +220,18 @@ describe("catalogue types", function()
     assert.matches('BLOCK_IO_ERROR qom%-path=/machine/peripheral/vd0 device="" operation=read action=stop'
                    .. ' reason="Input/output error" x%-extra=1$', tostring(ev))
   end)
+
+  -- %q wrote a newline as a backslash and a newline, and a word without
+  -- spaces as it was, escape sequences and all.
+  it("keep tostring one line, the peer's control bytes escaped, whatever the names and strings hold", function()
+    local ev = event('{"event": "X\\nY", "data": {"a b": "c\\nd", "esc": "\\u001b[2J", "q": "say \\"hi\\"",'
+                     .. ' "u": "\u{e9}t\u{e9}", "w": "plain"}, "timestamp": {"seconds": 1, "microseconds": 2}}')
+    local line = tostring(ev)
+    assert.falsy(line:find("%c"), line)
+    assert.matches(' "X\\nY" "a b"="c\\nd" esc="\\u001b%[2J" q="say \\"hi\\"" u="\u{e9}t\u{e9}" w=plain$', line)
+    local raw = setmetatable({ event = "R", data = { b = "\255\0x" } }, qmp.events.R)
+    assert.matches(' R b="\\xff\\x00x"$', tostring(raw))   -- not UTF-8: as bytes
+  end)
 end)
 
 describe("the seed documents' examples", function()

@@ -41,11 +41,19 @@ end
 local FIRST = { "device", "id", "node-name", "qom-path", "action", "operation", "status",
                 "reason", "guest", "type", "tray-open", "offset", "len" }
 
+-- A string as tostring(ev) shows it: a plain word as it is, anything else
+-- as a JSON string, so the line stays one line and the peer's control bytes
+-- reach no terminal; bytes that are not UTF-8 as \xNN.
+local function word(s)
+  if s ~= "" and not s:find('[%s="\\%c\128-\255]') then return s end
+  local ok, text = pcall(core.encode, s)
+  if ok then return text end
+  return '"' .. s:gsub('[%c"\\\128-\255]', function(c) return format("\\x%02x", c:byte()) end) .. '"'
+end
+
 local function scalar(v)
   local t = type(v)
-  if t == "string" then
-    return (v == "" or v:find("[%s=\"]")) and format("%q", v) or v
-  end
+  if t == "string" then return word(v) end
   if t == "table" then
     local ok, text = pcall(core.encode, v)
     return ok and text or tostring(v)
@@ -63,7 +71,7 @@ function Event:__tostring()
   if secs then ok, day = pcall(date, "%Y-%m-%d %H:%M:%S", secs) end   -- a clock far off cannot be shown
   parts[1] = ok and (day .. format(".%06d", math.tointeger(self.timestamp.microseconds or 0) or 0))
              or "(no time)"
-  parts[2] = tostring(rawget(self, "event"))
+  parts[2] = word(tostring(rawget(self, "event")))
   local data = rawget(self, "data")
   if type(data) == "table" then
     local mt = getmetatable(self)
@@ -76,7 +84,7 @@ function Event:__tostring()
       if not seen[k] then rest[#rest + 1] = tostring(k) end
     end
     sort(rest)
-    for _, k in ipairs(rest) do parts[#parts + 1] = k .. "=" .. scalar(data[k]) end
+    for _, k in ipairs(rest) do parts[#parts + 1] = word(k) .. "=" .. scalar(data[k]) end
   end
   return concat(parts, " ")
 end
