@@ -1,6 +1,7 @@
 -- qmp.shell.pretty: results and events as the shell prints them.
 local qmp = require "qmp"
 local pretty = require "qmp.shell.pretty"
+local fake = require "support.fake_qmp"
 
 local function strip(text)
   return (text:gsub("\27%[[%d;]*m", ""))
@@ -106,6 +107,15 @@ describe("pretty.format", function()
     local ok, err = pcall(pretty.format, {}, { color = true })
     assert.is_false(ok)
     assert.matches('did you mean "colour"', err, 1, true)
+  end)
+end)
+
+describe("pretty.qemu_version", function()
+  it("reads a greeting's version, and any greeting without raising", function()
+    assert.equal("QEMU 7.2.22", pretty.qemu_version(assert(qmp.decode(fake.greeting))))
+    assert.equal("QEMU ?.?.?", pretty.qemu_version({ QMP = { capabilities = {} } }))
+    assert.equal("QEMU ?.?.?", pretty.qemu_version({ QMP = { version = "9" } }))
+    assert.equal("QEMU 9.?.?", pretty.qemu_version({ QMP = { version = { qemu = { major = 9, minor = 1.5, micro = "x" } } } }))
   end)
 end)
 

@@ -190,4 +190,18 @@ function pretty.event_line(ev, opts)
   return paint(o, "time", time) .. " " .. paint(o, "name", name) .. concat(out)
 end
 
+--- "QEMU 7.2.22" from a greeting, whatever its shape: the peer's to send,
+-- and a part that is missing or not an integer shows as "?".
+function pretty.qemu_version(greeting)
+  local qmp = type(greeting) == "table" and greeting.QMP
+  local version = type(qmp) == "table" and qmp.version
+  local qemu = type(version) == "table" and version.qemu
+  local parts = {}
+  for i, k in ipairs({ "major", "minor", "micro" }) do
+    local n = type(qemu) == "table" and qemu[k]
+    parts[i] = mathtype(n) == "integer" and tostring(n) or "?"
+  end
+  return "QEMU " .. concat(parts, ".")
+end
+
 return pretty

@@ -164,9 +164,7 @@ function cmd.run(opts, args)
     readline.set_completion_append_character(append)
     return list
   end)
-  local v = vm.greeting.QMP.version.qemu
-  self:say(("connected to %s (QEMU %d.%d.%d); :help for help, Ctrl-D to leave"):format(address, v.major, v.minor,
-                                                                                   v.micro))
+  self:say(("connected to %s (%s); :help for help, Ctrl-D to leave"):format(address, pretty.qemu_version(vm.greeting)))
   local typed, installed
   local function on_line(line)
     if line == nil then typed = false else typed = line end   -- false: Ctrl-D
