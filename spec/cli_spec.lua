@@ -159,6 +159,17 @@ describe("qmp-lua usage", function()
     assert.matches("unknown option %-%-bogus", err)
   end)
 
+  it("job lists whatever a malformed query-jobs holds, one plain line a job, status 0", function()
+    local fake = require "support.fake_qmp"
+    local srv = fake.serve(fake.opening({
+      { expect = "query-jobs", reply = fake.reply('[5, {"id": "a\\nb", "type": {}, "status": "running",'
+                                                  .. ' "current-progress": "x", "total-progress": 10}]') },
+      { wait_close = true } }), cleanup)
+    local out, err, status = qmp_lua("job", srv.path)
+    assert.equal(0, status, err)
+    assert.equal("a?b  ?  running  0.0%  0 B of 10 B\n", out)
+  end)
+
   it("an unknown command is named, status 64", function()
     local out, err, status = qmp_lua("frobnicate", "x")
     assert.equal(64, status)

@@ -85,3 +85,48 @@ describe("vm:job_wait() #qemu", function()
     assert.has_error(function() vm:job_wait(nil) end)
   end)
 end)
+
+-- query-jobs is the peer's: no reply shape makes job_wait or the job lines raise.
+describe("jobs and a malformed query-jobs reply", function()
+  local fake = require "support.fake_qmp"
+  local progress = require "qmp.shell.progress"
+
+  local function vm_replying(...)
+    local steps = {}
+    for i, reply in ipairs({ ... }) do steps[i] = { expect = "query-jobs", reply = fake.reply(reply) } end
+    steps[#steps + 1] = { hold = 5 }
+    return fake.client(steps, cleanup)
+  end
+
+  it("is a protocol error when it is not a list", function()
+    local job, err = vm_replying("5"):job_wait("j")
+    assert.is_nil(job)
+    assert.equal("protocol", err.kind)
+    assert.equal("query-jobs returned a number, not a list", err.message)
+  end)
+
+  it("leaves out entries that are not jobs, and reads any member shape", function()
+    local seen = {}
+    local job, err = vm_replying('[5, {"id": 7}, {"id": "j", "status": "running", "current-progress": "x",'
+                                 .. ' "total-progress": {}}]',
+                                 '[{"id": "j", "status": "concluded", "error": "disk\\ngone\\u001b[2J"}]')
+      :job_wait("j", { progress = function(j) seen[#seen + 1] = progress.line(j) end, interval = 0.01 })
+    assert.is_nil(job)
+    assert.equal("job", err.kind)
+    assert.equal("job j failed: disk?gone?[2J", err.message)
+    assert.same({ "j  ?  running", "j  ?  concluded  error: disk?gone?[2J" }, seen)
+  end)
+
+  it("gives job lines and the meter something to show whatever the members hold", function()
+    local out = {}
+    local sink = { write = function(_, ...) for _, s in ipairs({ ... }) do out[#out + 1] = s end end,
+                   flush = function() end }
+    local hostile = { id = "j", type = {}, status = 5, ["current-progress"] = -1, ["total-progress"] = 0 / 0,
+                      error = true }
+    assert.equal("j  ?  5  error: true", progress.line(hostile))
+    local meter = progress.new(sink, true)
+    meter:update(hostile)
+    meter:finish(hostile)
+    assert.matches("j  5", table.concat(out))
+  end)
+end)

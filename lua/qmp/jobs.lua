@@ -14,10 +14,26 @@ local jobs = {}
 
 local OPTIONS = { progress = true, timeout = true, interval = true, dismiss = true, complete = true }
 
+--- query-jobs: the list of jobs (tables, each with a string id) | nil, err.
+-- The reply is the peer's: what is not a list is a protocol error, an entry
+-- that is not a table with a string id is left out.
+function jobs.list(vm)
+  local list, err = vm:execute("query-jobs")
+  if not list then return nil, err end
+  if type(list) ~= "table" then
+    return nil, errors.new("protocol", ("query-jobs returned a %s, not a list"):format(type(list)))
+  end
+  local all = {}
+  for _, job in ipairs(list) do
+    if type(job) == "table" and type(job.id) == "string" then all[#all + 1] = job end
+  end
+  return all
+end
+
 --- The job's entry in query-jobs: job | false (QEMU has no such job, or no
 -- more) | nil, err.
 function jobs.find(vm, id)
-  local list, err = vm:execute("query-jobs")
+  local list, err = jobs.list(vm)
   if not list then return nil, err end
   for _, job in ipairs(list) do
     if job.id == id then return job end
@@ -26,6 +42,7 @@ function jobs.find(vm, id)
 end
 
 local function failed(id, why, job)
+  why = type(why) == "string" and errors.quote(why, 200) or "(an error that is not a text)"   -- the peer's
   return nil, errors.new("job", ("job %s failed: %s"):format(id, why), { job = job })
 end
 

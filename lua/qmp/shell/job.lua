@@ -25,7 +25,7 @@ A mirror waits in "ready" until told: --complete tells it.]],
 }
 
 local function list(vm)
-  local all, err = vm:execute("query-jobs")
+  local all, err = jobs.list(vm)
   if not all then return nil, err end
   if #all == 0 then io.stdout:write("no jobs\n") end
   for _, job in ipairs(all) do io.stdout:write(progress.line(job), "\n") end

@@ -3,6 +3,7 @@
 -- elsewhere, so logs stay readable).  A job is a query-jobs entry:
 -- { id, type, status, ["current-progress"], ["total-progress"], error }.
 local monotime = require("qmp.core").monotime
+local quote = require("qmp.errors").quote
 
 local progress = {}
 
@@ -24,18 +25,30 @@ function progress.duration(s)
   return ("%d:%02d"):format(m, s % 60)
 end
 
+-- A job's members are the peer's: a count that is not a non-negative
+-- number counts as 0; a text, number or boolean is quoted to one plain
+-- line, anything else shows as "?".
+local function count(v)
+  return type(v) == "number" and v >= 0 and v < math.huge and v or 0
+end
+
+local SHOWN = { string = true, number = true, boolean = true }
+local function text(v, max)
+  return SHOWN[type(v)] and quote(v, max or 64) or "?"
+end
+
 local function amounts(job)
-  local cur, total = job["current-progress"] or 0, job["total-progress"] or 0
+  local cur, total = count(job["current-progress"]), count(job["total-progress"])
   return cur, total, total > 0 and math.min(100, cur * 100 / total) or nil
 end
 
 --- One line about a job: "job0  stream  running  45.0%  450.0 MiB of 1.0 GiB".
 function progress.line(job)
   local cur, total, pct = amounts(job)
-  local text = ("%s  %s  %s"):format(job.id, job.type or "?", job.status or "?")
-  if pct then text = text .. ("  %.1f%%  %s of %s"):format(pct, progress.bytes(cur), progress.bytes(total)) end
-  if job.error then text = text .. "  error: " .. job.error end
-  return text
+  local line = ("%s  %s  %s"):format(text(job.id), text(job.type), text(job.status))
+  if pct then line = line .. ("  %.1f%%  %s of %s"):format(pct, progress.bytes(cur), progress.bytes(total)) end
+  if job.error ~= nil then line = line .. "  error: " .. text(job.error, 200) end
+  return line
 end
 
 local Meter = {}
@@ -61,7 +74,7 @@ function Meter:update(job)
   local now = monotime()
   local cur, total, pct = amounts(job)
   local rate = self:rate(now, cur)
-  local parts = { job.id }
+  local parts = { text(job.id) }
   if pct then
     if self.tty then
       local fill = math.floor(pct / 100 * BAR + 0.5)
@@ -74,13 +87,13 @@ function Meter:update(job)
     parts[#parts + 1] = progress.bytes(rate) .. "/s"
     if pct and total > cur then parts[#parts + 1] = "ETA " .. progress.duration((total - cur) / rate) end
   end
-  parts[#parts + 1] = job.status
-  local text = table.concat(parts, "  ")
+  parts[#parts + 1] = text(job.status)
+  local line = table.concat(parts, "  ")
   if self.tty then
-    self.out:write("\r", text, "\27[K")
+    self.out:write("\r", line, "\27[K")
     self.out:flush()
   elseif job.status ~= self.status or now - self.printed >= 1 then
-    self.out:write(text, "\n")
+    self.out:write(line, "\n")
     self.out:flush()   -- a pipe (tee, a log) sees each line as it happens
     self.printed = now
   end
