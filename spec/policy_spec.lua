@@ -73,6 +73,29 @@ describe("qmp.policy.resume_on_io_error()", function()
     end)
   end
 
+  -- The event and the reply are the peer's: a name with a newline made a
+  -- log of two lines, and a query-status reply that is not an object made
+  -- the timer raise.
+  it("logs the peer's names in one plain line, and leaves the VM alone on a malformed query-status", function()
+    local vm = vm_with({
+      { send = EV("BLOCK_IO_ERROR", '{"device": "", "node-name": "disk\\n0' .. ("x"):rep(100) .. '",'
+                  .. ' "operation": "re\\u001bad", "action": "stop"}') .. EV("STOP") },
+      { expect = "query-status", reply = fake.reply("5") },
+      MARK, { hold = 5 },
+    })
+    local lines, log = recorder()
+    local reports = {}
+    vm.on_error = function(err) reports[#reports + 1] = err end
+    local p = qmp.policy.resume_on_io_error(vm, { delay = 0.01, log = log })
+    assert(vm:run({ timeout = 5, done = function() return #lines >= 2 end }))
+    assert.same({}, reports)
+    local name = "disk?0" .. ("x"):rep(55) .. "..."
+    assert.equal(name .. ": I/O error (re?ad), VM paused; resuming in 0.01 s (attempt 1 of 3)", lines[1])
+    assert.equal(name .. ': not resuming: VM status is unknown (query-status gave none), not "io-error"', lines[2])
+    assert(vm:execute("query-name"))
+    assert.same({ 0, 0, 1 }, { p.resumes, p.give_ups, p.errors_seen })
+  end)
+
   it("ignores BLOCK_IO_ERROR with action report or ignore", function()
     local vm = vm_with({
       { send = io_error("report") .. io_error("ignore") .. EV("RESET", '{"guest": false, "reason": "host-qmp-system-reset"}') },

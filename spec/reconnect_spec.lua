@@ -38,6 +38,25 @@ describe("opts.reconnect", function()
     assert.is_false(vm:closed())
   end)
 
+  it("takes a resync reply of any shape: qmp.reconnected without a status", function()
+    local srv = fake.start({
+      { greet = true }, { expect = "qmp_capabilities", reply = OK }, { close = true },
+      { accept = true },
+      { greet = true }, { expect = "qmp_capabilities", reply = OK },
+      { expect = "query-status", reply = fake.reply("5") },
+      { hold = 10 },
+    })
+    cleanup(function() srv:stop() end)
+    local vm = assert(qmp.connect(srv.path, { timeout = 5, reconnect = { min = 0.01, max = 0.05 } }))
+    cleanup(function() vm:close() end)
+    local back
+    vm:on("qmp.reconnected", function(ev) back = ev end)
+    assert(vm:run({ timeout = 5, done = function() return back ~= nil end }))
+    assert.equal(2, back.generation)
+    assert.is_nil(back.status)
+    assert.equal("ready", vm.state)
+  end)
+
   it("keeps retrying while the socket is missing, and stops on close()", function()
     local srv = fake.start({ { greet = true }, { expect = "qmp_capabilities", reply = OK }, { close = true } })
     cleanup(function() srv:stop() end)

@@ -228,7 +228,7 @@ function Client:_follow()
   if self.generation == 1 then
     if self._announce then self:_synthetic("qmp.connected", { generation = 1, attempts = attempts }) end
   else
-    local st = self._resync or {}
+    local st = type(self._resync) == "table" and self._resync or {}   -- the peer's reply, any shape
     self:_synthetic("qmp.reconnected", { generation = self.generation, attempts = attempts,
                                          status = st.status, running = st.running })
   end

@@ -34,6 +34,11 @@ local function device_key(ev)
   return present(ev["qom-path"]) or present(ev["node-name"]) or present(ev.device) or "?"
 end
 
+-- The peer's text in a log line: one plain line, 64 bytes at most.
+local function shown(v)
+  return errors.quote(v, 64)
+end
+
 local OPTIONS = { retries = true, window = true, delay = true, backoff = true, max_delay = true,
                   on_give_up = true, on_resume = true, log = true }
 
@@ -125,7 +130,7 @@ function policy.resume_on_io_error(vm, opts)
     st.pending:cancel()
     p._timers[st.pending] = nil
     st.pending = nil
-    log(format("%s: not resuming: %s", key, why))
+    log(format("%s: not resuming: %s", shown(key), why))
   end
 
   -- An operator's stop went out through this client since the error.
@@ -135,7 +140,7 @@ function policy.resume_on_io_error(vm, opts)
 
   local function stopped_here(key, st)
     if stops_sent() == st.stops then return false end
-    log(format("%s: not resuming: stop was sent through this client during the delay", key))
+    log(format("%s: not resuming: stop was sent through this client during the delay", shown(key)))
     return true
   end
 
@@ -146,8 +151,10 @@ function policy.resume_on_io_error(vm, opts)
     if stopped_here(key, st) then return end
     local status, err = vm:execute("query-status")
     if not status then report(vm, "query-status", err); return end
-    if status.status ~= "io-error" then
-      log(format("%s: not resuming: VM status is %q, not \"io-error\"", key, tostring(status.status)))
+    local now = type(status) == "table" and status.status or nil   -- the reply is the peer's
+    if now ~= "io-error" then
+      now = type(now) == "string" and '"' .. shown(now) .. '"' or "unknown (query-status gave none)"
+      log(format("%s: not resuming: VM status is %s, not \"io-error\"", shown(key), now))
       return
     end
     if stopped_here(key, st) then return end  -- sent while query-status was in flight
@@ -155,7 +162,7 @@ function policy.resume_on_io_error(vm, opts)
     if not ok then report(vm, "cont", cerr); return end
     st.times[#st.times + 1] = vm:now()
     p.resumes = p.resumes + 1
-    log(format("%s: cont sent (attempt %d of %d)", key, attempt, retries))
+    log(format("%s: cont sent (attempt %d of %d)", shown(key), attempt, retries))
     if on_resume then on_resume(ev, vm, attempt) end
   end
 
@@ -165,7 +172,7 @@ function policy.resume_on_io_error(vm, opts)
     local key = device_key(ev)
     local st = state_of(key)
     st.errors = st.errors + 1
-    local what = tostring(ev.operation or "?") .. (ev.nospace == true and ", no space" or "")
+    local what = shown(ev.operation or "?") .. (ev.nospace == true and ", no space" or "")
     if st.pending then return end            -- one resume already scheduled for this pause
     local n = recent(st, vm:now()) + 1
     if n > retries then
@@ -173,14 +180,14 @@ function policy.resume_on_io_error(vm, opts)
         st.gave_up = true
         p.give_ups = p.give_ups + 1
         log(format("giving up: %s: I/O error (%s) after %d resume%s within %g s; VM left paused",
-                   key, what, retries, retries == 1 and "" or "s", window))
+                   shown(key), what, retries, retries == 1 and "" or "s", window))
         if on_give_up then on_give_up(ev, vm) end
       end
       return
     end
     local wait = min(delay * backoff ^ (n - 1), max_delay)
     log(format("%s: I/O error (%s), VM paused; resuming in %s s (attempt %d of %d)",
-               key, what, format(wait < 1 and "%.2f" or "%.1f", wait), n, retries))
+               shown(key), what, format(wait < 1 and "%.2f" or "%.1f", wait), n, retries))
     local timer
     timer = vm:after(wait, function() resume(key, st, ev, n, timer) end)
     st.pending = timer
