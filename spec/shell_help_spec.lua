@@ -139,3 +139,41 @@ describe("help.topic", function()
     assert.is_nil((help.topic(s, "  ")))
   end)
 end)
+
+-- The schema is the peer's: :help and completion take any, never raising
+-- into the shell (completion runs inside readline).
+describe("help and completion over a malformed schema", function()
+  local qmp = require "qmp"
+  local complete = require "qmp.shell.complete"
+  local BAD = require("qmp.schema").parse(assert(qmp.decode([==[[
+    5, {"name": 5}, {"name": "c1", "meta-type": "command", "arg-type": "O", "ret-type": "A", "features": 5},
+    {"name": "c2", "meta-type": "command", "arg-type": "P", "ret-type": "L"},
+    {"name": "c3", "meta-type": "command", "arg-type": "U", "ret-type": "E"},
+    {"name": "STOP", "meta-type": "event", "arg-type": "A"},
+    {"name": "A", "meta-type": "alternate", "members": [7, {"type": "A"}, {"type": "L"}]},
+    {"name": "L", "meta-type": "array", "element-type": "L"},
+    {"name": "O", "meta-type": "object", "members": [5, {"name": 1}, {"name": "m", "type": "E"}],
+     "tag": "m", "variants": [3, {"case": "a", "type": "O"}]},
+    {"name": "U", "meta-type": "object", "members": [{"name": "u", "type": "U", "features": [{}]}],
+     "tag": 5, "variants": 5},
+    {"name": "E", "meta-type": "enum", "values": [9, {}]},
+    {"name": "P", "meta-type": "object", "members": 5}
+  ]]==])))
+
+  it("answers every name and line with text or an error, and completes what it can", function()
+    local lines = {}
+    for _, name in ipairs({ "c1", "c2", "c3", "STOP" }) do
+      for _, line in ipairs({ name, name .. " m=a", name .. " u.u=x", name .. " m=" }) do lines[#lines + 1] = line end
+    end
+    for _, line in ipairs(lines) do
+      local text, err = help.topic(BAD, line)
+      assert.is_true(type(text) == "string" or (err and (err.kind == "protocol" or err.kind == "usage")), line)
+      if err then assert.falsy(err.message:find("[%c]"), err.message) end
+      for _, typed in ipairs({ line, line .. " ", line .. ".", line:sub(1, 1) }) do
+        local list, append = complete.for_readline(BAD, typed, 1, #typed)
+        assert.is_table(list, typed)
+        assert.is_string(append, typed)
+      end
+    end
+  end)
+end)

@@ -340,9 +340,7 @@ function help.event(schema, name)
   return concat(out, "\n")
 end
 
---- `:help TEXT`: a command (with key=value words, see help.command) or an
--- event, upper case or not; nil, err with a did-you-mean over both.
-function help.topic(schema, text)
+local function topic(schema, text)
   local word = text:match("^%s*(%S+)")
   if not word then return nil, errors.new("usage", "help: name a command or an event") end
   if schema and schema.commands[word] then return help.command(schema, text) end
@@ -356,6 +354,17 @@ function help.topic(schema, text)
   return nil, errors.new("usage", format("no command or event %s%s", word,
                          guess and format(" — did you mean %s?", guess) or ""),
                          { name = word, suggestion = guess })
+end
+
+--- `:help TEXT`: a command (with key=value words, see help.command) or an
+-- event, upper case or not; nil, err with a did-you-mean over both.  The
+-- schema is the peer's, and the walk above trusts its shape: a malformed
+-- one gives an error (kind protocol) instead of raising out of the shell.
+function help.topic(schema, text)
+  local ok, result, err = pcall(topic, schema, text)
+  if ok then return result, err end
+  return nil, errors.new("protocol", "help: this QEMU's schema is malformed here ("
+                                     .. errors.quote(result, 120) .. ")")
 end
 
 return help
