@@ -263,6 +263,20 @@ describe("vm:execute()", function()
     assert.equal("VM status: paused (prelaunch)\r\n", assert(vm:hmp("info status")))
   end)
 
+  it("takes an HMP reply that is not text as a protocol error, the session going on", function()
+    local srv = serve(opening({
+      { expect = "human-monitor-command", reply = fake.reply("{}") },
+      { expect = "human-monitor-command", reply = fake.reply('""') },
+      { wait_close = true },
+    }))
+    local vm = connect(srv)
+    local text, err = vm:hmp("info status")
+    assert.is_nil(text)
+    assert.equal("protocol", err.kind)
+    assert.equal("human-monitor-command returned a table, not text", err.message)
+    assert.equal("", assert(vm:hmp("info status")))
+  end)
+
   it("sends exec-oob when oob was negotiated", function()
     local srv = serve(opening({ { expect = "migrate-pause", expect_args = '"exec%-oob"', reply = OK },
                                 { wait_close = true } }))

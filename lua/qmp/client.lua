@@ -483,7 +483,10 @@ function Client:hmp(command_line, opts)
   if type(command_line) ~= "string" then errors.raise("qmp: hmp: command line must be a string") end
   local word = command_line:match("^%s*(%S+)")
   if word then self._sent["hmp " .. word] = (self._sent["hmp " .. word] or 0) + 1 end
-  return self:_command("hmp", "human-monitor-command", { ["command-line"] = command_line }, opts, false)
+  local text, err = self:_command("hmp", "human-monitor-command", { ["command-line"] = command_line }, opts, false)
+  if text == nil or type(text) == "string" then return text, err end
+  return nil, errors.new("protocol", ("human-monitor-command returned a %s, not text"):format(type(text)),
+                         { command = "human-monitor-command" })
 end
 
 --- How many commands named name this client has sent (all coroutines);
