@@ -9,3 +9,8 @@ files["spec"] = {
 files["spec/helper.lua"] = {
   globals = { "TEST_TIMEOUT" },
 }
+-- Run inside faults_harness.c, which defines these globals and reads KEEP.
+files["spec/support/faults_harness.lua"] = {
+  globals = { "KEEP" },
+  read_globals = { "fail_cjson", "cjson_live" },
+}
