@@ -1187,6 +1187,7 @@ describe("qmp.core decoder() drain()", function()
     d:feed(own .. ev("qmp") .. ev("STOP"))
     list, skipped, err, events = d:drain(10)
     assert.same({ 5, 0, 2 }, { #list, skipped, events })  -- qmp and STOP
+    assert.is_nil(err)
     d:feed(own .. ev("qmp") .. ev("STOP"))
     list, skipped, err, events = d:drain(10, { STOP = true })
     assert.same({ 4, 1, 1 }, { #list, skipped, events })  -- qmp, a name like any other, skipped
