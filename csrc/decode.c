@@ -1326,12 +1326,18 @@ static int wanted(lua_State *L, int idx, const Quick *q, NameCache *cache) {
   return yes;
 }
 
-/* Is the message on top an event, i.e. has it a non-empty string "event"?
-** Raw.  (The session drops an event named "" as malformed.) */
+/* Can the peer send an event of this name?  Not "", and not one beginning
+** "qmp.": those are the client's own events (qmp.connected, ...), a name
+** QAPI cannot make.  The session drops the others as malformed. */
+static int peer_event_name(const char *name, size_t len) {
+  return len > 0 && !(len >= 4 && memcmp(name, "qmp.", 4) == 0);
+}
+
+/* Is the message on top an event, with a name the peer can send?  Raw. */
 static int is_event(lua_State *L, int keys) {
   int yes;
   push_name(L, keys, "event", 5);
-  yes = lua_rawget(L, -2) == LUA_TSTRING && lua_rawlen(L, -1) > 0;
+  yes = lua_rawget(L, -2) == LUA_TSTRING && peer_event_name(lua_tostring(L, -1), lua_rawlen(L, -1));
   lua_pop(L, 1);
   return yes;
 }
@@ -1368,8 +1374,9 @@ int qmp_decoder_drain(lua_State *L, int didx, qmp_batch *b) {
     }
     if (b->interest) {
       if (q.name == NULL) quick_framed(d, &q);  /* framed by the framer (or by ready()) */
-      /* An event named "" is no event: the session reports it (malformed). */
-      if (q.name != NULL && q.namelen > 0 && !wanted(L, b->interest, &q, &names)) {
+      /* An event named "" or "qmp.*" is no event: the session reports it
+      ** (malformed), wanted or not. */
+      if (q.name != NULL && peer_event_name(q.name, q.namelen) && !wanted(L, b->interest, &q, &names)) {
         d->head = d->fend;  /* consumed unparsed */
         d->framed = 0;
         b->skipped++;
@@ -1383,7 +1390,7 @@ int qmp_decoder_drain(lua_State *L, int didx, qmp_batch *b) {
       msg = why;
       break;
     }
-    if ((q.shaped && q.namelen > 0) || is_event(L, top + UV_KEYS)) b->events++;
+    if ((q.shaped && peer_event_name(q.name, q.namelen)) || is_event(L, top + UV_KEYS)) b->events++;
     lua_rawseti(L, b->list, ++b->n);
   }
   close_slots(L, d, top);

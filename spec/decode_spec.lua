@@ -1173,7 +1173,7 @@ describe("qmp.core decoder() drain()", function()
     assert_same({}, rawget(list[3], "data"))
   end)
 
-  it("counts the listed messages that are events: those with a string name, in any layout", function()
+  it("counts the listed messages that are events: those with a name the peer can send, in any layout", function()
     local d = core.decoder()
     d:feed(ev("STOP") .. '{"data": {}, "event": "RESUME"}\n{"event": 5}\n{"QMP": {}}\n' ..
            '{"event": "X"}\n{"return": {"event": "STOP"}}\n')
@@ -1181,6 +1181,17 @@ describe("qmp.core decoder() drain()", function()
     assert.same({ 6, 0 }, { #list, skipped })
     assert.is_nil(err)
     assert.equal(3, events)  -- STOP (QEMU's layout), RESUME and X (framed whole)
+    -- "" and the client's own names (qmp.*) are no events from the peer:
+    -- listed for the session to drop as malformed, never skipped.
+    local own = ev("") .. ev("qmp.connected") .. '{"event": "qmp\\u002ereconnected"}\n'
+    d:feed(own .. ev("qmp") .. ev("STOP"))
+    list, skipped, err, events = d:drain(10)
+    assert.same({ 5, 0, 2 }, { #list, skipped, events })  -- qmp and STOP
+    assert.is_nil(err)
+    d:feed(own .. ev("qmp") .. ev("STOP"))
+    list, skipped, err, events = d:drain(10, { STOP = true })
+    assert.same({ 4, 1, 1 }, { #list, skipped, events })  -- qmp, a name like any other, skipped
+    assert.is_nil(err)
     d:feed('{"a": 1}\n{"b": tru}\n')
     list, skipped, err, events = d:drain(10)
     assert.same({ 1, 0, 0 }, { #list, skipped, events })

@@ -850,6 +850,35 @@ describe("fault #44: an event whose name is not a non-empty string", function()
   end)
 end)
 
+-- Names beginning "qmp." are the client's own events (qmp.connected, ...),
+-- which QAPI cannot name: from the peer, one would pass for the client's.
+describe("an event from the peer named like the client's own (qmp.*)", function()
+  local OWN = EV("qmp.disconnected", '{"generation": 1}') .. '{"event": "qmp\\u002ereconnected"}\r\n'
+  for _, opts in ipairs({ {}, { events = { "STOP", "qmp.disconnected", "qmp.reconnected" } } }) do
+    it("is dropped, reported and counted in stats.malformed" .. (opts.events and ", wanted or not" or ""), function()
+      local vm = client({
+        { expect = "go" },
+        { send = OWN .. EV("STOP") .. REPLY },
+        { hold = 5 },
+      }, opts)
+      local reports, own, seen = {}, 0, {}
+      vm.on_error = function(err) reports[#reports + 1] = err end
+      vm:on("qmp.disconnected", function() own = own + 1 end)
+      vm:on("qmp.reconnected", function() own = own + 1 end)
+      vm:on("STOP", function(ev) seen[#seen + 1] = ev.event end)
+      assert(vm:execute("go"))
+      assert(vm:run({ timeout = 5, done = function() return #seen >= 1 end }))
+      assert.equal(0, own)
+      assert.equal(2, vm.stats.malformed)
+      assert.equal(2, #reports)
+      for _, r in ipairs(reports) do
+        assert.equal("protocol", r.kind)
+        assert.matches("named like the client's own (qmp.*)", r.message, 1, true)
+      end
+    end)
+  end
+end)
+
 describe("fault #46: a throttled burst", function()
   it("is state, not a count: the resume policy resumes a burst of one disk once", function()
     assert.is_true(qmp.events.RTC_CHANGE.throttled)

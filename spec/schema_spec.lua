@@ -173,6 +173,46 @@ describe("vm:schema()", function()
   end)
 end)
 
+describe("schema.parse", function()
+  local parse = require("qmp.schema").parse
+
+  it("gives every field the library reads its documented shape, leaving out what is malformed", function()
+    local s = parse(assert(qmp.decode([==[[
+      5, {"name": 5, "meta-type": "enum"}, {"name": "nometa"},
+      {"name": "c", "meta-type": "command", "arg-type": 3, "ret-type": "O", "allow-oob": "yes", "features": [1, "f"]},
+      {"name": "O", "meta-type": "object", "tag": [], "members": [5, {"name": "a"}, {"name": "b", "type": "E",
+       "features": ["x", {}]}], "variants": [{"case": "a", "type": 1}, {"case": "b", "type": "O"}]},
+      {"name": "A", "meta-type": "alternate", "members": {"type": "O"}},
+      {"name": "E", "meta-type": "enum", "values": ["x", 2, "y"]},
+      {"name": "N", "meta-type": "enum", "members": [{"name": "p"}, {"name": 7}, {"name": "q"}]},
+      {"name": "L", "meta-type": "array", "element-type": null}
+    ]]==])))
+    assert.same({ "A", "E", "L", "N", "O" }, (function()
+      local names = {}
+      for name in pairs(s.types) do names[#names + 1] = name end
+      table.sort(names)
+      return names
+    end)())
+    local c = s.commands.c
+    assert.is_nil(c["arg-type"])
+    assert.equal("O", c["ret-type"])
+    assert.is_false(c["allow-oob"])
+    assert.same({ "f" }, c.features)
+    local O = s.types.O
+    assert.is_nil(O.tag)
+    assert.equal(1, #O.members)
+    assert.equal("b", O.members[1].name)
+    assert.same({ "x" }, O.members[1].features)
+    assert.equal(1, #O.variants)
+    assert.equal("b", O.variants[1].case)
+    assert.same({}, s.types.A.members)
+    assert.same({ "x", "y" }, s.types.E.values)
+    assert.same({ "p", "q" }, s.types.N.values)   -- an enum that gives members only
+    assert.is_nil(s.types.L["element-type"])
+    assert.equal("array of ?", s:describe("L"))
+  end)
+end)
+
 describe("the live schema of a real QEMU #qemu", function()
   it("describes the events and finds those QEMU really sends valid", function()
     local machine = qemu.start({ args = { "-device", "ide-cd,id=cd0,bus=ide.1" } })

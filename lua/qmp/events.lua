@@ -41,14 +41,26 @@ end
 local FIRST = { "device", "id", "node-name", "qom-path", "action", "operation", "status",
                 "reason", "guest", "type", "tray-open", "offset", "len" }
 
+local ESCAPES = { ['"'] = '\\"', ["\\"] = "\\\\", ["\b"] = "\\b", ["\f"] = "\\f",
+                  ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t" }
+
+--- s as a JSON string for people to read: quotes, backslashes and control
+-- bytes escaped, so it stays on one line and the peer's control bytes reach
+-- no terminal.  JSON cannot write bytes that are not UTF-8: in a string that
+-- is not UTF-8, every byte above 127 shows as \xNN.
+local function json_string(s)
+  local body = s:gsub('[%c"\\]', function(c) return ESCAPES[c] or format("\\u%04x", c:byte()) end)
+  if not utf8.len(body) then
+    body = body:gsub("[\128-\255]", function(c) return format("\\x%02x", c:byte()) end)
+  end
+  return '"' .. body .. '"'
+end
+
 -- A string as tostring(ev) shows it: a plain word as it is, anything else
--- as a JSON string, so the line stays one line and the peer's control bytes
--- reach no terminal; bytes that are not UTF-8 as \xNN.
+-- as a JSON string.
 local function word(s)
   if s ~= "" and not s:find('[%s="\\%c\128-\255]') then return s end
-  local ok, text = pcall(core.encode, s)
-  if ok then return text end
-  return '"' .. s:gsub('[%c"\\\128-\255]', function(c) return format("\\x%02x", c:byte()) end) .. '"'
+  return json_string(s)
 end
 
 local function scalar(v)
@@ -196,4 +208,5 @@ return {
   synthetic = synthetic,
   synthetic_names = synthetic_names,
   is_synthetic = is_synthetic,
+  json_string = json_string,
 }

@@ -22,30 +22,81 @@ local events  -- qmp.events' types, loaded on first use (events.lua loads the ca
 -- event is quoted up to QUOTED bytes, a problem up to PROBLEM bytes, and a
 -- report lists at most PROBLEMS of them.
 local QUOTED, PROBLEM, PROBLEMS = 64, 200, 20
--- The schema comes from the peer too: anything in it may be of any shape,
--- and types may refer to themselves.  What is not a table counts as an
--- empty list, and a check follows types at most this deep (then: no
--- judgement), so no schema can make a check raise or run away.
+-- The schema comes from the peer too: schema.parse puts every field the
+-- library reads into its documented shape, but types may still refer to
+-- themselves, so a check follows types at most this deep (then: no
+-- judgement), and no schema can make a check raise or run away.
 local DEPTH = 100
-
-local function list(v)
-  return type(v) == "table" and v or {}
-end
 
 --- A name or value from the wire as a report quotes it: at most 64 bytes.
 function schema.quote(v)
   return quote(v, QUOTED)
 end
 
+-- The strings of list v ({} when v is not a list).
+local function strings(v)
+  local out = {}
+  if type(v) == "table" then
+    for _, x in ipairs(v) do if type(x) == "string" then out[#out + 1] = x end end
+  end
+  return out
+end
+
+-- The entries of list v that are tables whose fields named in need are
+-- strings, with their features as a list of strings.
+local function entries(v, need)
+  local out = {}
+  if type(v) ~= "table" then return out end
+  for _, x in ipairs(v) do
+    local ok = type(x) == "table"
+    for _, k in ipairs(need) do ok = ok and type(x[k]) == "string" end
+    if ok then
+      if x.features ~= nil then x.features = strings(x.features) end
+      out[#out + 1] = x
+    end
+  end
+  return out
+end
+
+-- What the members of each kind of entity must hold (QAPI's SchemaInfo).
+local MEMBER_FIELDS = { object = { "name", "type" }, alternate = { "type" }, enum = { "name" } }
+local NAME_FIELDS = { "json-type", "element-type", "tag", "arg-type", "ret-type" }
+
+-- Entity e, in place, as QAPI's introspection documents it: each field the
+-- library reads is of its type or absent, lists hold only well-formed
+-- entries; an enum without values gets its members' names.
+local function normalise(e)
+  for _, k in ipairs(NAME_FIELDS) do
+    if type(e[k]) ~= "string" then e[k] = nil end
+  end
+  local meta = e["meta-type"]
+  e.features = strings(e.features)
+  e.members = entries(e.members, MEMBER_FIELDS[meta] or {})
+  if e.variants ~= nil then e.variants = entries(e.variants, { "case", "type" }) end
+  if meta == "enum" then
+    if type(e.values) == "table" then
+      e.values = strings(e.values)
+    else
+      e.values = {}
+      for i, m in ipairs(e.members) do e.values[i] = m.name end
+    end
+  elseif e.values ~= nil then
+    e.values = strings(e.values)
+  end
+  if e["allow-oob"] ~= nil then e["allow-oob"] = e["allow-oob"] == true end
+  return e
+end
+
 --- Index the entities of a query-qmp-schema reply: a schema, or nil when
 -- the reply is not a list.  Entities that are not tables with a string
--- name are left out.
+-- name and meta-type are left out; the others are normalised in place
+-- (see normalise), so every reader of the schema can trust its shape.
 function schema.parse(entities)
   if type(entities) ~= "table" then return nil end
   local s = setmetatable({ types = {}, events = {}, commands = {} }, Schema)
   for _, e in ipairs(entities) do
-    if type(e) == "table" and type(e.name) == "string" then
-      local meta = e["meta-type"]
+    if type(e) == "table" and type(e.name) == "string" and type(e["meta-type"]) == "string" then
+      local meta = normalise(e)["meta-type"]
       if meta == "event" then s.events[e.name] = e
       elseif meta == "command" then s.commands[e.name] = e
       else s.types[e.name] = e end
@@ -57,7 +108,7 @@ end
 --- A short readable description of the type named name.
 function Schema:describe(name, depth)
   local t = self.types[name]
-  if not t then return tostring(name) end
+  if not t then return name or "?" end
   local meta = t["meta-type"]
   if meta == "builtin" then return t.name end
   if meta == "array" then
@@ -67,17 +118,14 @@ function Schema:describe(name, depth)
   return tostring(meta)  -- enum, object, alternate
 end
 
--- The members (tables with a string name) of an object, with those of the
--- variant the tag selects.
+-- The members of an object, with those of the variant the tag selects.
 local function members_of(self, t, value, depth)
   local members = {}
-  for _, m in ipairs(list(t.members)) do
-    if type(m) == "table" and type(m.name) == "string" then members[#members + 1] = m end
-  end
+  for _, m in ipairs(t.members) do members[#members + 1] = m end
   depth = (depth or 0) + 1
-  if t.tag ~= nil and type(value) == "table" and depth <= DEPTH then
-    for _, v in ipairs(list(t.variants)) do
-      if type(v) == "table" and v.case == value[t.tag] then
+  if t.tag and type(value) == "table" and depth <= DEPTH then
+    for _, v in ipairs(t.variants or {}) do
+      if v.case == value[t.tag] then
         local vt = self.types[v.type]
         if vt then for _, m in ipairs(members_of(self, vt, value, depth)) do members[#members + 1] = m end end
       end
@@ -108,7 +156,7 @@ function Schema:check(name, value, path, problems, depth)
     end
   elseif meta == "enum" then
     local found = false
-    for _, v in ipairs(list(t.values)) do if v == value then found = true break end end
+    for _, v in ipairs(t.values) do if v == value then found = true break end end
     if not found then
       problems[#problems + 1] = ("%s: %s is not one of the enum's values"):format(path, quote(value, QUOTED))
     end
@@ -137,9 +185,9 @@ function Schema:check(name, value, path, problems, depth)
       if not known[k] then problems[#problems + 1] = ("%s.%s: not in the schema"):format(path, quote(k, QUOTED)) end
     end
   elseif meta == "alternate" then
-    for _, m in ipairs(list(t.members)) do
+    for _, m in ipairs(t.members) do
       local trial = {}
-      self:check(type(m) == "table" and m.type or nil, value, path, trial, depth)
+      self:check(m.type, value, path, trial, depth)
       if #trial == 0 then return end
     end
     problems[#problems + 1] = ("%s: matches no branch of the alternate"):format(path)
@@ -182,7 +230,8 @@ function Schema:event_info(name)
     info.fields[k] = c
   end
   local e = self.events[name]
-  local obj = e and e["arg-type"] ~= nil and self.types[e["arg-type"]]
+  local obj = e and e["arg-type"] and self.types[e["arg-type"]]
+  if obj and obj["meta-type"] ~= "object" then obj = nil end
   for _, m in ipairs(obj and members_of(self, obj) or {}) do
     local f = info.fields[m.name]
     if not f then
@@ -193,7 +242,7 @@ function Schema:event_info(name)
     local mt = self.types[m.type]
     if mt and mt["meta-type"] == "enum" and not f.values then
       f.values = {}
-      for i, v in ipairs(list(mt.values)) do f.values[i] = v end
+      for i, v in ipairs(mt.values) do f.values[i] = v end
     end
   end
   return info

@@ -275,11 +275,13 @@ function Session:_route(msg)
   end
   local name = msg.event
   if name ~= nil then
-    if type(name) == "string" and name ~= "" then return self._p.on_event(msg) end
+    local named = type(name) == "string" and name ~= ""
+    if named and name:sub(1, 4) ~= "qmp." then return self._p.on_event(msg) end
     local stats = self._p.stats
     stats.malformed = stats.malformed + 1
-    return self._p.report(errors.new("protocol", "dropped an event whose name is not a non-empty string ("
-                                                 .. describe(msg) .. ")"))
+    return self._p.report(errors.new("protocol", "dropped an event " .. (named
+      and "named like the client's own (qmp.*), a name QEMU never sends ("
+      or "whose name is not a non-empty string (") .. describe(msg) .. ")"))
   end
   if not self.greeting then
     local g = msg.QMP

@@ -160,7 +160,7 @@ function checks.roundtrip(input)
 end
 
 -- The names an interest set may hold: events of the seeds, and odd ones.
-local NAMES = { "STOP", "RESUME", "SHUTDOWN", "RTC_CHANGE", "BLOCK_IO_ERROR", "POWERDOWN", "" }
+local NAMES = { "STOP", "RESUME", "SHUTDOWN", "RTC_CHANGE", "BLOCK_IO_ERROR", "POWERDOWN", "", "qmp.connected" }
 local LIMITS = { 1, 2, 3, 7, 256, 100000 }
 
 -- The same as through_next through d:drain(limit, interest), limits taken

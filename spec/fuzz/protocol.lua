@@ -87,6 +87,12 @@ local STATES = { connecting = true, negotiating = true, ready = true, reconnecti
 local STATS = { "events", "replies", "stale", "unknown", "overflow", "skipped", "handler_errors",
                 "invalid", "malformed" }
 
+-- An event name the client takes from the peer: not "", and not one of the
+-- client's own (qmp.*), which the session drops as malformed.
+local function peer_event(name)
+  return type(name) == "string" and name ~= "" and name:sub(1, 4) ~= "qmp."
+end
+
 local CMDS = { "query-status", "stop", "cont", "system_reset", "query-version", "qom-list", "quit" }
 local EVENTS = { "STOP", "RESUME", "RESET", "SHUTDOWN", "BLOCK_IO_ERROR", "NEW_THING",
                  "qmp.connected", "BLOCK_JOB_READY" }
@@ -244,6 +250,7 @@ function run_input(input)
     end
     local data = rawget(ev, "data")
     if type(data) == "table" and rawget(data, "s") == secret then
+      if not peer_event(name) then note(format("%s got the peer's event named %s", who, name)) end
       local n = rawget(data, "n")
       if mathtype(n) ~= "integer" or n <= last then
         note(format("%s got the peer's event %s after %d", who, tostring(n), last))
@@ -821,7 +828,7 @@ function run_input(input)
       if msg == nil then break end
       local name = type(msg) == "table" and rawget(msg, "event")
       if name ~= nil then
-        if type(name) == "string" and name ~= "" then ev_n = ev_n + 1 else bad_n = bad_n + 1 end
+        if peer_event(name) then ev_n = ev_n + 1 else bad_n = bad_n + 1 end
       elseif not greeted then greeted = true
       else reply_n = reply_n + 1 end
     end

@@ -192,12 +192,9 @@ end
 --   end)
 -- text is the whole line, text:sub(from, to) the word readline replaces.
 -- append is "" when the one candidate ends in `=` or `.`, else " ".
--- Nothing completes where the schema (the peer's) is malformed: nothing
--- may raise into readline.
 function complete.for_readline(schema, text, from, to, opts)
   errors.check_options("complete.for_readline", opts, { shell_commands = true })
-  local ok, list, start = pcall(complete.candidates, schema, text:sub(1, to), opts)
-  if not ok then return {}, " " end
+  local list, start = complete.candidates(schema, text:sub(1, to), opts)
   local append = (#list == 1 and list[1]:match("[=.]$")) and "" or " "
   return complete.clip(list, start, from), append
 end

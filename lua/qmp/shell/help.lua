@@ -16,7 +16,10 @@
 -- are optional but not their defaults, and has no doc text for commands.
 --
 -- It also holds the walk over the schema that completion shares:
--- help.members, help.object_type, help.values, help.member_at.
+-- help.members, help.object_type, help.values, help.member_at.  The schema
+-- is the peer's: schema.parse gives its fields their documented shapes, and
+-- each walk here follows a type at most once on its way down, so a type
+-- that holds itself ends the walk instead of running it away.
 local kv = require "qmp.shell.kv"
 local errors = require "qmp.errors"
 local events = require "qmp.events"
@@ -36,11 +39,12 @@ local MAX_DEPTH = 3   -- nested objects deeper than this show their member names
 -- Also returns the unions whose branch given does not select, as
 -- { tag =, cases = { ... } }, so a reader can say what a discriminator adds.
 function help.members(schema, tname, given)
-  local list, open = {}, {}
+  local list, open, seen = {}, {}, {}
   local function add(name)
     local t = schema.types[name]
-    if not t then return end
-    for _, m in ipairs(t.members or {}) do list[#list + 1] = m end
+    if not t or t["meta-type"] ~= "object" or seen[name] then return end
+    seen[name] = true
+    for _, m in ipairs(t.members) do list[#list + 1] = m end
     if t.tag and t.variants then
       local chosen = type(given) == "table" and given[t.tag] or nil
       local found = false
@@ -66,7 +70,7 @@ function help.object_type(schema, tname)
   if not t then return nil end
   if t["meta-type"] == "object" then return tname end
   if t["meta-type"] == "alternate" then
-    for _, m in ipairs(t.members or {}) do
+    for _, m in ipairs(t.members) do
       local b = schema.types[m.type]
       if b and b["meta-type"] == "object" then return m.type end
     end
@@ -78,19 +82,20 @@ end
 -- an enum's values, true and false for a bool, null; an alternate's
 -- branches together.  {} for the rest.
 function help.values(schema, tname)
-  local out = {}
+  local out, seen = {}, {}
   local function add(name)
     local t = schema.types[name]
-    if not t then return end
+    if not t or seen[name] then return end
+    seen[name] = true
     local meta = t["meta-type"]
     if meta == "enum" then
-      for _, v in ipairs(t.values or {}) do out[#out + 1] = v end
+      for _, v in ipairs(t.values) do out[#out + 1] = v end
     elseif meta == "builtin" and t["json-type"] == "boolean" then
       out[#out + 1] = "true"; out[#out + 1] = "false"
     elseif meta == "builtin" and t["json-type"] == "null" then
       out[#out + 1] = "null"
     elseif meta == "alternate" then
-      for _, m in ipairs(t.members or {}) do add(m.type) end
+      for _, m in ipairs(t.members) do add(m.type) end
     end
   end
   add(tname)
@@ -121,18 +126,25 @@ end
 -- Describing types ------------------------------------------------------
 
 -- One-line shape of type tname: str, int, enum, object, array of str, ...
-local function shape(schema, tname)
+-- (a type met again inside itself by its kind alone).
+local function shape(schema, tname, seen)
   local t = schema.types[tname]
-  if not t then return tname end
+  if not t then return tname or "?" end
   local meta = t["meta-type"]
   if meta == "builtin" then return t.name end
-  if meta == "array" then return "array of " .. shape(schema, t["element-type"]) end
-  if meta == "alternate" then
+  seen = seen or {}
+  if seen[tname] or (meta ~= "array" and meta ~= "alternate") then return meta end
+  seen[tname] = true
+  local text
+  if meta == "array" then
+    text = "array of " .. shape(schema, t["element-type"], seen)
+  else
     local branches = {}
-    for i, m in ipairs(t.members or {}) do branches[i] = shape(schema, m.type) end
-    return concat(branches, " or ")
+    for i, m in ipairs(t.members) do branches[i] = shape(schema, m.type, seen) end
+    text = concat(branches, " or ")
   end
-  return meta
+  seen[tname] = nil
+  return text
 end
 
 -- head, then words joined by sep, wrapped into lines of WIDTH starting with
@@ -156,10 +168,12 @@ end
 
 local function features(x)
   local f = x.features
-  if type(f) ~= "table" or #f == 0 then return "" end
+  if not f or #f == 0 then return "" end
   return " [" .. concat(f, ", ") .. "]"
 end
 
+-- ctx: onpath, the object types on the way down (type -> where it began);
+-- through, the arrays and alternates on it; line, the :help line, if any.
 local expand  -- (out, schema, tname, given, indent, depth, ctx, key)
 
 -- What the discriminators of the unions in open (see help.members) add.
@@ -196,8 +210,12 @@ function expand(out, schema, tname, given, indent, depth, ctx, key)
   local t = schema.types[tname]
   if not t then return end
   local meta = t["meta-type"]
+  if meta == "array" or meta == "alternate" then
+    if ctx.through[tname] then return end  -- met again inside itself: its detail is above
+    ctx.through[tname] = true
+  end
   if meta == "enum" then
-    wrap(out, indent, "one of: ", t.values or {}, ", ")
+    if #t.values > 0 then wrap(out, indent, "one of: ", t.values, ", ") end
   elseif meta == "array" then
     -- key.tag=VALUE words pick the branch of the elements (help only: a
     -- command takes an array as JSON)
@@ -205,7 +223,7 @@ function expand(out, schema, tname, given, indent, depth, ctx, key)
   elseif meta == "alternate" then
     -- Each branch's detail under its own head when more than one has some.
     local detailed = {}
-    for _, m in ipairs(t.members or {}) do
+    for _, m in ipairs(t.members) do
       local b = schema.types[m.type]
       if b and (b["meta-type"] == "enum" or b["meta-type"] == "object" or b["meta-type"] == "array") then
         detailed[#detailed + 1] = m.type
@@ -229,6 +247,7 @@ function expand(out, schema, tname, given, indent, depth, ctx, key)
       member_lines(out, schema, tname, given, indent, depth, ctx, key)
     end
   end
+  ctx.through[tname] = nil
 end
 
 -- Did-you-mean for an unknown name.
@@ -254,7 +273,7 @@ function help.command(schema, line)
   if not name then return nil, errors.new("usage", given) end
   local c = schema.commands[name]
   if not c then return unknown("command", name, sorted_keys(schema.commands)) end
-  local ctx = { onpath = {}, line = line:match("^%s*(.-)%s*$") }
+  local ctx = { onpath = {}, through = {}, line = line:match("^%s*(.-)%s*$") }
   local out = { name .. features(c) .. (c["allow-oob"] and " (can run out-of-band)" or "") }
   local args = schema.types[c["arg-type"]]
   if not args or (#(args.members or {}) == 0 and not args.variants) then
@@ -335,12 +354,14 @@ function help.event(schema, name)
     if live and not live[k] then line = line .. " (not sent by this QEMU)" end
     if f.doc then line = line .. " — " .. f.doc end
     out[#out + 1] = line
-    if f.values then wrap(out, "      ", "one of: ", f.values, ", ") end
+    if f.values and #f.values > 0 then wrap(out, "      ", "one of: ", f.values, ", ") end
   end
   return concat(out, "\n")
 end
 
-local function topic(schema, text)
+--- `:help TEXT`: a command (with key=value words, see help.command) or an
+-- event, upper case or not; nil, err with a did-you-mean over both.
+function help.topic(schema, text)
   local word = text:match("^%s*(%S+)")
   if not word then return nil, errors.new("usage", "help: name a command or an event") end
   if schema and schema.commands[word] then return help.command(schema, text) end
@@ -354,17 +375,6 @@ local function topic(schema, text)
   return nil, errors.new("usage", format("no command or event %s%s", word,
                          guess and format(" — did you mean %s?", guess) or ""),
                          { name = word, suggestion = guess })
-end
-
---- `:help TEXT`: a command (with key=value words, see help.command) or an
--- event, upper case or not; nil, err with a did-you-mean over both.  The
--- schema is the peer's, and the walk above trusts its shape: a malformed
--- one gives an error (kind protocol) instead of raising out of the shell.
-function help.topic(schema, text)
-  local ok, result, err = pcall(topic, schema, text)
-  if ok then return result, err end
-  return nil, errors.new("protocol", "help: this QEMU's schema is malformed here ("
-                                     .. errors.quote(result, 120) .. ")")
 end
 
 return help

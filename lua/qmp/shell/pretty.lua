@@ -12,10 +12,11 @@
 -- Colour (ANSI) only when asked: keys, strings, numbers and literals differ.
 local core = require "qmp.core"
 local errors = require "qmp.errors"
-local Event = require("qmp.events").Event
+local events = require "qmp.events"
+local Event, quote = events.Event, events.json_string
 
 local type, pairs, tostring, getmetatable, rawlen = type, pairs, tostring, getmetatable, rawlen
-local concat, sort, format, rep = table.concat, table.sort, string.format, string.rep
+local concat, sort, rep = table.concat, table.sort, string.rep
 local mathtype, null, array_mt, uint64_mt = math.type, core.null, core.array_mt, core.uint64_mt
 
 local pretty = {}
@@ -34,17 +35,6 @@ local RESET = "\27[0m"
 local function paint(o, what, text)
   if not o.colour then return text end
   return PAINT[what] .. text .. RESET
-end
-
-local ESCAPES = { ['"'] = '\\"', ["\\"] = "\\\\", ["\b"] = "\\b", ["\f"] = "\\f",
-                  ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t" }
-
-local function quote(s)
-  local body = s:gsub('[%c"\\]', function(c) return ESCAPES[c] or format("\\u%04x", c:byte()) end)
-  if not utf8.len(body) then
-    body = body:gsub("[\128-\255]", function(c) return format("\\x%02x", c:byte()) end)
-  end
-  return '"' .. body .. '"'
 end
 
 -- The text and colour class of a value that is not a table (or a special one).
