@@ -877,6 +877,10 @@ describe("an event from the peer named like the client's own (qmp.*)", function(
       end
     end)
   end
+
+  it("covers every name the client gives its own events", function()
+    for _, name in ipairs(require("qmp.events").synthetic_names) do assert.equal("qmp.", name:sub(1, 4)) end
+  end)
 end)
 
 describe("fault #46: a throttled burst", function()

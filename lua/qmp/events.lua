@@ -178,7 +178,9 @@ local function known_names()
 end
 
 --- The lifecycle events the client makes itself, lower case and dotted so
--- that they never meet one of QEMU's names; and the same as a set.
+-- that they never meet one of QEMU's names; and the same as a set.  All
+-- begin "qmp.": the session (and the core's drain) drop a peer's event
+-- named so as malformed, so a peer cannot pass for the client.
 local synthetic_names = { "qmp.connected", "qmp.disconnected", "qmp.reconnected" }
 local is_synthetic = {}
 for _, name in ipairs(synthetic_names) do is_synthetic[name] = true end

@@ -80,8 +80,6 @@ local function normalise(e)
       e.values = {}
       for i, m in ipairs(e.members) do e.values[i] = m.name end
     end
-  elseif e.values ~= nil then
-    e.values = strings(e.values)
   end
   if e["allow-oob"] ~= nil then e["allow-oob"] = e["allow-oob"] == true end
   return e

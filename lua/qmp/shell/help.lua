@@ -276,14 +276,14 @@ function help.command(schema, line)
   local ctx = { onpath = {}, through = {}, line = line:match("^%s*(.-)%s*$") }
   local out = { name .. features(c) .. (c["allow-oob"] and " (can run out-of-band)" or "") }
   local args = schema.types[c["arg-type"]]
-  if not args or (#(args.members or {}) == 0 and not args.variants) then
+  if not args or (#args.members == 0 and not args.variants) then
     out[#out + 1] = "  arguments: none"
   else
     out[#out + 1] = "  arguments:"
     member_lines(out, schema, c["arg-type"], given, "    ", 0, ctx, "")
   end
   local ret = schema.types[c["ret-type"]]
-  if ret and ret["meta-type"] == "object" and #(ret.members or {}) == 0 and not ret.variants then
+  if ret and ret["meta-type"] == "object" and #ret.members == 0 and not ret.variants then
     out[#out + 1] = "  returns: nothing ({})"
   else
     out[#out + 1] = "  returns: " .. shape(schema, c["ret-type"])
