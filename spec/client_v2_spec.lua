@@ -745,6 +745,24 @@ describe("defects found by the audit", function()
     assert.equal(fd, after)   -- an external loop still polls the fd it was given
   end)
 
+  it("counts a command's timeout from the call, so the time spent sending spends it #timing", function()
+    local srv = serve(opening({ { expect = "slow" }, { hold = 5 } }))
+    -- The client's clock jumps 0.4 s while the command is sent, as if
+    -- encoding and writing a big argument had taken that long.
+    local skew = 0
+    local clock = { now = function() return monotime() + skew end, sleep = qmp.waiters.clock.sleep }
+    local function trace(direction, text)
+      if direction == "out" and text:find('"slow"', 1, true) then skew = skew + 0.4 end
+    end
+    local vm = connect(srv, { clock = clock, trace = trace })
+    local t0 = monotime()
+    local ret, err = vm:execute("slow", nil, { timeout = 0.5 })
+    local took = monotime() - t0
+    assert.is_nil(ret)
+    assert.equal("timeout", err.kind)
+    assert.is_true(took < 0.3, took)   -- 0.1 s left after the send, not another 0.5 s
+  end)
+
   it("times a command out on time under a flood of events, and keeps step() short #timing", function()
     local srv = serve(opening({ { expect = "x" }, { flood = { seconds = 3, name = "RTC_CHANGE" } }, { hold = 5 } }))
     local vm = connect(srv)

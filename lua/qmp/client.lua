@@ -441,11 +441,12 @@ function Client:_command(method, name, args, opts, oob)
   self._dispatch:mark_command()
   self._sent[name] = (self._sent[name] or 0) + 1
   if name == "quit" then self._quitting = true end
+  local timeout = opts.timeout or self.default_timeout
+  local deadline = self:now() + timeout   -- encoding a big argument is part of the wait
   local ok, cmd = pcall(s.send, s, name, args, opts.fds, oob)
   if not ok then errors.raise("qmp: " .. method .. ": " .. tostring(cmd)) end  -- unencodable arguments
   if s.state == "dead" then self:_follow() end  -- sending can end the session
-  local timeout = opts.timeout or self.default_timeout
-  self:_await(function() return cmd.done end, self:now() + timeout)
+  self:_await(function() return cmd.done end, deadline)
   if not cmd.done then
     s:abandon(cmd)
     self:_follow()
