@@ -488,18 +488,23 @@ describe("real QEMU guest-side events driven over qtest #qemu", function()
       qtest(("outb 0x71 0x%02d"):format(i * 5))  -- BCD
     end
     local first = expect("RTC_CHANGE", { offset = "integer", ["qom-path"] = "string" }, rtc:wait(T))
-    -- QEMU sends the first at once and holds the rest back for a second:
-    -- well under a second later, a single one has come for ten writes.
+    -- QEMU sends the first at once and holds the rest back for a second.
+    -- When the burst fits in that second (unless the machine is starved),
+    -- a single event has come for ten writes well under a second later, and
+    -- the held one carries the last write: second 50 where the first wrote 5,
+    -- so 45 s on, less the wall clock between them (rounded, 0 or 1 s).
     local early = rtc:wait(0.2)
-    if socket.gettime() - t0 < 0.9 then assert.is_nil(early) end
-    -- The last of the burst comes about a second later, as a second event.
+    local whole = socket.gettime() - t0 < 0.9
+    if whole then assert.is_nil(early) end
     local last = expect("RTC_CHANGE", { offset = "integer", ["qom-path"] = "string" }, early or rtc:wait(3))
     assert.equal(first["qom-path"], last["qom-path"])
-    -- It carries the last write (second 50, the first wrote 5): 45 s on,
-    -- less the wall clock between them, which rounds to at most a second.
     local moved = last.offset - first.offset
-    assert(moved == 45 or moved == 44, ("offset moved %d s, want 44 or 45"):format(moved))
-    assert.is_nil(rtc:wait(0.1))
+    if whole then
+      assert(moved == 45 or moved == 44, ("offset moved %d s, want 44 or 45"):format(moved))
+      assert.is_nil(rtc:wait(0.1))
+    else  -- a later write's sample
+      assert.is_true(moved > 0, moved)
+    end
   end)
 end)
 
