@@ -5,6 +5,7 @@
 -- checked; the last test wants at least 20.
 local qmp = require "qmp"
 local qemu = require "support.qemu"
+local disks = require "support.disks"
 local tmp = require "support.tmp"
 local census = require "support.event_census"
 local socket = require "socket"
@@ -428,12 +429,10 @@ describe("real QEMU guest-side events driven over qtest #qemu", function()
   end
 
   setup(function()
-    -- Firmware that only halts (64 KiB of HLT; the CPU resets with interrupts
-    -- off, so it never wakes). With SeaBIOS the guest's POST would select
-    -- CMOS registers on port 0x70 between this test's index and data writes.
+    -- No guest code: with SeaBIOS, the guest's POST would select CMOS
+    -- registers on port 0x70 between this test's index and data writes.
     dir = tmp.dir("qemu")
-    local bios = dir .. "/halt.bin"
-    tmp.write(bios, ("\xf4"):rep(65536))
+    local bios = disks.halt_firmware(dir)
     machine = qemu.start({ dir = dir, qtest = true, args = { "-bios", bios, "-device", "pvpanic", "-device", "ib700",
       "-action", "panic=pause", "-action", "watchdog=pause" } })
     vm = assert(qmp.connect(machine.sock, { timeout = T, name = "qtest" }))

@@ -1,5 +1,6 @@
--- Disk images for real-QEMU specs: tiny boot sectors, a blkdebug disk that
--- fails reads, and qcow2 backing chains for block jobs.
+-- Disk images for real-QEMU specs: tiny boot sectors, a firmware that only
+-- halts, a blkdebug disk that fails reads, and qcow2 backing chains for
+-- block jobs.
 local tmp = require "support.tmp"
 
 local M = {}
@@ -13,6 +14,15 @@ M.SPIN = "\xEB\xFE"
 function M.boot_image(dir, code)
   local path = dir .. "/boot.img"
   tmp.write(path, code .. string.rep("\0", 510 - #code) .. "\x55\xAA" .. string.rep("\0", 1024 * 1024 - 512))
+  return path
+end
+
+-- A firmware image in dir (for -bios) that only halts: 64 KiB of HLT, the
+-- size QEMU's pc machine wants.  The CPU resets with interrupts off, so it
+-- never wakes and no guest code touches the devices a spec drives itself.
+function M.halt_firmware(dir)
+  local path = dir .. "/halt.bin"
+  tmp.write(path, string.rep("\xF4", 64 * 1024))
   return path
 end
 
