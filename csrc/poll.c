@@ -5,7 +5,8 @@
 ** is ready (readable, or writable for a "w", or hung up, or in error) and
 ** returns the 1-based indices of the ready ones; an empty list when the
 ** timeout passes.  As everywhere in the core, the wait is against a
-** CLOCK_MONOTONIC deadline and retried on EINTR.
+** CLOCK_MONOTONIC deadline and retried on EINTR; a signal caught with
+** core.catch_signals ends it with an "interrupted" error (signal.c).
 */
 #include <errno.h>
 #include <limits.h>
@@ -32,6 +33,13 @@ int qmp_poll_ms(double deadline) {
   left = deadline - qmp_monotime();
   if (!(left > 0)) return 0;  /* passed, or NaN */
   return left * 1000 > INT_MAX ? INT_MAX : (int)ceil(left * 1000);
+}
+
+/* The signal pipe as a pollfd (fd -1, skipped by poll(), before any catch). */
+static void watch_signals(struct pollfd *p) {
+  p->fd = qmp_signal_fd();
+  p->events = POLLIN;
+  p->revents = 0;
 }
 
 /* What to wait for on fds[i]: events[i] is "r" (or missing), "w" or "rw". */
@@ -76,8 +84,8 @@ static int core_poll(lua_State *L) {
   if (n > QMP_MAX_POLL)
     return luaL_argerror(L, 1, lua_pushfstring(L, "too many fds (%I, the limit is %d)",
                                                n, (int)QMP_MAX_POLL));
-  /* Lua owns the array: an error below cannot leak it. */
-  p = (struct pollfd *)lua_newuserdatauv(L, (n > 0 ? (size_t)n : 1) * sizeof *p, 0);
+  /* Lua owns the array: an error below cannot leak it.  p[n] is the signal pipe. */
+  p = (struct pollfd *)lua_newuserdatauv(L, ((size_t)n + 1) * sizeof *p, 0);
   for (i = 0; i < n; i++) {
     lua_Integer fd;
     int isint;
@@ -91,9 +99,15 @@ static int core_poll(lua_State *L) {
     p[i].events = events_of(L, i);
     p[i].revents = 0;
   }
+  watch_signals(&p[n]);
   for (;;) {
+    if ((r = qmp_signal_interrupted(L))) return r;
     ms = qmp_poll_ms(deadline);
-    r = poll(p, (nfds_t)n, ms);
+    r = poll(p, (nfds_t)n + 1, ms);
+    if (r > 0 && p[n].revents != 0) {  /* a signal came: looked at above */
+      qmp_signal_drain();
+      r--;
+    }
     if (r >= 0 || errno != EINTR) {
       if (r < 0) return qmp_fail(L, "io", "poll: %s", strerror(errno));
       if (r > 0 || ms == 0 || qmp_monotime() >= deadline) break;
@@ -117,19 +131,25 @@ static int core_wait_fd(lua_State *L) {
   lua_Integer fd = luaL_checkinteger(L, 1);
   const char *mode = luaL_checkstring(L, 2);
   double t = luaL_optnumber(L, 3, -1), deadline;
-  struct pollfd p;
+  struct pollfd p[2];  /* the fd, the signal pipe */
   int r, ms;
   luaL_argcheck(L, fd >= 0 && fd <= INT_MAX, 1, "not a file descriptor");
   luaL_argcheck(L, !isnan(t), 3, "timeout must be a number");
-  p.fd = (int)fd;
-  p.events = (short)((strchr(mode, 'r') ? POLLIN : 0) | (strchr(mode, 'w') ? POLLOUT : 0));
-  luaL_argcheck(L, p.events != 0, 2, "mode must be \"r\", \"w\" or \"rw\"");
-  p.revents = 0;
+  p[0].fd = (int)fd;
+  p[0].events = (short)((strchr(mode, 'r') ? POLLIN : 0) | (strchr(mode, 'w') ? POLLOUT : 0));
+  luaL_argcheck(L, p[0].events != 0, 2, "mode must be \"r\", \"w\" or \"rw\"");
+  p[0].revents = 0;
+  watch_signals(&p[1]);
   deadline = t < 0 ? HUGE_VAL : qmp_monotime() + t;
   for (;;) {
+    if ((r = qmp_signal_interrupted(L))) return r;
     ms = qmp_poll_ms(deadline);
-    r = poll(&p, 1, ms);
-    if (r > 0) break;
+    r = poll(p, 2, ms);
+    if (r > 0 && p[0].revents != 0) break;
+    if (r > 0) {  /* only the signal pipe: looked at above */
+      qmp_signal_drain();
+      continue;
+    }
     if (r < 0 && errno != EINTR) return qmp_fail(L, "io", "poll: %s", strerror(errno));
     if (r == 0 && (ms == 0 || qmp_monotime() >= deadline)) break;
   }
@@ -137,9 +157,25 @@ static int core_wait_fd(lua_State *L) {
   return 1;
 }
 
+/* core.sleep(seconds): wait without busy-looping, EINTR-safe; a caught
+** signal ends it early (nil, err). */
+static int core_sleep(lua_State *L) {
+  double deadline = qmp_monotime() + luaL_checknumber(L, 1);
+  struct pollfd p;
+  int ms, r;
+  watch_signals(&p);
+  while ((ms = qmp_poll_ms(deadline)) > 0) {
+    if ((r = qmp_signal_interrupted(L))) return r;
+    if (poll(&p, 1, ms) > 0) qmp_signal_drain();
+  }
+  return 0;
+}
+
 void qmp_poll_open(lua_State *L) {
   lua_pushcfunction(L, core_poll);
   lua_setfield(L, -2, "poll");
   lua_pushcfunction(L, core_wait_fd);
   lua_setfield(L, -2, "wait_fd");
+  lua_pushcfunction(L, core_sleep);
+  lua_setfield(L, -2, "sleep");
 }

@@ -96,6 +96,14 @@ void qmp_poll_open(lua_State *L);              /* adds poll to the module table 
 double qmp_monotime(void);                      /* seconds, CLOCK_MONOTONIC */
 int qmp_poll_ms(double deadline);  /* poll() timeout: -1 forever (HUGE_VAL), 0 once passed */
 
+/* signal.c: caught signals wake and end the blocking waits. */
+void qmp_signal_open(lua_State *L);  /* adds catch_signals, release_signals, signal_pending, take_signal */
+int qmp_signal_fd(void);             /* the fd a wait watches too: -1 before any catch */
+void qmp_signal_drain(void);         /* empty it once poll() says it is readable */
+/* Push fail and an "interrupted" error (err.signal) and return 2 when a
+** caught signal is pending; else push nothing and return 0. */
+int qmp_signal_interrupted(lua_State *L);
+
 #pragma GCC visibility pop
 
 #endif

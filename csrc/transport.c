@@ -456,14 +456,6 @@ static int conn_finish_connect(lua_State *L) {
   return 1;
 }
 
-/* core.sleep(seconds): wait without busy-looping, EINTR-safe. */
-static int core_sleep(lua_State *L) {
-  double deadline = qmp_monotime() + luaL_checknumber(L, 1);
-  int ms;
-  while ((ms = qmp_poll_ms(deadline)) > 0) poll(NULL, 0, ms);
-  return 0;
-}
-
 /* Collect up to MAX_FDS integers from the list at idx. */
 static int check_fds(lua_State *L, int idx, int *fds) {
   lua_Integer n;
@@ -627,7 +619,6 @@ void qmp_transport_open(lua_State *L) {
     {"resolve", core_resolve},
     {"fdopen", core_fdopen},
     {"isfd", core_isfd},
-    {"sleep", core_sleep},
     {NULL, NULL}
   };
   if (luaL_newmetatable(L, QMP_CONN_MT)) {

@@ -22,6 +22,7 @@ errors.kinds = {
   qmp = "QEMU answered with an error: err.class and err.desc",
   unsupported = "the connection cannot do that: exec-oob without oob, fds over TCP",
   io = "another socket error",
+  interrupted = "a signal caught with qmp.signals.catch is pending: err.signal names it (\"SIGINT\")",
   job = "vm:job_wait: the job failed, was cancelled or does not exist; err.job has its last state",
   overflow = "(vm.on_error only) a consumer's queue was full: its oldest event was dropped",
   handler = "(vm.on_error only) a handler or timer raised; err.traceback has the trace",

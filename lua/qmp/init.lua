@@ -21,6 +21,7 @@ local qmp = {
   policy = policy,           -- qmp.policy.resume_on_io_error(vm, opts): see README
   record = require "qmp.record",  -- qmp.record.open(path).trace for qmp.connect; qmp.record.run(address, path)
   replay = require "qmp.replay",  -- qmp.replay(path, opts): a client playing a recording
+  signals = require "qmp.signals",  -- qmp.signals.catch("INT", "TERM"): blocking calls return kind "interrupted"
   events = events.types,     -- qmp.events.STOP is the type of STOP events
   Event = events.Event,      -- methods every event has
   errors = errors,
