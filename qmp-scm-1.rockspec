@@ -56,6 +56,7 @@ build = {
     ["qmp.address"] = "lua/qmp/address.lua",
     ["qmp.dispatch"] = "lua/qmp/dispatch.lua",
     ["qmp.session"] = "lua/qmp/session.lua",
+    ["qmp.peer"] = "lua/qmp/peer.lua",
     ["qmp.waiters"] = "lua/qmp/waiters.lua",
     ["qmp.jobs"] = "lua/qmp/jobs.lua",
     ["qmp.loop"] = "lua/qmp/loop.lua",

@@ -253,14 +253,29 @@ describe("vm:execute()", function()
     assert.equal("prelaunch", assert(vm:execute("query-status")).status)
   end)
 
-  it("passes HMP through with vm:hmp()", function()
+  it("passes HMP through with vm:hmp(), without the last line end", function()
     local srv = serve(opening({
       { expect = "human-monitor-command", expect_args = '"command%-line":"info status"',
         reply = fake.reply('"VM status: paused (prelaunch)\\r\\n"') },
       { wait_close = true },
     }))
     local vm = connect(srv)
-    assert.equal("VM status: paused (prelaunch)\r\n", assert(vm:hmp("info status")))
+    assert.equal("VM status: paused (prelaunch)", assert(vm:hmp("info status")))
+  end)
+
+  it("gives HMP's lines with \\n ends, taking off exactly one line end at the end", function()
+    local srv = serve(opening({
+      { expect = "human-monitor-command", reply = fake.reply('"a: 1\\r\\nb: 2\\r\\n"') },
+      { expect = "human-monitor-command", reply = fake.reply('"one\\r\\n\\r\\n"') },
+      { expect = "human-monitor-command", reply = fake.reply('"lf only\\n"') },
+      { expect = "human-monitor-command", reply = fake.reply('"no end\\rhere"') },
+      { wait_close = true },
+    }))
+    local vm = connect(srv)
+    assert.equal("a: 1\nb: 2", assert(vm:hmp("info a")))
+    assert.equal("one\n", assert(vm:hmp("info b")))       -- a blank last line stays
+    assert.equal("lf only", assert(vm:hmp("info c")))
+    assert.equal("no end\rhere", assert(vm:hmp("info d")))   -- a lone \r is the text's own
   end)
 
   it("takes an HMP reply that is not text as a protocol error, the session going on", function()
@@ -282,6 +297,27 @@ describe("vm:execute()", function()
                                 { wait_close = true } }))
     local vm = connect(srv)
     assert.same({}, assert(vm:execute_oob("migrate-pause")))
+  end)
+
+  it("raises on a NUL byte once, at the caller's line, with one prefix, sending nothing", function()
+    local srv = serve(opening({ { wait_close = true } }))
+    local vm = connect(srv)
+    local here = debug.getinfo(1, "S").short_src
+    local function check(expected, line, ok, msg)
+      assert.is_false(ok)
+      assert.equal(("%s:%d: %s"):format(here, line, expected), msg)
+      assert.equal(1, select(2, msg:gsub("%.lua:%d+:", "")), msg)    -- one location
+      assert.equal(1, select(2, msg:gsub("qmp: ", "")), msg)         -- one prefix
+    end
+    check("qmp: execute: x: a string in the command holds a NUL byte, which QEMU refuses",
+          debug.getinfo(1, "l").currentline + 1,
+          pcall(vm.execute, vm, "x", { s = "a\0b" }))
+    check("qmp: hmp: human-monitor-command: a string in the command holds a NUL byte, which QEMU refuses",
+          debug.getinfo(1, "l").currentline + 1,
+          pcall(vm.hmp, vm, "info \0"))
+    vm:close()
+    assert.is_true(srv:wait(5))
+    assert.equal(1, #srv:received())   -- qmp_capabilities only
   end)
 
   it("raises on misuse", function()

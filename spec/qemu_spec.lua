@@ -75,9 +75,13 @@ describe("a real QEMU #qemu", function()
     assert.matches("nope", err2.desc)
   end)
 
-  it("runs HMP commands", function()
+  it("runs HMP commands, giving their lines with \\n ends and no last line end", function()
     local text = assert(vm:hmp("info status"))
-    assert.matches("^VM status: paused", text)
+    assert.matches("^VM status: paused[^\r\n]*$", text)
+    local help = assert(vm:hmp("help info"))     -- many lines
+    assert.is_true(select(2, help:gsub("\n", "")) > 10)
+    assert.is_nil(help:find("\r", 1, true))
+    assert.not_equal("\n", help:sub(-1))
   end)
 
   it("reads a large reply: query-qmp-schema", function()
@@ -131,5 +135,25 @@ describe("quitting a real QEMU #qemu", function()
     local _, err = vm:execute("query-status")
     assert.equal("closed", err.kind)
     assert.is_true(machine:wait_exit(10))
+  end)
+end)
+
+describe("a real QEMU stopped with SIGSTOP #qemu", function()
+  it("is named in the greeting timeout by its pid, saying to send SIGCONT", function()
+    local proc = require "support.proc"
+    local peer = require "qmp.peer"
+    local machine = qemu.start({})
+    finally(function()
+      proc.kill(machine.pid, "CONT")
+      machine:stop()
+    end)
+    proc.kill(machine.pid, "STOP")
+    assert(proc.wait_until(function() return peer.state(machine.pid) == "T" end, TEST_TIMEOUT))
+    -- The kernel takes the connection into the listen backlog; QEMU never accepts it.
+    local vm, err = qmp.connect(machine.sock, { timeout = 0.5 })
+    assert.is_nil(vm)
+    assert.equal("timeout", err.kind)
+    assert.equal(("timeout: no QMP greeting from %s within 0.5 s: QEMU (pid %d) is stopped (SIGSTOP?): " ..
+                  "send it SIGCONT"):format(machine.sock, machine.pid), tostring(err))
   end)
 end)

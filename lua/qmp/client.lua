@@ -479,13 +479,16 @@ function Client:execute_oob(name, args, opts)
   return self:_command("execute_oob", name, args, opts, true)
 end
 
---- Run an HMP command line; returns its output text.
+--- Run an HMP command line; returns its output text.  QEMU ends every
+-- line of it with "\r\n": the text comes back with "\n" line ends and
+-- without the last line's end ("" when HMP printed nothing).
 function Client:hmp(command_line, opts)
   if type(command_line) ~= "string" then errors.raise("qmp: hmp: command line must be a string") end
   local word = command_line:match("^%s*(%S+)")
   if word then self._sent["hmp " .. word] = (self._sent["hmp " .. word] or 0) + 1 end
   local text, err = self:_command("hmp", "human-monitor-command", { ["command-line"] = command_line }, opts, false)
-  if text == nil or type(text) == "string" then return text, err end
+  if type(text) == "string" then return (text:gsub("\r\n", "\n"):gsub("\n$", "")) end
+  if text == nil then return nil, err end
   return nil, errors.new("protocol", ("human-monitor-command returned a %s, not text"):format(type(text)),
                          { command = "human-monitor-command" })
 end

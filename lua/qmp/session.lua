@@ -8,6 +8,7 @@
 -- why) from any of them.  A session is never revived: a reconnect is a new one.
 local core = require "qmp.core"
 local errors = require "qmp.errors"
+local peer = require "qmp.peer"
 
 local type, pairs, ipairs, tostring, pcall = type, pairs, ipairs, tostring, pcall
 local encode, concat, sort = core.encode, table.concat, table.sort
@@ -107,9 +108,10 @@ function Session:_connect_failed(err)
 end
 
 function Session:_connected()
+  local cred, err = self.conn:peercred()   -- unix sockets only: else nil, err
+  self._peer_pid = peer.pid(cred)          -- for timeout messages
   local uid = self._p.expect_uid
   if uid ~= nil then
-    local cred, err = self.conn:peercred()
     if not cred then return self:_die(err) end
     if cred.uid ~= uid then
       return self:_die(errors.new("denied", ("monitor peer uid %d is not the expected uid %d")
@@ -247,16 +249,26 @@ function Session:_drain(limit)
   return #list + skipped
 end
 
+--- Why the peer does not answer, when its process state tells (stopped,
+-- hung in the kernel: see qmp.peer), or nil.  For timeout messages.
+function Session:silence()
+  return self._peer_pid and peer.silence(self._peer_pid)
+end
+
 function Session:_handshake_timeout()
   local t = self._p.timeout
   if self.state == "connecting" then
     return errors.new("timeout", ("cannot connect to %s within %g s"):format(self.name, t))
   end
+  local why = self:silence()
   if not self.greeting then
-    return errors.new("timeout", ("no QMP greeting from %s within %g s: the monitor may be held by " ..
-      "another client (QEMU serves one client per monitor), or it is not a QMP monitor"):format(self.name, t))
+    local pid = self._peer_pid
+    why = why or ("the monitor%s may be held by another client (QEMU serves one client per monitor), " ..
+      "or it is not a QMP monitor"):format(pid and (" (pid %d)"):format(pid) or "")
+    return errors.new("timeout", ("no QMP greeting from %s within %g s: %s"):format(self.name, t, why))
   end
-  return errors.new("timeout", ("%s did not finish negotiating within %g s"):format(self.name, t))
+  return errors.new("timeout", ("%s did not finish negotiating within %g s%s")
+                               :format(self.name, t, why and (": " .. why) or ""))
 end
 
 -- opts.trace(direction, text): wire tracing, for debugging only.  A failing
@@ -374,13 +386,15 @@ end
 
 --- Send a command: returns the pending command { id, name, done, value,
 -- err }; on_done(cmd) (optional) runs when it completes.  Raises on
--- arguments that cannot be encoded (a bug in the script).
+-- arguments that cannot be encoded (a bug in the script), with a message
+-- that has no location: the Client raises it again at its caller's line,
+-- under its own "qmp: METHOD:" prefix.
 function Session:send(name, args, fds, oob, on_done)
   self._nextid = self._nextid + 1
   local id = ID_PREFIX .. self._nextid
   local text = encode({ [oob and "exec-oob" or "execute"] = name, arguments = args, id = id }) .. "\n"
   if has_nul_escape(text) then  -- QEMU refuses \u0000, in an error without an id
-    errors.raise(("qmp: %s: a string in the command holds a NUL byte, which QEMU refuses"):format(name))
+    error(("%s: a string in the command holds a NUL byte, which QEMU refuses"):format(name), 0)
   end
   local cmd = { id = id, name = name, done = false, on_done = on_done }
   if self.state == "dead" then
