@@ -184,3 +184,18 @@ test-valgrind: deps build $(LOCALE_DIR)/de_DE.UTF-8
 # csrc/*.o are left behind by `luarocks make`.
 clean:
 	rm -rf qmp csrc/*.o .build
+
+# Tab completion (README "qmp-lua completion"): the three scripts, made by
+# the checkout's qmp-lua, under $(DESTDIR)$(DATADIR), where bash-completion,
+# zsh and fish look for them.  `make install-completion PREFIX=/usr DESTDIR=pkg`
+PREFIX  ?= /usr/local
+DATADIR ?= $(PREFIX)/share
+DESTDIR ?=
+
+.PHONY: install-completion
+install-completion: build
+	install -d $(DESTDIR)$(DATADIR)/bash-completion/completions $(DESTDIR)$(DATADIR)/zsh/site-functions \
+	  $(DESTDIR)$(DATADIR)/fish/vendor_completions.d
+	$(LUA) bin/qmp-lua completion bash > $(DESTDIR)$(DATADIR)/bash-completion/completions/qmp-lua
+	$(LUA) bin/qmp-lua completion zsh > $(DESTDIR)$(DATADIR)/zsh/site-functions/_qmp-lua
+	$(LUA) bin/qmp-lua completion fish > $(DESTDIR)$(DATADIR)/fish/vendor_completions.d/qmp-lua.fish

@@ -78,6 +78,7 @@ build = {
     ["qmp.shell.pretty"] = "lua/qmp/shell/pretty.lua",
     ["qmp.shell.complete"] = "lua/qmp/shell/complete.lua",
     ["qmp.shell.help"] = "lua/qmp/shell/help.lua",
+    ["qmp.shell.completion"] = "lua/qmp/shell/completion.lua",
     -- The shell's line-editing helper links GNU readline, as lua-readline does.
     ["qmp.shell.rl"] = {
       sources = { "csrc/shell/rl.c" },

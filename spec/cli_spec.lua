@@ -10,7 +10,7 @@ local socket = require "socket"
 
 local cleanup = require("support.cleanup")(after_each)
 
-local COMMANDS = { "shell", "events", "exec", "run", "job", "record" }
+local COMMANDS = { "shell", "events", "exec", "run", "job", "record", "completion" }
 local LIMIT = 20   -- seconds any qmp-lua child may take before `timeout` ends it
 
 -- {==================== running qmp-lua

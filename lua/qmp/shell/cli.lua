@@ -76,7 +76,14 @@ function cli.parse(cmd, argv)
       local name, value = word:match("^(%-%-[^=]+)=(.*)$")
       name = name or word
       local o = by_name[name]
-      if not o then cli.usage_error(("%s: unknown option %s"):format(cmd.name, name)) end
+      if not o then   -- a typo: name the option meant, when one is close
+        local known = {}
+        for option in pairs(by_name) do known[#known + 1] = option end
+        table.sort(known)
+        local guess = require("qmp.errors").closest(name, known)
+        cli.usage_error(("%s: unknown option %s%s"):format(cmd.name, name,
+                        guess and ("; did you mean %s?"):format(guess) or ""))
+      end
       local key = name:sub(3):gsub("-", "_")
       if o[2] then
         if value == nil then

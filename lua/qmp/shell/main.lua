@@ -2,7 +2,7 @@
 -- returns its exit status (see cli.EXIT_CODES).
 local cli = require "qmp.shell.cli"
 
-local COMMANDS = { "shell", "events", "exec", "run", "job", "record" }
+local COMMANDS = { "shell", "events", "exec", "run", "job", "record", "completion" }
 
 local function overview()
   local lines = { "usage: qmp-lua COMMAND [options] ARGS...", "",
