@@ -135,4 +135,22 @@ describe("replay_policy.lua", function()
     assert.matches("end%s+closed: end of the recording", text)
     assert.matches("2 resumes, 1 give%-up; every command as recorded", text)
   end)
+
+  it("plays the README's sample capture by a passive recorder, naming every answer it inferred", function()
+    local words = { table.unpack(ENV) }
+    for _, w in ipairs({ "examples/replay_policy.lua", "examples/io-error-capture.qmprec", "2", "0.05" }) do
+      words[#words + 1] = w
+    end
+    for i, w in ipairs(words) do words[i] = tmp.quote(w) end
+    local p = io.popen(table.concat(words, " ") .. " 2>&1")
+    local text = p:read("a")
+    assert.is_true(p:close(), text)
+    local _, queries = text:gsub('implied query%-status %-> {"return":{"running":false,"status":"io%-error"}}: '
+                                 .. "the STOP at [%d.]+ s, after the BLOCK_IO_ERROR at [%d.]+ s\n", "")
+    local _, conts = text:gsub('implied cont %-> {"return":{}}: not recorded', "")
+    assert.same({ 2, 2 }, { queries, conts }, text)
+    assert.matches("policy%s+disk0: cont sent %(attempt 2 of 2%)", text)
+    assert.matches("2 resumes, 1 give%-up; recorded by a passive recorder: commands answered from the implied state",
+                   text)
+  end)
 end)

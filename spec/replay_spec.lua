@@ -1,6 +1,9 @@
 -- qmp.record and qmp.replay: recordings of the scripted fake peer and of a
--- real QEMU, hand-written recordings for each rule of the replay, and the
--- I/O-error policy tested offline on spec/fixtures/io-error.qmprec.
+-- real QEMU, hand-written recordings for each rule of the replay (and for
+-- the answers it implies when a recording holds none), and the I/O-error
+-- policy tested offline on spec/fixtures/io-error.qmprec and on
+-- examples/io-error-capture.qmprec (a passive capture by `qmp-lua record`,
+-- made by spec/record_replay_spec.lua).
 --
 -- That fixture is a real QEMU 7.2 whose disk fails every read (the blkdebug
 -- scenario of spec/policy_spec.lua) under resume_on_io_error with POLICY
@@ -17,6 +20,7 @@ local EV = fake.event
 local cleanup = require("support.cleanup")(after_each)
 
 local FIXTURE = "spec/fixtures/io-error.qmprec"
+local SAMPLE = "examples/io-error-capture.qmprec"   -- by `qmp-lua record`: see spec/record_replay_spec.lua
 local POLICY = { retries = 2, delay = 0.05, window = 60 }
 
 local function scratch()
@@ -136,11 +140,12 @@ describe("qmp.record", function()
     assert.equal("SHUTDOWN", l[#l - 1].msg.event)
   end)
 
-  it("run() ends the file when interrupted (Ctrl-C)", function()
+  it("run() ends the file when a signal caught with qmp.signals interrupts it (Ctrl-C)", function()
     local dir = scratch()
     local srv = fake.serve(fake.opening({ { hold = 20 } }), cleanup)
     local path = dir .. "/int.qmprec"
-    local script = ("require('qmp').record.run(%q, %q)"):format(srv.path, path)
+    local script = ("local qmp = require('qmp'); assert(qmp.signals.catch('INT')); "
+                    .. "print(qmp.record.run(%q, %q).reason)"):format(srv.path, path)
     local pid = proc.spawn({ "env", "LUA_PATH=./lua/?.lua;./lua/?/init.lua;;", "LUA_CPATH=./?.so;;",
                              "lua5.4", "-e", script }, dir .. "/out")
     cleanup(function() proc.kill(pid, "KILL") end)
@@ -148,7 +153,8 @@ describe("qmp.record", function()
     proc.kill(pid, "INT")
     assert.is_true(proc.wait_exit(pid, 10))
     local l = decoded_lines(path)
-    assert.matches("^interrupted: .*interrupted", l[#l].msg.reason)
+    assert.equal("interrupted", l[#l].msg.reason)
+    assert.equal("interrupted\n", tmp.read(dir .. "/out"))   -- run() returned, as on any other end
   end)
 
   it("run() returns the connection error, and the file says so", function()
@@ -285,7 +291,7 @@ describe("qmp.replay", function()
     local ok, err = vm:execute("query-name")               -- never recorded: an error
     assert.is_nil(ok)
     assert.same({ "qmp", "GenericError" }, { err.kind, err.class })
-    assert.matches("no reply to query%-name", err.message)
+    assert.equal("query-name: GenericError: replay: no reply recorded for this command", err.message)
     assert.same({}, assert(vm:execute("cont")))            -- ahead of its turn: the first still ahead
     assert.same({ "query-status", 5 }, { vm.recording:expected() })
     assert.equal("io-error", assert(vm:execute("query-status")).status)   -- in its turn
@@ -295,8 +301,10 @@ describe("qmp.replay", function()
     assert.equal("running", assert(vm:execute("query-status")).status)
     assert.equal("running", assert(vm:execute("query-status")).status)   -- the last played, not the first
     local names = {}
-    for i, c in ipairs(vm.recording.unmatched) do names[i] = c.name end
-    assert.same({ "query-name", "cont", "query-status", "query-status" }, names)
+    for i, c in ipairs(vm.recording.unmatched) do names[i] = c.name .. " " .. c.from end
+    assert.same({ "query-name none", "cont recording", "query-status recording", "query-status recording" }, names)
+    assert.same({}, vm.recording.implied)   -- the recording's replies win
+    assert.is_false(vm.recording.passive)
   end)
 
   it("answers a command after the messages that were due when it was sent", function()
@@ -373,7 +381,7 @@ describe("qmp.replay", function()
       { 2.1, "in", reply(3, '"VM status: paused\\r\\n"') },
     })
     assert(vm:execute_oob("migrate-pause"))
-    assert.equal("VM status: paused\r\n", vm:hmp("info status"))
+    assert.equal("VM status: paused", vm:hmp("info status"))
     assert.same({}, vm.recording.unmatched)
   end)
 
@@ -401,6 +409,140 @@ describe("qmp.replay", function()
     assert.has_error(function() qmp.replay(42) end)
   end)
 end)
+
+-- {==================== answers a passive recording lacks
+
+-- Ask query-status at each of times (seconds on the replay's clock) while
+-- the recording plays to its end; the statuses, in order.
+local function statuses_at(vm, times)
+  local got = {}
+  for i, t in ipairs(times) do
+    vm:after(t, function() got[i] = assert(vm:execute("query-status")).status end)
+  end
+  vm:run()
+  return got
+end
+
+local function io_error(action)
+  return event("BLOCK_IO_ERROR", ('{"device":"","node-name":"disk0","operation":"read","action":"%s",'
+                                  .. '"nospace":false,"reason":"Input/output error"}'):format(action))
+end
+
+local LATER = '{"t":100,"dir":"end","msg":{"reason":"later"}}'
+
+describe("qmp.replay of a recording without replies (a passive recorder)", function()
+  it("answers query-status from the run state the events played so far imply, and lists each answer", function()
+    local vm = replay({
+      { 1, "in", event("STOP") },
+      { 2, "in", event("RESUME") },
+      { 3, "in", io_error("stop") },
+      { 3.1, "in", event("STOP") },
+      { 4, "in", event("RESUME") },
+      { 5, "in", io_error("report") },   -- QEMU goes on: no cause for the next STOP
+      { 5.1, "in", event("STOP") },
+      LATER,
+    })
+    assert.is_true(vm.recording.passive)
+    assert.same({ "running", "paused", "running", "running", "io-error", "running", "paused" },
+                statuses_at(vm, { 0.5, 1.5, 2.5, 3.05, 3.5, 4.5, 5.5 }))
+    local implied = vm.recording.implied
+    assert.equal(7, #implied)
+    assert.same({ name = "query-status", reply = { ["return"] = { status = "running", running = true } },
+                  why = "assumed: no recorded event says otherwise" },
+                { name = implied[1].name, reply = implied[1].reply, why = implied[1].why })
+    assert.is_true(math.abs(implied[1].t - 0.5) < 0.01, implied[1].t)   -- when it was sent, on the replay's clock
+    assert.same({ ["return"] = { status = "io-error", running = false } }, implied[5].reply)
+    -- why names the events, at their times on the replay's clock (the recorded ones, within the handshake's shift)
+    local function near(text, pattern, ...)
+      local got = { text:match(pattern) }
+      assert.equal(select("#", ...), #got, text)
+      for i, t in ipairs({ ... }) do assert.is_true(math.abs(tonumber(got[i]) - t) < 0.01, text) end
+    end
+    near(implied[5].why, "^the STOP at ([%d.]+) s, after the BLOCK_IO_ERROR at ([%d.]+) s$", 3.1, 3)
+    near(implied[6].why, "^the RESUME at ([%d.]+) s$", 4)
+    near(implied[7].why, "^the STOP at ([%d.]+) s$", 5.1)
+    for _, c in ipairs(vm.recording.unmatched) do assert.equal("implied", c.from) end
+    assert.equal(7, #vm.recording.unmatched)
+  end)
+
+  it("gives the status QEMU 7.2 names for each way a VM stops, suspends, wakes or is reset", function()
+    local cases = {
+      { "shutdown", event("SHUTDOWN", '{"guest":true,"reason":"guest-shutdown"}'), event("STOP") },   -- -no-shutdown
+      { "guest-panicked", event("GUEST_PANICKED", '{"action":"pause"}'), event("STOP") },
+      { "watchdog", event("WATCHDOG", '{"action":"pause"}'), event("STOP") },
+      { "paused", event("WATCHDOG", '{"action":"reset"}'), event("STOP") },
+      { "prelaunch", event("STOP"), event("RESET", '{"guest":false,"reason":"host-qmp-system-reset"}') },
+      { "running", event("RESET", '{"guest":true,"reason":"guest-reset"}') },
+      { "suspended", event("SUSPEND") },
+      { "running", event("SUSPEND"), event("WAKEUP") },
+      -- an error while paused stops nothing: the RESUME forgets it, the next STOP is a plain pause
+      { "paused", event("STOP"), io_error("stop"), event("RESUME"), event("STOP") },
+    }
+    for _, case in ipairs(cases) do
+      local entries = {}
+      for i = 2, #case do entries[#entries + 1] = { i - 1, "in", case[i] } end
+      entries[#entries + 1] = LATER
+      local vm = replay(entries)
+      assert.same({ case[1] }, statuses_at(vm, { #case - 0.5 }), table.concat(case, " ", 2))
+    end
+  end)
+
+  it("starts running, unless the recording's first word on the run state says otherwise", function()
+    local vm = replay({ { 1, "in", event("RESUME") }, LATER })
+    assert.same({ "paused", "running" }, statuses_at(vm, { 0.5, 1.5 }))
+    assert.equal("assumed: the recording's first run-state event is a RESUME", vm.recording.implied[1].why)
+    vm = replay({ { 1, "in", event("WAKEUP") }, LATER })
+    assert.same({ "suspended" }, statuses_at(vm, { 0.5 }))
+    -- a recorded query-status reply is a fact, from the start: here a VM that needs a reset
+    vm = replay({ { 1, "out", command("query-status", 2) },
+                  { 1.1, "in", reply(2, '{"status":"shutdown","running":false}') }, LATER })
+    assert.is_false(vm.recording.passive)
+    local _, err = vm:execute("cont")
+    assert.equal("cont: GenericError: Resetting the Virtual Machine is required", err.message)
+    assert.matches('status "shutdown"', vm.recording.implied[1].why)
+  end)
+
+  it("answers cont as QEMU would in that state and changes nothing: the recorded RESUME comes in its own time", function()
+    local vm = replay({
+      { 1, "in", io_error("stop") },
+      { 1.1, "in", event("STOP") },
+      { 5, "in", event("RESUME") },
+      { 6, "in", event("SHUTDOWN", '{"guest":true,"reason":"guest-shutdown"}') },
+      { 6.1, "in", event("STOP") },
+      LATER,
+    })
+    local seen, answers = {}, {}
+    vm:on("*", function(ev) seen[#seen + 1] = ("%s@%.1f"):format(ev.event, vm.recording:now()) end)
+    vm:after(2, function()
+      answers[#answers + 1] = assert(vm:execute("cont"))
+      answers[#answers + 1] = assert(vm:execute("query-status")).status
+    end)
+    vm:after(7, function()
+      local ok, err = vm:execute("cont")
+      answers[#answers + 1] = ok or err.message
+    end)
+    vm:run()
+    assert.same({ {}, "io-error", "cont: GenericError: Resetting the Virtual Machine is required" }, answers)
+    assert.same({ "BLOCK_IO_ERROR@1.0", "STOP@1.1", "RESUME@5.0", "SHUTDOWN@6.0", "STOP@6.1" }, seen)
+    local implied = vm.recording.implied
+    assert.same({ "cont", "query-status", "cont" }, { implied[1].name, implied[2].name, implied[3].name })
+    assert.same({ ["return"] = {} }, implied[1].reply)
+    assert.equal('not recorded: QEMU\'s answer in status "io-error"; the recording goes on as it was', implied[1].why)
+    assert.same({ error = { class = "GenericError", desc = "Resetting the Virtual Machine is required" } },
+                implied[3].reply)
+  end)
+
+  it("answers other commands only from the recording, else with an error that names the command once", function()
+    local vm = replay({ { 1, "in", event("STOP") }, LATER })
+    local _, err = vm:execute("query-block")
+    assert.equal("query-block: GenericError: replay: no reply recorded for this command", err.message)
+    assert.same({ { name = "query-block", from = "none" } },
+                { { name = vm.recording.unmatched[1].name, from = vm.recording.unmatched[1].from } })
+    assert.same({}, vm.recording.implied)
+  end)
+end)
+
+-- }==================== answers a passive recording lacks
 
 -- {==================== the I/O-error policy, offline
 
@@ -479,6 +621,47 @@ describe("resume_on_io_error on a recording of a real QEMU", function()
     local names = {}
     for i, c in ipairs(vm.recording.unmatched) do names[i] = c.name end
     assert.same({ "query-status", "cont" }, names)
+  end)
+
+  it("reports a failed query-status through vm.on_error with each prefix once", function()
+    local vm = assert(qmp.replay(FIXTURE, { respond = function(name)
+      if name == "query-status" then return nil, "nope" end
+    end }))
+    cleanup(function() vm:close() end)
+    local reports = {}
+    vm.on_error = function(err) reports[#reports + 1] = err end
+    local p = qmp.policy.resume_on_io_error(vm, POLICY)
+    assert(vm:execute("cont"))
+    vm:run()
+    assert.equal(1, #reports)
+    assert.equal("resume_on_io_error: query-status: GenericError: nope", reports[1].message)
+    assert.equal(0, p.resumes)
+  end)
+
+  it("on a passive capture (examples/io-error-capture.qmprec) resumes from the status the events imply", function()
+    local vm = assert(qmp.replay(SAMPLE))
+    cleanup(function() vm:close() end)
+    local log, opts = {}, {}
+    for k, v in pairs(POLICY) do opts[k] = v end
+    opts.log = function(line) log[#log + 1] = line end
+    local p = qmp.policy.resume_on_io_error(vm, opts)
+    local _, err = vm:run()   -- no cont of ours: the recorded operator's RESUMEs start each round
+    assert.equal("end of the recording: 9 events", err.message)
+    assert.is_true(vm.recording.passive)
+    assert.same({ 2, 1, 3 }, { p.resumes, p.give_ups, p.errors_seen })
+    local answers = {}
+    for i, a in ipairs(vm.recording.implied) do answers[i] = a.name .. " " .. qmp.encode(a.reply, { sort = true }) end
+    assert.same({
+      'query-status {"return":{"running":false,"status":"io-error"}}', 'cont {"return":{}}',
+      'query-status {"return":{"running":false,"status":"io-error"}}', 'cont {"return":{}}',
+    }, answers)
+    assert.same({
+      "disk0: I/O error (read), VM paused; resuming in 0.05 s (attempt 1 of 2)",
+      "disk0: cont sent (attempt 1 of 2)",
+      "disk0: I/O error (read), VM paused; resuming in 0.10 s (attempt 2 of 2)",
+      "disk0: cont sent (attempt 2 of 2)",
+      "giving up: disk0: I/O error (read) after 2 resumes within 60 s; VM left paused",
+    }, log)
   end)
 
   it("leaves alone a VM that a responder says a user paused", function()

@@ -66,5 +66,10 @@ describe("qmp-scm-1.rockspec #slow", function()
     ok, out = run("cd / && " .. env .. " lua5.4 " .. tmp.quote(examples .. "/watch_events.lua"))
     assert.is_false(ok)   -- no socket given: its usage, after require "qmp" worked
     assert.matches("usage: watch_events.lua SOCKET", out)
+    -- with the sample capture the README replays
+    ok, out = run("cd " .. tmp.quote(examples) .. " && " .. env ..
+                  " lua5.4 replay_policy.lua io-error-capture.qmprec 2 0.05")
+    assert.is_true(ok, out)
+    assert.matches("2 resumes, 1 give%-up; recorded by a passive recorder", out)
   end)
 end)

@@ -62,9 +62,12 @@ end
 
 -- Report a failed command through vm.on_error; never raise.  The message
 -- is kept to one short line (QEMU's error text could be megabytes); the
--- whole error is err.cause.
+-- whole error is err.cause.  A QEMU error's message already starts with
+-- the command's name: it is not said twice.
 local function report(vm, what, err)
-  local message = "resume_on_io_error: " .. what .. ": " .. tostring(err and err.message or err)
+  local text = tostring(err and err.message or err)
+  if text:sub(1, #what + 2) ~= what .. ": " then text = what .. ": " .. text end
+  local message = "resume_on_io_error: " .. text
   message = errors.quote(message, 200)
   vm:_report(errors.new(err and err.kind or "io", message, { cause = err }))
 end

@@ -23,8 +23,24 @@
 --   { class =, desc = }), nothing leaves it to the recording.
 -- * A command that is not the recording's next is answered from the
 --   recording (the reply to the last command of that name played so far,
---   else to the first still ahead), else with a GenericError, and is listed
---   in vm.recording.unmatched.
+--   else to the first still ahead); when the recording holds no reply of
+--   that name, query-status and cont get an implied answer (below), any
+--   other command a GenericError.  It is listed in vm.recording.unmatched.
+-- * Implied answers, for a recording that lacks them (a passive recorder,
+--   `qmp-lua record`, sends no command): query-status gets { status,
+--   running } from the run state the messages played so far imply, as QEMU
+--   7.2 names it: STOP -> "paused", or "io-error" / "guest-panicked" /
+--   "watchdog" / "shutdown" when a BLOCK_IO_ERROR (action stop) /
+--   GUEST_PANICKED (pause) / WATCHDOG (pause) / SHUTDOWN came before it;
+--   RESUME, WAKEUP -> "running"; SUSPEND -> "suspended"; RESET of a VM not
+--   running -> "prelaunch"; a recorded query-status reply -> what it says.
+--   Before any of these it is "running", unless the recording's first word
+--   on it is a RESUME ("paused": stopped, QEMU does not say how), a WAKEUP
+--   ("suspended") or a query-status reply.  Other states (migration, ...)
+--   are not inferred.  cont gets QEMU's answer in that state ({}, or the
+--   GenericError of a VM that needs a reset) and changes nothing: the
+--   replay cannot make QEMU do what it did not, so a recorded RESUME comes
+--   in its own time.  Each is listed in vm.recording.implied.
 -- * The end of the recording closes the client (kind closed).  When the
 --   recording waits for a command this client has not sent and the client
 --   waits without a time limit, the replay ends (kind closed, "replay
@@ -38,10 +54,14 @@
 -- so a replay can join a qmp.loop, which waits in real time.
 --
 -- vm.recording tells how the replay goes: name and started (from the
--- recording's first line), unmatched (the commands answered out of the
--- recording's order: { name =, args =, t = }), ended (the end was played),
--- now() (seconds on the replay's clock, from the start of the recording)
--- and expected() (the recorded command the replay waits for: name, line).
+-- recording's first line), passive (it holds no command but the
+-- handshake), unmatched (the commands answered out of the recording's
+-- order: { name =, args =, t =, from = "respond" | "recording" | "implied"
+-- | "none" }), implied (the answers made up: { name =, args =, t =, id =,
+-- reply =, why = }, reply as QEMU's message without its id, why: what it
+-- was inferred from), ended (the end was played), now() (seconds on the
+-- replay's clock, from the start of the recording) and expected() (the
+-- recorded command the replay waits for: name, line).
 local core = require "qmp.core"
 local errors = require "qmp.errors"
 local Client = require "qmp.client"
@@ -120,12 +140,105 @@ local function load(source)
       answered[out.name] = list
     end
   end
-  return { items = items, outs = outs, answered = answered, label = label,
+  local passive = true   -- no command but the handshake: a recorder that only listened
+  for _, out in ipairs(outs) do
+    if out.name ~= "qmp_capabilities" then passive = false end
+  end
+  return { items = items, outs = outs, answered = answered, label = label, passive = passive,
            name = type(header.name) == "string" and header.name or nil,
            started = type(header.started) == "string" and header.started or nil }
 end
 
 -- }==================== reading a recording
+
+-- {==================== the run state the recorded events imply
+
+-- A passive recorder (`qmp-lua record`) holds QEMU's events but no reply to
+-- the commands a policy sends; the status those events imply answers
+-- query-status instead, as QEMU 7.2 would (qapi/run-state.json's names).
+-- An event that names why the VM stops comes before its STOP: the STOP
+-- then gives that status rather than "paused".
+local STOP_CAUSES = {
+  BLOCK_IO_ERROR = function(data) return data.action == "stop" and "io-error" end,
+  GUEST_PANICKED = function(data) return data.action == "pause" and "guest-panicked" end,
+  WATCHDOG = function(data) return data.action == "pause" and "watchdog" end,
+  SHUTDOWN = function() return "shutdown" end,   -- with -no-shutdown a STOP follows; else QEMU quits
+}
+
+-- States in which QEMU 7.2 refuses cont (runstate_needs_reset).
+local NEEDS_RESET = { shutdown = true, ["guest-panicked"] = true, ["internal-error"] = true }
+
+local function stamp(t) return ("%.3f s"):format(t) end
+
+-- The status before the first thing played: "running", unless the
+-- recording's first word on it says otherwise (a RESUME or WAKEUP first:
+-- the VM was stopped; a recorded query-status reply: what it says).
+local function initial_state(items)
+  for _, it in ipairs(items) do
+    local msg = it.msg
+    local name = it.dir == "in" and msg.event
+    if name == "RESUME" then
+      return { status = "paused", why = "assumed: the recording's first run-state event is a RESUME" }
+    elseif name == "WAKEUP" then
+      return { status = "suspended", why = "assumed: the recording's first run-state event is a WAKEUP" }
+    elseif name == "STOP" or name == "SUSPEND" then
+      break
+    elseif it.reply_to and it.reply_to.name == "query-status" and type(msg["return"]) == "table"
+        and type(msg["return"].status) == "string" then
+      return { status = msg["return"].status, why = "the recording's first query-status reply" }
+    end
+  end
+  return { status = "running", why = "assumed: no recorded event says otherwise" }
+end
+
+-- The recording's answer when it holds none: the status the events played
+-- so far imply, and QEMU's answer to cont in that status.  Each returns the
+-- reply (without id) and why.  cont changes nothing: the replay cannot make
+-- QEMU do what it did not, so a recorded RESUME comes in its own time.
+local IMPLIED = {
+  ["query-status"] = function(run)
+    return { ["return"] = { status = run.status, running = run.status == "running" } }, run.why
+  end,
+  cont = function(run)
+    local why = ('not recorded: QEMU\'s answer in status "%s"; the recording goes on as it was'):format(run.status)
+    if NEEDS_RESET[run.status] then
+      return { error = { class = "GenericError", desc = "Resetting the Virtual Machine is required" } }, why
+    end
+    return { ["return"] = {} }, why
+  end,
+}
+
+-- The run state after one played message from QEMU (at: when, on the
+-- replay's clock): run = { status, why, cause }.
+local function observe(run, msg, reply_to, at)
+  local name = msg.event
+  if type(name) ~= "string" then   -- a reply: a recorded query-status is a fact
+    local ret = msg["return"]
+    if reply_to and reply_to.name == "query-status" and type(ret) == "table" and type(ret.status) == "string" then
+      run.status, run.why = ret.status, "the recorded query-status reply at " .. stamp(at)
+    end
+    return
+  end
+  local data = type(msg.data) == "table" and msg.data or {}
+  local cause = STOP_CAUSES[name] and STOP_CAUSES[name](data)
+  if cause then
+    run.cause = { status = cause, why = ("after the %s at %s"):format(name, stamp(at)) }
+  elseif name == "STOP" then
+    local c = run.cause
+    run.status = c and c.status or "paused"
+    run.why = ("the STOP at %s"):format(stamp(at)) .. (c and (", " .. c.why) or "")
+    run.cause = nil
+  elseif name == "RESUME" or name == "WAKEUP" then
+    run.status, run.why, run.cause = "running", ("the %s at %s"):format(name, stamp(at)), nil
+  elseif name == "SUSPEND" then
+    run.status, run.why = "suspended", "the SUSPEND at " .. stamp(at)
+  elseif name == "RESET" and run.status ~= "running" and run.status ~= "inmigrate"
+      and run.status ~= "finish-migrate" then   -- QEMU 7.2: a reset of a stopped VM leaves it in prelaunch
+    run.status, run.why = "prelaunch", ("the RESET at %s of a VM not running"):format(stamp(at))
+  end
+end
+
+-- }==================== the run state
 
 -- {==================== the clock
 
@@ -152,7 +265,8 @@ local function new_player(rec, clock, respond, info)
     _i = 1,          -- the next item to play
     _next_out = 1,   -- the next recorded command expected (outs are played in order)
     _shift = 0,      -- replay time - recorded time, set by the last command played
-    _replies = {},   -- answers made when a command was sent: { at =, msg = }
+    _replies = {},   -- answers made when a command was sent: { at =, msg = | implied = entry }
+    _run = initial_state(rec.items),   -- the run state the messages played so far imply
     _error = nil,    -- the end: what take() returns from now on
   }, Player)
 end
@@ -210,7 +324,7 @@ function Player:take()
     local it, reply = self:_ready(), self._replies[1]
     if reply and not (it and self:_due(it) <= reply.at) then  -- what was due before the command goes first
       table.remove(self._replies, 1)
-      return reply.msg
+      return reply.msg or self:_imply(reply.implied)
     end
     if not it then return false end
     self._i = self._i + 1
@@ -218,6 +332,7 @@ function Player:take()
       self._info.ended = true
       self._error = errors.new("closed", "end of the recording: " .. tostring(it.msg.reason))
     else
+      observe(self._run, it.msg, it.reply_to, self:_due(it))
       local out = it.reply_to
       if not (out and out.answered) then   -- else opts.respond answered its command
         local msg = copy(it.msg)
@@ -230,16 +345,29 @@ function Player:take()
 end
 
 -- The recording's answer to a command it did not expect here: the reply
--- to the last command of that name played so far, else the first ahead.
+-- to the last command of that name played so far, else the first ahead;
+-- nil when it holds no reply to that name.
 function Player:_recorded_answer(name, id)
   local pick
   for _, out in ipairs(self._answered[name] or {}) do
     if out.k < self._next_out or not pick then pick = out end
     if out.k >= self._next_out then break end
   end
-  local msg = pick and copy(pick.reply.msg)
-    or { error = { class = "GenericError", desc = "replay: the recording has no reply to " .. name } }
+  if not pick then return nil end
+  local msg = copy(pick.reply.msg)
   msg.id = id
+  return msg
+end
+
+-- An implied answer, made when it is taken (so from every message due
+-- before the command), and listed in vm.recording.implied.
+function Player:_imply(entry)
+  local reply, why = IMPLIED[entry.name](self._run)
+  entry.reply, entry.why = reply, why
+  local list = self._info.implied
+  list[#list + 1] = entry
+  local msg = copy(reply)
+  msg.id = entry.id
   return msg
 end
 
@@ -252,23 +380,35 @@ function Player:_responded(name, args, id)
   return { error = { class = err.class or "GenericError", desc = err.desc or err.message or tostring(err) }, id = id }
 end
 
+-- The answer to a command the recording does not expect here, and where
+-- it came from: the recording, else an implied answer, else an error.
+function Player:_unexpected(name, args, id, now)
+  local msg = self:_recorded_answer(name, id)
+  if msg then return { at = now, msg = msg }, "recording" end
+  if IMPLIED[name] then return { at = now, implied = { name = name, args = args, t = now, id = id } }, "implied" end
+  local err = { class = "GenericError", desc = "replay: no reply recorded for this command" }
+  return { at = now, msg = { error = err, id = id } }, "none"
+end
+
 --- conn:write(text, off, fds): a command from the session; all taken at once.
 function Player:write(text)
-  local msg = assert(decode(text))
-  local name, args, id, now = msg.execute or msg["exec-oob"], msg.arguments, msg.id, self._clock.now()
+  local cmd = assert(decode(text))
+  local name, args, id, now = cmd.execute or cmd["exec-oob"], cmd.arguments, cmd.id, self._clock.now()
   local out = self._outs[self._next_out]
   local expected = out ~= nil and out.name == name
   if expected then
     out.sent_at, out.new_id = now, id
     self._next_out = self._next_out + 1
-  else
-    local unmatched = self._info.unmatched
-    unmatched[#unmatched + 1] = { name = name, args = args, t = now }
   end
-  local reply = self:_responded(name, args, id)
+  local msg, from = self:_responded(name, args, id), "respond"
+  local reply = msg and { at = now, msg = msg }
   if reply and expected then out.answered = true end
-  if not reply and not expected then reply = self:_recorded_answer(name, id) end
-  if reply then self._replies[#self._replies + 1] = { at = now, msg = reply } end
+  if not reply and not expected then reply, from = self:_unexpected(name, args, id, now) end
+  if not expected then
+    local unmatched = self._info.unmatched
+    unmatched[#unmatched + 1] = { name = name, args = args, t = now, from = from }
+  end
+  if reply then self._replies[#self._replies + 1] = reply end
   return #text
 end
 
@@ -336,8 +476,8 @@ return function(source, opts)
   local rec, err = load(source)
   if not rec then return nil, err end
   local clock = new_clock(speed)
-  local info = { name = rec.name, started = rec.started, unmatched = {}, ended = false,
-                 now = function() return clock.now() end }
+  local info = { name = rec.name, started = rec.started, passive = rec.passive, unmatched = {}, implied = {},
+                 ended = false, now = function() return clock.now() end }
   local player = new_player(rec, clock, opts.respond, info)
   function info.expected() return player:expected() end
   local name = opts.name or rec.name or rec.label
