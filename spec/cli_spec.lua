@@ -131,7 +131,8 @@ describe("qmp-lua usage", function()
     assert.equal(64, status)
     assert.matches("^usage: qmp%-lua COMMAND", out)
     for _, name in ipairs(COMMANDS) do assert.matches("\n  " .. name .. " ", out) end
-    assert.matches("64  bad usage", out)
+    assert.matches("64   bad usage", out)
+    assert.matches("130 SIGINT", out)
   end)
 
   it("--help shows the overview, status 0", function()
@@ -189,8 +190,8 @@ describe("qmp-lua usage", function()
         return
       end
       assert.equal(2, status, text)
-      assert.equal("qmp-lua: 192.0.2.1:4444: denied: refusing TCP to non-loopback address 192.0.2.1 "
-        .. "(the monitor is root-equivalent; pass allow_remote = true)\n", text)
+      assert.equal("qmp-lua: 192.0.2.1:4444: not watched: denied: refusing TCP to non-loopback address 192.0.2.1 "
+        .. "(the monitor is root-equivalent; pass --allow-remote)\n", text)
     end
   end)
 
@@ -430,7 +431,7 @@ describe("qmp-lua run #qemu", function()
     assert.matches("stack traceback", err, 1, true)
   end)
 
-  it("a script that registered handlers runs until QEMU quits", function()
+  it("a script that registered handlers runs until QEMU quits, then exits 2 (connection ended)", function()
     local machine, mon = vm_with_two_monitors()
     local path = script([[
       vm:on("STOP", function(ev) print("saw " .. ev.event); io.stdout:flush() end)
@@ -442,7 +443,8 @@ describe("qmp-lua run #qemu", function()
     assert.is_nil(bg:status())   -- still running its handlers
     mon:execute("quit")
     assert.is_true(machine:wait_exit(10))
-    assert.equal(0, bg:wait(10), bg:err())
+    assert.equal(2, bg:wait(10), bg:err())
+    assert.matches("^qmp%-lua: [^\n]*closed[^\n]*\n$", bg:err())
   end)
 end)
 

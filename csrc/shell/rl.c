@@ -5,8 +5,13 @@
 ** It links the same GNU readline as lua-readline, so it sees the state of
 ** the line that lua-readline's callback interface is editing.
 */
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <lua.h>
 #include <lauxlib.h>
@@ -46,13 +51,68 @@ static int print_above(lua_State *L) {
   return 0;
 }
 
+/* rl.release(): leave readline's callback mode and give the terminal its
+** modes back, while the stream readline writes to is still open:
+** lua-readline's handler_remove closes that stream, and when the line
+** handler has not run (Ctrl-C, SIGTERM) readline would then restore the
+** terminal through the closed stream.  Call it just before handler_remove. */
+static int release(lua_State *L) {
+  (void)L;
+  if (RL_ISSTATE(RL_STATE_CALLBACK)) rl_callback_handler_remove();
+  return 0;
+}
+
+/* rl.cancel_line(): Ctrl-C at the prompt.  The half-typed line stays on
+** screen followed by "^C" and a line end, and is dropped with any key
+** sequence or numeric argument in progress; then as rl.release().  The
+** caller removes the handler and installs it again for a fresh prompt. */
+static int cancel_line(lua_State *L) {
+  FILE *out = rl_outstream != NULL ? rl_outstream : stdout;
+  (void)L;
+  if (!RL_ISSTATE(RL_STATE_CALLBACK)) return 0;
+  rl_point = rl_end;
+  rl_redisplay();
+  fputs("^C\n", out);
+  fflush(out);
+  rl_callback_sigcleanup();
+  rl_free_line_state();
+  rl_replace_line("", 1);
+  rl_point = 0;
+  return release(L);
+}
+
+/* rl.private_file(path) -> true | nil, msg: path exists and only its owner
+** may read or write it (mode 0600), before the history is written there. */
+static int private_file(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOCTTY, 0600);
+  if (fd < 0 || fchmod(fd, 0600) < 0) {
+    int err = errno;
+    if (fd >= 0) close(fd);
+    luaL_pushfail(L);
+    lua_pushfstring(L, "%s: %s", path, strerror(err));
+    return 2;
+  }
+  close(fd);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 __attribute__((visibility("default"))) int luaopen_qmp_shell_rl(lua_State *L);
 
 int luaopen_qmp_shell_rl(lua_State *L) {
   static const luaL_Reg funcs[] = {
     {"print_above", print_above},
+    {"cancel_line", cancel_line},
+    {"release", release},
+    {"private_file", private_file},
     {NULL, NULL}
   };
+  /* The shell catches SIGINT, SIGTERM and SIGHUP itself (qmp.signals) and
+  ** cancels the line or leaves; readline's own handlers, run inside its
+  ** callback, would then clean up and re-raise under it.  SIGWINCH stays
+  ** readline's. */
+  rl_catch_signals = 0;
   luaL_newlib(L, funcs);
   return 1;
 }

@@ -20,6 +20,7 @@ local Session = require "qmp.session"
 local Dispatch = require "qmp.dispatch"
 local Backoff = require "qmp.reconnect"
 local jobs = require "qmp.jobs"
+local signals = require "qmp.signals"
 
 local type, tostring, pcall, setmetatable = type, tostring, pcall, setmetatable
 local min, max, huge = math.min, math.max, math.huge
@@ -164,9 +165,10 @@ function Client.connect(addr, opts)
   local vm, err = new(addr, opts, false)
   if not vm then return nil, err end
   local deadline = vm:now() + vm.default_timeout
-  local ok = vm:_await(function() return vm.state == "ready" end, deadline)
+  local ok, why = vm:_await(function() return vm.state == "ready" end, deadline)
   if ok then return vm end
   err = vm._end and (vm._end.cause or vm._end)
+  if why and why.kind == "interrupted" then err = why end
   if not err then
     local last = vm._backoff and vm._backoff.last_error
     err = errors.new("timeout", ("%s not ready within %g s%s"):format(vm.name, vm.default_timeout,
@@ -328,12 +330,15 @@ function Client:_wait_io(deadline)
 end
 
 -- Wait until ready() returns a true value (returned), the client closes
--- (nil, err) or the deadline passes (nil, nil).
+-- (nil, err), a caught signal is pending (nil, err) or the deadline passes
+-- (nil, nil).
 function Client:_await(ready, deadline)
   while true do
     local v = ready()
     if v then return v end
     if self.state == "closed" then return nil, self._end end
+    local interrupted = signals.error()
+    if interrupted then return nil, interrupted end
     if self:now() >= deadline then return nil, nil end
     self:_wait_io(deadline)
   end
@@ -397,15 +402,7 @@ end
 -- Why an event name looks wrong, or nil when the catalogue or this
 -- connection's live schema knows it.
 function Client:_unknown_name(name)
-  if events.is_synthetic[name] or events.known(name) then return nil end
-  local s = self._schema
-  if s and s.events[name] then return nil end
-  local candidates = events.known_names()
-  if s then for n in pairs(s.events) do candidates[#candidates + 1] = n end end
-  for _, n in ipairs(events.synthetic_names) do candidates[#candidates + 1] = n end
-  local guess = errors.closest(name, candidates)
-  return ("no event is named %s in the catalogue%s%s"):format(name,
-    s and " or in this QEMU's schema" or "", guess and ("; did you mean %s?"):format(guess) or "")
+  return events.unknown_name(name, self._schema)
 end
 
 -- }==================== events in
@@ -446,13 +443,15 @@ function Client:_command(method, name, args, opts, oob)
   local ok, cmd = pcall(s.send, s, name, args, opts.fds, oob)
   if not ok then errors.raise("qmp: " .. method .. ": " .. tostring(cmd)) end  -- unencodable arguments
   if s.state == "dead" then self:_follow() end  -- sending can end the session
-  self:_await(function() return cmd.done end, deadline)
+  local _, why = self:_await(function() return cmd.done end, deadline)
   if not cmd.done then
-    s:abandon(cmd)
+    s:abandon(cmd)   -- its late reply is dropped
     self:_follow()
     if cmd.done then return cmd.value, cmd.err end  -- cut half-way: the session ended
-    return nil, errors.new("timeout", ("no reply to %s from %s within %g s"):format(name, self.name, timeout),
-                           { command = name })
+    if why then return nil, why end   -- interrupted
+    local silent = s:silence()   -- QEMU stopped or hung: say so (see qmp.peer)
+    return nil, errors.new("timeout", ("no reply to %s from %s within %g s%s"):format(name, self.name, timeout,
+                           silent and (": " .. silent) or ""), { command = name })
   end
   if name == "quit" and cmd.err and cmd.err.kind == "qmp" then self._quitting = false end
   if cmd.err then
@@ -645,7 +644,7 @@ function Client:run(opts)
       self._stop = false
       return true
     end
-    local finished = self:_finished()
+    local finished = self:_finished() or signals.error()
     if finished then return nil, finished end
     local now = self:now()
     if now >= deadline then
@@ -680,6 +679,14 @@ end
 --- true once the client is closed for good (not while reconnecting).
 function Client:closed()
   return self.state == "closed"
+end
+
+--- Why the client is not connected: the error that closed it, or that
+-- ended its last session or connection attempt while it reconnects; nil
+-- otherwise.
+function Client:last_error()
+  if self.state == "closed" then return self._end end
+  if self.state == "reconnecting" then return self._backoff.last_error end
 end
 
 --- Close the connection.  Idempotent; events already received stay

@@ -13,6 +13,7 @@
 -- lives as long as one of its events does, so a peer inventing new names
 -- cannot grow the heap for good.
 local core = require "qmp.core"
+local errors = require "qmp.errors"
 
 local type, rawget, rawset, pairs, ipairs, tostring = type, rawget, rawset, pairs, ipairs, tostring
 local concat, sort, format, date = table.concat, table.sort, string.format, os.date
@@ -198,6 +199,20 @@ local function synthetic(name, data)
                         timestamp = { seconds = s, microseconds = us } }, events[name])
 end
 
+--- Why an event name looks wrong, or nil when the catalogue, the client's
+-- own names or live (a connection's parsed schema, optional) know it:
+-- "no event is named SHUTDWN in the catalogue; did you mean SHUTDOWN?".
+local function unknown_name(name, live)
+  if is_synthetic[name] or known(name) then return nil end
+  if live and live.events[name] then return nil end
+  local candidates = known_names()
+  if live then for n in pairs(live.events) do candidates[#candidates + 1] = n end end
+  for _, n in ipairs(synthetic_names) do candidates[#candidates + 1] = n end
+  local guess = errors.closest(name, candidates)
+  return format("no event is named %s in the catalogue%s%s", name,
+    live and " or in this QEMU's schema" or "", guess and format("; did you mean %s?", guess) or "")
+end
+
 -- Helpers of particular types (ev:progress(), ev:by_guest(), ...).
 require("qmp.event_methods")(events)
 
@@ -207,6 +222,7 @@ return {
   new_type = new_type,
   known = known,
   known_names = known_names,
+  unknown_name = unknown_name,
   synthetic = synthetic,
   synthetic_names = synthetic_names,
   is_synthetic = is_synthetic,

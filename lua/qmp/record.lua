@@ -97,8 +97,9 @@ local RUN_OPTIONS = { count = true, timeout = true, on_event = true, connect = t
 -- opts.timeout seconds passed.  opts.on_event(ev, vm) sees each event (to
 -- show progress); opts.connect: options for qmp.connect (not trace).
 -- Returns { reason =, events =, messages =, seconds = } | nil, err when it
--- could not start.  An error raised meanwhile (Ctrl-C in lua5.4) ends the
--- file with its reason, then goes on up.
+-- could not start.  A signal caught with qmp.signals ends it with reason
+-- "interrupted"; an error raised meanwhile (by on_event) ends the file with
+-- its reason, then goes on up.
 function record.run(address, path, opts)
   opts = errors.check_options("qmp.record.run", opts, RUN_OPTIONS)
   local count, on_event = opts.count, opts.on_event
@@ -129,15 +130,12 @@ function record.run(address, path, opts)
     if on_event then on_event(ev, vm) end
     if events == count then vm:stop() end
   end)
-  -- Back in Lua at least once a second: an interrupt (Ctrl-C, which lua5.4
-  -- raises at the next Lua instruction) then ends the file properly.
-  local function tick() vm:after(1, tick) end
-  tick()
   local ok, done, why = pcall(vm.run, vm, { timeout = opts.timeout })
   local reason
-  if not ok then reason = "interrupted: " .. tostring(done)
+  if not ok then reason = "error: " .. tostring(done)
   elseif done then reason = ("%d events"):format(events)
   elseif why.kind == "timeout" then reason = ("%g s passed"):format(opts.timeout)
+  elseif why.kind == "interrupted" then reason = "interrupted"   -- a signal caught with qmp.signals
   else reason = tostring(why) end
   vm:close()
   rec:close(reason)

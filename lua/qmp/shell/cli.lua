@@ -1,31 +1,50 @@
 --- What every qmp-lua subcommand shares: option parsing, --help, exit
--- codes, connecting with a readable failure.
+-- codes, connecting with a readable failure, colour, signals.
 --
 -- A subcommand describes itself:
 --   { name = "events", args = "ADDRESS...", summary = "...", min = 1, max = nil,
---     options = { { "--event", "GLOB", "only these events (repeatable)", many = true },
+--     options = { { "--event", "GLOB", "only events named GLOB (repeatable)", many = true },
 --                 { "--json", nil, "one JSON object per line" } },
+--     connects = true,   -- gets --connect-timeout and --allow-remote (cli.CONNECT_OPTIONS)
 --     details = "longer text", run = function(opts, args) -> exit code }
 -- Options come before, after or between the positional arguments; "--"
 -- ends them, and so does the options_end-th positional argument when the
 -- command sets it (the words after a script or a QMP command are its own).
 -- A value is the next word or follows "=" (--count=5).
 local qmp = require "qmp"
+local signals = require "qmp.signals"
 
 local cli = {}
 
 --- The back-off of every subcommand's --reconnect / --follow (seconds).
 cli.RECONNECT = { min = 0.2, max = 5 }
 
---- Exit codes, the same for every subcommand.
+--- Exit codes, the same for every subcommand; a signal adds 128 to its number.
 cli.OK, cli.FAILED, cli.CONNECTION, cli.USAGE = 0, 1, 2, 64
 
 cli.EXIT_CODES = [[
 exit status:
-  0   success
-  1   the command failed: a QMP error reply, a failed job, a script error
-  2   connection trouble: refused, closed, timed out, not a QMP monitor
-  64  bad usage (see --help)]]
+  0    success: done, --count or --timeout reached, the script finished
+  1    the command failed: a QMP error reply, a failed job, a script error
+  2    connection trouble: refused, closed, timed out, not a QMP monitor
+  64   bad usage (see --help)
+  129  SIGHUP, 130 SIGINT (Ctrl-C), 143 SIGTERM: stopped cleanly by that signal]]
+
+--- The options of every subcommand that connects (cmd.connects).
+cli.CONNECT_OPTIONS = {
+  { "--connect-timeout", "S", "seconds to connect and negotiate (default 10)" },
+  { "--allow-remote", nil, "allow TCP to a non-loopback address (the monitor is root-equivalent)" },
+}
+
+-- A subcommand's options, the shared ones included.
+local function options_of(cmd)
+  local all = { table.unpack(cmd.options or {}) }
+  if cmd.connects then
+    for _, o in ipairs(cli.CONNECT_OPTIONS) do all[#all + 1] = o end
+  end
+  return all
+end
+cli.options_of = options_of
 
 -- A usage error: main prints it with a hint and exits 64.
 local Usage = {}
@@ -46,7 +65,7 @@ function cli.help(cmd)
   if cmd.details then lines[#lines + 1] = ""; lines[#lines + 1] = cmd.details end
   lines[#lines + 1] = ""
   lines[#lines + 1] = "options:"
-  local all = { table.unpack(cmd.options or {}) }
+  local all = options_of(cmd)
   all[#all + 1] = { "--help", nil, "show this text and exit" }
   for _, o in ipairs(all) do
     local left = o[2] and (o[1] .. " " .. o[2]) or o[1]
@@ -62,7 +81,7 @@ end
 -- error.  opts.help is true for --help (nothing else is checked then).
 function cli.parse(cmd, argv)
   local by_name = { ["--help"] = { "--help" } }
-  for _, o in ipairs(cmd.options or {}) do by_name[o[1]] = o end
+  for _, o in ipairs(options_of(cmd)) do by_name[o[1]] = o end
   local opts, args = {}, {}
   local i, rest = 1, false
   while i <= #argv do
@@ -131,17 +150,88 @@ function cli.complain(fmt, ...)
   io.stderr:write("qmp-lua: ", fmt:format(...), "\n")
 end
 
---- Connect to address (with open, default qmp.connect; qmp.client to keep
--- trying), or say why not on stderr: vm | nil.
-function cli.connect(address, opts, open)
-  local vm, err = (open or qmp.connect)(address, opts)
-  if not vm then cli.complain("%s: %s", address, tostring(err)) end
-  return vm
+--- An error as one line for the operator: the library's advice in the
+-- command's words, and the address in front unless the text names it.
+function cli.describe(err, address)
+  local text = tostring(err):gsub("pass allow_remote = true", "pass --allow-remote")
+  if address and not text:find(address, 1, true) then text = address .. ": " .. text end
+  return text
 end
 
---- true when stdout is a terminal (colour, progress bars).
+--- Options for qmp.client / qmp.connect from the shared ones; extra adds more.
+function cli.client_options(cmd, opts, address, extra)
+  local o = { name = address, timeout = cli.number(cmd, opts, "connect_timeout"),
+              allow_remote = opts.allow_remote or nil }
+  for k, v in pairs(extra or {}) do o[k] = v end
+  return o
+end
+
+--- Connect to address for cmd, or say why not on stderr: vm | nil.
+-- With reconnect, QEMU may come later: the first failure is told once
+-- ("waiting for ADDRESS: ...") and it waits until QEMU is up or a signal.
+function cli.open(cmd, opts, address, reconnect)
+  if not reconnect then
+    local vm, err = qmp.connect(address, cli.client_options(cmd, opts, address))
+    if not vm then cli.complain("%s", cli.describe(err, address)) end
+    return vm
+  end
+  local vm, err = qmp.client(address, cli.client_options(cmd, opts, address, { reconnect = cli.RECONNECT }))
+  if not vm then
+    cli.complain("%s", cli.describe(err, address))
+    return nil
+  end
+  local told = false
+  local ok, why = vm:run({ done = function()
+    if vm.state == "reconnecting" and not told then
+      told = true
+      cli.complain("waiting for %s: %s (Ctrl-C to give up)", address, cli.describe(vm:last_error()))
+    end
+    return vm.state == "ready"
+  end })
+  if ok then
+    if told then cli.complain("%s: connected", address) end
+    return vm
+  end
+  vm:close()
+  if why.kind ~= "interrupted" then cli.complain("%s", cli.describe(why, address)) end
+  return nil
+end
+
+--- true when fd (default stdout) is a terminal (progress bars).
 function cli.is_tty(fd)
   return os.execute(("test -t %d"):format(fd or 1)) == true
+end
+
+--- Colour on stdout: a terminal, no --no-colour, and no NO_COLOR in the
+-- environment (https://no-color.org: any non-empty value).
+function cli.colour(opts)
+  local no_color = os.getenv("NO_COLOR")
+  return not opts.no_colour and (no_color == nil or no_color == "") and cli.is_tty(1)
+end
+
+--- xpcall(fn, msgh, ...) so that a caught signal also ends busy Lua code
+-- in fn: a count hook raises the "interrupted" error once per signal.  The
+-- library's waits return that error by themselves; this is for loops in a
+-- script or a line typed at the shell.
+function cli.interruptible(fn, msgh, ...)
+  local raised
+  debug.sethook(function()
+    local name = signals.pending()
+    if name and name ~= raised then
+      raised = name
+      error(signals.error(), 2)
+    end
+  end, "", 100000)
+  local results = table.pack(xpcall(fn, msgh, ...))
+  debug.sethook()
+  return table.unpack(results, 1, results.n)
+end
+
+--- A message handler for cli.interruptible: the interrupted error as it
+-- is, anything else as text with its traceback.
+function cli.traceback(e)
+  if type(e) == "table" and e.kind == "interrupted" then return e end
+  return debug.traceback(tostring(e), 2)
 end
 
 return cli

@@ -9,25 +9,33 @@ local cmd = {
   name = "events",
   args = "ADDRESS...",
   min = 1,
+  connects = true,
   summary = "watch the events of one or many VMs, one line each",
   details = [[
 Prints each event as one line: local time, name, members. With several VMs
 each line starts with the VM's address. --json prints one JSON object per
 line ({"vm", "event", "data", "timestamp"}) for log shippers and jq.
-Ends after --count events or --timeout seconds (status 0), or when every VM's
-connection has closed (status 2; with --follow it waits for them to return).
+Every VM that can be watched is: one that refuses, never greets (its monitor
+held by another client) or drops is said once on stderr ("ADDRESS: not
+watched: ...") and the others go on; with --follow it is retried.
+Ends after --count events, --timeout seconds, or SIGINT/SIGTERM (a closing
+line on stderr), or when no VM is left. Status 0 when at least one VM was
+watched to the end, 2 when none could be (see the exit status table).
 --count counts QEMU's events, not the qmp.* lines --follow adds.
 With --follow a VM may also be started after the watch: connection changes
-show as qmp.disconnected / qmp.reconnected lines.]],
+show as qmp.connected / qmp.disconnected / qmp.reconnected lines.
+An --event name that neither the catalogue nor the VM's schema knows is
+warned about on stderr, with the closest name.]],
   options = {
     { "--event", "GLOB", "only events named GLOB (STOP, BLOCK_JOB_*); repeat for any of several", many = true },
     { "--where", "KEY=VALUE", "only events whose data member KEY (a.b: nested) is VALUE; repeat: all must hold",
       many = true },
     { "--json", nil, "one JSON object per line" },
     { "--pretty", nil, "each event as indented, coloured (on a terminal) JSON" },
+    { "--no-colour", nil, "plain output even on a terminal (so does NO_COLOR)" },
     { "--count", "N", "stop after N events" },
-    { "--timeout", "S", "stop after S seconds" },
-    { "--follow", nil, "keep watching across QEMU restarts (reconnects)" },
+    { "--timeout", "S", "stop after S seconds (status 0)" },
+    { "--follow", nil, "keep watching across QEMU restarts (reconnects), and retry VMs not up yet" },
   },
 }
 
@@ -47,7 +55,7 @@ local function printer(opts, many)
                         { sort = true })
     end
   end
-  local colour = cli.is_tty(1)
+  local colour = cli.colour(opts)
   if opts.pretty then
     return function(ev, vm)
       local head = (many and vm.name .. " " or "") .. pretty.event_line(ev, { colour = colour })
@@ -59,44 +67,101 @@ local function printer(opts, many)
   end
 end
 
+-- --event names neither the catalogue nor live (a VM's schema, or nil)
+-- knows, each said once on stderr with the closest name.
+local function warn_unknown(names, live)
+  for _, name in ipairs(names) do
+    local why = catalogue.unknown_name(name, live)
+    if why then cli.complain("warning: --event %s: %s", name, why) end
+  end
+end
+
+-- The plain --event names the catalogue does not know: checked against the
+-- first VM's schema once one is up (a newer QEMU has events of its own).
+local function suspicious_names(list)
+  local out = {}
+  for _, name in ipairs(list or {}) do
+    if not name:find("[*?]") and catalogue.unknown_name(name) then out[#out + 1] = name end
+  end
+  return out
+end
+
 function cmd.run(opts, args)
   if opts.json and opts.pretty then cli.usage_error("events: --json and --pretty exclude each other") end
   local count = cli.number(cmd, opts, "count", true)
   local timeout = cli.number(cmd, opts, "timeout")
   local names = opts.event or "*"
   local data = data_filter(opts.where)
+  local suspicious = suspicious_names(opts.event)
   io.stdout:setvbuf("line")
-  local vms = {}
-  for i, address in ipairs(args) do
-    if opts.follow then   -- a VM not up yet is waited for; a refused address still ends it
-      vms[i] = cli.connect(address, { name = address, reconnect = cli.RECONNECT }, qmp.client)
+
+  -- Every VM connects in the background: none waits for another.
+  local loop, vms = qmp.loop(), {}
+  local watched = {}   -- vm -> true once it was ready
+  local told = {}      -- vm -> true while its outage has been said (--follow)
+  local function not_watched(vm, err)
+    if told[vm] then return end
+    told[vm] = true
+    cli.complain("%s: not watched: %s%s", vm.name, cli.describe(err), opts.follow and "; retrying" or "")
+  end
+  for _, address in ipairs(args) do
+    local vm, err = qmp.client(address, cli.client_options(cmd, opts, address,
+                                                           { reconnect = opts.follow and cli.RECONNECT or nil }))
+    if vm then
+      vm.on_error = function(e, v)
+        if e.kind ~= "usage" then cli.complain("%s", cli.describe(e, v.name)) end  -- names: warn_unknown
+      end
+      vms[#vms + 1] = vm
+      loop:add(vm)
     else
-      vms[i] = cli.connect(address, { name = address })
-    end
-    if not vms[i] then
-      for _, vm in ipairs(vms) do vm:close() end
-      return cli.CONNECTION
-    end
-    vms[i].on_error = function(err, vm)
-      if err.kind ~= "usage" then cli.complain("%s: %s", vm.name, tostring(err)) end
+      cli.complain("%s: not watched: %s", address, cli.describe(err))
     end
   end
-  local loop = qmp.loop(vms)
+
   local show, seen = printer(opts, #args > 1), 0
   loop:on(names, data, function(ev, vm)
     if count and seen >= count then return end
-    if not catalogue.is_synthetic[ev.event] then seen = seen + 1 end   -- --follow's own lines are not counted
+    if catalogue.is_synthetic[ev.event] then
+      if not opts.follow then return end   -- qmp.connected: only --follow shows connection changes
+    else
+      seen = seen + 1
+    end
     io.stdout:write(show(ev, vm), "\n")
   end)
-  if opts.follow then
-    loop:on(catalogue.synthetic_names, function(ev, vm)
-      if names ~= "*" then io.stdout:write(show(ev, vm), "\n") end  -- "*" printed them already
-    end)
+  if opts.follow and names ~= "*" then   -- "*" printed them already
+    loop:on(catalogue.synthetic_names, function(ev, vm) io.stdout:write(show(ev, vm), "\n") end)
   end
-  loop.on_close = function(vm, err) cli.complain("%s: %s", vm.name, tostring(err)) end
-  local ok, err = loop:run({ timeout = timeout, done = function() return count ~= nil and seen >= count end })
-  for _, vm in ipairs(vms) do vm:close() end
-  if ok or err.kind == "timeout" then return cli.OK end
+  loop:on(catalogue.synthetic_names, function(ev, vm)
+    if ev.event == "qmp.disconnected" then
+      not_watched(vm, ev.data.reason)
+    else   -- connected, reconnected
+      watched[vm], told[vm] = true, nil
+      if suspicious then
+        local live = vm:schema()
+        warn_unknown(suspicious, live)
+        suspicious = nil
+      end
+    end
+  end)
+  loop.on_close = not_watched
+
+  local ok, err = loop:run({ timeout = timeout, done = function()
+    for _, vm in ipairs(vms) do
+      if vm.state == "reconnecting" then not_watched(vm, vm:last_error()) end
+    end
+    return count ~= nil and seen >= count
+  end })
+  if suspicious then warn_unknown(suspicious) end   -- no VM came up to ask
+  local live = 0
+  for _, vm in ipairs(vms) do
+    if watched[vm] and vm.state == "ready" then live = live + 1 end
+    vm:close()
+  end
+  if not ok and err.kind == "interrupted" then
+    cli.complain("events: %d event%s from %d VM%s watched; stopped by %s", seen, seen == 1 and "" or "s",
+                 live, live == 1 and "" or "s", err.signal)
+  end
+  if (ok or err.kind ~= "closed") and live > 0 then return cli.OK end
   return cli.CONNECTION
 end
 

@@ -8,19 +8,21 @@ local cmd = {
   args = "ADDRESS COMMAND [KEY=VALUE... | JSON]",
   min = 2,
   options_end = 2,
+  connects = true,
   summary = "run one QMP command and print its result as JSON",
   details = [[
 Arguments are KEY=VALUE words (qmp-shell style: a value that reads as JSON is
 JSON — 5, true, null, "text", [1,2], {"a":1} — anything else a string;
 a.b=1 sets a nested member) or one JSON object. Options go before COMMAND.
-The result is printed as one line of JSON (indented with --pretty). On a QMP
+The result is printed as one line of JSON, keys sorted (indented with
+--pretty). On a QMP
 error the error class and text go to stderr and the status is 1.
   qmp-lua exec /run/vm1/qmp.sock query-status
   qmp-lua exec /run/vm1/qmp.sock block-job-cancel device=job0 force=true
   qmp-lua exec /run/vm1/qmp.sock human-monitor-command command-line="info block"]],
   options = {
-    { "--pretty", nil, "indent the result, keys sorted" },
-    { "--timeout", "S", "seconds to wait for the connection and the reply (default 10)" },
+    { "--pretty", nil, "indent the result" },
+    { "--timeout", "S", "give up after S seconds in all: connecting and the reply (status 2)" },
   },
 }
 
@@ -41,19 +43,25 @@ function cmd.run(opts, args)
   local timeout = cli.number(cmd, opts, "timeout")
   local address, name = args[1], args[2]
   local command_args = arguments({ table.unpack(args, 3) })
-  local vm = cli.connect(address, { name = address, timeout = timeout })
+  local started = qmp.monotime()
+  if timeout then   -- the connection gets no more than the whole
+    local connect = cli.number(cmd, opts, "connect_timeout")
+    opts.connect_timeout = connect and math.min(connect, timeout) or timeout
+  end
+  local vm = cli.open(cmd, opts, address)
   if not vm then return cli.CONNECTION end
-  local ret, err = vm:execute(name, command_args)
+  local left = timeout and math.max(0, timeout - (qmp.monotime() - started))
+  local ret, err = vm:execute(name, command_args, { timeout = left })
   vm:close()
   if ret == nil then
     if err.kind == "qmp" then
       cli.complain("%s: %s: %s", name, err.class, err.desc)
       return cli.FAILED
     end
-    cli.complain("%s: %s", address, tostring(err))
+    if err.kind ~= "interrupted" then cli.complain("%s", cli.describe(err, address)) end
     return cli.CONNECTION
   end
-  io.stdout:write(qmp.encode(ret, { pretty = opts.pretty == true, sort = opts.pretty == true }), "\n")
+  io.stdout:write(qmp.encode(ret, { pretty = opts.pretty == true, sort = true }), "\n")
   return cli.OK
 end
 

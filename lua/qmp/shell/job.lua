@@ -8,6 +8,7 @@ local cmd = {
   args = "ADDRESS [ID]",
   min = 1,
   max = 2,
+  connects = true,
   summary = "list the jobs of a VM, or follow one to its end with a progress bar",
   details = [[
 Without ID: one line per job (id, type, status, progress). With ID: that
@@ -50,6 +51,10 @@ local function follow(vm, id, opts)
                                      complete = opts.complete, dismiss = opts.dismiss })
   meter:finish(job)
   if job then return true end
+  if err.kind == "interrupted" then
+    cli.complain("job: stopped watching %s by %s; the job goes on in QEMU", id, err.signal)
+    return false
+  end
   if err.kind == "job" or err.kind == "timeout" then
     cli.complain("%s", err.message)
     return false
@@ -63,7 +68,7 @@ function cmd.run(opts, args)
     cli.usage_error("job: --complete, --dismiss and --timeout go with --wait")
   end
   if opts.wait and not id then cli.usage_error("job: --wait needs a job ID") end
-  local vm = cli.connect(address, { name = address })
+  local vm = cli.open(cmd, opts, address)
   if not vm then return cli.CONNECTION end
   local ok, err
   if not id then ok, err = list(vm)
@@ -71,7 +76,7 @@ function cmd.run(opts, args)
   else ok, err = show(vm, id) end
   vm:close()
   if ok == nil then
-    cli.complain("%s: %s", address, tostring(err))
+    if err.kind ~= "interrupted" then cli.complain("%s", cli.describe(err, address)) end
     return err.kind == "qmp" and cli.FAILED or cli.CONNECTION
   end
   return ok and cli.OK or cli.FAILED

@@ -172,6 +172,11 @@ local KEYWORDS = {}
 for w in ([[and break do else elseif end false for function goto if in local nil not
             or repeat return then true until while]]):gmatch("%a+") do KEYWORDS[w] = true end
 
+--- Whether word is one of Lua's reserved words.
+function kv.is_keyword(word)
+  return KEYWORDS[word] == true
+end
+
 --- Whether a shell line is a QMP command rather than Lua.  The rule, on the
 -- first word of the line (up to a space):
 --   1. a command of the live schema (when given): `stop`, `query-block ...`;

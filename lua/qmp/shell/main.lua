@@ -1,6 +1,12 @@
 --- qmp-lua: the command-line tool.  main(argv) runs one subcommand and
 -- returns its exit status (see cli.EXIT_CODES).
+-- SIGINT, SIGTERM and SIGHUP are caught for the whole run (qmp.signals):
+-- the library's waits return kind "interrupted", each subcommand ends
+-- the way it ends on a timeout (closing lines, files, the terminal), and
+-- the status is then 128 + the signal's number, as a shell reports it.
 local cli = require "qmp.shell.cli"
+local errors = require "qmp.errors"
+local signals = require "qmp.signals"
 
 local COMMANDS = { "shell", "events", "exec", "run", "job", "record", "completion" }
 
@@ -32,6 +38,7 @@ local function main(argv)
     return cli.USAGE
   end
   local cmd = require("qmp.shell." .. name)
+  signals.catch("INT", "TERM", "HUP")
   local ok, status = pcall(function()
     local opts, args = cli.parse(cmd, { table.unpack(argv, 2) })
     if opts.help then
@@ -40,12 +47,19 @@ local function main(argv)
     end
     return cmd.run(opts, args)
   end)
+  local _, signo = signals.take()
+  if signo then return 128 + signo end
   if ok then return status end
   if cli.is_usage_error(status) then
     cli.complain("%s (see qmp-lua %s --help)", tostring(status), name)
     return cli.USAGE
   end
-  error(status, 0)
+  -- A defect of qmp-lua: one line, without the library's file names
+  -- (QMP_LUA_DEBUG=1 shows the whole traceback).
+  if os.getenv("QMP_LUA_DEBUG") then io.stderr:write(debug.traceback(tostring(status)), "\n") end
+  local text = errors.is(status) and status.message or tostring(status)
+  cli.complain("%s: internal error: %s (QMP_LUA_DEBUG=1 shows where)", name, (text:gsub("^[^:\n]*:%d+: ", "")))
+  return cli.FAILED
 end
 
 return { main = main, COMMANDS = COMMANDS }

@@ -5,6 +5,8 @@
 -- qmp.shell.rl prints arriving events above the half-typed line.
 local qmp = require "qmp"
 local core = require "qmp.core"
+local errors = require "qmp.errors"
+local signals = require "qmp.signals"
 local cli = require "qmp.shell.cli"
 local kv = require "qmp.shell.kv"
 local pretty = require "qmp.shell.pretty"
@@ -30,15 +32,20 @@ being typed. Shell commands:
   :hmp LINE         a human monitor command (:hmp info block)
   :events off|on|GLOB   hide events, show all, or only those named GLOB
   :quit             leave the shell (so does Ctrl-D; the QMP command `quit` stops QEMU)
-History is kept in ~/.qmp-lua_history.]],
+Ctrl-C cancels the line being typed, or a command waiting for its reply (the
+reply is then dropped), or Lua that runs long, and gives a fresh prompt.
+A word that is neither a command of this VM nor a defined Lua name is an
+unknown command, with the closest command names.
+History is kept in ~/.qmp-lua_history (mode 0600).]],
+  connects = true,
   options = {
-    { "--reconnect", nil, "when QEMU restarts, reconnect (and say so) instead of leaving" },
-    { "--no-colour", nil, "plain output even on a terminal" },
-    { "--timeout", "S", "seconds to wait for the connection and each command (default 10)" },
+    { "--reconnect", nil, "wait for QEMU if it is not up yet, and follow its restarts instead of leaving" },
+    { "--no-colour", nil, "plain output even on a terminal (so does NO_COLOR)" },
   },
 }
 
 local PROMPT, MORE = "qmp> ", "...> "
+local HISTORY = ".qmp-lua_history"   -- in $HOME
 
 -- Lua input: an expression's values, or a statement; `local` names become
 -- the shell's own so they live on.  ok, values (packed) | false, message |
@@ -52,8 +59,12 @@ local function run_lua(source, env)
     if err:find("<eof>$") then return nil end
     return false, err
   end
-  local results = table.pack(xpcall(chunk, debug.traceback))
-  if not results[1] then return false, tostring(results[2]) end
+  local results = table.pack(cli.interruptible(chunk, cli.traceback))   -- Ctrl-C ends a long loop
+  if not results[1] then
+    local e = results[2]
+    if errors.is(e) and e.kind == "interrupted" then return false, "interrupted" end
+    return false, tostring(e)
+  end
   return true, table.pack(table.unpack(results, 2, results.n))
 end
 
@@ -79,6 +90,9 @@ function Shell:qmp_line(line)
   local ret, err = self.vm:execute(name, args)
   if ret == nil then
     if err.kind == "qmp" then return self:error(("error: %s: %s"):format(err.class, err.desc)) end
+    if err.kind == "interrupted" then
+      return self:error(("%sinterrupted: %s's reply, if QEMU sends one, will be dropped"):format(self.below_echo, name))
+    end
     return self:error("error: " .. tostring(err))
   end
   self:show(ret)
@@ -96,7 +110,7 @@ end
 function SHELL_COMMANDS.hmp(self, rest)
   local text, err = self.vm:hmp(rest)
   if not text then return self:error("error: " .. tostring(err.desc or err)) end
-  self.print(text)
+  if text ~= "" then self:say(text) end   -- vm:hmp gives the text without its last line end
 end
 
 function SHELL_COMMANDS.events(self, rest)
@@ -123,20 +137,103 @@ function Shell:line(line)
     if not f then return self:error(("unknown shell command :%s (try :help)"):format(word)) end
     return f(self, rest)
   end
+  local unknown = self:unknown_command(line)
+  if unknown then return self:error(unknown) end
   if kv.looks_like_command(line, self.schema) then return self:qmp_line(line) end
   local ok, values = run_lua(line, self.env)
   if ok == nil then
     self.pending = line      -- an unfinished chunk: read on
   elseif not ok then
-    self:error(values)
+    self:error(values == "interrupted" and (self.below_echo .. values) or values)
   else
     for i = 1, values.n do self:show(values[i]) end
   end
 end
 
+-- "unknown command W; did you mean X?" for a line that is meant as a
+-- command but names none of this VM's: its first word W is no command and
+-- no defined Lua name, and either it is all there is (`stpo`), or it takes
+-- arguments (`stpo force=true`, `query-stauts`), or the line is no Lua at
+-- all (`system_rest now`).  nil for anything else (Lua, a real command).
+function Shell:unknown_command(line)
+  local word, rest = line:match("^%s*([%a_][%w_%-]*)%s*(.-)%s*$")
+  if not word or kv.is_keyword(word) then return nil end
+  local commands = self.schema and self.schema.commands
+  if commands and commands[word] then return nil end
+  local lua_name = not word:find("-", 1, true)
+  if lua_name and self.env[word] ~= nil then return nil end
+  if rest ~= "" and not kv.looks_like_command(line, self.schema) then
+    if not lua_name then return nil end   -- "a-b ..." that is no command shape: Lua will say
+    local _, err = load(line, "=shell", "t", {})
+    if not err or err:find("<eof>$") then return nil end   -- Lua, or Lua not finished
+    if load("return " .. line, "=shell", "t", {}) then return nil end   -- an expression: Lua's own error
+  end
+  if not commands then
+    if not lua_name then return nil end   -- no schema: QEMU will answer for a command
+    return ("unknown command or undefined name %s"):format(word)
+  end
+  local names = {}
+  for name in pairs(commands) do names[#names + 1] = name end
+  table.sort(names)
+  local guess = errors.closest(word, names)
+  return ("unknown command %s%s"):format(word, guess and ("; did you mean %s?"):format(guess)
+                                                or " (:help lists none like it; Tab completes names)")
+end
+
 -- Show an event if :events lets it through.
 function Shell:event(ev)
   if self.events and self.events(ev) then self:say(pretty.event_line(ev, { colour = self.colour })) end
+end
+
+-- A signal at the prompt: SIGINT drops the line being typed; SIGTERM and
+-- SIGHUP end the shell (its exit status).  Returns that status or nil.
+function Shell:signal(rl)
+  local name, signo = signals.take()
+  if name ~= "SIGINT" then return 128 + signo end
+  rl.cancel_line()
+  self.pending = nil
+end
+
+-- The read-eval-print loop, until :quit, Ctrl-D, SIGTERM/SIGHUP or the
+-- end of the input.  Returns the exit status.
+function Shell:repl(readline, rl)
+  local vm, typed, status = self.vm, nil, nil
+  local function on_line(line)
+    if line == nil then typed = false else typed = line end   -- false: Ctrl-D
+    readline.handler_remove()   -- the prompt comes back once the line has run
+    self.installed = false
+  end
+  local lost = false
+  while not self.done and not status do
+    readline.handler_install(self.pending and MORE or PROMPT, on_line)
+    self.installed, typed = true, nil
+    while typed == nil and not self.done and not status do
+      local ready
+      if lost then ready = core.poll({ 0 }) else ready = core.poll({ 0, vm:pollfd() }, vm:timeout()) end
+      if not ready then   -- a signal
+        status = self:signal(rl)
+        if not status then
+          readline.handler_remove()
+          self.installed, typed = false, true   -- true: the line was dropped
+        end
+      elseif ready[1] == 1 then
+        readline.read_char()
+      end
+      local alive, err = vm:step()
+      if not alive and not lost then
+        lost = true
+        self:error("connection lost: " .. cli.describe(err)
+                   .. " (Lua still works; qmp-lua shell --reconnect follows restarts)")
+      end
+    end
+    if typed == false then break end   -- Ctrl-D
+    if type(typed) == "string" then
+      if typed:match("%S") then readline.add_history(typed) end
+      self:line(typed)
+      if signals.pending() == "SIGINT" then signals.take() end   -- it ended that line
+    end
+  end
+  return status or cli.OK
 end
 
 function cmd.run(opts, args)
@@ -147,55 +244,38 @@ function cmd.run(opts, args)
   end
   local rl = require "qmp.shell.rl"
   local address = args[1]
-  local vm = cli.connect(address, { name = address, timeout = cli.number(cmd, opts, "timeout"),
-                                    reconnect = opts.reconnect and cli.RECONNECT or nil })
+  local vm = cli.open(cmd, opts, address, opts.reconnect)
   if not vm then return cli.CONNECTION end
   local schema = vm:schema()   -- for completion and :help; nil if the VM will not say
   local self = setmetatable({ vm = vm, schema = schema, events = filter.names("*"),
                               print = rl.print_above,   -- whole lines, never garbling the typed one
-                              colour = not opts.no_colour and cli.is_tty(1) }, Shell)
+                              colour = cli.colour(opts),
+                              below_echo = cli.is_tty(0) and "\n" or "" }, Shell)   -- the terminal echoes ^C
   self.env = setmetatable({ vm = vm, qmp = qmp }, { __index = _G })
-  vm.on_error = function(err) if err.kind ~= "usage" then self:error(tostring(err)) end end
+  vm.on_error = function(err) if err.kind ~= "usage" then self:error(cli.describe(err)) end end
   vm:on("*", function(ev) self:event(ev) end)
 
-  readline.set_options({ histfile = "~/.qmp-lua_history", keeplines = 1000, completion = true })
+  local home = os.getenv("HOME")
+  local histfile = home and home ~= "" and (home .. "/" .. HISTORY) or ""
+  readline.set_options({ histfile = histfile, keeplines = 1000, completion = true })
   readline.set_complete_function(function(text, from, to)
     local list, append = complete.for_readline(schema, text, from, to)
     readline.set_completion_append_character(append)
     return list
   end)
   self:say(("connected to %s (%s); :help for help, Ctrl-D to leave"):format(address, pretty.qemu_version(vm.greeting)))
-  local typed, installed
-  local function on_line(line)
-    if line == nil then typed = false else typed = line end   -- false: Ctrl-D
-    readline.handler_remove()   -- the prompt comes back once the line has run
-    installed = false
+  -- Whatever ends the loop, even a defect of the shell: the terminal is
+  -- given back and the history written, before anything else is said.
+  local ran, status = pcall(self.repl, self, readline, rl)
+  if self.installed then   -- removing twice frees twice
+    rl.release()
+    readline.handler_remove()
   end
-  local lost = false
-  while not self.done do
-    readline.handler_install(self.pending and MORE or PROMPT, on_line)
-    installed, typed = true, nil
-    while typed == nil and not self.done do
-      local ready = lost and core.poll({ 0 }) or core.poll({ 0, vm:pollfd() }, vm:timeout())
-      if ready and ready[1] == 1 then readline.read_char() end
-      local alive, err = vm:step()
-      if not alive and not lost then
-        lost = true
-        self:error("connection lost: " .. tostring(err)
-                   .. " (Lua still works; qmp-lua shell --reconnect follows restarts)")
-      end
-    end
-    if typed == false then break end   -- Ctrl-D
-    if typed then
-      if typed:match("%S") then readline.add_history(typed) end
-      self:line(typed)
-    end
-  end
-  if installed then readline.handler_remove() end   -- removing twice frees twice
-  readline.save_history()
+  if histfile ~= "" and rl.private_file(histfile) then readline.save_history() end
   io.stdout:write("\n")
   vm:close()
-  return cli.OK
+  if not ran then error(status, 0) end
+  return status
 end
 
 return cmd
