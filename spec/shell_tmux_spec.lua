@@ -7,43 +7,18 @@ local qmp = require "qmp"
 local qemu = require "support.qemu"
 local proc = require "support.proc"
 local tmp = require "support.tmp"
+local tmux = require "support.tmux"
 
-local WAIT = 5   -- seconds the screen may take to show what is expected
+local WAIT = tmux.WAIT
 
 describe("qmp-lua shell in a terminal #qemu", function()
   local machine, mon, home, run, cwd   -- run: the shell's command line
-  local server = ("qmp-spec-%d-%d"):format(os.time(), math.random(1 << 30))
-  local SESSION = "shell"
 
-  -- Run `tmux -L server ARGS...`: its output.
-  local function tmux(...)
-    local words = { "tmux", "-L", server }
-    for _, w in ipairs({ ... }) do words[#words + 1] = tmp.quote(w) end
-    local p = assert(io.popen(table.concat(words, " ") .. " 2>&1"))
-    local out = p:read("a")
-    local ok = p:close()
-    assert(ok, "tmux " .. table.concat({ ... }, " ") .. ": " .. out)
-    return out
-  end
-
-  local function screen()
-    return tmux("capture-pane", "-p", "-t", SESSION)
-  end
-
-  -- Poll the screen until it matches pattern (a Lua pattern; plain: a
-  -- plain text), at most seconds: the screen.  Fails showing the screen.
-  local function wait_for_screen(pattern, seconds, plain)
-    local text
-    local found = proc.wait_until(function()
-      text = screen()
-      return text:find(pattern, 1, plain) ~= nil
-    end, seconds or WAIT, 0.05)
-    assert(found, ("the screen never showed %q; it shows:\n%s"):format(pattern, text))
-    return text
-  end
-
-  local function keys(...) tmux("send-keys", "-t", SESSION, ...) end
-  local function type_text(text) tmux("send-keys", "-t", SESSION, "-l", text) end
+  local term   -- the terminal (support.tmux), made in setup
+  local function screen() return term:screen() end
+  local function wait_for_screen(pattern, seconds, plain) return term:wait_for(pattern, seconds, plain) end
+  local function keys(...) term:keys(...) end
+  local function type_text(text) term:type(text) end
 
   -- An empty line on a clear screen.
   local function fresh()
@@ -74,19 +49,14 @@ describe("qmp-lua shell in a terminal #qemu", function()
     local pwd = assert(io.popen("pwd"))
     cwd = pwd:read("l")
     pwd:close()
-    tmux("new-session", "-d", "-s", SESSION, "-x", "160", "-y", "50", "-c", cwd,
-         run .. '; echo "[shell exited $?]"; ' .. run .. '; echo "[shell exited $?]"; sleep 60')
+    term = tmux.start("shell", { cwd = cwd, width = 160, height = 50 },
+                      run .. '; echo "[shell exited $?]"; ' .. run .. '; echo "[shell exited $?]"; sleep 60')
     wait_for_screen("connected to " .. machine.sock .. " (QEMU 7.", 10, true)
     wait_for_screen("\nqmp>")
   end)
 
   teardown(function()
-    -- kill-server leaves the server's socket file behind
-    local p = io.popen("tmux -L " .. tmp.quote(server) .. " display-message -p '#{socket_path}' 2>/dev/null")
-    local socket_path = p and p:read("l")
-    if p then p:close() end
-    os.execute("tmux -L " .. tmp.quote(server) .. " kill-server >/dev/null 2>&1")
-    if socket_path and socket_path:find("/" .. server, 1, true) then os.remove(socket_path) end
+    if term then term:stop() end
     if mon then mon:close() end
     if machine then
       machine:stop()
@@ -230,9 +200,8 @@ describe("qmp-lua shell in a terminal #qemu", function()
   end)
 
   it("says when the connection is lost, and Lua goes on", function()
-    SESSION = "lost"   -- a session of its own: the first one has ended
-    tmux("new-session", "-d", "-s", SESSION, "-x", "160", "-y", "50", "-c", cwd,
-         run .. "; echo '[third run over]'; sleep 60")
+    term:stop()   -- a terminal of its own: the first one's shells have ended
+    term = tmux.start("lost", { cwd = cwd, width = 160, height = 50 }, run .. "; echo '[third run over]'; sleep 60")
     wait_for_screen("\nqmp>")
     assert(mon:execute("quit"))   -- QEMU goes away under the shell
     wait_for_screen("connection lost: ", WAIT, true)
