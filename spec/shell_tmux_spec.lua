@@ -15,7 +15,6 @@ describe("qmp-lua shell in a terminal #qemu", function()
   local machine, mon, home, run, cwd   -- run: the shell's command line
 
   local term   -- the terminal (support.tmux), made in setup
-  local function screen() return term:screen() end
   local function wait_for_screen(pattern, seconds, plain) return term:wait_for(pattern, seconds, plain) end
   local function keys(...) term:keys(...) end
   local function type_text(text) term:type(text) end

@@ -197,7 +197,8 @@ end
 -- The read-eval-print loop, until :quit, Ctrl-D, SIGTERM/SIGHUP or the
 -- end of the input.  Returns the exit status.
 function Shell:repl(readline, rl)
-  local vm, typed, status = self.vm, nil, nil
+  local vm, status = self.vm, nil
+  local typed   -- the line read (a string), false (Ctrl-D), true (dropped by Ctrl-C), nil (none yet)
   local function on_line(line)
     if line == nil then typed = false else typed = line end   -- false: Ctrl-D
     readline.handler_remove()   -- the prompt comes back once the line has run
