@@ -158,6 +158,12 @@ function cli.describe(err, address)
   return text
 end
 
+--- Say a world event on stderr (cli.describe), unless it is a signal:
+-- main reports that with the exit status, and the command its closing line.
+function cli.fail(err, address)
+  if err.kind ~= "interrupted" then cli.complain("%s", cli.describe(err, address)) end
+end
+
 --- Options for qmp.client / qmp.connect from the shared ones; extra adds more.
 function cli.client_options(cmd, opts, address, extra)
   local o = { name = address, timeout = cli.number(cmd, opts, "connect_timeout"),
@@ -172,12 +178,12 @@ end
 function cli.open(cmd, opts, address, reconnect)
   if not reconnect then
     local vm, err = qmp.connect(address, cli.client_options(cmd, opts, address))
-    if not vm then cli.complain("%s", cli.describe(err, address)) end
+    if not vm then cli.fail(err, address) end
     return vm
   end
   local vm, err = qmp.client(address, cli.client_options(cmd, opts, address, { reconnect = cli.RECONNECT }))
   if not vm then
-    cli.complain("%s", cli.describe(err, address))
+    cli.fail(err, address)
     return nil
   end
   local told = false
@@ -193,7 +199,7 @@ function cli.open(cmd, opts, address, reconnect)
     return vm
   end
   vm:close()
-  if why.kind ~= "interrupted" then cli.complain("%s", cli.describe(why, address)) end
+  cli.fail(why, address)
   return nil
 end
 

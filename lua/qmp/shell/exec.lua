@@ -58,7 +58,7 @@ function cmd.run(opts, args)
       cli.complain("%s: %s: %s", name, err.class, err.desc)
       return cli.FAILED
     end
-    if err.kind ~= "interrupted" then cli.complain("%s", cli.describe(err, address)) end
+    cli.fail(err, address)
     return cli.CONNECTION
   end
   io.stdout:write(qmp.encode(ret, { pretty = opts.pretty == true, sort = true }), "\n")

@@ -76,7 +76,7 @@ function cmd.run(opts, args)
   else ok, err = show(vm, id) end
   vm:close()
   if ok == nil then
-    if err.kind ~= "interrupted" then cli.complain("%s", cli.describe(err, address)) end
+    cli.fail(err, address)
     return err.kind == "qmp" and cli.FAILED or cli.CONNECTION
   end
   return ok and cli.OK or cli.FAILED

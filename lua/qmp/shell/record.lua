@@ -36,8 +36,7 @@ function cmd.run(opts, args)
                                                    on_event = on_event,
                                                    connect = cli.client_options(cmd, opts, address) })
   if not summary then
-    if err.kind == "interrupted" then return cli.FAILED end   -- main reports the signal's status
-    cli.complain("%s", cli.describe(err, address))
+    cli.fail(err, address)
     return err.kind == "io" and cli.FAILED or cli.CONNECTION
   end
   io.stderr:write(("recorded %d messages (%d events) in %.1f s to %s: %s\n")
