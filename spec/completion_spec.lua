@@ -8,10 +8,10 @@ local cli = require "qmp.shell.cli"
 local events = require "qmp.events"
 local proc = require "support.proc"
 local tmp = require "support.tmp"
+local tmux = require "support.tmux"
 local unix = require "socket.unix"
 
 local SHELLS = { "bash", "zsh", "fish" }
-local WAIT = 5   -- seconds the terminal may take to show what is expected
 
 -- Run a /bin/sh command line: its exit status, stdout and stderr together.
 local function sh(line)
@@ -239,32 +239,11 @@ describe("qmp-lua completion", function()
 end)
 
 describe("qmp-lua completion in bash in a terminal", function()
-  local server = ("qmp-completion-%d-%d"):format(os.time(), math.random(1 << 30))
-  local SESSION = "completion"
-  local dir, listener
+  local dir, listener, term
 
-  -- Run `tmux -L server ARGS...`: its output.
-  local function tmux(...)
-    local words = { "tmux", "-L", server }
-    for _, w in ipairs({ ... }) do words[#words + 1] = tmp.quote(w) end
-    local status, out = sh(table.concat(words, " "))
-    assert(status == 0, "tmux " .. table.concat({ ... }, " ") .. ": " .. out)
-    return out
-  end
-
-  -- Poll the screen (trailing blanks kept) until it matches pattern: the screen.
-  local function wait_for_screen(pattern, seconds)
-    local text
-    local found = proc.wait_until(function()
-      text = tmux("capture-pane", "-p", "-N", "-t", SESSION)
-      return text:find(pattern) ~= nil
-    end, seconds or WAIT, 0.05)
-    assert(found, ("the screen never showed %q; it shows:\n%s"):format(pattern, text))
-    return text
-  end
-
-  local function keys(...) tmux("send-keys", "-t", SESSION, ...) end
-  local function type_text(text) tmux("send-keys", "-t", SESSION, "-l", "--", text) end
+  local function wait_for_screen(pattern, seconds) return term:wait_for(pattern, seconds) end
+  local function keys(...) term:keys(...) end
+  local function type_text(text) term:type(text) end
 
   -- An empty line on a clear screen.
   local function fresh()
@@ -278,9 +257,9 @@ describe("qmp-lua completion in bash in a terminal", function()
     tmp.write(dir .. "/inputrc", "")   -- readline's defaults, whatever this machine's /etc/inputrc says
     local _, cwd = sh("pwd")
     local bin = cwd:gsub("\n$", "") .. "/bin"
-    tmux("new-session", "-d", "-s", SESSION, "-x", "160", "-y", "40", "-c", dir,
-         ("env HOME=%s INPUTRC=%s PATH=%s:\"$PATH\" PS1='$ ' timeout 120 bash --norc --noprofile")
-         :format(tmp.quote(dir), tmp.quote(dir .. "/inputrc"), tmp.quote(bin)))
+    term = tmux.start("completion", { cwd = dir, width = 160, height = 40, blanks = true },
+      ("env HOME=%s INPUTRC=%s PATH=%s:\"$PATH\" PS1='$ ' timeout 120 bash --norc --noprofile")
+      :format(tmp.quote(dir), tmp.quote(dir .. "/inputrc"), tmp.quote(bin)))
     wait_for_screen("^%$ ")
     type_text("source <(qmp-lua completion bash) && echo completion-loaded")
     keys("Enter")
@@ -289,11 +268,7 @@ describe("qmp-lua completion in bash in a terminal", function()
 
   teardown(function()
     if not dir then return end
-    -- kill-server leaves the server's socket file behind
-    local _, socket_path = sh("tmux -L " .. tmp.quote(server) .. " display-message -p '#{socket_path}'")
-    socket_path = socket_path:gsub("\n$", "")
-    os.execute("tmux -L " .. tmp.quote(server) .. " kill-server >/dev/null 2>&1")
-    if socket_path:find("/" .. server, 1, true) then os.remove(socket_path) end
+    term:stop()
     listener:close()
     tmp.remove(dir)
   end)

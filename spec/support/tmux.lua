@@ -25,7 +25,9 @@ function Term:tmux(...)
   return out
 end
 
+-- The screen's text; with opts.blanks (start) each line keeps its trailing blanks.
 function Term:screen()
+  if self.blanks then return self:tmux("capture-pane", "-p", "-N", "-t", self.session) end
   return self:tmux("capture-pane", "-p", "-t", self.session)
 end
 
@@ -61,11 +63,11 @@ local function pwd()
 end
 
 --- A new private server whose session runs command (a shell command line).
--- opts: cwd (default the current directory), width, height.
+-- opts: cwd (default the current directory), width, height, blanks (see screen).
 function M.start(name, opts, command)
   opts = opts or {}
   local term = setmetatable({ server = ("qmp-spec-%s-%d-%d"):format(name, os.time(), math.random(1 << 30)),
-                              session = name }, Term)
+                              session = name, blanks = opts.blanks }, Term)
   term:tmux("new-session", "-d", "-s", name, "-x", tostring(opts.width or 160), "-y", tostring(opts.height or 50),
             "-c", opts.cwd or pwd(), command)
   return term
