@@ -233,11 +233,23 @@ function cli.interruptible(fn, msgh, ...)
   return table.unpack(results, 1, results.n)
 end
 
+-- The library's own directory (".../qmp/"), whose frames a script's
+-- traceback leaves out.
+local LIBRARY = debug.getinfo(1, "S").source:match("^@(.*[/\\])shell[/\\]cli%.lua$")
+
 --- A message handler for cli.interruptible: the interrupted error as it
--- is, anything else as text with its traceback.
+-- is, anything else as text with the traceback of the script's own frames
+-- (not the library's, qmp-lua's or C's: the operator's code is what to fix).
 function cli.traceback(e)
   if type(e) == "table" and e.kind == "interrupted" then return e end
-  return debug.traceback(tostring(e), 2)
+  local lines = {}
+  for line in debug.traceback(tostring(e), 2):gmatch("[^\n]+") do
+    local frame = line:match("^%s+(.*)$")
+    local ours = frame and (frame:find("^%[C%]") or frame:find("^%(%.%.%.tail calls%.%.%.%)")
+                            or frame:find("qmp%-lua:%d+:") or (LIBRARY and frame:find(LIBRARY, 1, true)))
+    if not ours then lines[#lines + 1] = line end
+  end
+  return table.concat(lines, "\n")
 end
 
 return cli
