@@ -11,71 +11,13 @@ local socket = require "socket"
 local cleanup = require("support.cleanup")(after_each)
 
 local COMMANDS = { "shell", "events", "exec", "run", "job", "record", "completion" }
-local LIMIT = 20   -- seconds any qmp-lua child may take before `timeout` ends it
 
 -- {==================== running qmp-lua
 
-local work = tmp.dir("cli")
-local made = 0
-
--- A fresh path in this file's scratch directory.
-local function scratch(name)
-  made = made + 1
-  return ("%s/%d-%s"):format(work, made, name or "f")
-end
-
-local function command_line(words)
-  local quoted = {}
-  for i, w in ipairs(words) do quoted[i] = tmp.quote(w) end
-  return ("timeout -k 2 %d bin/qmp-lua %s"):format(LIMIT, table.concat(quoted, " "))
-end
-
--- Run `qmp-lua WORDS...` to its end: stdout, stderr, exit status.
-local function qmp_lua(...)
-  local out, err = scratch("out"), scratch("err")
-  local _, _, status = os.execute(("%s </dev/null >%s 2>%s"):format(command_line({ ... }), out, err))
-  return tmp.read(out), tmp.read(err), status
-end
-
--- `qmp-lua WORDS...` in the background: bg:out(), bg:err(), bg:status()
--- (nil while it runs), bg:wait(seconds) -> status, bg:kill().
-local Bg = {}
-Bg.__index = Bg
-
-function Bg:out() return tmp.read(self.files.out) or "" end
-function Bg:err() return tmp.read(self.files.err) or "" end
-function Bg:status() return tonumber(tmp.read(self.files.rc) or "") end
-
-function Bg:wait(seconds)
-  proc.wait_until(function() return self:status() ~= nil end, seconds or 10)
-  return self:status()
-end
-
-function Bg:kill()
-  if self:status() == nil then proc.terminate(self.pid, 2) end
-  self:wait(5)
-end
-
-local function background(...)
-  local files = { out = scratch("out"), err = scratch("err"), rc = scratch("rc"), pid = scratch("pid") }
-  -- The subshell records the pid of `timeout` (TERM to it reaches qmp-lua) and then the exit status.
-  assert(os.execute(("(%s </dev/null >%s 2>%s & echo $! >%s; wait $!; echo $? >%s) >/dev/null 2>&1 &")
-                    :format(command_line({ ... }), files.out, files.err, files.pid, files.rc)))
-  local pid
-  assert(proc.wait_until(function()
-    pid = tonumber(tmp.read(files.pid) or "")
-    return pid ~= nil
-  end, 5), "the background qmp-lua did not start")
-  local bg = setmetatable({ pid = pid, files = files }, Bg)
-  cleanup(function() bg:kill() end)
-  return bg
-end
-
-local function lines(text)
-  local list = {}
-  for line in (text or ""):gmatch("[^\n]+") do list[#list + 1] = line end
-  return list
-end
+local runner = require("support.qmp_lua").new("cli", cleanup)
+local qmp_lua, background, scratch = runner.run, runner.background, runner.scratch
+local command_line, lines = runner.command_line, runner.lines
+local LIMIT = runner.LIMIT   -- seconds any qmp-lua child may take before `timeout` ends it
 
 -- }==================== running qmp-lua
 
@@ -123,7 +65,7 @@ end
 
 -- }==================== QEMU and events
 
-teardown(function() tmp.remove(work) end)
+teardown(runner.remove)
 
 describe("qmp-lua usage", function()
   it("alone shows the overview, every command and the exit codes, status 64", function()
