@@ -76,14 +76,15 @@ local function warn_unknown(names, live)
   end
 end
 
--- The plain --event names the catalogue does not know: checked against the
--- first VM's schema once one is up (a newer QEMU has events of its own).
+-- The plain --event names the catalogue does not know, or nil: checked
+-- against the first VM's schema once one is up (a newer QEMU has events of
+-- its own).  nil when there are none, so no schema is asked for.
 local function suspicious_names(list)
   local out = {}
   for _, name in ipairs(list or {}) do
     if not name:find("[*?]") and catalogue.unknown_name(name) then out[#out + 1] = name end
   end
-  return out
+  return #out > 0 and out or nil
 end
 
 function cmd.run(opts, args)
@@ -102,6 +103,8 @@ function cmd.run(opts, args)
   local function not_watched(vm, err)
     if told[vm] then return end
     told[vm] = true
+    -- A VM never watched lost no connection: say why it could not connect.
+    if not watched[vm] and type(err) == "table" and err.kind == "closed" and err.cause then err = err.cause end
     cli.complain("%s: not watched: %s%s", vm.name, cli.describe(err), opts.follow and "; retrying" or "")
   end
   for _, address in ipairs(args) do

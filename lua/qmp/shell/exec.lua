@@ -58,6 +58,9 @@ function cmd.run(opts, args)
       cli.complain("%s: %s: %s", name, err.class, err.desc)
       return cli.FAILED
     end
+    if err.kind == "timeout" and timeout and err.command then   -- name --timeout, not the part of it left
+      err.message = err.message:gsub("within %S+ s", ("within %g s"):format(timeout), 1)
+    end
     cli.fail(err, address)
     return cli.CONNECTION
   end
