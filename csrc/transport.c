@@ -485,6 +485,14 @@ static int core_isfd(lua_State *L) {
   return 1;
 }
 
+/* core.isatty(n) -> whether fd n is a terminal (colour, progress bars);
+** no child process, so no signal is held off meanwhile. */
+static int core_isatty(lua_State *L) {
+  lua_Integer fd = luaL_checkinteger(L, 1);
+  lua_pushboolean(L, fd >= 0 && fd <= INT_MAX && isatty((int)fd));
+  return 1;
+}
+
 /* Send p[0..n) with fds attached to its first byte. */
 static ssize_t send_some(int fd, const char *p, size_t n, const int *fds, int nfds) {
   struct msghdr msg;
@@ -619,6 +627,7 @@ void qmp_transport_open(lua_State *L) {
     {"resolve", core_resolve},
     {"fdopen", core_fdopen},
     {"isfd", core_isfd},
+    {"isatty", core_isatty},
     {NULL, NULL}
   };
   if (luaL_newmetatable(L, QMP_CONN_MT)) {

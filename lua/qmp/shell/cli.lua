@@ -12,6 +12,7 @@
 -- command sets it (the words after a script or a QMP command are its own).
 -- A value is the next word or follows "=" (--count=5).
 local qmp = require "qmp"
+local core = require "qmp.core"
 local signals = require "qmp.signals"
 
 local cli = {}
@@ -205,7 +206,7 @@ end
 
 --- true when fd (default stdout) is a terminal (progress bars).
 function cli.is_tty(fd)
-  return os.execute(("test -t %d"):format(fd or 1)) == true
+  return core.isatty(fd or 1)
 end
 
 --- Colour on stdout: a terminal, no --no-colour, and no NO_COLOR in the
