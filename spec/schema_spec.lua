@@ -47,6 +47,16 @@ describe("vm:schema()", function()
     assert.is_nil(rawget(qmp.events["__com.example_DISK"], "fields"))
   end)
 
+  it("waits for the schema at most the timeout given", function()
+    local vm = fake.client({ { expect = "query-qmp-schema" }, { wait_close = true } }, cleanup)
+    local t0 = qmp.monotime()
+    local s, err = vm:schema(0.2)
+    assert.is_nil(s)
+    assert.are.equal("timeout", err.kind)
+    assert.matches("within 0.2 s", err.message, 1, true)
+    assert.is_true(qmp.monotime() - t0 < 2)
+  end)
+
   it("keeps each connection's schema to itself: two versions in one loop", function()
     local OLD = SCHEMA:gsub('"stop"%]', '"stop", "retry"]')   -- the older QEMU has another enum value
     local a = fake_vm({ { send = fake.event("__com.example_DISK", '{"device": "d0", "action": "stop"}') },

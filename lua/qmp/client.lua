@@ -504,9 +504,11 @@ function Client:job_wait(id, opts)
 end
 
 --- The live schema of this connection, read once: schema | nil, err.
-function Client:schema()
+-- timeout: seconds to wait for it (default the client's timeout, at least 30).
+function Client:schema(timeout)
   if self._schema then return self._schema end
-  local entities, err = self:execute("query-qmp-schema", nil, { timeout = max(self.default_timeout, 30) })
+  check_timeout("qmp: schema", timeout)
+  local entities, err = self:execute("query-qmp-schema", nil, { timeout = timeout or max(self.default_timeout, 30) })
   if not entities then return nil, err end
   local s = schema.parse(entities)
   if not s then return nil, not_a_schema() end

@@ -67,6 +67,8 @@ local function printer(opts, many)
   end
 end
 
+local SCHEMA_WAIT = 2   -- seconds the watch may wait for the first VM's schema (a typo check)
+
 -- --event names neither the catalogue nor live (a VM's schema, or nil)
 -- knows, each said once on stderr with the closest name.
 local function warn_unknown(names, live)
@@ -139,8 +141,8 @@ function cmd.run(opts, args)
       not_watched(vm, ev.data.reason)
     else   -- connected, reconnected
       watched[vm], told[vm] = true, nil
-      if suspicious then
-        local live = vm:schema()
+      if suspicious then   -- only with a name the catalogue lacks; bounded: the watch waits meanwhile
+        local live = vm:schema(SCHEMA_WAIT)
         warn_unknown(suspicious, live)
         suspicious = nil
       end
