@@ -15,7 +15,7 @@ local function overview()
                   "Watch and steer QEMU virtual machines over QMP.", "", "commands:" }
   for _, name in ipairs(COMMANDS) do
     local cmd = require("qmp.shell." .. name)
-    lines[#lines + 1] = ("  %-8s %s"):format(name, cmd.summary)
+    lines[#lines + 1] = ("  %-10s %s"):format(name, cmd.summary)
   end
   lines[#lines + 1] = ""
   lines[#lines + 1] = "ADDRESS is a QMP socket: /path/qmp.sock, unix:/path, tcp:127.0.0.1:4444, [::1]:4444."
