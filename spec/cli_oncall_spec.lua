@@ -22,19 +22,7 @@ local REACTION = 1   -- seconds; the command promises 100 ms, a loaded machine g
 
 -- A throwaway QEMU (in dir, if given) with a second monitor: machine, and
 -- `mon`, a client on that second monitor for the spec's own commands.
-local function vm_with_two_monitors(dir)
-  if dir == nil then
-    dir = tmp.dir("oncall-vm")
-    cleanup(function() tmp.remove(dir) end)
-  end
-  local second = dir .. "/qmp2.sock"
-  local machine = qemu.start({ dir = dir, args = { "-qmp", "unix:" .. second .. ",server=on,wait=off" } })
-  cleanup(function() machine:stop() end)
-  assert(proc.wait_until(function() return proc.listening(second) end, 10), "no second monitor")
-  local mon = assert(qmp.connect(second, { timeout = 10, name = "spec" }))
-  cleanup(function() mon:close() end)
-  return machine, mon
-end
+local function vm_with_two_monitors(dir) return qemu.with_monitor(cleanup, dir) end
 
 local function idle_qemu(dir)
   local machine = qemu.start({ dir = dir })
@@ -68,15 +56,7 @@ local function err_has(bg, pattern, plain)
   return function() return bg:err():find(pattern, 1, plain) ~= nil end
 end
 
--- How often plain text occurs in text.
-local function count(text, plain)
-  local n, at = 0, 1
-  while true do
-    local s, e = text:find(plain, at, true)
-    if not s then return n end
-    n, at = n + 1, e + 1
-  end
-end
+local count = require("support.text").count
 
 -- A Lua pattern that matches text literally.
 local function literal(text)

@@ -25,18 +25,7 @@ local LIMIT = runner.LIMIT   -- seconds any qmp-lua child may take before `timeo
 
 -- A throwaway QEMU with a second monitor: machine, and `mon`, a client on
 -- that second monitor for the spec's own commands.
-local function vm_with_two_monitors(dir)
-  local own = dir == nil
-  dir = dir or tmp.dir("cli-vm")
-  if own then cleanup(function() tmp.remove(dir) end) end
-  local second = dir .. "/qmp2.sock"
-  local machine = qemu.start({ dir = dir, args = { "-qmp", "unix:" .. second .. ",server=on,wait=off" } })
-  cleanup(function() machine:stop() end)
-  assert(proc.wait_until(function() return proc.listening(second) end, 10), "no second monitor")
-  local mon = assert(qmp.connect(second, { timeout = 10, name = "spec" }))
-  cleanup(function() mon:close() end)
-  return machine, mon
-end
+local function vm_with_two_monitors(dir) return qemu.with_monitor(cleanup, dir) end
 
 -- One event (RESUME or STOP) through mon: cont a stopped VM, stop a running one.
 local function toggle(mon)

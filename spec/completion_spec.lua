@@ -185,21 +185,22 @@ describe("qmp-lua completion", function()
     assert.equal(0, status, out)
   end)
 
-  it("bash completes subcommands, options, event names, sockets, and nothing in a script's words", function()
+  -- Every line of expectations() completed by offers (bash_offers or fish_offers) with shell's script.
+  local function assert_offers(offers, shell)
     local cases = expectations()
     local lines = {}
     for i, case in ipairs(cases) do lines[i] = case[1] end
-    local answers = bash_offers(script_file("bash"), lines, dir)
+    local answers = offers(script_file(shell), lines, dir)
     for i, case in ipairs(cases) do assert.same(case[2], answers[i], case[1]) end
+  end
+
+  it("bash completes subcommands, options, event names, sockets, and nothing in a script's words", function()
+    assert_offers(bash_offers, "bash")
   end)
 
   it("fish completes the same", function()
     if not proc.have("fish") then return pending("fish is not installed (Debian: apt-get install fish)") end
-    local cases = expectations()
-    local lines = {}
-    for i, case in ipairs(cases) do lines[i] = case[1] end
-    local answers = fish_offers(script_file("fish"), lines, dir)
-    for i, case in ipairs(cases) do assert.same(case[2], answers[i], case[1]) end
+    assert_offers(fish_offers, "fish")
   end)
 
   it("an option a subcommand gains later completes with no change to the generator", function()

@@ -81,6 +81,17 @@ end
 
 -- }==================== hand-written recordings
 
+
+-- What resume_on_io_error (retries 2, delay 0.05) logs on the incident of
+-- the fixtures: two resumes, then it gives up.
+local TWO_RESUMES_THEN_GIVE_UP = {
+  "disk0: I/O error (read), VM paused; resuming in 0.05 s (attempt 1 of 2)",
+  "disk0: cont sent (attempt 1 of 2)",
+  "disk0: I/O error (read), VM paused; resuming in 0.10 s (attempt 2 of 2)",
+  "disk0: cont sent (attempt 2 of 2)",
+  "giving up: disk0: I/O error (read) after 2 resumes within 60 s; VM left paused",
+}
+
 describe("qmp.record", function()
   it("writes every message both ways with its time, one JSON line each, then why it ended", function()
     local path = scratch() .. "/r.qmprec"
@@ -597,13 +608,7 @@ describe("resume_on_io_error on a recording of a real QEMU", function()
       end
     end
     assert.equal(errors_recorded, p.errors_seen)
-    assert.same({
-      "disk0: I/O error (read), VM paused; resuming in 0.05 s (attempt 1 of 2)",
-      "disk0: cont sent (attempt 1 of 2)",
-      "disk0: I/O error (read), VM paused; resuming in 0.10 s (attempt 2 of 2)",
-      "disk0: cont sent (attempt 2 of 2)",
-      "giving up: disk0: I/O error (read) after 2 resumes within 60 s; VM left paused",
-    }, log)
+    assert.same(TWO_RESUMES_THEN_GIVE_UP, log)
   end)
 
   it("with fewer retries it gives up sooner, and the replay stops where live went on", function()
@@ -655,13 +660,7 @@ describe("resume_on_io_error on a recording of a real QEMU", function()
       'query-status {"return":{"running":false,"status":"io-error"}}', 'cont {"return":{}}',
       'query-status {"return":{"running":false,"status":"io-error"}}', 'cont {"return":{}}',
     }, answers)
-    assert.same({
-      "disk0: I/O error (read), VM paused; resuming in 0.05 s (attempt 1 of 2)",
-      "disk0: cont sent (attempt 1 of 2)",
-      "disk0: I/O error (read), VM paused; resuming in 0.10 s (attempt 2 of 2)",
-      "disk0: cont sent (attempt 2 of 2)",
-      "giving up: disk0: I/O error (read) after 2 resumes within 60 s; VM left paused",
-    }, log)
+    assert.same(TWO_RESUMES_THEN_GIVE_UP, log)
   end)
 
   it("leaves alone a VM that a responder says a user paused", function()

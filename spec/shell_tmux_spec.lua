@@ -8,6 +8,7 @@ local qemu = require "support.qemu"
 local proc = require "support.proc"
 local tmp = require "support.tmp"
 local tmux = require "support.tmux"
+local count = require("support.text").count
 
 local WAIT = tmux.WAIT
 
@@ -23,15 +24,6 @@ describe("qmp-lua shell in a terminal #qemu", function()
   local function fresh()
     keys("C-e", "C-u", "C-l")
     wait_for_screen("^qmp>\n\n")
-  end
-
-  local function count(text, plain_text)
-    local n, at = 0, 1
-    while true do
-      local i, j = text:find(plain_text, at, true)
-      if not i then return n end
-      n, at = n + 1, j + 1
-    end
   end
 
   setup(function()

@@ -88,6 +88,24 @@ function M.start(opts)
   return vm
 end
 
+-- A machine with a second monitor (qmp2.sock) and a client on it, through
+-- which a spec causes events while the command under test holds the first.
+-- cleanup(fn) registers what ends them (support.cleanup); dir as for start
+-- (default: a fresh one, removed by cleanup).  Returns vm, mon.
+function M.with_monitor(cleanup, dir)
+  if dir == nil then
+    dir = tmp.dir("qemu2")
+    cleanup(function() tmp.remove(dir) end)
+  end
+  local second = dir .. "/qmp2.sock"
+  local machine = M.start({ dir = dir, args = { "-qmp", "unix:" .. second .. ",server=on,wait=off" } })
+  cleanup(function() machine:stop() end)
+  assert(proc.wait_until(function() return proc.listening(second) end, 10), "no second monitor")
+  local mon = assert(require("qmp").connect(second, { timeout = 10, name = "spec" }))
+  cleanup(function() mon:close() end)
+  return machine, mon
+end
+
 -- Stop every machine a spec forgot (the spec helper calls this after each file).
 function M.stop_all()
   for vm in pairs(running) do vm:stop() end
