@@ -38,7 +38,7 @@ end
 local function serve(vm, address)
   local default = vm.on_error
   vm.on_error = function(err, v)
-    if not signals.pending() then default(err, v) end  -- a handler cut by the signal: said below
+    if default and not signals.pending() then default(err, v) end  -- a handler cut by the signal: said below
   end
   local ok, stopped, why = cli.interruptible(vm.run, cli.traceback, vm)
   if not ok then return script_failed(stopped) end

@@ -209,9 +209,10 @@ function Shell:repl(readline, rl)
     readline.handler_install(self.pending and MORE or PROMPT, on_line)
     self.installed, typed = true, nil
     while typed == nil and not self.done and not status do
-      local ready
-      if lost then ready = core.poll({ 0 }) else ready = core.poll({ 0, vm:pollfd() }, vm:timeout()) end
-      if not ready then   -- a signal
+      local ready, err
+      if lost then ready, err = core.poll({ 0 }) else ready, err = core.poll({ 0, vm:pollfd() }, vm:timeout()) end
+      if not ready then
+        if err.kind ~= "interrupted" then error(tostring(err), 0) end   -- poll() itself failed
         status = self:signal(rl)
         if not status then
           readline.handler_remove()
@@ -220,10 +221,10 @@ function Shell:repl(readline, rl)
       elseif ready[1] == 1 then
         readline.read_char()
       end
-      local alive, err = vm:step()
+      local alive, why = vm:step()
       if not alive and not lost then
         lost = true
-        self:error("connection lost: " .. cli.describe(err)
+        self:error("connection lost: " .. cli.describe(why)
                    .. " (Lua still works; qmp-lua shell --reconnect follows restarts)")
       end
     end
