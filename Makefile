@@ -29,13 +29,14 @@ RL   := qmp/shell/rl.so
 # Debian packages needed to build, test, run the demo and the benchmarks.
 DEBS := lua5.4 liblua5.4-dev libcjson-dev lua-busted lua-socket lua-cqueues locales \
         lua-luv luarocks qemu-system-x86 qemu-utils pkg-config gcc make \
-        lua-readline libreadline-dev tmux lua-cjson valgrind clang libclang-rt-14-dev
+        lua-readline libreadline-dev tmux lua-cjson valgrind clang libclang-rt-14-dev \
+        dpkg-dev xz-utils binutils
 
 # Lets lua5.4 (and only lua5.4) find the in-tree modules.
 RUN_ENV := LUA_PATH_5_4='./lua/?.lua;./lua/?/init.lua;;' LUA_CPATH_5_4='./?.so;;' LUA=$(LUA)
 
 .PHONY: build deps test demo bench bench-ir lint clean fuzz fuzz-smoke fuzz-campaign
-.PHONY: test-asan test-valgrind san-deps test-long
+.PHONY: test-asan test-valgrind test-long
 # deps must finish before build starts, even under -j.
 .NOTPARALLEL:
 
@@ -101,6 +102,8 @@ lint:
 # with the C core and Lua 5.4 linked in.  `make fuzz` runs each for FUZZ_TIME
 # seconds on a copy of the seed corpus; `make fuzz-smoke` for 10 seconds.
 FUZZ_CC    ?= clang
+# Debian's cJSON source goes here, for the fuzzers and test-asan.
+SAN_DIR    := .build/asan
 FUZZ_TIME  ?= 60
 FUZZ_DIR   := .build/fuzz
 FUZZERS    := stream oneshot roundtrip fastpath protocol
@@ -116,9 +119,23 @@ $(FUZZ_DIR)/checks_lua.h $(FUZZ_DIR)/protocol_lua.h: $(FUZZ_DIR)/%_lua.h: spec/f
 # The protocol harness has its own chunk, and loads the client from ./lua.
 $(FUZZ_DIR)/fuzz_protocol: $(FUZZ_DIR)/protocol_lua.h
 
-$(FUZZ_DIR)/fuzz_%: spec/fuzz/fuzz_%.c spec/fuzz/harness.h $(FUZZ_DIR)/checks_lua.h $(SRCS) $(HDRS)
-	$(FUZZ_CC) $(FUZZ_FLAGS) -I$(FUZZ_DIR) $(LUA_CFLAGS) $(CJSON_CFLAGS) -o $@ $< $(SRCS) \
-	  -llua5.4 $(CJSON_LIBS) -lm
+# cJSON parses in place in the read buffer, so an over-read inside it would
+# be invisible with the system's uninstrumented library: the harnesses link
+# Debian's cJSON source (as make test-asan fetches it) compiled with their own
+# sanitizers and coverage.
+FUZZ_CJSON_INC := -I$(SAN_DIR)/include
+$(SAN_DIR)/include/cjson/cJSON.h: $(SAN_DIR)/cjson/cJSON.c
+	@mkdir -p $(@D)
+	cp $(SAN_DIR)/cjson/cJSON.h $@
+
+$(FUZZ_DIR)/cJSON.o: $(SAN_DIR)/cjson/cJSON.c
+	@mkdir -p $(@D)
+	$(FUZZ_CC) -fPIC -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer-no-link,address,undefined -c -o $@ $<
+
+$(FUZZ_DIR)/fuzz_%: spec/fuzz/fuzz_%.c spec/fuzz/harness.h $(FUZZ_DIR)/checks_lua.h $(SRCS) $(HDRS) \
+                    $(FUZZ_DIR)/cJSON.o $(SAN_DIR)/include/cjson/cJSON.h
+	$(FUZZ_CC) $(FUZZ_FLAGS) -I$(FUZZ_DIR) $(LUA_CFLAGS) $(FUZZ_CJSON_INC) -o $@ $< $(SRCS) \
+	  $(FUZZ_DIR)/cJSON.o -llua5.4 -lm
 
 fuzz: deps $(FUZZ_BINS)
 	sh spec/fuzz/run.sh $(FUZZ_TIME) $(FUZZERS)
@@ -135,10 +152,15 @@ FUZZER     ?= protocol
 FUZZ_JOBS  ?= 1
 FUZZ_UB_DIR := .build/fuzz-ub
 
-$(FUZZ_UB_DIR)/fuzz_%: spec/fuzz/fuzz_%.c spec/fuzz/harness.h $(FUZZ_DIR)/checks_lua.h $(FUZZ_DIR)/protocol_lua.h $(SRCS) $(HDRS)
+$(FUZZ_UB_DIR)/cJSON.o: $(SAN_DIR)/cjson/cJSON.c
 	@mkdir -p $(@D)
-	$(FUZZ_CC) $(FUZZ_BASE) -fsanitize=fuzzer,undefined -I$(FUZZ_DIR) $(LUA_CFLAGS) $(CJSON_CFLAGS) -o $@ $< $(SRCS) \
-	  -llua5.4 $(CJSON_LIBS) -lm
+	$(FUZZ_CC) -fPIC -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer-no-link,undefined -c -o $@ $<
+
+$(FUZZ_UB_DIR)/fuzz_%: spec/fuzz/fuzz_%.c spec/fuzz/harness.h $(FUZZ_DIR)/checks_lua.h $(FUZZ_DIR)/protocol_lua.h $(SRCS) $(HDRS) \
+                       $(FUZZ_UB_DIR)/cJSON.o $(SAN_DIR)/include/cjson/cJSON.h
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(FUZZ_BASE) -fsanitize=fuzzer,undefined -I$(FUZZ_DIR) $(LUA_CFLAGS) $(FUZZ_CJSON_INC) -o $@ $< $(SRCS) \
+	  $(FUZZ_UB_DIR)/cJSON.o -llua5.4 -lm
 
 fuzz-campaign: deps $(FUZZ_DIR)/fuzz_$(FUZZER) $(FUZZ_UB_DIR)/fuzz_$(FUZZER)
 	FUZZ_CAMPAIGN=1 FUZZ_JOBS=$(FUZZ_JOBS) FUZZ_BIN=$(FUZZ_UB_DIR) FUZZ_REPLAY=$(FUZZ_DIR) \
@@ -151,19 +173,12 @@ fuzz-campaign: deps $(FUZZ_DIR)/fuzz_$(FUZZER) $(FUZZ_UB_DIR)/fuzz_$(FUZZER)
 # apt-get source) compiled in with the same flags.  `make test-valgrind`: the
 # normal build, busted's lua5.4 under memcheck.
 SAN_CC    ?= gcc
-SAN_DIR   := .build/asan
 SAN_FLAGS := -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
-SAN_DEBS  := dpkg-dev xz-utils binutils
-
-san-deps:
-	@$(MAKE) --no-print-directory deps DEBS='$(SAN_DEBS)'
 
 $(SAN_DIR)/cjson/cJSON.c:
 	sh spec/sanitize/cjson_source.sh $(SAN_DIR)
 
-$(SAN_DIR)/cJSON.o: $(SAN_DIR)/cjson/cJSON.c
-	@mkdir -p $(SAN_DIR)/include/cjson
-	cp $(SAN_DIR)/cjson/cJSON.h $(SAN_DIR)/include/cjson/cJSON.h
+$(SAN_DIR)/cJSON.o: $(SAN_DIR)/cjson/cJSON.c $(SAN_DIR)/include/cjson/cJSON.h
 	$(SAN_CC) -std=c99 -fPIC -fvisibility=hidden -DENABLE_LOCALES $(SAN_FLAGS) -c -o $@ $<
 
 $(SAN_DIR)/qmp/core.so: $(SRCS) $(HDRS) $(SAN_DIR)/cJSON.o
@@ -175,7 +190,7 @@ $(SAN_DIR)/qmp/shell/rl.so: csrc/shell/rl.c
 	@mkdir -p $(@D)
 	$(SAN_CC) $(CPPFLAGS) $(QMP_CFLAGS) $(SAN_FLAGS) -shared -o $@ $< -lreadline
 
-test-asan: deps san-deps build $(LOCALE_DIR)/de_DE.UTF-8 $(SAN_DIR)/qmp/core.so $(SAN_DIR)/qmp/shell/rl.so
+test-asan: deps build $(LOCALE_DIR)/de_DE.UTF-8 $(SAN_DIR)/qmp/core.so $(SAN_DIR)/qmp/shell/rl.so
 	nice -n 10 sh spec/sanitize/run.sh asan $(BUSTED_ARGS)
 
 test-valgrind: deps build $(LOCALE_DIR)/de_DE.UTF-8

@@ -165,8 +165,8 @@ local LIMITS = { 1, 2, 3, 7, 256, 100000 }
 
 -- The same as through_next through d:drain(limit, interest), limits taken
 -- in turn from LIMITS; also the events skipped.
-local function through_drain(list, interest, first_limit)
-  local d, out, skipped, k, l = core.decoder(), {}, 0, 0, first_limit
+local function through_drain(list, interest, first_limit, opts)
+  local d, out, skipped, k, l = core.decoder(opts), {}, 0, 0, first_limit
   while true do
     l = l % #LIMITS + 1
     local items, sk, err = d:drain(LIMITS[l], interest)
@@ -207,21 +207,28 @@ end
 -- (d) The fast path against the full path: drain without an interest set
 -- gives exactly what next() gives; with one, it leaves out only events the
 -- Lua filter would drop, and counts each one it leaves out.  The header's
--- cfg picks the first limit; the byte after the header, the interest set.
+-- cfg picks the first limit (its low 3 bits) and, with its bit 3, a small
+-- max_message for both paths: 8 + the second byte after the header, so the
+-- fast path's size cap meets the framer's "too large"; the first byte after
+-- the header is the interest set.
 function checks.fastpath(input)
   local sizes, cfg, text = header(input)
-  local mask = 3  -- STOP, RESUME
+  local mask, opts = 3, nil  -- STOP, RESUME
   if cfg then
     mask = text:byte(1) or 0
     text = text:sub(2)
+    if cfg & 8 ~= 0 then
+      opts = { max_message = 8 + (text:byte(1) or 0) }
+      text = text:sub(2)
+    end
   end
   local interest = {}
   for i, name in ipairs(NAMES) do
     if mask & (1 << (i - 1)) ~= 0 then interest[name] = true end
   end
-  local list, first = pieces(text, sizes), (cfg or 0) % #LIMITS
-  local full = through_next(list)
-  local fast, skipped, why = through_drain(list, nil, first)
+  local list, first = pieces(text, sizes), (cfg or 0) % 8 % #LIMITS
+  local full = through_next(list, opts)
+  local fast, skipped, why = through_drain(list, nil, first, opts)
   if why then return why end
   if skipped ~= 0 then return "skipped without an interest set" end
   for i = 1, math.max(#full, #fast) do
@@ -229,7 +236,7 @@ function checks.fastpath(input)
       return ("no interest set, message %d: %s by next(), %s by drain()"):format(i, show(full[i]), show(fast[i]))
     end
   end
-  fast, skipped, why = through_drain(list, interest, first)
+  fast, skipped, why = through_drain(list, interest, first, opts)
   if why then return why end
   local j, left_out = 1, 0
   for i, item in ipairs(full) do

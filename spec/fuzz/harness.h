@@ -5,9 +5,11 @@
 ** One lua_State per process, made on the first input: standard libraries,
 ** qmp.core linked in (the C sources are compiled into the harness) and the
 ** checks (checks.lua, embedded at build time as checks_lua.h).  Each input
-** runs the check under lua_pcall: a Lua error (a raised usage error, out of
-** memory) is no finding; a check that returns a reason aborts, so libFuzzer
-** keeps the input.  Crashes and sanitizer reports are findings of their own.
+** runs the check under lua_pcall: a check that returns a reason aborts, so
+** libFuzzer keeps the input, and so does a Lua error the check did not
+** catch itself (what the library may raise by design, a check wraps in
+** pcall); only Lua running out of memory is no finding.  Crashes and
+** sanitizer reports are findings of their own.
 **
 ** A harness may bring its own chunk instead of checks.lua: it defines
 ** QMP_FUZZ_LUA (the array embed.lua made) and QMP_FUZZ_LUA_NAME, and
@@ -56,10 +58,17 @@ static lua_State *fuzz_state(void) {
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   lua_State *L = fuzz_state();
+  int status;
   lua_getfield(L, LUA_REGISTRYINDEX, "qmp.fuzz.check");
   lua_pushlstring(L, (const char *)data, size);
-  if (lua_pcall(L, 1, 1, 0) == LUA_OK && lua_isstring(L, -1)) {
+  status = lua_pcall(L, 1, 1, 0);
+  if (status == LUA_OK && lua_isstring(L, -1)) {
     fprintf(stderr, "qmp fuzz check '%s' failed: %s\n", QMP_FUZZ_CHECK, lua_tostring(L, -1));
+    abort();
+  }
+  if (status != LUA_OK && status != LUA_ERRMEM) {
+    fprintf(stderr, "qmp fuzz check '%s' raised: %s\n", QMP_FUZZ_CHECK,
+            lua_isstring(L, -1) ? lua_tostring(L, -1) : luaL_typename(L, -1));
     abort();
   }
   lua_settop(L, 0);
