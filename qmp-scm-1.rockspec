@@ -40,6 +40,7 @@ build = {
         "csrc/transport.c",
         "csrc/poll.c",
         "csrc/signal.c",
+        "csrc/file.c",
         "csrc/uint64.c",
       },
       libraries = { "cjson" },

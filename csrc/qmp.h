@@ -96,6 +96,9 @@ void qmp_poll_open(lua_State *L);              /* adds poll to the module table 
 double qmp_monotime(void);                      /* seconds, CLOCK_MONOTONIC */
 int qmp_poll_ms(double deadline);  /* poll() timeout: -1 forever (HUGE_VAL), 0 once passed */
 
+/* file.c: files readable by their owner only. */
+void qmp_file_open(lua_State *L);    /* adds private_file */
+
 /* signal.c: caught signals wake and end the blocking waits. */
 void qmp_signal_open(lua_State *L);  /* adds catch_signals, release_signals, signal_pending, take_signal */
 int qmp_signal_fd(void);             /* the fd a wait watches too: -1 before any catch */

@@ -102,6 +102,7 @@ int luaopen_qmp_core(lua_State *L) {
   qmp_transport_open(L);
   qmp_poll_open(L);
   qmp_signal_open(L);
+  qmp_file_open(L);
   lua_pushliteral(L, QMP_CORE_VERSION);
   lua_setfield(L, -2, "_VERSION");
   return 1;

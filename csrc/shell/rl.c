@@ -5,13 +5,8 @@
 ** It links the same GNU readline as lua-readline, so it sees the state of
 ** the line that lua-readline's callback interface is editing.
 */
-#include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <lua.h>
 #include <lauxlib.h>
@@ -81,23 +76,6 @@ static int cancel_line(lua_State *L) {
   return release(L);
 }
 
-/* rl.private_file(path) -> true | nil, msg: path exists and only its owner
-** may read or write it (mode 0600), before the history is written there. */
-static int private_file(lua_State *L) {
-  const char *path = luaL_checkstring(L, 1);
-  int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOCTTY, 0600);
-  if (fd < 0 || fchmod(fd, 0600) < 0) {
-    int err = errno;
-    if (fd >= 0) close(fd);
-    luaL_pushfail(L);
-    lua_pushfstring(L, "%s: %s", path, strerror(err));
-    return 2;
-  }
-  close(fd);
-  lua_pushboolean(L, 1);
-  return 1;
-}
-
 __attribute__((visibility("default"))) int luaopen_qmp_shell_rl(lua_State *L);
 
 int luaopen_qmp_shell_rl(lua_State *L) {
@@ -105,7 +83,6 @@ int luaopen_qmp_shell_rl(lua_State *L) {
     {"print_above", print_above},
     {"cancel_line", cancel_line},
     {"release", release},
-    {"private_file", private_file},
     {NULL, NULL}
   };
   /* The shell catches SIGINT, SIGTERM and SIGHUP itself (qmp.signals) and

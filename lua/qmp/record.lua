@@ -61,7 +61,8 @@ end
 Recorder.__close = Recorder.close
 
 --- Start a recording into `target`: a path (the file is created or
--- truncated) or an open file.  opts.name: the label in the first line.
+-- truncated, readable by its owner only: see core.private_file) or an
+-- open file.  opts.name: the label in the first line.
 -- Returns the recorder: rec.trace is the function to give qmp.connect as
 -- opts.trace; rec.messages counts what it wrote.  rec | nil, err (kind io).
 function record.open(target, opts)
@@ -69,7 +70,7 @@ function record.open(target, opts)
   if opts.name ~= nil and type(opts.name) ~= "string" then errors.raise("qmp.record.open: name must be a string") end
   local file, own = target, false
   if type(target) == "string" then
-    local f, why = io.open(target, "w")
+    local f, why = core.private_file(target)   -- 0600: a recording may hold passwords
     if not f then return nil, errors.new("io", "cannot record into " .. why) end
     file, own = f, true
   elseif io.type(target) ~= "file" then

@@ -13,6 +13,7 @@ local pretty = require "qmp.shell.pretty"
 local complete = require "qmp.shell.complete"
 local help = require "qmp.shell.help"
 local filter = require "qmp.filter"
+local text = require "qmp.text"
 
 local cmd = {
   name = "shell",
@@ -71,12 +72,26 @@ end
 local Shell = {}
 Shell.__index = Shell
 
+--- A shell on vm (schema: its parsed schema, or nil) that writes each
+-- piece of output with print(text).  opts: colour (ANSI colours),
+-- below_echo (put before a line that follows an echoed ^C).
+function Shell.new(vm, schema, print, opts)
+  opts = opts or {}
+  local self = setmetatable({ vm = vm, schema = schema, events = filter.names("*"), print = print,
+                              colour = opts.colour == true, below_echo = opts.below_echo or "" }, Shell)
+  self.env = setmetatable({ vm = vm, qmp = qmp }, { __index = _G })
+  return self
+end
+
 function Shell:say(text)
   self.print(text .. "\n")
 end
 
-function Shell:error(text)
-  self:say(self.colour and ("\27[31m" .. text .. "\27[0m") or text)
+-- An error may quote the peer (a reply, a schema name) or hold whatever a
+-- Lua error says: escaped (qmp.text), keeping a traceback's lines.
+function Shell:error(message)
+  message = text.escape(message, "\n\t")
+  self:say(self.colour and ("\27[31m" .. message .. "\27[0m") or message)
 end
 
 function Shell:show(value)
@@ -89,7 +104,9 @@ function Shell:qmp_line(line)
   if not name then return self:error("error: " .. args) end
   local ret, err = self.vm:execute(name, args)
   if ret == nil then
-    if err.kind == "qmp" then return self:error(("error: %s: %s"):format(err.class, err.desc)) end
+    if err.kind == "qmp" then   -- the peer's text, escaped to one line
+      return self:error(("error: %s: %s"):format(text.escape(err.class), text.escape(err.desc)))
+    end
     if err.kind == "interrupted" then
       return self:error(("%sinterrupted: %s's reply, if QEMU sends one, will be dropped"):format(self.below_echo, name))
     end
@@ -102,15 +119,16 @@ local SHELL_COMMANDS = {}
 
 function SHELL_COMMANDS.help(self, rest)
   if rest == "" then return self:say(cmd.details) end
-  local text, err = help.topic(self.schema, rest)
-  if not text then return self:error(err.message) end
-  self:say(text)
+  local page, err = help.topic(self.schema, rest)   -- escaped there: names and values are the peer's
+  if not page then return self:error(err.message) end
+  self:say(page)
 end
 
 function SHELL_COMMANDS.hmp(self, rest)
-  local text, err = self.vm:hmp(rest)
-  if not text then return self:error("error: " .. tostring(err.desc or err)) end
-  if text ~= "" then self:say(text) end   -- vm:hmp gives the text without its last line end
+  local output, err = self.vm:hmp(rest)
+  if not output then return self:error("error: " .. text.escape(tostring(err.desc or err))) end
+  -- HMP's text is the peer's too: its lines stay, its other control bytes show escaped.
+  if output ~= "" then self:say(text.escape(output, "\n\t")) end   -- vm:hmp: no last line end
 end
 
 function SHELL_COMMANDS.events(self, rest)
@@ -176,6 +194,7 @@ function Shell:unknown_command(line)
   for name in pairs(commands) do names[#names + 1] = name end
   table.sort(names)
   local guess = errors.closest(word, names)
+  guess = guess and text.escape(guess)   -- a name of the peer's schema
   return ("unknown command %s%s"):format(word, guess and ("; did you mean %s?"):format(guess)
                                                 or " (:help lists none like it; Tab completes names)")
 end
@@ -249,11 +268,9 @@ function cmd.run(opts, args)
   local vm = cli.open(cmd, opts, address, opts.reconnect)
   if not vm then return cli.CONNECTION end
   local schema = vm:schema()   -- for completion and :help; nil if the VM will not say
-  local self = setmetatable({ vm = vm, schema = schema, events = filter.names("*"),
-                              print = rl.print_above,   -- whole lines, never garbling the typed one
-                              colour = cli.colour(opts),
-                              below_echo = cli.is_tty(0) and "\n" or "" }, Shell)   -- the terminal echoes ^C
-  self.env = setmetatable({ vm = vm, qmp = qmp }, { __index = _G })
+  local self = Shell.new(vm, schema, rl.print_above,   -- whole lines, never garbling the typed one
+                         { colour = cli.colour(opts),
+                           below_echo = cli.is_tty(0) and "\n" or "" })   -- the terminal echoes ^C
   vm.on_error = function(err) if err.kind ~= "usage" then self:error(cli.describe(err)) end end
   vm:on("*", function(ev) self:event(ev) end)
 
@@ -273,11 +290,17 @@ function cmd.run(opts, args)
     rl.release()
     readline.handler_remove()
   end
-  if histfile ~= "" and rl.private_file(histfile) then readline.save_history() end
+  local private = histfile ~= "" and core.private_file(histfile, "a")   -- typed passwords stay the owner's
+  if private then
+    private:close()
+    readline.save_history()
+  end
   io.stdout:write("\n")
   vm:close()
   if not ran then error(status, 0) end
   return status
 end
+
+cmd.Shell = Shell   -- for specs: a shell without a terminal
 
 return cmd
