@@ -68,6 +68,7 @@ build = {
     ["qmp.record"] = "lua/qmp/record.lua",
     ["qmp.replay"] = "lua/qmp/replay.lua",
     ["qmp.signals"] = "lua/qmp/signals.lua",
+    ["qmp.text"] = "lua/qmp/text.lua",
     ["qmp.shell.main"] = "lua/qmp/shell/main.lua",
     ["qmp.shell.cli"] = "lua/qmp/shell/cli.lua",
     ["qmp.shell.shell"] = "lua/qmp/shell/shell.lua",

@@ -3,6 +3,7 @@
 -- readable line; tostring(err) is "kind: message".  The C core builds the
 -- same objects (they share the metatable core.Error).
 local core = require "qmp.core"
+local text = require "qmp.text"
 
 local setmetatable, type, pairs, error, getinfo = setmetatable, type, pairs, error, debug.getinfo
 
@@ -38,12 +39,15 @@ function errors.new(kind, message, fields)
   return setmetatable(e, errors.mt)
 end
 
---- The error for a QMP error reply to `command`.
+--- The error for a QMP error reply to `command`.  err.class and err.desc
+-- are the peer's text as it sent it, for programs; the message, and so
+-- tostring(err), is for people and shows it escaped (qmp.text.escape): one
+-- line, none of the peer's control bytes.
 function errors.qmp(command, reply)
   local class = type(reply) == "table" and type(reply.class) == "string" and reply.class or "GenericError"
   local desc = type(reply) == "table" and type(reply.desc) == "string" and reply.desc or "malformed error reply"
-  return errors.new("qmp", ("%s: %s: %s"):format(command, class, desc),
-                    { class = class, desc = desc, command = command })
+  local message = ("%s: %s: %s"):format(text.escape(tostring(command)), text.escape(class), text.escape(desc))
+  return errors.new("qmp", message, { class = class, desc = desc, command = command })
 end
 
 --- true when v is an error object.
@@ -51,14 +55,15 @@ function errors.is(v)
   return getmetatable(v) == errors.mt
 end
 
---- The peer's text as a report quotes it: one plain line of at most max
--- bytes, control and non-ASCII bytes shown as "?" (no line breaks, none of
--- the peer's raw bytes); a longer text is cut to end in "...".
-function errors.quote(text, max)
+--- The peer's text as a report quotes it: one line of at most max bytes,
+-- escaped as qmp.text.escape does (a line break shows as \n, ESC as
+-- \u001b, a byte that is not UTF-8 as \xff; printable UTF-8 as it is); a
+-- longer text is cut, never inside a character or an escape, to end in "...".
+function errors.quote(v, max)
   if math.type(max) ~= "integer" or max < 3 then errors.raise("qmp.errors.quote: max must be an integer >= 3") end
-  text = tostring(text):gsub("[%c\128-\255]", "?")
-  if #text <= max then return text end
-  return text:sub(1, max - 3) .. "..."
+  local shown = text.escape(tostring(v))
+  if #shown <= max then return shown end
+  return text.cut(shown, max - 3) .. "..."
 end
 
 -- Sources of the library's own files ("@.../qmp/"): a usage error is

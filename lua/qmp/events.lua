@@ -14,6 +14,7 @@
 -- cannot grow the heap for good.
 local core = require "qmp.core"
 local errors = require "qmp.errors"
+local text = require "qmp.text"
 
 local type, rawget, rawset, pairs, ipairs, tostring = type, rawget, rawset, pairs, ipairs, tostring
 local concat, sort, format, date = table.concat, table.sort, string.format, os.date
@@ -42,20 +43,11 @@ end
 local FIRST = { "device", "id", "node-name", "qom-path", "action", "operation", "status",
                 "reason", "guest", "type", "tray-open", "offset", "len" }
 
-local ESCAPES = { ['"'] = '\\"', ["\\"] = "\\\\", ["\b"] = "\\b", ["\f"] = "\\f",
-                  ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t" }
-
---- s as a JSON string for people to read: quotes, backslashes and control
--- bytes escaped, so it stays on one line and the peer's control bytes reach
--- no terminal.  JSON cannot write bytes that are not UTF-8: in a string that
--- is not UTF-8, every byte above 127 shows as \xNN.
-local function json_string(s)
-  local body = s:gsub('[%c"\\]', function(c) return ESCAPES[c] or format("\\u%04x", c:byte()) end)
-  if not utf8.len(body) then
-    body = body:gsub("[\128-\255]", function(c) return format("\\x%02x", c:byte()) end)
-  end
-  return '"' .. body .. '"'
-end
+--- s as a JSON string for people to read (qmp.text.quote): quotes and
+-- backslashes escaped, and every byte a terminal would act on (C0 and C1
+-- controls, DEL, bytes that are not UTF-8), so it stays on one line and the
+-- peer's control bytes reach no terminal.
+local json_string = text.quote
 
 -- A string as tostring(ev) shows it: a plain word as it is, anything else
 -- as a JSON string.
@@ -68,8 +60,8 @@ local function scalar(v)
   local t = type(v)
   if t == "string" then return word(v) end
   if t == "table" then
-    local ok, text = pcall(core.encode, v)
-    return ok and text or tostring(v)
+    local ok, json = pcall(core.encode, v)
+    return ok and text.json(json) or tostring(v)
   end
   if v == core.null then return "null" end
   return tostring(v)

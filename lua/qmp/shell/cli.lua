@@ -14,6 +14,7 @@
 local qmp = require "qmp"
 local core = require "qmp.core"
 local signals = require "qmp.signals"
+local text = require "qmp.text"
 
 local cli = {}
 
@@ -146,9 +147,11 @@ function cli.number(cmd, opts, key, integer)
   return n
 end
 
---- Print a one-line error on stderr.
+--- Print an error on stderr, one line (a script's traceback takes more).
+-- It may quote the peer (an error reply, a name from its schema): escaped
+-- as qmp.text.escape does, keeping only line breaks and tabs.
 function cli.complain(fmt, ...)
-  io.stderr:write("qmp-lua: ", fmt:format(...), "\n")
+  io.stderr:write("qmp-lua: ", text.escape(fmt:format(...), "\n\t"), "\n")
 end
 
 --- An error as one line for the operator: the library's advice in the

@@ -27,6 +27,7 @@ local kv = require "qmp.shell.kv"
 local help = require "qmp.shell.help"
 local events = require "qmp.events"
 local errors = require "qmp.errors"
+local is_safe = require("qmp.text").is_safe
 
 local type, ipairs, pairs = type, ipairs, pairs
 local sort = table.sort
@@ -37,10 +38,13 @@ local complete = {}
 complete.shell_commands = { ":events", ":help", ":hmp", ":quit" }
 
 -- The words of list that start with prefix, sorted, without duplicates.
+-- A word holding a byte a terminal would act on (a name from the peer's
+-- schema: see qmp.text) is left out: readline would put it on the line as
+-- it is, and escaped it would name nothing.
 local function prefixed(list, prefix)
   local out, seen = {}, {}
   for _, w in ipairs(list) do
-    if w:sub(1, #prefix) == prefix and not seen[w] then out[#out + 1] = w; seen[w] = true end
+    if w:sub(1, #prefix) == prefix and not seen[w] and is_safe(w) then out[#out + 1] = w; seen[w] = true end
   end
   sort(out)
   return out

@@ -4,6 +4,7 @@ local cli = require "qmp.shell.cli"
 local kv = require "qmp.shell.kv"
 local pretty = require "qmp.shell.pretty"
 local catalogue = require "qmp.events"
+local text = require "qmp.text"
 
 local cmd = {
   name = "events",
@@ -51,8 +52,8 @@ end
 local function printer(opts, many)
   if opts.json then
     return function(ev, vm)
-      return qmp.encode({ vm = vm.name, event = ev.event, data = ev.data, timestamp = ev.timestamp },
-                        { sort = true })
+      return text.json(qmp.encode({ vm = vm.name, event = ev.event, data = ev.data, timestamp = ev.timestamp },
+                                  { sort = true }))   -- the same JSON, DEL and C1 controls escaped too
     end
   end
   local colour = cli.colour(opts)

@@ -2,6 +2,7 @@
 local qmp = require "qmp"
 local cli = require "qmp.shell.cli"
 local kv = require "qmp.shell.kv"
+local text = require "qmp.text"
 
 local cmd = {
   name = "exec",
@@ -55,7 +56,7 @@ function cmd.run(opts, args)
   vm:close()
   if ret == nil then
     if err.kind == "qmp" then
-      cli.complain("%s: %s: %s", name, err.class, err.desc)
+      cli.complain("%s", err.message)   -- "COMMAND: CLASS: DESC", the peer's text escaped
       return cli.FAILED
     end
     if err.kind == "timeout" and timeout and err.command then   -- name --timeout, not the part of it left
@@ -64,7 +65,8 @@ function cmd.run(opts, args)
     cli.fail(err, address)
     return cli.CONNECTION
   end
-  io.stdout:write(qmp.encode(ret, { pretty = opts.pretty == true, sort = true }), "\n")
+  -- The result is the peer's: JSON whose strings show DEL and C1 controls escaped too.
+  io.stdout:write(text.json(qmp.encode(ret, { pretty = opts.pretty == true, sort = true })), "\n")
   return cli.OK
 end
 

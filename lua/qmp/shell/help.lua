@@ -23,6 +23,7 @@
 local kv = require "qmp.shell.kv"
 local errors = require "qmp.errors"
 local events = require "qmp.events"
+local escape = require("qmp.text").escape   -- the peer's names, values and docs
 
 local type, ipairs, pairs, tostring = type, ipairs, pairs, tostring
 local concat, sort, format = table.concat, table.sort, string.format
@@ -250,11 +251,19 @@ function expand(out, schema, tname, given, indent, depth, ctx, key)
   ctx.through[tname] = nil
 end
 
+-- The lines of a help page as one text.  Names, enum values and docs are
+-- the peer's: each line escaped (qmp.text), so none of them reaches the
+-- terminal raw or breaks a line.
+local function page(out)
+  for i, line in ipairs(out) do out[i] = escape(line) end
+  return concat(out, "\n")
+end
+
 -- Did-you-mean for an unknown name.
 local function unknown(what, name, candidates)
   local guess = errors.closest(name, candidates)
-  return nil, errors.new("usage", format("no %s %s%s", what, name,
-                         guess and format(" — did you mean %s?", guess) or ""),
+  return nil, errors.new("usage", escape(format("no %s %s%s", what, name,   -- guess: the peer's
+                         guess and format(" — did you mean %s?", guess) or "")),
                          { name = name, suggestion = guess })
 end
 
@@ -290,7 +299,7 @@ function help.command(schema, line)
     ctx.line = nil  -- a result takes no key=value words: no :help hint
     expand(out, schema, c["ret-type"], nil, "    ", 0, ctx, "")
   end
-  return concat(out, "\n")
+  return page(out)
 end
 
 -- "rate-limited (since 9.2): at most one a second per qom-path, not when action=stop; ..."
@@ -344,7 +353,7 @@ function help.event(schema, name)
   end
   if #order == 0 then
     out[#out + 1] = "  fields: none"
-    return concat(out, "\n")
+    return page(out)
   end
   out[#out + 1] = "  fields:"
   for _, k in ipairs(order) do
@@ -356,7 +365,7 @@ function help.event(schema, name)
     out[#out + 1] = line
     if f.values and #f.values > 0 then wrap(out, "      ", "one of: ", f.values, ", ") end
   end
-  return concat(out, "\n")
+  return page(out)
 end
 
 --- `:help TEXT`: a command (with key=value words, see help.command) or an
@@ -372,8 +381,8 @@ function help.topic(schema, text)
   for n in pairs(schema and schema.commands or {}) do names[#names + 1] = n end
   for n in pairs(schema and schema.events or {}) do names[#names + 1] = n end
   local guess = errors.closest(word, names) or errors.closest(word:upper(), names)
-  return nil, errors.new("usage", format("no command or event %s%s", word,
-                         guess and format(" — did you mean %s?", guess) or ""),
+  return nil, errors.new("usage", escape(format("no command or event %s%s", word,   -- guess: the peer's
+                         guess and format(" — did you mean %s?", guess) or "")),
                          { name = word, suggestion = guess })
 end
 

@@ -8,12 +8,15 @@
 -- An array or object of scalars stays on one line when it fits the width;
 -- anything else takes one member a line, indented.  Not strict JSON: Lua
 -- values JSON lacks show as Lua writes them (nil, functions, inf, tables with
--- non-string keys as [1]), a cycle as <cycle>, bytes that are not UTF-8 as \xNN.
+-- non-string keys as [1]), a cycle as <cycle>.  Strings and keys are the
+-- peer's: written as qmp.text.quote does, so its control bytes (C0, C1,
+-- DEL) show escaped (\u001b) and bytes that are not UTF-8 as \xNN.
 -- Colour (ANSI) only when asked: keys, strings, numbers and literals differ.
 local core = require "qmp.core"
 local errors = require "qmp.errors"
 local events = require "qmp.events"
-local Event, quote = events.Event, events.json_string
+local text = require "qmp.text"
+local Event, quote, escape = events.Event, text.quote, text.escape
 
 local type, pairs, tostring, getmetatable, rawlen = type, pairs, tostring, getmetatable, rawlen
 local concat, sort, rep = table.concat, table.sort, string.rep
@@ -49,7 +52,7 @@ local function scalar(v)
   if t == "boolean" or t == "nil" then return tostring(v), "literal" end
   if v == null then return "null", "literal" end
   if getmetatable(v) == uint64_mt then return tostring(v), "number" end
-  return tostring(v), "other"
+  return escape(tostring(v)), "other"   -- a __tostring may say anything
 end
 
 -- Keys in a stable order: numbers, then strings (byte order), then the rest.
@@ -84,8 +87,8 @@ local render
 
 -- "key": (painted) before a member's value.
 local function key_text(o, k)
-  local text = type(k) == "string" and quote(k) or "[" .. tostring(k) .. "]"
-  return paint(o, "key", text) .. ": ", #text + 2
+  local shown = type(k) == "string" and quote(k) or "[" .. escape(tostring(k)) .. "]"
+  return paint(o, "key", shown) .. ": ", #shown + 2
 end
 
 -- v at nesting depth, starting at column col of its line.
