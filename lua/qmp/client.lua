@@ -47,11 +47,11 @@ local function default_on_error(err, vm)
   io.stderr:write(("qmp: %s: %s\n"):format(vm.name, tostring(err)))
 end
 
+-- Every timeout of the client: nil for the default, math.huge for no limit.
+local TIMEOUT = { optional = true, infinite = true }
+
 local function check_timeout(where, t)
-  if t ~= nil and (type(t) ~= "number" or t < 0 or t ~= t) then
-    errors.raise(where .. ": timeout must be a non-negative number of seconds")
-  end
-  return t
+  return errors.check_duration(where, "timeout", t, TIMEOUT)
 end
 
 local function check_connect(opts)

@@ -367,9 +367,7 @@ end
 --- The next buffered event, waiting up to timeout seconds (default: the
 -- client's timeout) for one: ev | nil, err.
 function Listener:wait(timeout)
-  if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0) then
-    errors.raise("qmp: listener:wait: timeout must be a non-negative number")
-  end
+  errors.check_duration("qmp: listener:wait", "timeout", timeout, { optional = true, infinite = true })
   local q = self._queue
   if q.head <= q.tail then return q:pop() end
   if self.closed then return nil, errors.new("closed", "the listener is closed") end
@@ -461,7 +459,7 @@ end
 
 --- Call fn(vm) after seconds, from the dispatch loop.
 function Dispatch:after(seconds, fn)
-  if type(seconds) ~= "number" or seconds < 0 then errors.raise("qmp: after: seconds must be >= 0") end
+  errors.check_duration("qmp: after", "seconds", seconds)   -- math.huge would never fire
   if type(fn) ~= "function" then errors.raise("qmp: after: callback must be a function") end
   local t = setmetatable({ due = self._p.now() + seconds, fn = fn, active = true }, Timer)
   local timers = self._timers

@@ -87,6 +87,34 @@ function errors.raise(message)
   error(message, level)
 end
 
+-- A bad duration as its message shows it.
+local function shown_duration(v)
+  if type(v) ~= "number" then return v == nil and "nil" or "a " .. type(v) end
+  if v ~= v then return "NaN" end
+  if v == math.huge then return "math.huge (it would never come)" end
+  if v == -math.huge then return "-math.huge" end
+  return ("%g"):format(v)
+end
+
+--- Check a duration in seconds that the API takes (every timeout, delay,
+-- interval, back-off): a number, never NaN (which passes every `t < 0`
+-- test and then never comes due), never negative.  opts: optional (nil is
+-- taken, and returned), positive (> 0, not >= 0), infinite (math.huge is
+-- taken where it means "no limit", as a timeout does; elsewhere, for a
+-- timer, a back-off or a delay, it would never come, and raises).  Raises
+-- at the caller's line; returns value.
+function errors.check_duration(where, name, value, opts)
+  opts = opts or {}
+  if value == nil and opts.optional then return nil end
+  local positive, infinite = opts.positive, opts.infinite
+  if type(value) == "number" and value == value and (value > 0 or (value == 0 and not positive))
+     and (value < math.huge or infinite) then
+    return value
+  end
+  errors.raise(("%s: %s must be a number of seconds %s%s, not %s"):format(where, name,
+    positive and "> 0" or ">= 0", infinite and " or math.huge (no limit)" or "", shown_duration(value)))
+end
+
 -- The closest of candidates to word (by edit distance), when close enough.
 function errors.closest(word, candidates)
   local best, best_d

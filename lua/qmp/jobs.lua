@@ -74,11 +74,9 @@ function jobs.wait(vm, id, opts)
   if progress ~= nil and type(progress) ~= "function" then
     errors.raise("qmp: job_wait: progress must be a function")
   end
-  local interval = opts.interval or 1
-  if type(interval) ~= "number" or interval <= 0 then
-    errors.raise("qmp: job_wait: interval must be a positive number")
-  end
-  local deadline = opts.timeout and vm:now() + opts.timeout or huge
+  local interval = errors.check_duration("qmp: job_wait", "interval", opts.interval or 1, { positive = true })
+  local timeout = errors.check_duration("qmp: job_wait", "timeout", opts.timeout, { optional = true, infinite = true })
+  local deadline = timeout and vm:now() + timeout or huge
   local changes <close> = vm:listen("JOB_STATUS_CHANGE", { id = id })
   local ends <close> = vm:listen({ "BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED" }, { device = id })
   local last, completing

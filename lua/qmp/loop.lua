@@ -145,9 +145,7 @@ end
 function Loop:run(opts)
   opts = errors.check_options("qmp.loop: run", opts, { timeout = true, done = true })
   local timeout, done = opts.timeout, opts.done
-  if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0) then
-    raise("qmp.loop: run: timeout must be a non-negative number")
-  end
+  errors.check_duration("qmp.loop: run", "timeout", timeout, { optional = true, infinite = true })
   if done ~= nil and type(done) ~= "function" then raise("qmp.loop: run: done must be a function") end
   local deadline = timeout and monotime() + timeout or huge
   local ready = {}   -- vm -> true: its fd was ready at the last poll

@@ -42,14 +42,25 @@ end
 local OPTIONS = { retries = true, window = true, delay = true, backoff = true, max_delay = true,
                   on_give_up = true, on_resume = true, log = true }
 
+local WHERE = "qmp.policy.resume_on_io_error"
+
 local function check_number(opts, name, default, lowest, integer)
   local v = opts[name]
   if v == nil then return default end
-  if type(v) ~= "number" or v < lowest or (integer and math.type(v) ~= "integer") then
-    errors.raise(("qmp.policy.resume_on_io_error: %s must be %s >= %s")
-                 :format(name, integer and "an integer" or "a number", tostring(lowest)))
+  if type(v) ~= "number" or not (v >= lowest and v < math.huge)   -- NaN fails both
+     or (integer and math.type(v) ~= "integer") then
+    errors.raise(("%s: %s must be %s >= %s"):format(WHERE, name, integer and "an integer" or "a finite number",
+                                                    tostring(lowest)))
   end
   return v
+end
+
+-- Seconds: math.huge is taken as "for ever" for the window only; a delay
+-- that never ends would never resume.
+local function check_seconds(opts, name, default, infinite)
+  local v = opts[name]
+  if v == nil then v = default end
+  return errors.check_duration(WHERE, name, v, { infinite = infinite })
 end
 
 local function check_function(opts, name)
@@ -90,10 +101,10 @@ function policy.resume_on_io_error(vm, opts)
   end
   opts = errors.check_options("qmp.policy.resume_on_io_error", opts, OPTIONS)
   local retries = check_number(opts, "retries", 3, 0, true)
-  local window = check_number(opts, "window", 60, 0)
-  local delay = check_number(opts, "delay", 1, 0)
+  local window = check_seconds(opts, "window", 60, true)
+  local delay = check_seconds(opts, "delay", 1)
   local backoff = check_number(opts, "backoff", 2, 1)
-  local max_delay = check_number(opts, "max_delay", 300, 0)
+  local max_delay = check_seconds(opts, "max_delay", 300)
   local on_give_up = check_function(opts, "on_give_up")
   local on_resume = check_function(opts, "on_resume")
   local log = check_function(opts, "log") or function() end
@@ -188,7 +199,7 @@ function policy.resume_on_io_error(vm, opts)
       end
       return
     end
-    local wait = min(delay * backoff ^ (n - 1), max_delay)
+    local wait = delay > 0 and min(delay * backoff ^ (n - 1), max_delay) or 0   -- never 0 * inf
     log(format("%s: I/O error (%s), VM paused; resuming in %s s (attempt %d of %d)",
                shown(key), what, format(wait < 1 and "%.2f" or "%.1f", wait), n, retries))
     local timer

@@ -19,10 +19,10 @@ function Backoff.check(r)
   if r == true then r = {} end
   if type(r) ~= "table" then errors.raise("qmp.connect: reconnect must be true or a table { min =, max = }") end
   errors.check_options("qmp.connect: reconnect", r, { min = true, max = true })
-  local lo, hi = r.min or 0.1, r.max or 30
-  if type(lo) ~= "number" or type(hi) ~= "number" or lo <= 0 or hi < lo then
-    errors.raise("qmp.connect: reconnect needs 0 < min <= max (seconds)")
-  end
+  -- finite: an attempt math.huge seconds away never comes
+  local lo = errors.check_duration("qmp.connect", "reconnect.min", r.min or 0.1, { positive = true })
+  local hi = errors.check_duration("qmp.connect", "reconnect.max", r.max or 30, { positive = true })
+  if hi < lo then errors.raise("qmp.connect: reconnect needs min <= max (seconds)") end
   return { min = lo, max = hi }
 end
 
