@@ -14,7 +14,7 @@
 local qmp = require "qmp"
 local core = require "qmp.core"
 local signals = require "qmp.signals"
-local text = require "qmp.text"
+local escape = require("qmp.text").escape
 
 local cli = {}
 
@@ -151,7 +151,7 @@ end
 -- It may quote the peer (an error reply, a name from its schema): escaped
 -- as qmp.text.escape does, keeping only line breaks and tabs.
 function cli.complain(fmt, ...)
-  io.stderr:write("qmp-lua: ", text.escape(fmt:format(...), "\n\t"), "\n")
+  io.stderr:write("qmp-lua: ", escape(fmt:format(...), "\n\t"), "\n")
 end
 
 --- An error as one line for the operator: the library's advice in the

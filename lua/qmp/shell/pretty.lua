@@ -15,8 +15,8 @@
 local core = require "qmp.core"
 local errors = require "qmp.errors"
 local events = require "qmp.events"
-local text = require "qmp.text"
-local Event, quote, escape = events.Event, text.quote, text.escape
+local escaping = require "qmp.text"
+local Event, quote, escape = events.Event, escaping.quote, escaping.escape
 
 local type, pairs, tostring, getmetatable, rawlen = type, pairs, tostring, getmetatable, rawlen
 local concat, sort, rep = table.concat, table.sort, string.rep

@@ -13,7 +13,7 @@ local pretty = require "qmp.shell.pretty"
 local complete = require "qmp.shell.complete"
 local help = require "qmp.shell.help"
 local filter = require "qmp.filter"
-local text = require "qmp.text"
+local escape = require("qmp.text").escape   -- for the peer's text
 
 local cmd = {
   name = "shell",
@@ -90,7 +90,7 @@ end
 -- An error may quote the peer (a reply, a schema name) or hold whatever a
 -- Lua error says: escaped (qmp.text), keeping a traceback's lines.
 function Shell:error(message)
-  message = text.escape(message, "\n\t")
+  message = escape(message, "\n\t")
   self:say(self.colour and ("\27[31m" .. message .. "\27[0m") or message)
 end
 
@@ -105,7 +105,7 @@ function Shell:qmp_line(line)
   local ret, err = self.vm:execute(name, args)
   if ret == nil then
     if err.kind == "qmp" then   -- the peer's text, escaped to one line
-      return self:error(("error: %s: %s"):format(text.escape(err.class), text.escape(err.desc)))
+      return self:error(("error: %s: %s"):format(escape(err.class), escape(err.desc)))
     end
     if err.kind == "interrupted" then
       return self:error(("%sinterrupted: %s's reply, if QEMU sends one, will be dropped"):format(self.below_echo, name))
@@ -126,9 +126,9 @@ end
 
 function SHELL_COMMANDS.hmp(self, rest)
   local output, err = self.vm:hmp(rest)
-  if not output then return self:error("error: " .. text.escape(tostring(err.desc or err))) end
+  if not output then return self:error("error: " .. escape(tostring(err.desc or err))) end
   -- HMP's text is the peer's too: its lines stay, its other control bytes show escaped.
-  if output ~= "" then self:say(text.escape(output, "\n\t")) end   -- vm:hmp: no last line end
+  if output ~= "" then self:say(escape(output, "\n\t")) end   -- vm:hmp: no last line end
 end
 
 function SHELL_COMMANDS.events(self, rest)
@@ -194,7 +194,7 @@ function Shell:unknown_command(line)
   for name in pairs(commands) do names[#names + 1] = name end
   table.sort(names)
   local guess = errors.closest(word, names)
-  guess = guess and text.escape(guess)   -- a name of the peer's schema
+  guess = guess and escape(guess)   -- a name of the peer's schema
   return ("unknown command %s%s"):format(word, guess and ("; did you mean %s?"):format(guess)
                                                 or " (:help lists none like it; Tab completes names)")
 end
