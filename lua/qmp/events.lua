@@ -201,6 +201,7 @@ local function unknown_name(name, live)
   if live then for n in pairs(live.events) do candidates[#candidates + 1] = n end end
   for _, n in ipairs(synthetic_names) do candidates[#candidates + 1] = n end
   local guess = errors.closest(name, candidates)
+  guess = guess and text.escape(guess)   -- live names are the peer's
   return format("no event is named %s in the catalogue%s%s", name,
     live and " or in this QEMU's schema" or "", guess and format("; did you mean %s?", guess) or "")
 end
