@@ -25,7 +25,8 @@ local QUOTED, PROBLEM, PROBLEMS = 64, 200, 20
 -- The schema comes from the peer too: schema.parse puts every field the
 -- library reads into its documented shape, but types may still refer to
 -- themselves, so a check follows types at most this deep (then: no
--- judgement), and no schema can make a check raise or run away.
+-- judgement), reaches each verdict once (see "Checking a value"), and no
+-- schema can make a check raise or run away.
 local DEPTH = 100
 
 --- A name or value from the wire as a report quotes it: at most 64 bytes.
@@ -116,16 +117,20 @@ function Schema:describe(name, depth)
   return tostring(meta)  -- enum, object, alternate
 end
 
--- The members of an object, with those of the variant the tag selects.
-local function members_of(self, t, value, depth)
+-- The members of object t, with those of the variants its tag selects in
+-- value; a variant type is merged once (a union may name a type twice, or
+-- itself), and only an object's members are members.
+local function members_of(self, t, value, merged, depth)
+  merged = merged or { [t] = true }
+  depth = (depth or 0) + 1
   local members = {}
   for _, m in ipairs(t.members) do members[#members + 1] = m end
-  depth = (depth or 0) + 1
   if t.tag and type(value) == "table" and depth <= DEPTH then
     for _, v in ipairs(t.variants or {}) do
-      if v.case == value[t.tag] then
-        local vt = self.types[v.type]
-        if vt then for _, m in ipairs(members_of(self, vt, value, depth)) do members[#members + 1] = m end end
+      local vt = self.types[v.type]
+      if v.case == value[t.tag] and vt and vt["meta-type"] == "object" and not merged[vt] then
+        merged[vt] = true
+        for _, m in ipairs(members_of(self, vt, value, merged, depth)) do members[#members + 1] = m end
       end
     end
   end
@@ -141,74 +146,151 @@ local BUILTIN = {
   value = function() return true end,
 }
 
--- Check value against the type named name; append problems ("path: what").
-function Schema:check(name, value, path, problems, depth)
-  local t = self.types[name]
-  depth = (depth or 0) + 1
-  if not t or depth > DEPTH then return end  -- a type we cannot see or follow: no judgement
+-- Checking a value -------------------------------------------------------
+--
+-- A peer's schema can make alternates share branches (each alternate
+-- leading, through two arrays, to the next one): tried as a tree, one small
+-- event costs 2^depth checks.  So one validation remembers each verdict
+-- (ctx.verdicts: does this value fit this type?) and reaches it once per
+-- (type, value) pair: the cost is at most the event's size times the
+-- schema's.  Reporting then walks down the mismatches only.
+
+-- The verdicts of ctx about type name, and the key of value in them: a
+-- float has a table of its own and is keyed by its exact text (as a key
+-- 1.0 would be the integer 1, and NaN is no key at all).
+local function verdicts(ctx, name, value)
+  local float = mathtype(value) == "float"
+  local by = float and ctx.floats or ctx.verdicts
+  local known = by[name]
+  if not known then known = {}; by[name] = known end
+  return known, float and ("%a"):format(value) or value
+end
+
+-- A place in the event, for a report: a chain up to the root, written out
+-- only for the problems a report shows.
+local function where(path)
+  local parts = {}
+  while path.up do
+    parts[#parts + 1] = path.index and "[" .. path.index .. "]" or "." .. quote(path.name, QUOTED)
+    path = path.up
+  end
+  local text = path.text
+  for i = #parts, 1, -1 do text = text .. parts[i] end
+  return text
+end
+
+-- Note a problem at path when reporting (ctx.problems holds the first
+-- PROBLEMS, ctx.count them all); false, the verdict, either way.
+local function problem(ctx, path, what, a, b)
+  if path then
+    ctx.count = ctx.count + 1
+    if ctx.count <= PROBLEMS then
+      ctx.problems[ctx.count] = quote(where(path) .. ": "
+        .. what:format(a ~= nil and quote(a, QUOTED) or nil, b ~= nil and quote(b, QUOTED) or nil), PROBLEM)
+    end
+  end
+  return false
+end
+
+local fits, explain
+
+-- Whether value is of type t (an entity); with path (reporting), each
+-- problem is noted, and a part that does not fit is explained in turn.
+local function match(self, ctx, t, value, depth, path)
   local meta = t["meta-type"]
   if meta == "builtin" then
     local ok = BUILTIN[t["json-type"]]
-    if ok and not ok(value) then
-      problems[#problems + 1] = ("%s: %s expected, got %s"):format(path, quote(t.name, QUOTED), type(value))
-    end
+    if ok == nil or ok(value) then return true end
+    return problem(ctx, path, "%s expected, got %s", t.name, type(value))
   elseif meta == "enum" then
-    local found = false
-    for _, v in ipairs(t.values) do if v == value then found = true break end end
-    if not found then
-      problems[#problems + 1] = ("%s: %s is not one of the enum's values"):format(path, quote(value, QUOTED))
-    end
-  elseif meta == "array" then
-    if type(value) ~= "table" then
-      problems[#problems + 1] = ("%s: array expected, got %s"):format(path, type(value))
-    else
-      for i, v in ipairs(value) do self:check(t["element-type"], v, path .. "[" .. i .. "]", problems, depth) end
-    end
-  elseif meta == "object" then
-    if type(value) ~= "table" then
-      problems[#problems + 1] = ("%s: object expected, got %s"):format(path, type(value))
-      return
-    end
-    local known = {}
-    for _, m in ipairs(members_of(self, t, value)) do
-      known[m.name] = true
-      local v = value[m.name]
-      if v == nil then
-        if m.default == nil then problems[#problems + 1] = ("%s.%s: missing"):format(path, quote(m.name, QUOTED)) end
-      else
-        self:check(m.type, v, path .. "." .. quote(m.name, QUOTED), problems, depth)
-      end
-    end
-    for k in pairs(value) do
-      if not known[k] then problems[#problems + 1] = ("%s.%s: not in the schema"):format(path, quote(k, QUOTED)) end
-    end
+    for _, v in ipairs(t.values) do if v == value then return true end end
+    return problem(ctx, path, "%s is not one of the enum's values", value)
   elseif meta == "alternate" then
     for _, m in ipairs(t.members) do
-      local trial = {}
-      self:check(m.type, value, path, trial, depth)
-      if #trial == 0 then return end
+      if fits(self, ctx, m.type, value, depth + 1) then return true end
     end
-    problems[#problems + 1] = ("%s: matches no branch of the alternate"):format(path)
+    return problem(ctx, path, "matches no branch of the alternate")
+  elseif meta ~= "array" and meta ~= "object" then
+    return true
   end
+  if type(value) ~= "table" then return problem(ctx, path, "%s expected, got %s", meta, type(value)) end
+  local ok = true
+  if meta == "array" then
+    local element = t["element-type"]
+    for i, v in ipairs(value) do
+      if not fits(self, ctx, element, v, depth + 1) then
+        if not path then return false end
+        ok = false
+        explain(self, ctx, element, v, depth + 1, { up = path, index = i })
+      end
+    end
+    return ok
+  end
+  local known = {}
+  for _, m in ipairs(members_of(self, t, value)) do
+    known[m.name] = true
+    local v = value[m.name]
+    if v == nil then
+      if m.default == nil then ok = problem(ctx, path and { up = path, name = m.name }, "missing") end
+    elseif not fits(self, ctx, m.type, v, depth + 1) then
+      ok = false
+      if path then explain(self, ctx, m.type, v, depth + 1, { up = path, name = m.name }) end
+    end
+    if not (ok or path) then return false end
+  end
+  for k in pairs(value) do
+    if not known[k] then
+      ok = problem(ctx, path and { up = path, name = k }, "not in the schema")
+      if not path then return false end
+    end
+  end
+  return ok
+end
+
+-- Whether value is of type name, each verdict reached once (see above).  A
+-- type we cannot see or follow (deeper than DEPTH, or met again on the same
+-- value while it is being checked: alternates of each other) gets no
+-- judgement: it fits.
+function fits(self, ctx, name, value, depth)
+  local t = self.types[name]
+  if not t or depth > DEPTH then return true end
+  local known, key = verdicts(ctx, name, value)
+  local verdict = known[key]
+  if verdict == nil then
+    known[key] = true
+    verdict = match(self, ctx, t, value, depth)
+    known[key] = verdict
+  end
+  return verdict
+end
+
+-- Report why value, at path, is not of type name.  A table is explained
+-- once per type (a value a script built may hold one table twice).
+function explain(self, ctx, name, value, depth, path)
+  local t = self.types[name]
+  if not t or depth > DEPTH then return end
+  if type(value) == "table" then
+    local done = ctx.explained[name] or {}
+    ctx.explained[name] = done
+    if done[value] then return end
+    done[value] = true
+  end
+  match(self, ctx, t, value, depth, path)
 end
 
 --- Problems of event ev against the schema: nil when it matches.
 function Schema:validate(ev)
   local e = self.events[ev.event]
   if not e then return { "no event " .. quote(ev.event, QUOTED) .. " in the live schema" } end
-  local problems = {}
+  local ctx = { verdicts = {}, floats = {}, explained = {}, problems = {}, count = 0 }
   if e["arg-type"] then
-    self:check(e["arg-type"], ev.data, "data", problems)
+    explain(self, ctx, e["arg-type"], ev.data, 1, { text = "data" })
   elseif type(ev.data) ~= "table" or next(ev.data) ~= nil then
-    problems[1] = "data: the event has no members"
+    problem(ctx, { text = "data" }, "the event has no members")
   end
-  local n = #problems
+  local n, problems = ctx.count, ctx.problems
   if n == 0 then return nil end
-  if n > PROBLEMS then
-    for i = n, PROBLEMS + 1, -1 do problems[i] = nil end
-    problems[PROBLEMS] = ("... %d more"):format(n - PROBLEMS + 1)
-  end
-  for i = 1, #problems do problems[i] = quote(problems[i], PROBLEM) end
+  if n > PROBLEMS then problems[PROBLEMS] = ("... %d more"):format(n - PROBLEMS + 1) end
   return problems
 end
 

@@ -18,8 +18,8 @@
 -- A value that starts with `"`, `{` or `[` must be valid JSON: it is an error,
 -- never silently sent as text.  JSON literals are lower case (`True` is text).
 --
--- Keys: a.b=1 sets { a = { b = 1 } }.  A key given twice, or used both as a
--- value and as an object (a=1 a.b=2), is an error.
+-- Keys: a.b=1 sets { a = { b = 1 } }, up to 1000 parts.  A key given twice, or
+-- used both as a value and as an object (a=1 a.b=2), is an error.
 --
 -- Words are separated by spaces; a double-quoted string, a single-quoted
 -- value and a JSON object or array after `=` may contain spaces.
@@ -55,29 +55,47 @@ function kv.value(text)
   return text
 end
 
+-- A key's parts are nested objects: no more than a JSON value may nest
+-- (qmp.encode refuses deeper ones; QMP's arguments nest a few levels).
+local MAX_PARTS = 1000
+
+-- The first i parts of a key, as typed.
+local function upto(parts, i)
+  return concat(parts, ".", 1, i)
+end
+
 -- Put value at the dotted key in args; what is already there must not clash.
-local function assign(args, key, value, leaves)
+-- objects holds the tables made here for a key's parts, to tell them from a
+-- value that is a table (a={"b": 1} a.c=2 is a clash).  One pass over the
+-- key, so a key of any depth costs its length.
+local function assign(args, key, value, objects)
   if key == "" then return nil, "a word starts with '=': give key=value" end
-  local node, path = args, {}
   local parts = {}
   for part in (key .. "."):gmatch("(.-)%.") do parts[#parts + 1] = part end
+  if #parts > MAX_PARTS then
+    return nil, format("%s...: a key of %d parts; at most %d (JSON nests at most %d deep)",
+                       key:sub(1, 40), #parts, MAX_PARTS, MAX_PARTS)
+  end
+  local node = args
   for i, part in ipairs(parts) do
     if part == "" then return nil, format("%s: empty name in the key (a.b=1 sets a nested member)", key) end
-    path[i] = part
-    local sofar = concat(path, ".")
+    local here = node[part]
     if i == #parts then
-      if leaves[sofar] then return nil, format("%s is given twice", sofar) end
-      if node[part] ~= nil then
-        return nil, format("%s is given both as a value and as an object (%s.…)", sofar, sofar)
+      if here ~= nil and not objects[here] then return nil, format("%s is given twice", upto(parts, i)) end
+      if here ~= nil then
+        return nil, format("%s is given both as a value and as an object (%s.…)", upto(parts, i), upto(parts, i))
       end
       node[part] = value
-      leaves[sofar] = true
     else
-      if leaves[sofar] then
-        return nil, format("%s is given both as a value and as an object (%s)", sofar, key)
+      if here ~= nil and not objects[here] then
+        return nil, format("%s is given both as a value and as an object (%s)", upto(parts, i), key)
       end
-      node[part] = node[part] or {}
-      node = node[part]
+      if here == nil then
+        here = {}
+        objects[here] = true
+        node[part] = here
+      end
+      node = here
     end
   end
   return true
@@ -86,7 +104,7 @@ end
 --- The arguments object from key=value words (argv words, already split:
 -- no quoting happens here but the value rules of the header), or nil, err.
 function kv.pairs(words)
-  local args, leaves = {}, {}
+  local args, objects = {}, {}
   for _, word in ipairs(words) do
     local key, text = word:match("^([^=]*)=(.*)$")
     if not key then
@@ -94,7 +112,7 @@ function kv.pairs(words)
     end
     local value, err = kv.value(text)
     if value == nil then return nil, key .. ": " .. err end
-    local ok, why = assign(args, key, value, leaves)
+    local ok, why = assign(args, key, value, objects)
     if not ok then return nil, why end
   end
   return args
