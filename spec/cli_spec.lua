@@ -99,7 +99,7 @@ describe("qmp-lua usage", function()
       { wait_close = true } }), cleanup)
     local out, err, status = qmp_lua("job", srv.path)
     assert.equal(0, status, err)
-    assert.equal("a?b  ?  running  0.0%  0 B of 10 B\n", out)
+    assert.equal("a\\nb  ?  running  0.0%  0 B of 10 B\n", out)
   end)
 
   it("an unknown command is named, status 64", function()

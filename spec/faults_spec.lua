@@ -688,7 +688,7 @@ describe("fault #39: an error reply without an id", function()
   it("with two commands in flight quotes the peer's class and desc in one short line", function()
     local desc = "line 1\\nline 2 " .. ("x"):rep(10000)
     for _, cause in ipairs(two_in_flight('{"error": {"class": "Bad\\u0001Class", "desc": "' .. desc .. '"}}\r\n')) do
-      assert.matches("without an id %(Bad%?Class: line 1%?line 2 x+%.%.%.%) while 2 commands are in flight", cause)
+      assert.matches("without an id %(Bad\\u0001Class: line 1\\nline 2 x+%.%.%.%) while 2 commands are in flight", cause)
       assert.is_true(#cause < 400, cause)
     end
   end)
@@ -844,7 +844,7 @@ describe("fault #44: an event whose name is not a non-empty string", function()
     assert.equal(1, #reports)
     local text = tostring(reports[1])
     assert.falsy(text:find("[%c\128-\255]"), text)
-    assert.matches('"da%?%?ta%?"', text)
+    assert.matches('"da\\n\\u0001ta\\t"', text)
     assert.matches('"' .. ("m"):rep(37) .. '%.%.%."', text)
     assert.falsy(text:find(("m"):rep(38), 1, true), text)
   end)
@@ -1183,7 +1183,7 @@ describe("docs/faults.md", function()
     end
   end
 
-  it("names, for every row from 1 to 64, tests that exist", function()
+  it("names, for every row from 1 to the last, tests that exist", function()
     local doc = assert(tmp.read("docs/faults.md"))
     local rows, files = {}, {}
     for line in doc:gmatch("[^\n]+") do
@@ -1197,7 +1197,10 @@ describe("docs/faults.md", function()
         rows[n] = cells[4]
       end
     end
-    for n = 1, 64 do
+    local last = 0   -- rows are numbered 1 to the last, none missing
+    for n in pairs(rows) do last = math.max(last, n) end
+    assert.is_true(last >= 64, "rows end at " .. last)
+    for n = 1, last do
       local cell = rows[n]
       assert(cell, "no row " .. n)
       local refs = references(cell)
@@ -1210,7 +1213,6 @@ describe("docs/faults.md", function()
       end
     end
     assert.is_nil(rows[0])
-    assert.is_nil(rows[65])
     -- and every describe here is where its row says
     for name in pairs(names_in("spec/faults_spec.lua")) do
       local n = tonumber(name:match("^fault #(%d+): "))

@@ -134,7 +134,9 @@ describe("log lines under a hostile peer", function()
     {"name": "__com.example_DISK", "meta-type": "event", "arg-type": "1"}
   ]]==]
 
-  it("stay short and on one line whatever the peer sends: validate's reports, the policy's, the event names", function()
+  -- #timing: decoding and validating megabytes within vm:run's 5 s is a
+  -- wall-clock bound that valgrind on a loaded machine does not keep.
+  it("stay short and on one line whatever the peer sends: validate's reports, the policy's, the event names #timing", function()
     local big = ("x"):rep(1 << 20)
     local many = {}
     for i = 1, 10000 do many[i] = ('"m%d": 1'):format(i) end
@@ -179,14 +181,14 @@ describe("a handler's failure", function()
     assert(vm:run({ timeout = 5, done = function() return #reports >= 1 end }))
     local line = tostring(reports[1])
     assert.equal("handler", reports[1].kind)
-    assert.matches("^handler: handler for BAD%?NAME%?%[2JX+%.%.%. failed: no such disk$", line)
+    assert.matches("^handler: handler for BAD\\nNAME\\u001b%[2JX+%.%.%. failed: no such disk$", line)
     assert.is_true(#line < 120, line)
   end)
 end)
 
 describe("qmp.errors.quote, which every report quoting the peer's text uses", function()
-  it("keeps one plain line: control bytes and non-ASCII bytes show as ?", function()
-    assert.equal('a?b?c??d"e\'', qmp.errors.quote('a\nb\0c\195\169d"e\'', 64))
+  it("keeps one line: control bytes and bytes that are not UTF-8 show escaped, printable UTF-8 as it is", function()
+    assert.equal('a\\nb\\u0000c\195\169d"e\'\\xff', qmp.errors.quote('a\nb\0c\195\169d"e\'\255', 64))
     assert.equal("plain text, kept: [x] {y} #1", qmp.errors.quote("plain text, kept: [x] {y} #1", 64))
     assert.equal("5", qmp.errors.quote(5, 64))
   end)

@@ -89,8 +89,8 @@ describe("qmp.policy.resume_on_io_error()", function()
     local p = qmp.policy.resume_on_io_error(vm, { delay = 0.01, log = log })
     assert(vm:run({ timeout = 5, done = function() return #lines >= 2 end }))
     assert.same({}, reports)
-    local name = "disk?0" .. ("x"):rep(55) .. "..."
-    assert.equal(name .. ": I/O error (re?ad), VM paused; resuming in 0.01 s (attempt 1 of 3)", lines[1])
+    local name = "disk\\n0" .. ("x"):rep(54) .. "..."
+    assert.equal(name .. ": I/O error (re\\u001bad), VM paused; resuming in 0.01 s (attempt 1 of 3)", lines[1])
     assert.equal(name .. ': not resuming: VM status is unknown (query-status gave none), not "io-error"', lines[2])
     assert(vm:execute("query-name"))
     assert.same({ 0, 0, 1 }, { p.resumes, p.give_ups, p.errors_seen })
