@@ -35,6 +35,7 @@ build = {
     ["qmp.core"] = {
       sources = {
         "csrc/qmp_core.c",
+        "csrc/error.c",
         "csrc/decode.c",
         "csrc/encode.c",
         "csrc/transport.c",

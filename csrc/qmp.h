@@ -36,11 +36,12 @@
 #define qmp_pushnull(L) lua_pushlightuserdata(L, NULL)
 #define qmp_isnull(L, i) (lua_islightuserdata(L, i) && lua_touserdata(L, i) == NULL)
 
-/* qmp_core.c: errors.  Push fail (nil) and an error object { kind, message };
+/* error.c: errors.  Push fail (nil) and an error object { kind, message };
 ** return 2 so a C function can 'return qmp_fail(...)'. */
 int qmp_fail(lua_State *L, const char *kind, const char *fmt, ...);
 /* Push only the error object. */
 void qmp_pusherror(lua_State *L, const char *kind, const char *fmt, ...);
+void qmp_error_open(lua_State *L);  /* adds Error, the errors' metatable */
 
 /* uint64.c: boxed unsigned 64-bit integers above INT64_MAX. */
 void qmp_uint64_open(lua_State *L);             /* module table at top */

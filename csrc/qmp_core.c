@@ -1,59 +1,14 @@
 /*
-** qmp_core.c: entry point of the qmp.core module and the shared error objects.
-** The module table is built by one *_open function per concern (transport,
-** decode, encode, uint64), each adding its functions to the table on top.
+** qmp_core.c: entry point of the qmp.core module.
+** The module table is built by one *_open function per concern (errors,
+** uint64, encode, decode, transport, ...), each adding its functions to the
+** table on top; here are only the few functions that belong to no concern.
 */
-#include <stdarg.h>
 #include <time.h>
 
 #include "qmp.h"
 
 #define QMP_CORE_VERSION "0.1.0"
-
-/* {====================================================== */
-/* Error objects: { kind = "timeout", message = "..." } with a readable __tostring. */
-
-static void vpusherror(lua_State *L, const char *kind, const char *fmt, va_list ap) {
-  lua_createtable(L, 0, 2);
-  lua_pushstring(L, kind);
-  lua_setfield(L, -2, "kind");
-  lua_pushvfstring(L, fmt, ap);
-  lua_setfield(L, -2, "message");
-  luaL_setmetatable(L, QMP_ERROR_MT);
-}
-
-void qmp_pusherror(lua_State *L, const char *kind, const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  vpusherror(L, kind, fmt, ap);
-  va_end(ap);
-}
-
-int qmp_fail(lua_State *L, const char *kind, const char *fmt, ...) {
-  va_list ap;
-  luaL_pushfail(L);
-  va_start(ap, fmt);
-  vpusherror(L, kind, fmt, ap);
-  va_end(ap);
-  return 2;
-}
-
-/* "kind: message", or for QMP errors "qmp: Class: desc" (the message holds that). */
-static int error_tostring(lua_State *L) {
-  lua_getfield(L, 1, "kind");
-  lua_getfield(L, 1, "message");
-  lua_pushfstring(L, "%s: %s", luaL_optstring(L, -2, "error"), luaL_optstring(L, -1, "?"));
-  return 1;
-}
-
-static void error_open(lua_State *L) {
-  if (luaL_newmetatable(L, QMP_ERROR_MT)) {  /* idempotent: busted may reload us */
-    lua_pushcfunction(L, error_tostring);
-    lua_setfield(L, -2, "__tostring");
-  }
-  lua_setfield(L, -2, "Error");  /* module.Error: the metatable, for the Lua layer */
-}
-/* }====================================================== */
 
 static int core_monotime(lua_State *L) {
   lua_pushnumber(L, qmp_monotime());
@@ -85,7 +40,7 @@ __attribute__((visibility("default"))) int luaopen_qmp_core(lua_State *L);
 int luaopen_qmp_core(lua_State *L) {
   luaL_checkversion(L);
   lua_newtable(L);
-  error_open(L);
+  qmp_error_open(L);
   luaL_newmetatable(L, QMP_ARRAY_MT);
   lua_setfield(L, -2, "array_mt");
   lua_pushcfunction(L, core_array);
