@@ -33,7 +33,7 @@
 
 #include "qmp.h"
 
-#define MAX_FDS 16       /* fds passed with one command (SCM_RIGHTS) */
+#define MAX_FDS 16       /* fds passed with one command (SCM_RIGHTS); core.MAX_FDS */
 #define READ_SIZE 65536  /* bytes asked of one recv() */
 #define MAX_DRAIN_READS 4  /* recv()s by one conn:drain */
 #define MAX_ADDRS 32     /* addresses kept by core.resolve */
@@ -642,4 +642,6 @@ void qmp_transport_open(lua_State *L) {
   }
   lua_pop(L, 1);
   luaL_setfuncs(L, funcs, 0);
+  lua_pushinteger(L, MAX_FDS);  /* the Lua layer checks a command's fds against it */
+  lua_setfield(L, -2, "MAX_FDS");
 }

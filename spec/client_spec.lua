@@ -330,6 +330,45 @@ describe("vm:execute()", function()
   end)
 end)
 
+describe("vm:execute() with opts.fds", function()
+  -- The list is checked whole before the command is queued.  Before, a list
+  -- the socket write refuses (too many fds, a hole) passed the check of each
+  -- fd, was queued, and the write raised inside the flush: the command stayed
+  -- at the head of the output queue and every later command raised while
+  -- vm.state said "ready".  A __len of 2^40 must not be walked to.
+  local function lying(n) return setmetatable({ 0 }, { __len = function() return n end }) end
+
+  it("raises at the caller's line for too many fds, a hole, other keys or a lying __len; nothing is sent and the client goes on", function()
+    local srv = serve(opening({ { expect = "query-status", reply = fake.reply('{"status": "running"}') },
+                                { wait_close = true } }))
+    local vm = connect(srv)
+    local many, max = {}, require("qmp.core").MAX_FDS
+    for i = 1, 300 do many[i] = 0 end
+    local over = table.move(many, 1, max + 1, 1, {})
+    local cases = {
+      { many, "fds: 300 file descriptors, but one command carries at most " .. max },
+      { over, ("fds: %d file descriptors, but one command carries at most %d"):format(max + 1, max) },
+      { { 0, nil, 0 }, "fds must be a list without holes: fds%[2%] is nil" },
+      { { 0, [4] = 0 }, "fds must be a list without holes or other keys: it has the key 4" },
+      { { 0, x = 0 }, 'fds must be a list without holes or other keys: it has the key "x"' },
+      { lying(2 ^ 40), "fds has a __len that says 1099511627776%.0, but holds 1 fd" },
+      { lying(2), "fds has a __len that says 2, but holds 1 fd" },
+    }
+    for _, case in ipairs(cases) do
+      local line = debug.getinfo(1, "l").currentline + 1
+      local ok, msg = pcall(vm.execute, vm, "getfd", { fdname = "f" }, { fds = case[1] })
+      assert.is_false(ok, case[2])
+      assert.matches("client_spec%.lua:" .. line .. ": qmp: execute: " .. case[2], msg)
+      assert.equal("ready", vm.state)
+    end
+    assert.equal(16, max)   -- the C core's limit, one number for both
+    assert.equal("running", assert(vm:execute("query-status")).status)   -- not wedged
+    vm:close()
+    assert.is_true(srv:wait(5))
+    assert.equal(2, #srv:received())   -- qmp_capabilities and query-status only
+  end)
+end)
+
 describe("connection loss", function()
   it("fails the pending command with closed at EOF inside a message, keeping earlier events", function()
     local srv = serve(opening({ { expect = "query-status" },

@@ -409,6 +409,39 @@ end
 
 -- {==================== commands
 
+-- opts.fds, checked whole before the command is queued: a list the socket
+-- write would refuse (too many fds, a hole) must raise here, not inside the
+-- flush, where the command would stay at the head of the output queue and
+-- every later one fail behind it.  Read raw, as the C core reads it; a
+-- __len is asked once and must agree, never walked to (it may say 2^40).
+local function check_fds(where, fds)
+  if fds == nil then return end
+  if type(fds) ~= "table" then errors.raise(where .. ": fds must be a list of file descriptors") end
+  local n, limit = rawlen(fds), core.MAX_FDS
+  if n > limit then
+    errors.raise(("%s: fds: %d file descriptors, but one command carries at most %d"):format(where, n, limit))
+  end
+  for k in next, fds do
+    if math.type(k) ~= "integer" or k < 1 or k > n then
+      errors.raise(("%s: fds must be a list without holes or other keys: it has the key %s")
+                   :format(where, type(k) == "string" and ("%q"):format(k) or tostring(k)))
+    end
+  end
+  for i = 1, n do
+    local fd = rawget(fds, i)
+    if fd == nil then errors.raise(("%s: fds must be a list without holes: fds[%d] is nil"):format(where, i)) end
+    local v = type(fd) == "number" and math.tointeger(fd)   -- luasocket's getfd() gives a float
+    if not (v and core.isfd(v)) then
+      errors.raise(("%s: fds[%d] = %s is not an open file descriptor"):format(where, i, tostring(fd)))
+    end
+  end
+  local len = #fds
+  if len ~= n then
+    errors.raise(("%s: fds has a __len that says %s, but holds %d fd%s"):format(where, tostring(len), n,
+                                                                              n == 1 and "" or "s"))
+  end
+end
+
 local function check_command(method, name, args, opts)
   if type(name) ~= "string" or name == "" then
     errors.raise(("qmp: %s: command name must be a non-empty string"):format(method))
@@ -418,16 +451,7 @@ local function check_command(method, name, args, opts)
   end
   opts = errors.check_options("qmp: " .. method, opts, COMMAND_OPTIONS)
   check_timeout("qmp: " .. method, opts.timeout)
-  local fds = opts.fds
-  if fds ~= nil and type(fds) ~= "table" then
-    errors.raise(("qmp: %s: fds must be a list of file descriptors"):format(method))
-  end
-  for i, fd in ipairs(fds or {}) do
-    local n = type(fd) == "number" and math.tointeger(fd)   -- luasocket's getfd() gives a float
-    if not (n and core.isfd(n)) then
-      errors.raise(("qmp: %s: fds[%d] = %s is not an open file descriptor"):format(method, i, tostring(fd)))
-    end
-  end
+  check_fds("qmp: " .. method, opts.fds)
   return opts
 end
 
