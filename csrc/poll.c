@@ -4,7 +4,11 @@
 ** core.poll(fds, timeout [, events]) waits until at least one fd of the list
 ** is ready (readable, or writable for a "w", or hung up, or in error) and
 ** returns the 1-based indices of the ready ones; an empty list when the
-** timeout passes.  As everywhere in the core, the wait is against a
+** timeout passes.  Only the fds that are there go to poll(): a negative
+** one (a client between reconnect attempts) takes no entry, since poll()
+** refuses more entries than RLIMIT_NOFILE, skipped ones included, and a
+** loop may hold thousands of clients that are waiting to reconnect.
+** As everywhere in the core, the wait is against a
 ** CLOCK_MONOTONIC deadline and retried on EINTR; a signal caught with
 ** core.catch_signals ends it with an "interrupted" error (signal.c).
 */
@@ -72,7 +76,8 @@ static int core_poll(lua_State *L) {
   lua_Integer n, i;
   double t, deadline;
   struct pollfd *p;
-  int r, ms, ready;
+  int *place;   /* place[k]: the index in fds of p[k] */
+  int r, ms, ready, k, m;
   luaL_checktype(L, 1, LUA_TTABLE);
   if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
   lua_settop(L, 3);  /* events stays at 3 (maybe nil) under what is pushed below */
@@ -84,27 +89,35 @@ static int core_poll(lua_State *L) {
   if (n > QMP_MAX_POLL)
     return luaL_argerror(L, 1, lua_pushfstring(L, "too many fds (%I, the limit is %d)",
                                                n, (int)QMP_MAX_POLL));
-  /* Lua owns the array: an error below cannot leak it.  p[n] is the signal pipe. */
-  p = (struct pollfd *)lua_newuserdatauv(L, ((size_t)n + 1) * sizeof *p, 0);
+  /* Lua owns the arrays: an error below cannot leak them.  The m fds that
+  ** are there come first in p, then the signal pipe, p[m] (when there is one). */
+  p = (struct pollfd *)lua_newuserdatauv(L, ((size_t)n + 1) * sizeof *p
+                                             + (size_t)n * sizeof *place, 0);
+  place = (int *)(p + n + 1);
+  m = 0;
   for (i = 0; i < n; i++) {
     lua_Integer fd;
     int isint;
+    short ev;
     lua_geti(L, 1, i + 1);
     fd = lua_tointegerx(L, -1, &isint);
     if (!isint)
       return luaL_argerror(L, 1, lua_pushfstring(L, "fds[%I] is not an integer",
                                                  i + 1));
     lua_pop(L, 1);
-    p[i].fd = (fd < 0 || fd > INT_MAX) ? -1 : (int)fd;
-    p[i].events = events_of(L, i);
-    p[i].revents = 0;
+    ev = events_of(L, i);  /* checked for every entry, skipped ones too */
+    if (fd < 0 || fd > INT_MAX) continue;
+    p[m].fd = (int)fd;
+    p[m].events = ev;
+    p[m].revents = 0;
+    place[m++] = (int)i;
   }
-  watch_signals(&p[n]);
+  watch_signals(&p[m]);
   for (;;) {
     if ((r = qmp_signal_interrupted(L))) return r;
     ms = qmp_poll_ms(deadline);
-    r = poll(p, (nfds_t)n + 1, ms);
-    if (r > 0 && p[n].revents != 0) {  /* a signal came: looked at above */
+    r = poll(p, (nfds_t)m + (p[m].fd >= 0), ms);
+    if (r > 0 && p[m].revents != 0) {  /* a signal came: looked at above */
       qmp_signal_drain();
       r--;
     }
@@ -115,9 +128,9 @@ static int core_poll(lua_State *L) {
   }
   lua_createtable(L, r > 0 ? r : 0, 0);
   ready = 0;
-  for (i = 0; i < n; i++) {
-    if (p[i].fd >= 0 && p[i].revents != 0) {   /* POLLIN/OUT, POLLHUP, POLLERR, POLLNVAL */
-      lua_pushinteger(L, i + 1);
+  for (k = 0; k < m; k++) {
+    if (p[k].revents != 0) {   /* POLLIN/OUT, POLLHUP, POLLERR, POLLNVAL */
+      lua_pushinteger(L, (lua_Integer)place[k] + 1);
       lua_rawseti(L, -2, ++ready);
     }
   }

@@ -88,10 +88,21 @@ static size_t check_max_message(lua_State *L, int idx) {
   return (size_t)m;
 }
 
+/* The kind of a failed socket() or connect().  No fd or memory left is this
+** process's trouble, not the peer refusing: "io", so that a loop of many
+** clients tells it from a VM that is down. */
 static const char *connect_kind(int err) {
   if (err == ETIMEDOUT) return "timeout";
   if (err == EACCES || err == EPERM) return "denied";
+  if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) return "io";
   return "refused";
+}
+
+/* What to do about a failed socket(), for its message ("" for the others). */
+static const char *connect_hint(int err) {
+  if (err == EMFILE) return " (this process has no file descriptor left: see ulimit -n)";
+  if (err == ENFILE) return " (the system has no file descriptor left)";
+  return "";
 }
 
 /* Start connecting a new socket to sa without waiting: 0 when connected at
@@ -188,7 +199,8 @@ static int unix_fail(lua_State *L, const char *path, int err) {
       return qmp_fail(L, "refused", "cannot connect to %s: its listen backlog is full "
                       "(the server is not accepting connections)", path);
     default:
-      return qmp_fail(L, connect_kind(err), "cannot connect to %s: %s", path, strerror(err));
+      return qmp_fail(L, connect_kind(err), "cannot connect to %s: %s%s", path, strerror(err),
+                      connect_hint(err));
   }
 }
 
@@ -303,7 +315,8 @@ static int core_open_tcp(lua_State *L) {
   err = start_connect(c, res->ai_addr, res->ai_addrlen);
   freeaddrinfo(res);
   if (err != 0 && err != EINPROGRESS)
-    return qmp_fail(L, connect_kind(err), "cannot connect to %s: %s", c->label, strerror(err));
+    return qmp_fail(L, connect_kind(err), "cannot connect to %s: %s%s", c->label, strerror(err),
+                    connect_hint(err));
   set_nodelay(c->fd);
   lua_pushboolean(L, err == 0);
   return 2;

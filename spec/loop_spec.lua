@@ -174,6 +174,99 @@ describe("qmp.loop", function()
   end)
 end)
 
+describe("qmp.loop with few file descriptors", function()
+  -- In a child lua5.4 under `ulimit -n`.  poll() answers EINVAL when it is
+  -- given more entries than RLIMIT_NOFILE, skipped ones (fd -1) included:
+  -- a loop of clients waiting to reconnect (fd -1 each) failed every run with
+  -- "io: poll: Invalid argument" while 7 fds were really open.
+  local tmp = require "support.tmp"
+  local proc = require "support.proc"
+
+  local CHILD = [==[
+package.path = "./lua/?.lua;./lua/?/init.lua;./spec/?.lua;" .. package.path
+package.cpath = "./?.so;" .. package.cpath
+local qmp = require "qmp"
+local core = require "qmp.core"
+local socket = require "socket"
+local what, path = arg[1], arg[2]   -- path: where nothing listens
+local function say(k, v) io.write(k, " ", tostring(v), "\n") io.flush() end
+if what == "loop" then
+  -- a readable fd behind 1,100 skipped ones: its index is still its place in the list
+  local server = assert(socket.bind("127.0.0.1", 0))
+  local ip, port = server:getsockname()
+  local peer = assert(socket.connect(ip, port))   -- pending: the listener is readable
+  local list = {}
+  for i = 1, 1100 do list[i] = -1 end
+  list[1101], list[1102] = math.tointeger(server:getfd()), -1
+  local ready, err = core.poll(list, 5)
+  say("poll", ready and table.concat(ready, ",") or err)
+  peer:close()
+  server:close()
+  local loop = qmp.loop()
+  for i = 1, 1100 do
+    loop:add(assert(qmp.client(path, { name = "vm" .. i, reconnect = { min = 0.05, max = 0.2 } })))
+  end
+  local t0 = core.monotime()
+  local ok, rerr = loop:run({ timeout = 1 })
+  say("run", ok or tostring(rerr))
+  say("took", core.monotime() - t0)
+  say("vms", #loop:vms())
+  say("attempts", loop:vms()[1]._backoff.attempts)
+elseif what == "emfile" then
+  local vm = assert(qmp.client(path, { name = "late", reconnect = { min = 0.01, max = 0.02 } }))
+  local loop = qmp.loop({ vm })
+  local hold = {}
+  while true do   -- every fd this process may have
+    local f = io.open("/dev/null")
+    if not f then break end
+    hold[#hold + 1] = f
+  end
+  local _, err = qmp.connect(path, { timeout = 1 })
+  say("connect", err.kind .. ": " .. err.message)
+  local ok, rerr = loop:run({ timeout = 0.3 })
+  say("run", ok or tostring(rerr))
+  say("last", tostring(vm:last_error()))
+  for _, f in ipairs(hold) do f:close() end
+  ok, rerr = loop:run({ timeout = 0.3 })
+  say("run", ok or tostring(rerr))
+  say("last", tostring(vm:last_error()))
+end
+]==]
+
+  local function run_child(what, nofile)
+    local dir = tmp.dir("qmpnofile")
+    tmp.write(dir .. "/child.lua", CHILD)
+    local status, out = proc.run(("sh -c 'ulimit -n %d && exec lua5.4 \"$0\" \"$1\" \"$2\"' %s %s %s")
+                                 :format(nofile, tmp.quote(dir .. "/child.lua"), what, tmp.quote(dir .. "/nobody.sock")))
+    tmp.remove(dir)
+    assert.equal(0, status, out)
+    local said = {}
+    for k, v in out:gmatch("(%S+) ([^\n]*)\n") do
+      said[k] = said[k] or {}
+      table.insert(said[k], v)
+    end
+    return said, out
+  end
+
+  it("runs 1,100 clients waiting to reconnect under ulimit -n 64: only open fds go to poll()", function()
+    local said, out = run_child("loop", 64)
+    assert.same({ "1101" }, said.poll, out)
+    assert.same({ "timeout: loop: 1 s passed" }, said.run, out)
+    assert.is_true(tonumber(said.took[1]) >= 0.95, out)
+    assert.same({ "1100" }, said.vms, out)
+    assert.is_true(tonumber(said.attempts[1]) >= 2, out)   -- it kept trying
+  end)
+
+  it("says io, not refused, when no fd is left for a socket, and the loop goes on", function()
+    local said, out = run_child("emfile", 32)
+    assert.matches("^io: cannot connect to .*nobody%.sock: Too many open files %(this process has no file "
+                   .. "descriptor left: see ulimit %-n%)$", said.connect[1], out)
+    assert.same({ "timeout: loop: 0.3 s passed", "timeout: loop: 0.3 s passed" }, said.run, out)
+    assert.matches("^io: .*Too many open files", said.last[1], out)   -- while none is left
+    assert.matches("^refused: no socket at ", said.last[2], out)      -- and once there are again
+  end)
+end)
+
 describe("qmp.loop with real QEMUs #qemu", function()
   local qemu = require "support.qemu"
 
