@@ -36,6 +36,7 @@ build = {
       sources = {
         "csrc/qmp_core.c",
         "csrc/error.c",
+        "csrc/scan.c",
         "csrc/decode.c",
         "csrc/encode.c",
         "csrc/transport.c",

@@ -2,7 +2,7 @@
 ** decode.c: bytes -> Lua values.
 **
 ** Three stages, all in one pass over each byte where possible:
-**   scanner  a JSON-aware byte scanner (strings, escapes, depth) that finds
+**   scanner  (scan.c) a JSON-aware byte scanner (strings, escapes, depth) that finds
 **            where each top-level object ends, whatever the line endings
 **            (pretty=on output, \n, \r\n) and whatever the read chunking;
 **            it also rejects what cJSON would silently get wrong (\u0000,
@@ -12,7 +12,7 @@
 **            the exact digits of integers that a double cannot hold.
 **
 ** The batch path (drain: many messages per call) frames with a quick scan
-** first: a strict one-pass check of a whole message that also reads an
+** (scan.c) first: a strict one-pass check of a whole message that also reads an
 ** event's name, timestamp and shape.  An event outside the caller's
 ** interest set is then skipped unparsed, and of one of QEMU's shape cJSON
 ** parses only the data.  What the quick scan is unsure of goes the way
@@ -31,365 +31,9 @@
 #include <cjson/cJSON.h>
 
 #include "qmp.h"
+#include "scan.h"
 
 #define TREEBOX_MT "qmp.TreeBox"
-
-/* {====================================================== */
-/* Scanner */
-
-typedef struct Scanner {
-  int depth;              /* bracket depth; 0 between messages */
-  unsigned char instr;    /* inside a string */
-  unsigned char esc;      /* after a backslash in a string */
-  unsigned char hex;      /* \u digits still expected */
-  unsigned char prevdigit;  /* the previous read ended on a digit outside strings */
-  unsigned char sawfloat; /* a '.' or exponent outside strings: not all numbers are integers */
-  unsigned code;          /* value of the \u escape being read */
-  const char *err;        /* why the scan failed, or NULL */
-} Scanner;
-
-enum { SCAN_MORE, SCAN_DONE, SCAN_ERROR };
-
-static int hexval(unsigned char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
-/* Bytes the scanner must stop at: inside strings, and outside them. */
-static const unsigned char STRING_STOP[256] = { ['"'] = 1, ['\\'] = 1, [0] = 1 };
-static const unsigned char VALUE_STOP[256] = {
-  ['"'] = 1, ['{'] = 1, ['['] = 1, ['}'] = 1, [']'] = 1, ['.'] = 1, ['e'] = 1, ['E'] = 1, [0] = 1
-};
-
-static int isdigit_json(unsigned char c) {
-  return c >= '0' && c <= '9';
-}
-
-/*
-** Scan p[*pos .. n) inside a value.  Returns SCAN_DONE with *pos just past
-** the bracket that closes the top-level value, SCAN_MORE when the bytes run
-** out first (*pos = n), or SCAN_ERROR with s->err set (*pos at the culprit).
-** Runs of ordinary bytes are skipped through the STOP tables.
-*/
-static int scan_value(Scanner *s, const unsigned char *p, size_t n, size_t *pos) {
-  size_t first = *pos, i = *pos;
-  for (; i < n; i++) {
-    unsigned char c;
-    if (s->instr) {
-      c = p[i];
-      if (s->hex) {
-        int v = hexval(c);
-        if (v < 0) { s->err = "invalid \\u escape in a string"; goto error; }
-        s->code = (s->code << 4) | (unsigned)v;
-        if (--s->hex == 0 && s->code == 0) {
-          s->err = "\\u0000 in a string is not supported"; goto error;
-        }
-      }
-      else if (s->esc) {
-        s->esc = 0;
-        if (c == 'u') { s->hex = 4; s->code = 0; }
-        else if (c == 0 || !strchr("\"\\/bfnrt", c)) {
-          s->err = "invalid escape in a string"; goto error;
-        }
-      }
-      else {
-        while (i < n && !STRING_STOP[p[i]]) i++;
-        if (i == n) break;
-        c = p[i];
-        if (c == '"') s->instr = 0;
-        else if (c == '\\') s->esc = 1;
-        else { s->err = "NUL byte in a message"; goto error; }
-      }
-      continue;
-    }
-    while (i < n && !VALUE_STOP[p[i]]) i++;
-    if (i == n) break;
-    switch (p[i]) {
-      case '"': s->instr = 1; break;
-      case '{': case '[':
-        if (++s->depth > QMP_MAX_DEPTH) { s->err = "nesting too deep"; goto error; }
-        break;
-      case '}': case ']':
-        if (--s->depth <= 0) { *pos = i + 1; s->prevdigit = 0; return SCAN_DONE; }
-        break;
-      case '.': s->sawfloat = 1; break;
-      case 'e': case 'E':  /* an exponent, unless it is a letter of true/false */
-        if (i > first ? isdigit_json(p[i - 1]) : s->prevdigit) s->sawfloat = 1;
-        break;
-      default: s->err = "NUL byte in a message"; goto error;
-    }
-  }
-  *pos = n;
-  if (n > first)  /* "1" | "e5" across reads; a call with no new bytes must keep it */
-    s->prevdigit = !s->instr && isdigit_json(p[n - 1]);
-  return SCAN_MORE;
- error:
-  *pos = i;
-  return SCAN_ERROR;
-}
-
-static int isspace_json(unsigned char c) {
-  return c == ' ' || c == '\n' || c == '\r' || c == '\t';
-}
-/* }====================================================== */
-
-
-/* {====================================================== */
-/*
-** Quick scan: an event's name and shape before cJSON.
-**
-** An event outside the caller's interest set is skipped without being
-** parsed, so its name is read from the bytes; and an event as QEMU writes
-** it has its timestamp and name taken from them too.  This must change
-** nothing but the cost: the message must be one that the framer would frame
-** the same way and cJSON would accept, and the parts the ones cJSON would
-** give.  So quick_scan accepts only what it is sure of: a whole object in
-** the bytes given, strict JSON, nesting up to 64, numbers of up to 63
-** characters (older cJSONs read no more), no raw control characters, no
-** \u0000 nor lone \u surrogates, top-level member names without escapes,
-** and a first member "timestamp" or "event" (QEMU's events; anything else
-** is left at once).  Anything else returns 0 and goes the usual way:
-** framer, cJSON.  As it checks the whole grammar, it frames the message too.
-*/
-
-typedef struct Quick {
-  size_t len;           /* bytes of the message, through its closing brace */
-  int sawfloat;         /* a number with a fraction or an exponent */
-  const char *name;     /* the top-level "event" string (no escapes), or NULL */
-  size_t namelen;
-  /* QEMU's shape: the members timestamp (of two integer members, seconds
-  ** and microseconds), event and, optionally, data, each once, no other.
-  ** Then these parts are all there is to the message. */
-  int shaped;
-  const unsigned char *seconds, *microseconds;  /* their digits (quick_integer) */
-  const char *data, *dataend;  /* the text of the data member, or NULL */
-} Quick;
-
-/*
-** The bytes scanned end in a NUL written there for the scan (the buffer
-** always has room for it, as for cJSON's): no byte the scan accepts is a
-** NUL, so it stops there without a bounds check, and never reads past it.
-*/
-
-#define C8(c) [c] = 1, [c + 1] = 1, [c + 2] = 1, [c + 3] = 1, \
-              [c + 4] = 1, [c + 5] = 1, [c + 6] = 1, [c + 7] = 1
-/* Bytes a string scan stops at: the end, an escape, a control character. */
-static const unsigned char QUICK_STRING_STOP[256] = {
-  C8(0), C8(8), C8(16), C8(24), ['"'] = 1, ['\\'] = 1
-};
-#undef C8
-
-/* The value of the 4 hex digits at p, or 0 (\u0000 is refused alike). */
-static unsigned quick_hex4(const unsigned char *p) {
-  unsigned code = 0;
-  int k, v;
-  for (k = 0; k < 4; k++) {  /* stops at the first non-digit: never past the NUL */
-    if ((v = hexval(p[k])) < 0) return 0;
-    code = (code << 4) | (unsigned)v;
-  }
-  return code;
-}
-
-/* Scan a string from p, just past its opening quote: the byte past its
-** closing quote (*plain: no escapes), or NULL if unsure. */
-static const unsigned char *quick_string(const unsigned char *p, int *plain) {
-  for (;;) {
-    unsigned code;
-    while (!QUICK_STRING_STOP[*p]) p++;
-    if (*p == '"') return p + 1;
-    if (*p != '\\') return NULL;  /* a raw control character, or the end */
-    *plain = 0;
-    switch (*++p) {
-      case '"': case '\\': case '/': case 'b': case 'f': case 'n': case 'r': case 't':
-        p++;
-        break;
-      case 'u':
-        code = quick_hex4(p + 1);
-        p += 5;
-        if (code == 0 || (code >= 0xDC00 && code <= 0xDFFF)) return NULL;  /* bad, \u0000, lone low */
-        if (code >= 0xD800 && code <= 0xDBFF) {  /* a high surrogate: its low one must follow */
-          if (p[0] != '\\' || p[1] != 'u') return NULL;
-          code = quick_hex4(p + 2);
-          if (code < 0xDC00 || code > 0xDFFF) return NULL;
-          p += 6;
-        }
-        break;
-      default: return NULL;
-    }
-  }
-}
-
-static const unsigned char *quick_number(const unsigned char *p, int *sawfloat) {
-  const unsigned char *start = p;
-  if (*p == '-') p++;
-  if (*p == '0') p++;
-  else if (isdigit_json(*p)) while (isdigit_json(*p)) p++;
-  else return NULL;
-  if (*p == '.') {
-    *sawfloat = 1;
-    if (!isdigit_json(*++p)) return NULL;
-    while (isdigit_json(*p)) p++;
-  }
-  if (*p == 'e' || *p == 'E') {
-    *sawfloat = 1;
-    if (*++p == '+' || *p == '-') p++;
-    if (!isdigit_json(*p)) return NULL;
-    while (isdigit_json(*p)) p++;
-  }
-  return p - start > 63 ? NULL : p;  /* cJSON may stop reading a number there */
-}
-
-/* An integer of at most 18 digits (exact in a lua_Integer) at p, with
-** nothing after it that would make it a float: past it, or NULL.  Only
-** checked here: most events are skipped, and integer_value reads it
-** again for those that are not. */
-static const unsigned char *quick_integer(const unsigned char *p) {
-  const unsigned char *digits = p += *p == '-';
-  if (*p == '0') p++;
-  else while (isdigit_json(*p)) p++;
-  if (p == digits || p - digits > 18 || isdigit_json(*p) || *p == '.' || *p == 'e' || *p == 'E')
-    return NULL;  /* none, too long, a leading zero, or a float */
-  return p;
-}
-
-/* The value of an integer quick_integer accepted. */
-static lua_Integer integer_value(const unsigned char *p) {
-  int neg = *p == '-';
-  lua_Integer n = 0;
-  for (p += neg; isdigit_json(*p); p++) n = n * 10 + (*p - '0');
-  return neg ? -n : n;
-}
-
-/* p starts with the word w?  Reads no further than a mismatch. */
-static int quick_word(const unsigned char *p, const char *w) {
-  while (*w != '\0')
-    if (*p++ != (unsigned char)*w++) return 0;
-  return 1;
-}
-
-#define QUICK_MAX_DEPTH 64
-#define SKIP_SPACE() while (*c <= ' ' && isspace_json(*c)) c++  /* the NUL stops it */
-
-/* A timestamp's value as QEMU writes it, {"seconds": N, "microseconds": N}
-** (either order): past it, with the integers in q; or NULL. */
-static const unsigned char *quick_timestamp(const unsigned char *c, Quick *q) {
-  int got = 0;  /* 1: seconds, 2: microseconds */
-  if (*c++ != '{') return NULL;
-  for (;;) {
-    int which;
-    SKIP_SPACE();
-    if (quick_word(c, "\"seconds\"")) which = 1, c += 9;
-    else if (quick_word(c, "\"microseconds\"")) which = 2, c += 14;
-    else return NULL;
-    if (got & which) return NULL;
-    got |= which;
-    SKIP_SPACE();
-    if (*c++ != ':') return NULL;
-    SKIP_SPACE();
-    if (which == 1) q->seconds = c;
-    else q->microseconds = c;
-    if ((c = quick_integer(c)) == NULL) return NULL;
-    SKIP_SPACE();
-    if (*c != ',') break;
-    c++;
-  }
-  return (*c == '}' && got == 3) ? c + 1 : NULL;
-}
-
-enum { M_TIMESTAMP = 1, M_EVENT = 2, M_DATA = 4, M_OTHER = 8 };
-
-/* p starts with '{' and the bytes end in a NUL.  1 when they begin with a
-** whole message that quick_scan is sure of (q says what it found), else 0. */
-static int quick_scan(const unsigned char *p, Quick *q) {
-  const unsigned char *c = p + 1, *key;
-  uint64_t arrays = 0;  /* bit k: nesting level k + 1 is an array */
-  int depth = 1, member = 0, members = 0, plain;  /* member: M_* of the top-level one read */
-  q->sawfloat = 0;
-  q->name = NULL;
-  q->data = q->dataend = NULL;
-  q->seconds = q->microseconds = NULL;
-  q->shaped = 1;
- member:  /* a member name, then its value */
-  SKIP_SPACE();
-  if (*c != '"') return 0;
-  key = ++c;
-  plain = 1;
-  if ((c = quick_string(c, &plain)) == NULL) return 0;
-  if (depth == 1) {
-    size_t len = (size_t)(c - 1 - key);
-    if (!plain) return 0;  /* it might spell "event" */
-    if (len == 5 && memcmp(key, "event", 5) == 0) member = M_EVENT;
-    else if (len == 9 && memcmp(key, "timestamp", 9) == 0) member = M_TIMESTAMP;
-    else if (len == 4 && memcmp(key, "data", 4) == 0) member = M_DATA;
-    else member = M_OTHER;
-    if (members == 0 && member != M_EVENT && member != M_TIMESTAMP) return 0;  /* not an event */
-    if (members & member) q->shaped = 0;  /* twice: the last one counts */
-    members |= member;
-  }
-  SKIP_SPACE();
-  if (*c++ != ':') return 0;
- value:
-  SKIP_SPACE();
-  if (depth == 1) {
-    if (member == M_EVENT) {  /* its name: a plain string, and the only one */
-      if (*c != '"' || q->name != NULL) return 0;
-      key = ++c;
-      if ((c = quick_string(c, &plain)) == NULL || !plain) return 0;
-      q->name = (const char *)key;
-      q->namelen = (size_t)(c - 1 - key);
-      goto after;
-    }
-    if (member == M_TIMESTAMP && q->shaped) {
-      const unsigned char *end = quick_timestamp(c, q);
-      if (end != NULL) {
-        c = end;
-        goto after;
-      }
-      q->shaped = 0;  /* not QEMU's: scanned as any value */
-    }
-    if (member == M_DATA) q->data = (const char *)c;
-  }
-  switch (*c) {
-    case '"':
-      if ((c = quick_string(c + 1, &plain)) == NULL) return 0;
-      break;
-    case '{': case '[':
-      if (depth == QUICK_MAX_DEPTH) return 0;
-      if (*c == '[') arrays |= (uint64_t)1 << depth;
-      else arrays &= ~((uint64_t)1 << depth);
-      depth++;
-      c++;
-      SKIP_SPACE();
-      if (*c == '}' || *c == ']') goto close;  /* empty; close checks which */
-      if (arrays >> (depth - 1) & 1) goto value;
-      goto member;
-    case 't': if (!quick_word(c, "true")) return 0; c += 4; break;
-    case 'f': if (!quick_word(c, "false")) return 0; c += 5; break;
-    case 'n': if (!quick_word(c, "null")) return 0; c += 4; break;
-    default:
-      if ((c = quick_number(c, &q->sawfloat)) == NULL) return 0;
-      break;
-  }
- after:  /* a value ended: a comma, or the end of its object or array */
-  if (depth == 1 && member == M_DATA) q->dataend = (const char *)c;
-  SKIP_SPACE();
-  if (*c == ',') {
-    c++;
-    if (arrays >> (depth - 1) & 1) goto value;
-    goto member;
-  }
- close:
-  if (*c++ != ((arrays >> (depth - 1) & 1) ? ']' : '}')) return 0;
-  if (--depth > 0) goto after;
-  q->len = (size_t)(c - p);
-  if ((members & ~M_DATA) != (M_TIMESTAMP | M_EVENT)) q->shaped = 0;
-  return 1;
-}
-
-#undef SKIP_SPACE
-/* }====================================================== */
 
 
 /* {====================================================== */
@@ -630,17 +274,6 @@ static TreeBox *treebox_new(lua_State *L) {
   return box;
 }
 
-/* Copy up to 40 bytes of p as printable text, for error messages. */
-static const char *excerpt(char *out, const char *p, size_t n) {
-  size_t i, o = 0;
-  for (i = 0; i < n && o < 40; i++) {
-    unsigned char c = (unsigned char)p[i];
-    out[o++] = (c >= 0x20 && c < 0x7f) ? (char)c : '.';
-  }
-  out[o] = '\0';
-  return out;
-}
-
 /* Give an event its type: the metatable events[name], created on first sight
 ** by the events table's __index (Lua).  Messages without data get data = {}. */
 static void type_event(lua_State *L, int msgidx, int eventsidx, int keysidx) {
@@ -667,60 +300,6 @@ static void type_event(lua_State *L, int msgidx, int eventsidx, int keysidx) {
   lua_pop(L, 1);
 }
 
-/*
-** Is text[0..len) (a NUL at text[len]) one JSON value, with JSON whitespace
-** around it, by the quick scan's strict grammar?  Asked only once cJSON
-** failed: cJSON accepts all of that, so then it could not allocate (it
-** tells a failed allocation from bad JSON no other way).  Never laxer than
-** cJSON, so bad JSON is never taken for a memory failure.
-*/
-static int strict_json(const unsigned char *c, size_t len) {
-  const unsigned char *end = c + len;
-  unsigned char arrays[QMP_MAX_DEPTH / 8 + 1];  /* bit k: nesting level k + 1 is an array */
-  int depth = 0, flag;
-#define SKIP() while (c < end && isspace_json(*c)) c++
-#define INARRAY() (arrays[(depth - 1) >> 3] >> ((depth - 1) & 7) & 1)
- value:
-  SKIP();
-  switch (*c) {  /* the helpers stop at the NUL: never past end */
-    case '"': if ((c = quick_string(c + 1, &flag)) == NULL) return 0; break;
-    case '{': case '[':
-      if (depth == QMP_MAX_DEPTH) return 0;
-      if (*c == '[') arrays[depth >> 3] |= (unsigned char)(1u << (depth & 7));
-      else arrays[depth >> 3] &= (unsigned char)~(1u << (depth & 7));
-      depth++;
-      c++;
-      SKIP();
-      if (*c == (INARRAY() ? ']' : '}')) goto close;
-      if (INARRAY()) goto value;
-      goto member;
-    case 't': if (!quick_word(c, "true")) return 0; c += 4; break;
-    case 'f': if (!quick_word(c, "false")) return 0; c += 5; break;
-    case 'n': if (!quick_word(c, "null")) return 0; c += 4; break;
-    default: if ((c = quick_number(c, &flag)) == NULL) return 0; break;
-  }
- after:  /* a value ended */
-  SKIP();
-  if (depth == 0) return c == end;
-  if (*c == ',') {
-    c++;
-    if (INARRAY()) goto value;
-    goto member;
-  }
-  if (*c != (INARRAY() ? ']' : '}')) return 0;
- close:
-  c++;
-  depth--;
-  goto after;
- member:
-  SKIP();
-  if (*c != '"' || (c = quick_string(c + 1, &flag)) == NULL) return 0;
-  SKIP();
-  if (*c++ != ':') return 0;
-  goto value;
-#undef SKIP
-#undef INARRAY
-}
 
 /*
 ** Parse text[0..len) (text[len] must be NUL) into box->tree.  Touches no
@@ -734,7 +313,7 @@ static int parse_text(TreeBox *box, const char *text, size_t len, char *why, siz
   box->tree = cJSON_ParseWithLengthOpts(text, len, &end, 0);
   if (box->tree == NULL) {
     size_t at;
-    if (strict_json((const unsigned char *)text, len)) {
+    if (qmp_strict_json((const unsigned char *)text, len)) {
       snprintf(why, whysz, "out of memory: cJSON could not allocate while parsing %d bytes of JSON",
                (int)len);
       return -1;
@@ -742,7 +321,7 @@ static int parse_text(TreeBox *box, const char *text, size_t len, char *why, siz
     at = (end != NULL && end >= text) ? (size_t)(end - text) : 0;
     if (at > len) at = len;
     snprintf(why, whysz, "invalid JSON at byte %d of a %d-byte message near '%s'",
-             (int)at, (int)len, excerpt(ex, text + at, len - at));
+             (int)at, (int)len, qmp_excerpt(ex, text + at, len - at));
     return 0;
   }
   while (end < text + len && isspace_json((unsigned char)*end)) end++;
@@ -750,7 +329,7 @@ static int parse_text(TreeBox *box, const char *text, size_t len, char *why, siz
     cJSON_Delete(box->tree);
     box->tree = NULL;
     snprintf(why, whysz, "trailing data after the JSON value at byte %d: '%s'",
-             (int)(end - text), excerpt(ex, end, (size_t)(text + len - end)));
+             (int)(end - text), qmp_excerpt(ex, end, (size_t)(text + len - end)));
     return 0;
   }
   return 1;
@@ -797,9 +376,6 @@ static void push_message(lua_State *L, TreeBox *box, int eventsidx, int keysidx,
 ** close inside it: no scan here runs past its end.
 */
 
-#if !defined(QMP_PIECE_MIN)
-#define QMP_PIECE_MIN (64 * 1024)  /* the fuzzers build with a small one */
-#endif
 #define PIECE_MIN QMP_PIECE_MIN
 /* Containers taken apart inside one another at most: deeper ones are parsed
 ** whole, so that decoding nesting 1000 deep still fits in 128 KiB of C
@@ -819,7 +395,7 @@ static char *value_end(char *text) {
   }
   do {
     switch (*c) {
-      case '"': if ((c = quick_string(c + 1, &plain)) == NULL) return NULL; continue;
+      case '"': if ((c = qmp_quick_string(c + 1, &plain)) == NULL) return NULL; continue;
       case '{': case '[': depth++; break;
       case '}': case ']': depth--; break;
       case '\0': return NULL;
@@ -845,7 +421,7 @@ static int push_parts(lua_State *L, TreeBox *box, int keys, char *start, char *s
   SKIP_SPACE();
   while (*c != (unsigned char)close) {
     if (object) {
-      if (*c != '"' || (c = quick_string(c + 1, &plain)) == NULL) return 0;
+      if (*c != '"' || (c = qmp_quick_string(c + 1, &plain)) == NULL) return 0;
       SKIP_SPACE();
       if (*c++ != ':') return 0;
       SKIP_SPACE();
@@ -870,7 +446,7 @@ static int push_parts(lua_State *L, TreeBox *box, int keys, char *start, char *s
     if (object) {
       const unsigned char *key = c + 1;
       plain = 1;
-      c = quick_string(key, &plain);
+      c = qmp_quick_string(key, &plain);
       if (plain) push_name(L, keys, (const char *)key, (size_t)(c - 1 - key));
       else if (!push_piece(L, box, keys, (char *)key - 1, (char *)c, sawfloat)) goto unsure;
       SKIP_SPACE();
@@ -925,19 +501,9 @@ static int push_piece(lua_State *L, TreeBox *box, int keys, char *start, char *s
 #define READ_CHUNK 65536
 
 struct qmp_decoder {
-  char *buf;            /* malloc'd, owned by the userdata (freed by __gc) */
-  size_t cap;           /* allocated bytes; always > len, for the NUL */
-  size_t head;          /* start of the current message or of unscanned space */
-  size_t len;           /* bytes held */
-  size_t scan;          /* next byte for the scanner */
-  size_t max_message;   /* largest message accepted */
-  int inmsg;            /* the scanner is inside a message starting at head */
+  qmp_framer f;         /* its buf is malloc'd, owned by the userdata (freed by __gc) */
+  size_t cap;           /* allocated bytes; always > f.len, for the NUL */
   int busy;             /* a decoding call runs: the buffer must not move, the framer not run */
-  int framed;           /* [fstart, fend) is a complete message not yet decoded */
-  size_t fstart, fend;  /* offsets into buf; fstart == head while framed */
-  Scanner s;            /* left alone while framed: its sawfloat is the message's */
-  const char *errkind;  /* sticky framing error, or NULL */
-  char errmsg[160];
 };
 
 /* Decoder user values: the event types table, the key cache, the tree box.
@@ -953,7 +519,7 @@ static qmp_decoder *checkdecoder(lua_State *L, int idx) {
 qmp_decoder *qmp_decoder_new(lua_State *L, size_t max_message) {
   qmp_decoder *d = (qmp_decoder *)lua_newuserdatauv(L, sizeof(qmp_decoder), 3);
   memset(d, 0, sizeof *d);  /* harmless state first: no buffer yet */
-  d->max_message = max_message;
+  d->f.max_message = max_message;
   luaL_setmetatable(L, QMP_DECODER_MT);
   lua_getfield(L, LUA_REGISTRYINDEX, "qmp.events");
   lua_setiuservalue(L, -2, UV_EVENTS);
@@ -982,137 +548,36 @@ static void grown(lua_State *L, qmp_decoder *d, size_t bytes) {
 char *qmp_decoder_reserve(lua_State *L, qmp_decoder *d, size_t n) {
   if (d->busy)  /* e.g. a finalizer feeding the decoder in the middle of a walk */
     luaL_error(L, "qmp: decoder used re-entrantly");
-  if (d->head > 0 && d->cap - d->len <= n) {  /* slide the live bytes down first */
-    memmove(d->buf, d->buf + d->head, d->len - d->head);
-    d->len -= d->head;
-    d->scan -= d->head;
-    if (d->framed) {  /* a cached frame starts at head: it slides with the bytes */
-      d->fstart -= d->head;
-      d->fend -= d->head;
-    }
-    d->head = 0;
-  }
-  if (d->cap - d->len <= n) {
+  if (d->f.head > 0 && d->cap - d->f.len <= n)  /* slide the live bytes down first */
+    qmp_framer_slide(&d->f);
+  if (d->cap - d->f.len <= n) {
     size_t newcap = d->cap ? d->cap : READ_CHUNK + 1;
     char *nb;
-    while (newcap - d->len <= n) newcap *= 2;
-    if (newcap > d->max_message + 2 * READ_CHUNK)  /* near the cap: grow exactly */
-      newcap = d->len + n + 1;
-    nb = (char *)realloc(d->buf, newcap);
+    while (newcap - d->f.len <= n) newcap *= 2;
+    if (newcap > d->f.max_message + 2 * READ_CHUNK)  /* near the cap: grow exactly */
+      newcap = d->f.len + n + 1;
+    nb = (char *)realloc(d->f.buf, newcap);
     if (nb == NULL) luaL_error(L, "not enough memory for the qmp read buffer");
-    d->buf = nb;
+    d->f.buf = nb;
     grown(L, d, newcap - d->cap);
     d->cap = newcap;
   }
-  return d->buf + d->len;
+  return d->f.buf + d->f.len;
 }
 
 void qmp_decoder_commit(qmp_decoder *d, size_t n) {
-  d->len += n;
+  d->f.len += n;
 }
 
 size_t qmp_decoder_pending(qmp_decoder *d) {
-  return d->inmsg ? d->len - d->head : 0;
-}
-
-/* Framing errors are sticky: the stream cannot be resynchronised. */
-static int sticky(qmp_decoder *d, const char *kind) {
-  d->errkind = kind;
-  return -1;
-}
-
-/*
-** Find the next complete message and cache it in d->framed/fstart/fend:
-** returns 1, 0 when more bytes are needed, or -1 with a sticky error in
-** d->errkind/errmsg.  Pushes nothing, so qmp_decoder_ready can ask too.
-** Each call moves d->scan on: only call it when nothing is framed.
-*/
-static int frame(qmp_decoder *d) {
-  const unsigned char *p = (const unsigned char *)d->buf;
-  char *why = d->errmsg;
-  for (;;) {
-    if (!d->inmsg) {  /* between messages: skip whitespace, expect '{' */
-      while (d->scan < d->len && isspace_json(p[d->scan])) d->scan++;
-      d->head = d->scan;
-      if (d->scan == d->len) return 0;
-      if (p[d->scan] != '{') {
-        char ex[48];
-        snprintf(why, sizeof d->errmsg, "expected a JSON object, got '%s'",
-                 excerpt(ex, d->buf + d->scan, d->len - d->scan));
-        return sticky(d, "protocol");
-      }
-      memset(&d->s, 0, sizeof d->s);
-      d->inmsg = 1;
-    }
-    switch (scan_value(&d->s, p, d->len, &d->scan)) {
-      case SCAN_DONE:
-        d->inmsg = 0;
-        if (d->scan - d->head > d->max_message) break;  /* toolarge, below */
-        d->framed = 1;
-        d->fstart = d->head;
-        d->fend = d->scan;
-        return 1;
-      case SCAN_ERROR:
-        snprintf(why, sizeof d->errmsg, "%s (byte %d of a message)", d->s.err,
-                 (int)(d->scan - d->head));
-        return sticky(d, "protocol");
-      default:
-        if (d->scan - d->head <= d->max_message) return 0;
-        break;
-    }
-    snprintf(why, sizeof d->errmsg, "message exceeds max_message (%lu bytes)",
-             (unsigned long)d->max_message);
-    return sticky(d, "toolarge");
-  }
+  return d->f.inmsg ? d->f.len - d->f.head : 0;
 }
 
 int qmp_decoder_ready(lua_State *L, qmp_decoder *d) {
   if (d->busy)  /* as in next(): while a walk runs, the decoder is not to be touched */
     return luaL_error(L, "qmp: decoder used re-entrantly");
-  if (d->errkind != NULL || d->framed) return 1;
-  return frame(d) != 0;  /* a new error counts: next() has it to give */
-}
-
-/* quick_scan over buf[start..end), with the NUL it needs at buf[end]. */
-static int quick_scan_at(qmp_decoder *d, size_t start, size_t end, Quick *q) {
-  char saved = d->buf[end];  /* end <= len < cap */
-  int r;
-  d->buf[end] = '\0';
-  r = quick_scan((const unsigned char *)d->buf + start, q);
-  d->buf[end] = saved;
-  if (!r) {  /* what it found before giving up means nothing */
-    q->name = NULL;
-    q->shaped = 0;
-  }
-  return r;
-}
-
-/* Frame the next message with quick_scan, when it is sure of it: 1 (framed,
-** q says what it found) or 0 (the framer's turn; nothing changed). */
-static int quick_frame(qmp_decoder *d, Quick *q) {
-  const unsigned char *p = (const unsigned char *)d->buf;
-  size_t i = d->scan, n;
-  q->name = NULL;
-  q->shaped = 0;
-  if (d->inmsg) return 0;
-  while (i < d->len && isspace_json(p[i])) i++;
-  if (i == d->len || p[i] != '{') return 0;
-  n = d->len - i;
-  if (n > d->max_message) n = d->max_message;  /* a longer one is the framer's error */
-  if (!quick_scan_at(d, i, i + n, q)) return 0;
-  d->head = d->fstart = i;
-  d->scan = d->fend = i + q->len;
-  d->s.sawfloat = q->sawfloat;
-  d->framed = 1;
-  return 1;
-}
-
-/* What quick_scan finds in a message the framer framed (q->name NULL if unsure). */
-static void quick_framed(qmp_decoder *d, Quick *q) {
-  if (quick_scan_at(d, d->fstart, d->fend, q) && q->len != d->fend - d->fstart) {
-    q->name = NULL;
-    q->shaped = 0;
-  }
+  if (d->f.errkind != NULL || d->f.framed) return 1;
+  return qmp_frame(&d->f) != 0;  /* a new error counts: next() has it to give */
 }
 
 /* Push the stack slots a decoding call holds (UV_*, from top + 1 on) and
@@ -1146,26 +611,26 @@ static void close_slots(lua_State *L, qmp_decoder *d, int top) {
 */
 static int decode_framed(lua_State *L, qmp_decoder *d, TreeBox *box, int top,
                          char *why, size_t whysz) {
-  size_t start = d->fstart, end = d->fend;
-  char saved = d->buf[end];  /* cap > len >= end: NUL-terminate in place for cJSON */
+  size_t start = d->f.fstart, end = d->f.fend;
+  char saved = d->f.buf[end];  /* cap > len >= end: NUL-terminate in place for cJSON */
   int ok;
   if (end - start > PIECE_MIN) {
-    d->head = end;  /* consumed before anything can raise */
-    d->framed = 0;
+    d->f.head = end;  /* consumed before anything can raise */
+    d->f.framed = 0;
     box->pieces = 1;  /* also after an error left it counting */
-    if (push_parts(L, box, top + UV_KEYS, d->buf + start, d->buf + end, d->s.sawfloat)) {
+    if (push_parts(L, box, top + UV_KEYS, d->f.buf + start, d->f.buf + end, d->f.s.sawfloat)) {
       type_event(L, lua_gettop(L), top + UV_EVENTS, top + UV_KEYS);
       return 1;
     }
   }
-  d->buf[end] = '\0';
-  ok = parse_text(box, d->buf + start, end - start, why, whysz);
-  d->buf[end] = saved;
-  d->head = end;  /* consumed before anything can raise; bad JSON too */
-  d->framed = 0;
+  d->f.buf[end] = '\0';
+  ok = parse_text(box, d->f.buf + start, end - start, why, whysz);
+  d->f.buf[end] = saved;
+  d->f.head = end;  /* consumed before anything can raise; bad JSON too */
+  d->f.framed = 0;
   if (ok <= 0) return ok;
-  push_message(L, box, top + UV_EVENTS, top + UV_KEYS, d->buf + start, end - start,
-               d->s.sawfloat);
+  push_message(L, box, top + UV_EVENTS, top + UV_KEYS, d->f.buf + start, end - start,
+               d->f.s.sawfloat);
   return 1;
 }
 
@@ -1189,19 +654,19 @@ static long flat_data(lua_State *L, int keys, const unsigned char *c, long n) {
   if (*c == '}') return 0;
   for (;;) {
     const unsigned char *key = c + 1, *keyend, *value;
-    keyend = c = quick_string(key, &plain);  /* past the closing quote */
+    keyend = c = qmp_quick_string(key, &plain);  /* past the closing quote */
     if (!plain) return -1;
     while (*c != ':') c++;
     c++;
     while (isspace_json(*c)) c++;
     value = c;
     switch (*c) {
-      case '"': c = quick_string(c + 1, &plain); if (!plain) return -1; break;
+      case '"': c = qmp_quick_string(c + 1, &plain); if (!plain) return -1; break;
       case 't': c += 4; break;
       case 'f': c += 5; break;
       case 'n': c += 4; break;
       case '{': case '[': return -1;
-      default: if ((c = quick_integer(c)) == NULL) return -1; break;  /* a float, or too long */
+      default: if ((c = qmp_quick_integer(c)) == NULL) return -1; break;  /* a float, or too long */
     }
     count++;
     if (L != NULL) {
@@ -1211,7 +676,7 @@ static long flat_data(lua_State *L, int keys, const unsigned char *c, long n) {
         case 't': lua_pushboolean(L, 1); break;
         case 'f': lua_pushboolean(L, 0); break;
         case 'n': qmp_pushnull(L); break;
-        default: lua_pushinteger(L, integer_value(value)); break;
+        default: lua_pushinteger(L, qmp_integer_value(value)); break;
       }
       lua_rawset(L, -3);  /* duplicate keys: the last one wins, as in the walk */
     }
@@ -1229,14 +694,14 @@ static long flat_data(lua_State *L, int keys, const unsigned char *c, long n) {
 ** the message table has room for as many members.
 */
 static int decode_shaped(lua_State *L, qmp_decoder *d, TreeBox *box, int top,
-                         const Quick *q, char *why, size_t whysz) {
+                         const qmp_quick *q, char *why, size_t whysz) {
   int keys = top + UV_KEYS, msg;
-  char *data = (char *)q->data, saved = 0;  /* in d->buf, which is ours to write */
+  char *data = (char *)q->data, saved = 0;  /* in d->f.buf, which is ours to write */
   size_t datalen = q->data ? (size_t)(q->dataend - q->data) : 0;
   int ok = 1;
   long flat = data != NULL && *data == '{' ? flat_data(NULL, 0, (const unsigned char *)data, 0) : -1;
-  d->head = d->fend;  /* consumed before anything can raise */
-  d->framed = 0;
+  d->f.head = d->f.fend;  /* consumed before anything can raise */
+  d->f.framed = 0;
   if (data != NULL && flat < 0) {
     saved = data[datalen];  /* a byte of the message: '}', ',' or a space */
     data[datalen] = '\0';
@@ -1249,10 +714,10 @@ static int decode_shaped(lua_State *L, qmp_decoder *d, TreeBox *box, int top,
   push_name(L, keys, "timestamp", 9);
   lua_createtable(L, 0, 2);
   push_name(L, keys, "seconds", 7);
-  lua_pushinteger(L, integer_value(q->seconds));
+  lua_pushinteger(L, qmp_integer_value(q->seconds));
   lua_rawset(L, -3);
   push_name(L, keys, "microseconds", 12);
-  lua_pushinteger(L, integer_value(q->microseconds));
+  lua_pushinteger(L, qmp_integer_value(q->microseconds));
   lua_rawset(L, -3);
   lua_rawset(L, msg);
   push_name(L, keys, "event", 5);
@@ -1275,11 +740,11 @@ int qmp_decoder_next(lua_State *L, int didx) {
   int r, top;
   if (d->busy)  /* a finalizer run by the walk: touch nothing, not even the framer */
     return luaL_error(L, "qmp: decoder used re-entrantly");
-  if (d->errkind != NULL) return qmp_fail(L, d->errkind, "%s", d->errmsg);
-  if (!d->framed) {  /* else qmp_decoder_ready framed it already */
-    r = frame(d);
+  if (d->f.errkind != NULL) return qmp_fail(L, d->f.errkind, "%s", d->f.errmsg);
+  if (!d->f.framed) {  /* else qmp_decoder_ready framed it already */
+    r = qmp_frame(&d->f);
     if (r == 0) return 0;
-    if (r < 0) return qmp_fail(L, d->errkind, "%s", d->errmsg);
+    if (r < 0) return qmp_fail(L, d->f.errkind, "%s", d->f.errmsg);
   }
   top = lua_gettop(L);
   box = open_slots(L, d, didx, top);
@@ -1305,7 +770,7 @@ typedef struct NameCache {
 } NameCache;
 
 /* Is the name q found in the interest set at idx?  A raw read: no Lua runs. */
-static int wanted(lua_State *L, int idx, const Quick *q, NameCache *cache) {
+static int wanted(lua_State *L, int idx, const qmp_quick *q, NameCache *cache) {
   size_t n = q->namelen;
   int yes, slot = -1;
   if (n > 0 && n <= NAME_CACHE_LEN) {
@@ -1358,27 +823,27 @@ int qmp_decoder_drain(lua_State *L, int didx, qmp_batch *b) {
   box = open_slots(L, d, didx, top);
   for (int i = 0; i < NAME_CACHE; i++) names.e[i].len = 0;
   while (b->n + b->skipped < b->limit) {
-    Quick q;
+    qmp_quick q;
     int ok;
     q.name = NULL;
     q.shaped = 0;
-    if (d->errkind != NULL) {
-      kind = d->errkind;
-      msg = d->errmsg;
+    if (d->f.errkind != NULL) {
+      kind = d->f.errkind;
+      msg = d->f.errmsg;
       break;
     }
-    if (!d->framed && !quick_frame(d, &q)) {
-      int r = frame(d);
+    if (!d->f.framed && !qmp_quick_frame(&d->f, &q)) {
+      int r = qmp_frame(&d->f);
       if (r == 0) break;
       if (r < 0) continue;  /* the sticky error, above */
     }
     if (b->interest) {
-      if (q.name == NULL) quick_framed(d, &q);  /* framed by the framer (or by ready()) */
+      if (q.name == NULL) qmp_quick_framed(&d->f, &q);  /* framed by the framer (or by ready()) */
       /* An event named "" or "qmp.*" is no event: the session reports it
       ** (malformed), wanted or not. */
       if (q.name != NULL && peer_event_name(q.name, q.namelen) && !wanted(L, b->interest, &q, &names)) {
-        d->head = d->fend;  /* consumed unparsed */
-        d->framed = 0;
+        d->f.head = d->f.fend;  /* consumed unparsed */
+        d->f.framed = 0;
         b->skipped++;
         continue;
       }
@@ -1423,10 +888,10 @@ int qmp_batch_finish(lua_State *L, qmp_batch *b, int failed) {
 
 static int decoder_gc(lua_State *L) {
   qmp_decoder *d = (qmp_decoder *)luaL_checkudata(L, 1, QMP_DECODER_MT);
-  free(d->buf);
-  d->buf = NULL;
-  d->cap = d->len = d->head = d->scan = 0;
-  d->framed = 0;
+  free(d->f.buf);
+  d->f.buf = NULL;
+  d->cap = d->f.len = d->f.head = d->f.scan = 0;
+  d->f.framed = 0;
   return 0;
 }
 
@@ -1456,7 +921,7 @@ static int decoder_feed(lua_State *L) {
   qmp_decoder *d = checkdecoder(L, 1);
   size_t n;
   const char *s = luaL_checklstring(L, 2, &n);
-  if (d->errkind == NULL && n > 0) {
+  if (d->f.errkind == NULL && n > 0) {
     memcpy(qmp_decoder_reserve(L, d, n), s, n);
     qmp_decoder_commit(d, n);
   }
@@ -1506,7 +971,7 @@ static int core_decode(lua_State *L) {
   const char *text = luaL_checklstring(L, 1, &len);
   char why[160];
   TreeBox *box;
-  Scanner s;
+  qmp_scanner s;
   int r;
   memset(&s, 0, sizeof s);
   /* Only JSON whitespace before the value, as between a stream's messages:
@@ -1518,7 +983,7 @@ static int core_decode(lua_State *L) {
                     (int)pos, (int)(unsigned char)text[pos]);
   pos = 0;
   while (pos < len) {  /* validate every top-level piece; cJSON judges the syntax */
-    if (scan_value(&s, (const unsigned char *)text, len, &pos) == SCAN_ERROR)
+    if (qmp_scan_value(&s, (const unsigned char *)text, len, &pos) == QMP_SCAN_ERROR)
       return qmp_fail(L, "protocol", "%s (byte %d)", s.err, (int)pos);
   }
   lua_settop(L, 1);

@@ -24,13 +24,8 @@
 #define QMP_DECODER_MT "qmp.Decoder"  /* streaming framer + decoder */
 #define QMP_CONN_MT    "qmp.Conn"     /* a monitor connection */
 
-/* Limits; each can be overridden at build time. */
-#if !defined(QMP_MAX_MESSAGE)
-#define QMP_MAX_MESSAGE (10 << 20)  /* default max_message, as libvirt and qemu.qmp */
-#endif
-#if !defined(QMP_MAX_DEPTH)
-#define QMP_MAX_DEPTH 1000          /* JSON nesting, decode and encode (cJSON's own cap) */
-#endif
+/* Limits (QMP_MAX_MESSAGE, QMP_MAX_DEPTH, ...); each can be overridden at build time. */
+#include "qmp_limits.h"
 
 /* JSON null is this light userdata (qmp.null), as in lua-cjson. */
 #define qmp_pushnull(L) lua_pushlightuserdata(L, NULL)
