@@ -223,6 +223,52 @@ describe("schema.parse", function()
   end)
 end)
 
+describe("Schema:validate", function()
+  local parse = require("qmp.schema").parse
+
+  local function schema_with(json)
+    return parse(assert(qmp.decode(([==[[
+      {"name": "int", "meta-type": "builtin", "json-type": "int"},
+      {"name": "str", "meta-type": "builtin", "json-type": "string"},
+      {"name": "E", "meta-type": "event", "arg-type": "O"}, %s
+    ]]==]):format(json))))
+  end
+
+  it("writes at most 20 problems, the last one counting the rest", function()
+    local s = schema_with([[{"name": "O", "meta-type": "object", "members": [{"name": "a", "type": "[int]"}]},
+                            {"name": "[int]", "meta-type": "array", "element-type": "int"}]])
+    local a = {}
+    for i = 1, 100 do a[i] = "x" .. i end
+    local problems = s:validate({ event = "E", data = { a = a, b = 1 } })
+    assert.equal(20, #problems)
+    assert.equal("data.a[1]: int expected, got string", problems[1])
+    assert.equal("data.a[19]: int expected, got string", problems[19])
+    assert.equal("... 82 more", problems[20])   -- 100 elements and b
+  end)
+
+  it("tells 1 from 1.0 however often it meets them", function()
+    local s = schema_with([[{"name": "O", "meta-type": "object", "members": [{"name": "a", "type": "[A]"}]},
+                            {"name": "[A]", "meta-type": "array", "element-type": "A"},
+                            {"name": "A", "meta-type": "alternate", "members": [{"type": "int"}, {"type": "str"}]}]])
+    assert.same({ "data.a[2]: matches no branch of the alternate", "data.a[4]: matches no branch of the alternate" },
+                s:validate({ event = "E", data = { a = { 1, 1.0, 1, 1.0, "1" } } }))
+  end)
+
+  -- A union's variant is an object in QAPI; a peer's schema may name any type.
+  it("takes the members of a union's object variants only", function()
+    local s = schema_with([[{"name": "O", "meta-type": "object", "members": [{"name": "k", "type": "str"}],
+                             "tag": "k", "variants": [{"case": "a", "type": "A"}, {"case": "b", "type": "P"},
+                                                      {"case": "b", "type": "P"}]},
+                            {"name": "A", "meta-type": "alternate", "members": [{"type": "int"}]},
+                            {"name": "P", "meta-type": "object", "members": [{"name": "p", "type": "int"}],
+                             "tag": "p", "variants": [{"case": 1, "type": "O"}]}]])
+    assert.is_nil(s:validate({ event = "E", data = { k = "a" } }))
+    assert.same({ "data.q: not in the schema" }, s:validate({ event = "E", data = { k = "a", q = 1 } }))
+    assert.is_nil(s:validate({ event = "E", data = { k = "b", p = 1 } }))
+    assert.same({ "data.p: missing" }, s:validate({ event = "E", data = { k = "b" } }))
+  end)
+end)
+
 describe("the live schema of a real QEMU #qemu", function()
   it("describes the events and finds those QEMU really sends valid", function()
     local machine = qemu.start({ args = { "-device", "ide-cd,id=cd0,bus=ide.1" } })

@@ -71,6 +71,25 @@ describe("help.command", function()
     has(backup, "      data: object\n        job-id: str, optional\n        device: str\n")
   end)
 
+  it("details each type once per page, saying where when it is met again", function()
+    local stats = assert(help.command(s, "query-blockstats"))
+    has(stats, "      rd_latency_histogram: object, optional\n        boundaries: array of int\n")
+    has(stats, "      wr_latency_histogram: object, optional\n        (see stats.rd_latency_histogram above)\n")
+    -- a result that holds itself says so, as the result
+    has(stats, "    parent: object, optional\n      (the members of the result, again)\n")
+    local migrate = assert(help.command(s, "query-migrate"))
+    has(migrate, "    disk: object, optional\n      (see ram above)\n")
+    -- a long enum once; one that fits on a line each time (a "see" would take a line too)
+    has(assert(help.command(s, "query-vnc-servers")), "    vencrypt: enum, optional\n      (see server.vencrypt above)\n")
+    has(assert(help.command(s, "drive-mirror")), "    on-source-error: enum, optional\n"
+        .. "      one of: report, ignore, enospc, stop, auto\n    on-target-error: enum, optional\n"
+        .. "      one of: report, ignore, enospc, stop, auto\n")
+    -- what a union's discriminator adds names the key it is at, met again or not
+    local create = assert(help.command(s, "blockdev-create options.driver=qcow2"))
+    has(create, "      data-file: object or str, optional\n        (see options.file above)\n"
+        .. "        (options.data-file.driver selects more members: see :help blockdev-create")
+  end)
+
   it("shows a command's features", function()
     has(assert(help.command(s, "device_add")), "device_add [json-cli, json-cli-hotplug]")
   end)

@@ -51,6 +51,10 @@ describe("kv.parse", function()
     local _, args = kv.parse("blockdev-add driver=qcow2 node-name=d0 file.driver=file file.filename=/tmp/a.qcow2 a.b.c=1")
     assert.same({ driver = "qcow2", ["node-name"] = "d0", file = { driver = "file", filename = "/tmp/a.qcow2" },
                   a = { b = { c = 1 } } }, args)
+    -- up to 1000 parts, as deep as JSON nests
+    _, args = kv.parse("x " .. ("a."):rep(999) .. "b=1 " .. ("a."):rep(999) .. "c=2")
+    for _ = 1, 999 do args = args.a end
+    assert.same({ b = 1, c = 2 }, args)
   end)
 
   it("takes JSON objects and arrays as values, spaces included, arrays staying arrays", function()
@@ -73,6 +77,10 @@ describe("kv.parse", function()
       { "x a.b=1 a=2", "a is given both as a value and as an object" },
       { "x a=2 a.b=1", "a is given both as a value and as an object" },
       { "x a=1 a=2", "a is given twice" },
+      { "x a.b={} a.b={}", "a.b is given twice" },
+      { 'x a={"b": 1} a.c=2', "a is given both as a value and as an object (a.c)" },
+      { "x a.b.c=1 a.b=2", "a.b is given both as a value and as an object (a.b.…)" },
+      { "x " .. ("a."):rep(1000) .. "b=1", "a.a.a.a.a.a.a.a.a.a.…: a key of 1001 parts; at most 1000 (JSON nests" },
       { "block-job-cancel job0", "job0: expected key=value" },
       { 'x {"a": ', "not a valid JSON object" },
       { "x [1, 2]", "expected key=value" },

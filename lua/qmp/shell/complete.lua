@@ -161,7 +161,9 @@ end
 -- shell's commands and the catalogue's events complete).
 -- opts.shell_commands: the `:` commands (default complete.shell_commands).
 function complete.candidates(schema, line, opts)
-  local start = line:match("()%S*$")
+  -- after the last space (anchored: "()%S*$" tries every position, and
+  -- costs the square of a long word's length)
+  local start = line:match("^.*%s()") or 1
   local word, before = line:sub(start), line:sub(1, start - 1)
   opts = errors.check_options("complete.candidates", opts, { shell_commands = true })
   local shell = opts.shell_commands or complete.shell_commands

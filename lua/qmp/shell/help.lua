@@ -10,16 +10,19 @@
 --
 -- QEMU masks type names in query-qmp-schema, so types are shown by shape: an
 -- enum with its values, an object with its members (nested ones indented, a
--- few levels deep), arrays, alternates (`object or str`).  A union's members
--- depend on its discriminator: `help.command(schema, "blockdev-add driver=qcow2")`
--- adds those of the qcow2 branch.  QEMU's introspection tells which members
--- are optional but not their defaults, and has no doc text for commands.
+-- few levels deep), arrays, alternates (`object or str`).  A type's detail
+-- is on a page once: met again, a line says where (`(see file above)`).  A
+-- union's members depend on its discriminator:
+-- `help.command(schema, "blockdev-add driver=qcow2")` adds those of the
+-- qcow2 branch.  QEMU's introspection tells which members are optional but
+-- not their defaults, and has no doc text for commands.
 --
 -- It also holds the walk over the schema that completion shares:
 -- help.members, help.object_type, help.values, help.member_at.  The schema
--- is the peer's: schema.parse gives its fields their documented shapes, and
--- each walk here follows a type at most once on its way down, so a type
--- that holds itself ends the walk instead of running it away.
+-- is the peer's: schema.parse gives its fields their documented shapes;
+-- each walk here visits a type once (so a type that holds itself, or many
+-- ways down to one type, cannot run it away) and loops along a chain of
+-- types instead of recursing (a chain may be as long as the schema).
 local kv = require "qmp.shell.kv"
 local errors = require "qmp.errors"
 local events = require "qmp.events"
@@ -32,6 +35,8 @@ local help = {}
 
 local WIDTH = 78      -- lines are wrapped to this
 local MAX_DEPTH = 3   -- nested objects deeper than this show their member names only
+local SHAPE, SHAPE_DEPTH = 60, 16  -- a longer one-line shape (`array of object or str`) is its kind alone
+local NEST = 80       -- detail indented deeper than this is not shown
 
 -- Schema walking --------------------------------------------------------
 
@@ -41,25 +46,28 @@ local MAX_DEPTH = 3   -- nested objects deeper than this show their member names
 -- { tag =, cases = { ... } }, so a reader can say what a discriminator adds.
 function help.members(schema, tname, given)
   local list, open, seen = {}, {}, {}
-  local function add(name)
+  local todo = { tname }  -- depth first, in a loop: a chain of unions may be as long as the schema
+  while #todo > 0 do
+    local name = table.remove(todo)
     local t = schema.types[name]
-    if not t or t["meta-type"] ~= "object" or seen[name] then return end
-    seen[name] = true
-    for _, m in ipairs(t.members) do list[#list + 1] = m end
-    if t.tag and t.variants then
-      local chosen = type(given) == "table" and given[t.tag] or nil
-      local found = false
-      for _, v in ipairs(t.variants) do
-        if v.case == chosen then add(v.type); found = true end
-      end
-      if not found then
-        local cases = {}
-        for i, v in ipairs(t.variants) do cases[i] = v.case end
-        open[#open + 1] = { tag = t.tag, cases = cases, chosen = chosen }
+    if t and t["meta-type"] == "object" and not seen[name] then
+      seen[name] = true
+      for _, m in ipairs(t.members) do list[#list + 1] = m end
+      if t.tag and t.variants then
+        local chosen = type(given) == "table" and given[t.tag] or nil
+        local branches = {}
+        for _, v in ipairs(t.variants) do
+          if v.case == chosen then branches[#branches + 1] = v.type end
+        end
+        if #branches == 0 then
+          local cases = {}
+          for i, v in ipairs(t.variants) do cases[i] = v.case end
+          open[#open + 1] = { tag = t.tag, cases = cases, chosen = chosen }
+        end
+        for i = #branches, 1, -1 do todo[#todo + 1] = branches[i] end
       end
     end
   end
-  add(tname)
   return list, open
 end
 
@@ -84,22 +92,24 @@ end
 -- branches together.  {} for the rest.
 function help.values(schema, tname)
   local out, seen = {}, {}
-  local function add(name)
+  local todo = { tname }  -- depth first, in a loop: alternates may nest as deep as the schema
+  while #todo > 0 do
+    local name = table.remove(todo)
     local t = schema.types[name]
-    if not t or seen[name] then return end
-    seen[name] = true
-    local meta = t["meta-type"]
-    if meta == "enum" then
-      for _, v in ipairs(t.values) do out[#out + 1] = v end
-    elseif meta == "builtin" and t["json-type"] == "boolean" then
-      out[#out + 1] = "true"; out[#out + 1] = "false"
-    elseif meta == "builtin" and t["json-type"] == "null" then
-      out[#out + 1] = "null"
-    elseif meta == "alternate" then
-      for _, m in ipairs(t.members) do add(m.type) end
+    if t and not seen[name] then
+      seen[name] = true
+      local meta = t["meta-type"]
+      if meta == "enum" then
+        for _, v in ipairs(t.values) do out[#out + 1] = v end
+      elseif meta == "builtin" and t["json-type"] == "boolean" then
+        out[#out + 1] = "true"; out[#out + 1] = "false"
+      elseif meta == "builtin" and t["json-type"] == "null" then
+        out[#out + 1] = "null"
+      elseif meta == "alternate" then
+        for i = #t.members, 1, -1 do todo[#todo + 1] = t.members[i].type end
+      end
     end
   end
-  add(tname)
   return out
 end
 
@@ -126,25 +136,35 @@ end
 
 -- Describing types ------------------------------------------------------
 
--- One-line shape of type tname: str, int, enum, object, array of str, ...
--- (a type met again inside itself by its kind alone).
-local function shape(schema, tname, seen)
+-- One-line shape of type tname: str, int, enum, object, array of str,
+-- object or str, ...  Each type's is worked out once per page (ctx.shapes:
+-- alternates may share branches, and a shape spelled out as a tree doubles
+-- with each level); one longer than SHAPE bytes, nested deeper than
+-- SHAPE_DEPTH, or met again inside itself, is its kind alone.
+local function shape(schema, tname, ctx, depth)
   local t = schema.types[tname]
   if not t then return tname or "?" end
   local meta = t["meta-type"]
   if meta == "builtin" then return t.name end
-  seen = seen or {}
-  if seen[tname] or (meta ~= "array" and meta ~= "alternate") then return meta end
-  seen[tname] = true
+  if meta ~= "array" and meta ~= "alternate" then return meta end
+  if ctx.shapes[tname] then return ctx.shapes[tname] end
+  depth = (depth or 0) + 1
+  if depth > SHAPE_DEPTH then return meta end
+  ctx.shapes[tname] = meta  -- while worked out
   local text
   if meta == "array" then
-    text = "array of " .. shape(schema, t["element-type"], seen)
+    text = "array of " .. shape(schema, t["element-type"], ctx, depth)
   else
-    local branches = {}
-    for i, m in ipairs(t.members) do branches[i] = shape(schema, m.type, seen) end
+    local branches, size = {}, 0
+    for i, m in ipairs(t.members) do
+      branches[i] = shape(schema, m.type, ctx, depth)
+      size = size + #branches[i] + 4
+      if size > SHAPE then break end
+    end
     text = concat(branches, " or ")
   end
-  seen[tname] = nil
+  if #text > SHAPE then text = meta end
+  ctx.shapes[tname] = text
   return text
 end
 
@@ -174,8 +194,35 @@ local function features(x)
 end
 
 -- ctx: onpath, the object types on the way down (type -> where it began);
--- through, the arrays and alternates on it; line, the :help line, if any.
+-- shown, where each type's detail is on the page (see detail_note);
+-- shapes (see shape); leads (see lead); root, what the page's key "" is;
+-- line, the :help line, if any.
 local expand  -- (out, schema, tname, given, indent, depth, ctx, key)
+
+local NO_WORDS = {}  -- the given of a level the line has no key=value words for
+
+-- What the page holds of the detail of type tname for given (the key=value
+-- words at its level): a table to read and note it in, and the key there.
+-- Its note is nil (not yet), true (being written), false (it has none) or
+-- where it is.  Each type is detailed once per page and given: a schema
+-- whose alternates share branches has exponentially many ways down to a
+-- type, and a page that followed each of them would never end.
+local function detail_note(ctx, tname, given)
+  local notes = ctx.shown[tname]
+  if not notes then notes = {}; ctx.shown[tname] = notes end
+  return notes, type(given) == "table" and next(given) ~= nil and given or NO_WORDS
+end
+
+-- Whether enum values fit on one line at indent: shown each time (a "see
+-- above" would take a line too).
+local function one_line(values, indent)
+  local size = #indent + #"one of: " - 2
+  for _, v in ipairs(values) do
+    size = size + #v + 2
+    if size > WIDTH then return false end
+  end
+  return true
+end
 
 -- What the discriminators of the unions in open (see help.members) add.
 local function union_hints(out, open, indent, ctx, key)
@@ -194,10 +241,10 @@ end
 -- The member lines of object type tname, nested detail below each.
 local function member_lines(out, schema, tname, given, indent, depth, ctx, key)
   local outer = ctx.onpath[tname]
-  ctx.onpath[tname] = key == "" and "the arguments" or key:sub(1, -2)
+  ctx.onpath[tname] = key == "" and ctx.root or key:sub(1, -2)
   local list, open = help.members(schema, tname, given)
   for _, m in ipairs(list) do
-    out[#out + 1] = format("%s%s: %s%s%s", indent, m.name, shape(schema, m.type),
+    out[#out + 1] = format("%s%s: %s%s%s", indent, m.name, shape(schema, m.type, ctx),
                            m.default ~= nil and ", optional" or "", features(m))
     local sub = type(given) == "table" and type(given[m.name]) == "table" and given[m.name] or nil
     expand(out, schema, m.type, sub, indent .. "  ", depth + 1, ctx, key .. m.name .. ".")
@@ -206,49 +253,115 @@ local function member_lines(out, schema, tname, given, indent, depth, ctx, key)
   ctx.onpath[tname] = outer
 end
 
--- The detail of type tname under a member: enum values, object members, ...
-function expand(out, schema, tname, given, indent, depth, ctx, key)
-  local t = schema.types[tname]
-  if not t then return end
-  local meta = t["meta-type"]
-  if meta == "array" or meta == "alternate" then
-    if ctx.through[tname] then return end  -- met again inside itself: its detail is above
-    ctx.through[tname] = true
+-- Write the detail of type tname for given with write(), once per page
+-- (see detail_note); met again, a line says where it is (and what a
+-- union's discriminator adds, as that names the key).
+local function once(out, schema, ctx, tname, given, indent, key, write)
+  local notes, words = detail_note(ctx, tname, given)
+  local note = notes[words]
+  if note == true or note == false then return end  -- met again inside itself, or nothing to show
+  if note then
+    out[#out + 1] = format("%s(see %s above)", indent, note)
+    if schema.types[tname]["meta-type"] == "object" then
+      union_hints(out, select(2, help.members(schema, tname, given)), indent, ctx, key)
+    end
+    return
   end
+  notes[words] = true
+  local lines = #out
+  write()
+  notes[words] = #out > lines and (key == "" and ctx.root or key:sub(1, -2))
+end
+
+-- The branches of alternate t with a detail of their own.
+local function detailed_branches(schema, t)
+  local detailed = {}
+  for _, m in ipairs(t.members) do
+    local b = schema.types[m.type]
+    if b and (b["meta-type"] == "enum" or b["meta-type"] == "object" or b["meta-type"] == "array") then
+      detailed[#detailed + 1] = m.type
+    end
+  end
+  return detailed
+end
+
+-- The type whose detail shows for tname: an array's elements', an
+-- alternate's one detailed branch's, followed to an object, an enum or an
+-- alternate of several detailed branches; false for none (a builtin, or a
+-- chain back into itself).  Followed once per page (ctx.leads), in a loop:
+-- a chain may be as long as the schema.
+local function lead(schema, ctx, tname)
+  local chain, to = {}, false
+  while tname ~= nil do
+    local known = ctx.leads[tname]
+    if known ~= nil then to = known break end
+    ctx.leads[tname] = false  -- met again on this chain: it leads nowhere
+    chain[#chain + 1] = tname
+    local t = schema.types[tname]
+    local meta = t and t["meta-type"]
+    if meta == "array" then
+      -- its key.tag=VALUE words pick the branch of the elements (help only:
+      -- a command takes an array as JSON)
+      tname = t["element-type"]
+    elseif meta == "alternate" then
+      local detailed = detailed_branches(schema, t)
+      if #detailed ~= 1 then to = #detailed > 1 and tname break end
+      tname = detailed[1]
+    else
+      to = (meta == "object" or meta == "enum") and tname
+      break
+    end
+  end
+  for _, name in ipairs(chain) do ctx.leads[name] = to end
+  return to
+end
+
+-- The detail of type tname under a member: enum values, object members, ...
+-- An array or an alternate with one detailed branch shows the detail it
+-- leads to; objects, long enums and alternates of several detailed
+-- branches are detailed once (see once).
+function expand(out, schema, tname, given, indent, depth, ctx, key)
+  tname = lead(schema, ctx, tname)
+  if not tname then return end
+  if #indent > NEST then
+    out[#out + 1] = indent .. "(nested too deep to show)"
+    return
+  end
+  local t = schema.types[tname]
+  local meta = t["meta-type"]
   if meta == "enum" then
-    if #t.values > 0 then wrap(out, indent, "one of: ", t.values, ", ") end
-  elseif meta == "array" then
-    -- key.tag=VALUE words pick the branch of the elements (help only: a
-    -- command takes an array as JSON)
-    expand(out, schema, t["element-type"], given, indent, depth, ctx, key)
+    if #t.values == 0 then return end
+    if one_line(t.values, indent) then
+      wrap(out, indent, "one of: ", t.values, ", ")
+    else
+      once(out, schema, ctx, tname, given, indent, key, function() wrap(out, indent, "one of: ", t.values, ", ") end)
+    end
   elseif meta == "alternate" then
-    -- Each branch's detail under its own head when more than one has some.
-    local detailed = {}
-    for _, m in ipairs(t.members) do
-      local b = schema.types[m.type]
-      if b and (b["meta-type"] == "enum" or b["meta-type"] == "object" or b["meta-type"] == "array") then
-        detailed[#detailed + 1] = m.type
+    once(out, schema, ctx, tname, given, indent, key, function()
+      local detailed = detailed_branches(schema, t)
+      for _, b in ipairs(detailed) do  -- each branch's detail under its own head
+        out[#out + 1] = format("%sas %s:", indent, shape(schema, b, ctx))
+        expand(out, schema, b, given, indent .. "  ", depth, ctx, key)
       end
-    end
-    for _, b in ipairs(detailed) do
-      if #detailed > 1 then out[#out + 1] = format("%sas %s:", indent, shape(schema, b)) end
-      expand(out, schema, b, given, #detailed > 1 and indent .. "  " or indent, depth, ctx, key)
-    end
-  elseif meta == "object" then
+    end)
+  else
     -- A type met again on the way down (BlockdevRef holds BlockdevOptions)
     -- is shown once, unless the line gives members of it to follow.
     if ctx.onpath[tname] and not (type(given) == "table" and next(given) ~= nil) then
       out[#out + 1] = format("%s(the members of %s, again)", indent, ctx.onpath[tname])
       union_hints(out, select(2, help.members(schema, tname, given)), indent, ctx, key)
-    elseif depth > MAX_DEPTH then
-      local names = {}
-      for i, m in ipairs((help.members(schema, tname, given))) do names[i] = m.name end
-      if #names > 0 then wrap(out, indent, "members: ", names, ", ") end
-    else
-      member_lines(out, schema, tname, given, indent, depth, ctx, key)
+      return
     end
+    once(out, schema, ctx, tname, given, indent, key, function()
+      if depth > MAX_DEPTH then
+        local names = {}
+        for i, m in ipairs((help.members(schema, tname, given))) do names[i] = m.name end
+        if #names > 0 then wrap(out, indent, "members: ", names, ", ") end
+      else
+        member_lines(out, schema, tname, given, indent, depth, ctx, key)
+      end
+    end)
   end
-  ctx.through[tname] = nil
 end
 
 -- The lines of a help page as one text.  Names, enum values and docs are
@@ -282,21 +395,24 @@ function help.command(schema, line)
   if not name then return nil, errors.new("usage", given) end
   local c = schema.commands[name]
   if not c then return unknown("command", name, sorted_keys(schema.commands)) end
-  local ctx = { onpath = {}, through = {}, line = line:match("^%s*(.-)%s*$") }
+  local ctx = { onpath = {}, shown = {}, shapes = {}, leads = {}, root = "the arguments",
+                line = line:match("^%s*(.-)%s*$") }
   local out = { name .. features(c) .. (c["allow-oob"] and " (can run out-of-band)" or "") }
   local args = schema.types[c["arg-type"]]
   if not args or (#args.members == 0 and not args.variants) then
     out[#out + 1] = "  arguments: none"
   else
     out[#out + 1] = "  arguments:"
+    local notes, words = detail_note(ctx, c["arg-type"], given)
+    notes[words] = ctx.root
     member_lines(out, schema, c["arg-type"], given, "    ", 0, ctx, "")
   end
   local ret = schema.types[c["ret-type"]]
   if ret and ret["meta-type"] == "object" and #ret.members == 0 and not ret.variants then
     out[#out + 1] = "  returns: nothing ({})"
   else
-    out[#out + 1] = "  returns: " .. shape(schema, c["ret-type"])
-    ctx.line = nil  -- a result takes no key=value words: no :help hint
+    out[#out + 1] = "  returns: " .. shape(schema, c["ret-type"], ctx)
+    ctx.line, ctx.root = nil, "the result"  -- a result takes no key=value words: no :help hint
     expand(out, schema, c["ret-type"], nil, "    ", 0, ctx, "")
   end
   return page(out)

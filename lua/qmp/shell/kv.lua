@@ -73,8 +73,8 @@ local function assign(args, key, value, objects)
   local parts = {}
   for part in (key .. "."):gmatch("(.-)%.") do parts[#parts + 1] = part end
   if #parts > MAX_PARTS then
-    return nil, format("%s...: a key of %d parts; at most %d (JSON nests at most %d deep)",
-                       key:sub(1, 40), #parts, MAX_PARTS, MAX_PARTS)
+    return nil, format("%s.…: a key of %d parts; at most %d (JSON nests at most %d deep)",
+                       upto(parts, 10):sub(1, 40), #parts, MAX_PARTS, MAX_PARTS)
   end
   local node = args
   for i, part in ipairs(parts) do
