@@ -87,3 +87,56 @@ describe("the dispatch ring", function()
     assert.is_nil(b:next())
   end)
 end)
+
+describe("listener lifetime", function()
+  local N = 20000   -- events pushed, 100 at a time
+
+  -- 500 listeners made on a fresh dispatcher and left to how(l); then N
+  -- events.  The heap after a full collection (KiB above what it was before
+  -- the listeners), the filter calls, the overflow reports, and a listener
+  -- kept referenced all along.
+  local function after_500(how)
+    local d, reports = new(10000)
+    local calls = 0
+    local function counting() calls = calls + 1 return true end
+    collectgarbage()
+    collectgarbage()
+    local base = collectgarbage("count")
+    for _ = 1, 500 do how(d:listen(counting)) end
+    local kept = d:listen("SEQ", nil, N)
+    for n = 1, N, 100 do d:push_list(events(n, n + 99), 100) end
+    collectgarbage()
+    collectgarbage()
+    return collectgarbage("count") - base, calls, #reports, kept
+  end
+
+  it("forgets a listener nobody references: collected, it stops buffering and filtering, no overflow reported", function()
+    local closed_heap, closed_calls = after_500(function(l) l:close() end)
+    local heap, calls, reports, kept = after_500(function() end)   -- dropped without close()
+    assert.equal(0, closed_calls)
+    assert.is_true(heap < 2 * closed_heap + 256, ("%.0f KiB held, %.0f KiB when closed"):format(heap, closed_heap))
+    assert.is_true(calls < 500 * N / 20, calls .. " filter calls")   -- a live listener's would be 500 * N
+    assert.equal(0, reports)
+    assert.equal(N, kept:size())   -- one still referenced gets every event, collections or not
+    assert.equal(0, kept.dropped)
+  end)
+
+  it("keeps close() and <close> working on a weakly held listener", function()
+    local d = new(10000)
+    local l = d:listen("SEQ")
+    local outer
+    do
+      local scoped <close> = d:listen("SEQ")
+      outer = scoped
+      d:push_list(events(1, 1), 1)
+    end
+    l:close()
+    l:close()   -- idempotent
+    d:push_list(events(2, 2), 1)
+    for _, listener in ipairs({ l, outer }) do
+      assert.is_true(listener.closed)
+      assert.equal(1, listener:size())   -- what was buffered stays readable, nothing more comes
+      assert.equal(1, listener:next().data.n)
+    end
+  end)
+end)

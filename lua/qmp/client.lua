@@ -603,6 +603,15 @@ end
 
 -- {==================== loops
 
+-- The dispatch loop's read (run, step): only while fewer than a batch of
+-- events wait for the handlers.  What the handlers read ahead (a stopped
+-- process makes even a quick one look slow, see dispatch.lua) is handed out
+-- first, so it never piles up to max_queue; a slow handler's own reads go on.
+function Client:_loop_progress()
+  if self._dispatch:waiting() >= BATCH then return end
+  if self:_progress() then self._cond:signal() end   -- a coroutine may wait for what was read
+end
+
 -- The error to end a loop with: closed, every event dispatched.
 function Client:_finished()
   if self.state == "closed" and not self._dispatch:pending() then return self._end end
@@ -611,7 +620,7 @@ end
 --- One non-blocking step for external loops: progress the connection, run
 -- due timers, dispatch.  true, or nil, err once closed with nothing left.
 function Client:step()
-  if self:_progress() then self._cond:signal() end   -- a coroutine may wait for what was read
+  self:_loop_progress()
   local d = self._dispatch
   d:deliver(self, BATCH)   -- events first: a handler may cancel a timer now due
   d:run_timers(self)
@@ -662,7 +671,7 @@ function Client:run(opts)
   local waited = false   -- _wait_io progresses after its wait: no need again
   self._stop = false
   while true do
-    if not waited and self:_progress() then self._cond:signal() end
+    if not waited then self:_loop_progress() end
     waited = false
     d:deliver(self, BATCH)   -- events first: a handler may cancel a timer now due
     d:run_timers(self)

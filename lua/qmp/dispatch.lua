@@ -58,6 +58,22 @@ function Queue:size()
   return self.tail - self.head + 1
 end
 
+-- Listeners are held weakly: one its script dropped without close() is
+-- collected, and stops buffering and filtering then, as a closed one does.
+-- weak_set(from, add, remove): a new set of from's listeners, with add and
+-- without remove (copy on write: a set being walked never changes).
+local WEAK_KEYS = { __mode = "k" }
+local function weak_set(from, add, remove)
+  local set = setmetatable({}, WEAK_KEYS)
+  if from then
+    for k in next, from do
+      if k ~= remove then set[k] = true end
+    end
+  end
+  if add then set[add] = true end
+  return set
+end
+
 --- new(p): p.now (the clock), p.max_queue, p.report(err), p.await(ready, deadline), p.stats,
 -- p.unknown_name(name) -> why the name is suspicious, or nil, p.pump() (optional): read
 -- what the socket has now, without waiting (called between handlers, see PUMP_EVERY).
@@ -67,7 +83,7 @@ function Dispatch.new(p)
     _handlers = {},                 -- subscriptions in registration order (copy on write)
     _by_name = {}, _named = 0,      -- event name -> the handlers that may want it (a cache)
     _epoch = 0,                     -- bumped when the handlers change or vm:stop() asks (see interrupt)
-    _listeners = {},                -- open listeners (copy on write)
+    _listeners = weak_set(),        -- open listeners, as keys (copy on write)
     -- The last max_queue events by sequence number, in a ring (slot
     -- seq % max_queue + 1; a slot let go holds false, never nil, so the
     -- table stays a dense array): the handlers' queue is the part from
@@ -126,9 +142,7 @@ function Dispatch:push_list(list, n)
     log[seq % cap + 1] = list[i]
   end
   self._last = seq
-  local listeners = self._listeners
-  for l = 1, #listeners do
-    local listener = listeners[l]
+  for listener in next, self._listeners do   -- a snapshot: listen and close make a new set
     for i = 1, n do listener:_offer(list[i]) end
   end
 end
@@ -169,6 +183,11 @@ function Dispatch:pending()
   return self._next <= self._last or self._held ~= nil
 end
 
+--- How many events wait for their handlers.
+function Dispatch:waiting()
+  return self._last - self._next + 1
+end
+
 local MAX_NAMED = 512   -- names cached by _for_name; a peer inventing names cannot grow it
 
 -- The handlers that may want events named name, in registration order: those
@@ -186,11 +205,18 @@ function Dispatch:_for_name(name)
   return list
 end
 
--- While handlers run, the socket is read again (p.pump) once this many
--- seconds have passed since the last read: a slow handler must not stop the
--- client draining the socket, or the flood piles up in the peer (QEMU's
--- monitor output buffer has no bound) instead of in the bounded queues here,
--- where an overflow is counted.
+-- While handlers run, the socket is read again (p.pump, "reading ahead")
+-- once they have run this many seconds since the last read ended: a slow
+-- handler must not stop the client draining the socket, or the flood piles
+-- up in the peer (QEMU's monitor output buffer has no bound) instead of in
+-- the bounded queues here, where an overflow is counted.  The time counted
+-- starts when a read has returned, never before: decoding a batch can take
+-- longer than PUMP_EVERY, and a clock started before it had a quick handler
+-- read again after every event, until max_queue overflowed.  A stopped or
+-- descheduled process still makes a quick handler look slow now and then;
+-- what it read ahead then is handed out before the dispatch loop reads again
+-- (the client's loop reads only while fewer than a batch are waiting()), so
+-- it never piles up to max_queue.
 local PUMP_EVERY = 0.001
 local function nothing() end
 -- Reading the clock costs more than a quick handler: it is read after every
@@ -236,8 +262,8 @@ local function run_handlers(self, vm, at)
         if countdown == 0 then             -- keep reading: see PUMP_EVERY
           local t = now()
           if t >= at.pump then
-            at.pump, stride = t + PUMP_EVERY, 1
             pump()
+            at.pump, stride = now() + PUMP_EVERY, 1   -- after the read: see PUMP_EVERY
           elseif stride < MAX_STRIDE then
             stride = stride * 2
           end
@@ -388,7 +414,7 @@ function Listener:close()
   if self.closed then return end
   self.closed = true
   local d = self._d
-  d._listeners = without(d._listeners, self)
+  d._listeners = weak_set(d._listeners, nil, self)
 end
 Listener.__close = Listener.close
 
@@ -404,7 +430,7 @@ function Dispatch:listen(names, data, max, timeout)
                            _queue = new_queue(max or self._p.max_queue), _timeout = timeout },
                          Listener)
   self:check_names(names)
-  self._listeners = with(self._listeners, l)
+  self._listeners = weak_set(self._listeners, l)
   return l
 end
 

@@ -30,10 +30,12 @@
 --   { hold = seconds }               read and discard until EOF or time is up
 --   { accept = true }                accept the next connection
 --   { shutdown_write = true }        half-close: client sees EOF, server still reads
---   { flood = { count = n, seconds = s, name = "EV%d" } }
+--   { flood = { count = n, seconds = s, name = "EV%d", data = "json" } }
 --                                    events as fast as the client reads them,
 --                                    until n are sent or s seconds pass; a %d
---                                    in name numbers them (distinct names)
+--                                    in name numbers them (distinct names);
+--                                    data: raw JSON for each event's "data"
+--                                    (optional), a %d in it the number too
 --   { ticks = { count = n, every = s, name = "RTC_CHANGE" } }
 --                                    n events s seconds apart, data
 --                                    {"offset": i}, timestamped with the wall

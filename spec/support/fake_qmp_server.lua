@@ -191,41 +191,45 @@ local function stamped_event(name, data_json, now)
     name, data_json and (', "data": ' .. data_json) or "", sec, math.floor((now - sec) * 1e6))
 end
 
--- { flood = { count = n, seconds = s, name = "EV%d" } }: events as fast as
--- the client takes them, until count are sent or s seconds pass (at least
--- one bound).  A %d in name is the event's number (1, 2, ...): distinct
--- names.  Sent in batches, so 200,000 events take well under a second.
+-- { flood = { count = n, seconds = s, name = "EV%d", data = "json" } }:
+-- events as fast as the client takes them, until count are sent or s
+-- seconds pass (at least one bound).  A %d in name is the event's number
+-- (1, 2, ...): distinct names; data (raw JSON text, optional) is each
+-- event's "data", a %d in it the event's number too.  Sent in batches, so
+-- 200,000 events take well under a second.
 local function flood(step)
   need_conn("flood")
   local f = step.flood
   local count, stop = f.count or math.huge, f.seconds and socket.gettime() + f.seconds or math.huge
   local name = f.name or "RTC_CHANGE"
-  local numbered = name:find("%d", 1, true) ~= nil
-  local tail = '", "timestamp": {"seconds": 1700000000, "microseconds": 1234}}\r\n'
+  local data = f.data and (', "data": ' .. f.data) or ""
+  local text = '{"event": "' .. name .. '"' .. data ..
+               ', "timestamp": {"seconds": 1700000000, "microseconds": 1234}}\r\n'
+  local pieces = {}   -- the text cut at each %d: event k is table.concat(pieces, k)
+  for piece in (text .. "%d"):gmatch("(.-)%%d") do pieces[#pieces + 1] = piece end
+  local numbered = #pieces > 1
+  local function line(k) return table.concat(pieces, tostring(k)) end
   local fixed
-  if not numbered then
-    local one = '{"event": "' .. name .. tail
-    fixed = one:rep(1000)
-  end
+  if not numbered then fixed = line(0):rep(1000) end
   local sent, bytes = 0, 0
   while sent < count do
     local left = math.min(stop - socket.gettime(), remaining())
     if left <= 0 then break end
     local n = math.min(1000, count - sent)
-    local data
+    local chunk
     if numbered then
       local parts = {}
-      for i = 1, n do parts[i] = '{"event": "' .. name:format(sent + i) .. tail end
-      data = table.concat(parts)
+      for i = 1, n do parts[i] = line(sent + i) end
+      chunk = table.concat(parts)
     elseif n == 1000 then
-      data = fixed
+      chunk = fixed
     else
-      data = fixed:sub(1, #fixed // 1000 * n)
+      chunk = fixed:sub(1, #fixed // 1000 * n)
     end
     conn:settimeout(left)
-    local ok, err = conn:send(data)
+    local ok, err = conn:send(chunk)
     if not ok then log("flood: send stopped: %s", err) break end
-    sent, bytes = sent + n, bytes + #data
+    sent, bytes = sent + n, bytes + #chunk
   end
   log("flood: sent %d events (%d bytes)", sent, bytes)
 end
