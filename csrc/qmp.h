@@ -46,7 +46,7 @@ int qmp_touint64(lua_State *L, int idx, uint64_t *v);  /* 1 if idx is a qmp.uint
 /* encode.c: Lua value -> JSON text. */
 void qmp_encode_open(lua_State *L);             /* adds encode to the module table */
 
-/* decode.c: framer + cJSON tree -> Lua. */
+/* decoder.c: bytes -> Lua values (with scan.c, the framer, and walk.c, cJSON tree -> Lua). */
 void qmp_decode_open(lua_State *L);             /* adds decode, decoder, events */
 
 /* A streaming decoder: bytes in, one JSON text at a time out. */
@@ -79,7 +79,7 @@ void qmp_batch_start(lua_State *L, qmp_batch *b, int arg);
 ** (a framing error, sticky; or a message that is not JSON, consumed).  An
 ** event whose top-level "event" name the interest set does not hold (raw
 ** read) is counted in b->skipped, never parsed, when the quick scan is sure
-** of the name (decode.c); else it is listed, for the caller to filter. */
+** of the name (scan.c); else it is listed, for the caller to filter. */
 int qmp_decoder_drain(lua_State *L, int didx, qmp_batch *b);
 /* Push the results list, skipped, err or nil, events; returns their number. */
 int qmp_batch_finish(lua_State *L, qmp_batch *b, int failed);

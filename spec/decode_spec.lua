@@ -1444,7 +1444,7 @@ end)
 
 describe("qmp.core decoder() big messages", function()
   -- Over 64 KiB a message is taken apart and cJSON parses one member's
-  -- value at a time (decode.c, "Piecewise"), so that its whole tree never
+  -- value at a time (walk.c, "Piecewise"), so that its whole tree never
   -- sits beside the Lua value: the values must be the ones the whole parse
   -- (qmp.decode) gives, and so must the errors.
   local function through_decoder(text)

@@ -1,0 +1,454 @@
+/*
+** decoder.c: the streaming decoder, qmp.decoder and qmp.decode.
+**
+** A decoder is a userdata holding a read buffer and its framer (scan.c):
+** bytes are fed in (d:feed, or a connection's reads), and next() or drain()
+** take out one message or many, each walked into Lua values (walk.c).  The
+** batch path (drain) frames with the quick scan first: an event outside the
+** caller's interest set is then skipped unparsed, and one of QEMU's shape
+** built from what the scan read.  A decoding call marks the decoder busy,
+** so that Lua code it runs (finalizers, the events table's __index) cannot
+** move the buffer under it.  core.decode decodes one text, any JSON value.
+*/
+#include <stdlib.h>
+#include <string.h>
+
+#include "qmp.h"
+#include "scan.h"
+#include "walk.h"
+
+/* {====================================================== */
+/* Streaming decoder: a buffer, its framer and a tree box */
+
+#define READ_CHUNK 65536
+
+struct qmp_decoder {
+  qmp_framer f;         /* its buf is malloc'd, owned by the userdata (freed by __gc) */
+  size_t cap;           /* allocated bytes; always > f.len, for the NUL */
+  int busy;             /* a decoding call runs: the buffer must not move, the framer not run */
+};
+
+/* Decoder user values: the event types table, the key cache, the tree box.
+** In this order they are also the stack slots a decoding call holds. */
+#define UV_EVENTS 1
+#define UV_KEYS   2
+#define UV_BOX    3
+
+static qmp_decoder *checkdecoder(lua_State *L, int idx) {
+  return (qmp_decoder *)luaL_checkudata(L, idx, QMP_DECODER_MT);
+}
+
+qmp_decoder *qmp_decoder_new(lua_State *L, size_t max_message) {
+  qmp_decoder *d = (qmp_decoder *)lua_newuserdatauv(L, sizeof(qmp_decoder), 3);
+  memset(d, 0, sizeof *d);  /* harmless state first: no buffer yet */
+  d->f.max_message = max_message;
+  luaL_setmetatable(L, QMP_DECODER_MT);
+  lua_getfield(L, LUA_REGISTRYINDEX, "qmp.events");
+  lua_setiuservalue(L, -2, UV_EVENTS);
+  lua_getfield(L, LUA_REGISTRYINDEX, "qmp.keys");
+  lua_setiuservalue(L, -2, UV_KEYS);
+  qmp_treebox_new(L);
+  lua_setiuservalue(L, -2, UV_BOX);
+  return d;
+}
+
+/* The buffer grew by `bytes`, which the garbage collector cannot see: a
+** step of collection as for that many bytes of Lua's own, so that the
+** buffers of connections gone (64 KiB each at least, freed by __gc) do
+** not pile up, waiting for a cycle that Lua's allocations alone would bring
+** much later (a client reconnecting a thousand times a second held some
+** 16 MiB of them).  Not while the collector is stopped, by the script or
+** because it is running finalizers (lua_gc then answers -1); and this
+** decoder is busy meanwhile, so a finalizer cannot feed it. */
+static void grown(lua_State *L, qmp_decoder *d, size_t bytes) {
+  if (lua_gc(L, LUA_GCISRUNNING) != 1) return;
+  d->busy = 1;
+  lua_gc(L, LUA_GCSTEP, (int)(bytes >> 10));
+  d->busy = 0;
+}
+
+char *qmp_decoder_reserve(lua_State *L, qmp_decoder *d, size_t n) {
+  if (d->busy)  /* e.g. a finalizer feeding the decoder in the middle of a walk */
+    luaL_error(L, "qmp: decoder used re-entrantly");
+  if (d->f.head > 0 && d->cap - d->f.len <= n)  /* slide the live bytes down first */
+    qmp_framer_slide(&d->f);
+  if (d->cap - d->f.len <= n) {
+    size_t newcap = d->cap ? d->cap : READ_CHUNK + 1;
+    char *nb;
+    while (newcap - d->f.len <= n) newcap *= 2;
+    if (newcap > d->f.max_message + 2 * READ_CHUNK)  /* near the cap: grow exactly */
+      newcap = d->f.len + n + 1;
+    nb = (char *)realloc(d->f.buf, newcap);
+    if (nb == NULL) luaL_error(L, "not enough memory for the qmp read buffer");
+    d->f.buf = nb;
+    grown(L, d, newcap - d->cap);
+    d->cap = newcap;
+  }
+  return d->f.buf + d->f.len;
+}
+
+void qmp_decoder_commit(qmp_decoder *d, size_t n) {
+  d->f.len += n;
+}
+
+size_t qmp_decoder_pending(qmp_decoder *d) {
+  return d->f.inmsg ? d->f.len - d->f.head : 0;
+}
+
+int qmp_decoder_ready(lua_State *L, qmp_decoder *d) {
+  if (d->busy)  /* as in next(): while a walk runs, the decoder is not to be touched */
+    return luaL_error(L, "qmp: decoder used re-entrantly");
+  if (d->f.errkind != NULL || d->f.framed) return 1;
+  return qmp_frame(&d->f) != 0;  /* a new error counts: next() has it to give */
+}
+
+/* Push the stack slots a decoding call holds (UV_*, from top + 1 on) and
+** mark the decoder busy: the tree box is to-be-closed, so an error can
+** never leak a tree nor leave the decoder busy. */
+static qmp_treebox *open_slots(lua_State *L, qmp_decoder *d, int didx, int top) {
+  qmp_treebox *box;
+  lua_getiuservalue(L, didx, UV_EVENTS);
+  lua_getiuservalue(L, didx, UV_KEYS);
+  lua_getiuservalue(L, didx, UV_BOX);
+  lua_toclose(L, top + UV_BOX);
+  box = (qmp_treebox *)lua_touserdata(L, top + UV_BOX);
+  d->busy = 1;
+  box->busy = &d->busy;
+  return box;
+}
+
+/* Close the slots of open_slots: the decoder is free again. */
+static void close_slots(lua_State *L, qmp_decoder *d, int top) {
+  lua_closeslot(L, top + UV_BOX);
+  d->busy = 0;
+}
+
+/*
+** Decode the framed message, consuming it: push its value and return 1, or
+** return 0 (not valid JSON) or -1 (out of memory) with the reason in why;
+** the stream goes on.
+** Raises only on memory errors (or from the events table's __index); the
+** box then frees the tree and clears busy, which the caller sets (any Lua
+** code run by a push must not touch the decoder).
+*/
+static int decode_framed(lua_State *L, qmp_decoder *d, qmp_treebox *box, int top,
+                         char *why, size_t whysz) {
+  size_t start = d->f.fstart, end = d->f.fend;
+  d->f.head = end;  /* consumed before anything can raise; bad JSON too */
+  d->f.framed = 0;
+  /* cap > len >= end: room for the NUL cJSON needs */
+  return qmp_push_framed(L, box, top + UV_EVENTS, top + UV_KEYS, d->f.buf + start, end - start,
+                         d->f.s.sawfloat, why, whysz);
+}
+
+/* decode_framed for an event of QEMU's shape (q->shaped): its timestamp
+** and name are taken from q, so cJSON parses its data only. */
+static int decode_shaped(lua_State *L, qmp_decoder *d, qmp_treebox *box, int top,
+                         const qmp_quick *q, char *why, size_t whysz) {
+  d->f.head = d->f.fend;  /* consumed before anything can raise */
+  d->f.framed = 0;
+  return qmp_push_shaped(L, box, top + UV_EVENTS, top + UV_KEYS, q, why, whysz);
+}
+
+int qmp_decoder_next(lua_State *L, int didx) {
+  qmp_decoder *d = (qmp_decoder *)lua_touserdata(L, didx);
+  char why[160];
+  qmp_treebox *box;
+  int r, top;
+  if (d->busy)  /* a finalizer run by the walk: touch nothing, not even the framer */
+    return luaL_error(L, "qmp: decoder used re-entrantly");
+  if (d->f.errkind != NULL) return qmp_fail(L, d->f.errkind, "%s", d->f.errmsg);
+  if (!d->f.framed) {  /* else qmp_decoder_ready framed it already */
+    r = qmp_frame(&d->f);
+    if (r == 0) return 0;
+    if (r < 0) return qmp_fail(L, d->f.errkind, "%s", d->f.errmsg);
+  }
+  top = lua_gettop(L);
+  box = open_slots(L, d, didx, top);
+  r = decode_framed(L, d, box, top, why, sizeof why);
+  r = r > 0 ? 1 : qmp_fail(L, r < 0 ? "memory" : "protocol", "%s", why);
+  close_slots(L, d, top);
+  lua_rotate(L, top + 1, r);  /* results down over the slots */
+  lua_settop(L, top + r);
+  return r;
+}
+
+/* The answers of the interest set for the names one drain call has met:
+** a busy stream repeats a few names, and a hit costs a memcmp where
+** asking the set costs interning the name as a Lua string. */
+#define NAME_CACHE 16        /* entries, a power of two */
+#define NAME_CACHE_LEN 47    /* longer names are not cached */
+typedef struct NameCache {
+  struct {
+    unsigned char len;       /* 0: empty entry */
+    unsigned char wanted;
+    char name[NAME_CACHE_LEN];
+  } e[NAME_CACHE];
+} NameCache;
+
+/* Is the name q found in the interest set at idx?  A raw read: no Lua runs. */
+static int wanted(lua_State *L, int idx, const qmp_quick *q, NameCache *cache) {
+  size_t n = q->namelen;
+  int yes, slot = -1;
+  if (n > 0 && n <= NAME_CACHE_LEN) {
+    slot = (int)((n * 31 + (unsigned char)q->name[0] * 7 + (unsigned char)q->name[n - 1])
+                 & (NAME_CACHE - 1));
+    if (cache->e[slot].len == n && memcmp(cache->e[slot].name, q->name, n) == 0)
+      return cache->e[slot].wanted;
+  }
+  lua_pushlstring(L, q->name, n);
+  lua_rawget(L, idx);
+  yes = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  if (slot >= 0) {
+    cache->e[slot].len = (unsigned char)n;
+    cache->e[slot].wanted = (unsigned char)yes;
+    memcpy(cache->e[slot].name, q->name, n);
+  }
+  return yes;
+}
+
+/* Can the peer send an event of this name?  Not "", and not one beginning
+** "qmp.": those are the client's own events (qmp.connected, ...), a name
+** QAPI cannot make.  The session drops the others as malformed. */
+static int peer_event_name(const char *name, size_t len) {
+  return len > 0 && !(len >= 4 && memcmp(name, "qmp.", 4) == 0);
+}
+
+/* Is the message on top an event, with a name the peer can send?  Raw. */
+static int is_event(lua_State *L, int keys) {
+  int yes;
+  qmp_push_name(L, keys, "event", 5);
+  yes = lua_rawget(L, -2) == LUA_TSTRING && peer_event_name(lua_tostring(L, -1), lua_rawlen(L, -1));
+  lua_pop(L, 1);
+  return yes;
+}
+
+int qmp_decoder_drain(lua_State *L, int didx, qmp_batch *b) {
+  qmp_decoder *d = (qmp_decoder *)lua_touserdata(L, didx);
+  NameCache names;  /* for this call only: the set may change between calls */
+  const char *kind = NULL, *msg = NULL;
+  char why[160];
+  qmp_treebox *box;
+  int top;
+  if (d->busy)
+    return luaL_error(L, "qmp: decoder used re-entrantly");
+  top = lua_gettop(L);
+  /* One to-be-closed slot for the whole batch; busy all along, as Lua code
+  ** may run (finalizers, the events table's __index) while a message is
+  ** half-way from framed to decoded. */
+  box = open_slots(L, d, didx, top);
+  for (int i = 0; i < NAME_CACHE; i++) names.e[i].len = 0;
+  while (b->n + b->skipped < b->limit) {
+    qmp_quick q;
+    int ok;
+    q.name = NULL;
+    q.shaped = 0;
+    if (d->f.errkind != NULL) {
+      kind = d->f.errkind;
+      msg = d->f.errmsg;
+      break;
+    }
+    if (!d->f.framed && !qmp_quick_frame(&d->f, &q)) {
+      int r = qmp_frame(&d->f);
+      if (r == 0) break;
+      if (r < 0) continue;  /* the sticky error, above */
+    }
+    if (b->interest) {
+      if (q.name == NULL) qmp_quick_framed(&d->f, &q);  /* framed by the framer (or by ready()) */
+      /* An event named "" or "qmp.*" is no event: the session reports it
+      ** (malformed), wanted or not. */
+      if (q.name != NULL && peer_event_name(q.name, q.namelen) && !wanted(L, b->interest, &q, &names)) {
+        d->f.head = d->f.fend;  /* consumed unparsed */
+        d->f.framed = 0;
+        b->skipped++;
+        continue;
+      }
+    }
+    if (q.shaped) ok = decode_shaped(L, d, box, top, &q, why, sizeof why);
+    else ok = decode_framed(L, d, box, top, why, sizeof why);
+    if (ok <= 0) {
+      kind = ok < 0 ? "memory" : "protocol";
+      msg = why;
+      break;
+    }
+    if ((q.shaped && peer_event_name(q.name, q.namelen)) || is_event(L, top + UV_KEYS)) b->events++;
+    lua_rawseti(L, b->list, ++b->n);
+  }
+  close_slots(L, d, top);
+  lua_settop(L, top);
+  if (kind == NULL) return 0;
+  qmp_pusherror(L, kind, "%s", msg);
+  return 1;
+}
+
+void qmp_batch_start(lua_State *L, qmp_batch *b, int arg) {
+  lua_Integer limit = luaL_checkinteger(L, arg);
+  luaL_argcheck(L, limit > 0, arg, "limit must be positive");
+  if (!lua_isnoneornil(L, arg + 1)) luaL_checktype(L, arg + 1, LUA_TTABLE);
+  b->interest = lua_istable(L, arg + 1) ? arg + 1 : 0;
+  b->limit = limit;
+  b->n = b->skipped = b->events = 0;
+  lua_settop(L, arg + 1);
+  lua_createtable(L, limit < 16 ? (int)limit : 16, 0);
+  b->list = arg + 2;
+}
+
+int qmp_batch_finish(lua_State *L, qmp_batch *b, int failed) {
+  if (!failed) lua_pushnil(L);  /* else the error object, pushed by the drain */
+  lua_pushvalue(L, b->list);
+  lua_pushinteger(L, b->skipped);
+  lua_rotate(L, -3, -1);  /* err or nil after them */
+  lua_pushinteger(L, b->events);
+  return 4;
+}
+
+static int decoder_gc(lua_State *L) {
+  qmp_decoder *d = (qmp_decoder *)luaL_checkudata(L, 1, QMP_DECODER_MT);
+  free(d->f.buf);
+  d->f.buf = NULL;
+  d->cap = d->f.len = d->f.head = d->f.scan = 0;
+  d->f.framed = 0;
+  return 0;
+}
+
+static size_t opt_max_message(lua_State *L, int idx) {
+  lua_Integer max = QMP_MAX_MESSAGE;
+  if (lua_istable(L, idx)) {
+    if (lua_getfield(L, idx, "max_message") != LUA_TNIL) {
+      int ok;
+      max = lua_tointegerx(L, -1, &ok);
+      luaL_argcheck(L, ok && max > 0, idx, "max_message must be a positive integer");
+    }
+    lua_pop(L, 1);
+  }
+  else
+    luaL_argcheck(L, lua_isnoneornil(L, idx), idx, "options table expected");
+  return (size_t)max;
+}
+
+/* qmp.decoder{ max_message = n } */
+static int decoder_new(lua_State *L) {
+  qmp_decoder_new(L, opt_max_message(L, 1));
+  return 1;
+}
+
+/* d:feed(bytes) -> d */
+static int decoder_feed(lua_State *L) {
+  qmp_decoder *d = checkdecoder(L, 1);
+  size_t n;
+  const char *s = luaL_checklstring(L, 2, &n);
+  if (d->f.errkind == NULL && n > 0) {
+    memcpy(qmp_decoder_reserve(L, d, n), s, n);
+    qmp_decoder_commit(d, n);
+  }
+  lua_settop(L, 1);
+  return 1;
+}
+
+/* d:next() -> message | nil (more bytes needed) | nil, err */
+static int decoder_next(lua_State *L) {
+  int r;
+  checkdecoder(L, 1);
+  lua_settop(L, 1);
+  r = qmp_decoder_next(L, 1);
+  if (r == 0) luaL_pushfail(L);
+  return r ? r : 1;
+}
+
+/* d:drain(limit [, interest]) -> list, skipped, err|nil, events
+** Up to limit messages in one call, as next() would give them one by one;
+** with interest (a set of event names), an event outside it may be counted
+** in skipped instead (see qmp_decoder_drain).  The error ends the list.
+** events says how many listed messages are events, so that a caller whose
+** list holds nothing else can hand it on whole. */
+static int decoder_drain(lua_State *L) {
+  qmp_batch b;
+  checkdecoder(L, 1);
+  qmp_batch_start(L, &b, 2);
+  return qmp_batch_finish(L, &b, qmp_decoder_drain(L, 1, &b));
+}
+
+/* d:buffered() -> true when next() would give a message or an error now */
+static int decoder_buffered(lua_State *L) {
+  lua_pushboolean(L, qmp_decoder_ready(L, checkdecoder(L, 1)));
+  return 1;
+}
+
+/* d:pending() -> bytes of an incomplete message held */
+static int decoder_pending(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)qmp_decoder_pending(checkdecoder(L, 1)));
+  return 1;
+}
+
+/* qmp.decode(text) -> value | nil, err.  Any JSON value; objects with an
+** "event" member come back typed, as from a connection. */
+static int core_decode(lua_State *L) {
+  size_t len, pos = 0;
+  const char *text = luaL_checklstring(L, 1, &len);
+  char why[160];
+  qmp_treebox *box;
+  qmp_scanner s;
+  int r;
+  memset(&s, 0, sizeof s);
+  /* Only JSON whitespace before the value, as between a stream's messages:
+  ** cJSON would also skip a UTF-8 BOM and any control byte there. */
+  while (pos < len && isspace_json((unsigned char)text[pos])) pos++;
+  if (pos < len && (((unsigned char)text[pos] > 0 && (unsigned char)text[pos] < ' ')
+                    || (unsigned char)text[pos] >= 0x80))
+    return qmp_fail(L, "protocol", "expected a JSON value at byte %d, got the byte %d",
+                    (int)pos, (int)(unsigned char)text[pos]);
+  pos = 0;
+  while (pos < len) {  /* validate every top-level piece; cJSON judges the syntax */
+    if (qmp_scan_value(&s, (const unsigned char *)text, len, &pos) == QMP_SCAN_ERROR)
+      return qmp_fail(L, "protocol", "%s (byte %d)", s.err, (int)pos);
+  }
+  lua_settop(L, 1);
+  lua_getfield(L, LUA_REGISTRYINDEX, "qmp.events");
+  lua_getfield(L, LUA_REGISTRYINDEX, "qmp.keys");
+  box = qmp_treebox_new(L);
+  lua_toclose(L, 4);
+  r = qmp_parse_text(box, text, len, why, sizeof why);  /* Lua strings end in NUL */
+  if (r > 0) qmp_push_message(L, box, 2, 3, text, len, s.sawfloat);
+  else r = qmp_fail(L, r < 0 ? "memory" : "protocol", "%s", why);
+  lua_closeslot(L, 4);
+  lua_rotate(L, 2, r);
+  lua_settop(L, 1 + r);
+  return r;
+}
+
+void qmp_decode_open(lua_State *L) {
+  static const luaL_Reg decoder_methods[] = {
+    {"feed", decoder_feed},
+    {"next", decoder_next},
+    {"drain", decoder_drain},
+    {"pending", decoder_pending},
+    {"buffered", decoder_buffered},
+    {NULL, NULL}
+  };
+  qmp_keys_open(L);
+  qmp_walk_open(L);
+  if (luaL_newmetatable(L, QMP_DECODER_MT)) {
+    lua_pushcfunction(L, decoder_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, decoder_gc);
+    lua_setfield(L, -2, "__close");
+    luaL_newlib(L, decoder_methods);
+    lua_setfield(L, -2, "__index");
+  }
+  lua_pop(L, 1);
+  /* The event types table: events[name] is the metatable of that event.
+  ** The Lua layer fills it and gives it an __index that creates new types. */
+  if (lua_getfield(L, LUA_REGISTRYINDEX, "qmp.events") != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, LUA_REGISTRYINDEX, "qmp.events");
+  }
+  lua_setfield(L, -2, "events");
+  lua_pushcfunction(L, core_decode);
+  lua_setfield(L, -2, "decode");
+  lua_pushcfunction(L, decoder_new);
+  lua_setfield(L, -2, "decoder");
+}
+/* }====================================================== */
