@@ -21,6 +21,7 @@ local Dispatch = require "qmp.dispatch"
 local Backoff = require "qmp.reconnect"
 local jobs = require "qmp.jobs"
 local signals = require "qmp.signals"
+local escaping = require "qmp.text"
 
 local type, tostring, pcall, setmetatable = type, tostring, pcall, setmetatable
 local min, max, huge = math.min, math.max, math.huge
@@ -43,8 +44,10 @@ local COMMAND_OPTIONS = { timeout = true, fds = true }
 local RUN_OPTIONS = { timeout = true, done = true }
 local LISTEN_OPTIONS = { max_queue = true, timeout = true }
 
+-- On stderr, which is often a terminal: a handler's raise may hold the
+-- peer's text, so it is escaped (its traceback's lines kept).
 local function default_on_error(err, vm)
-  io.stderr:write(("qmp: %s: %s\n"):format(vm.name, tostring(err)))
+  io.stderr:write(("qmp: %s: %s\n"):format(escaping.escape(vm.name), escaping.escape(tostring(err), "\n\t")))
 end
 
 -- Every timeout of the client: nil for the default, math.huge for no limit.

@@ -110,7 +110,8 @@ function record.run(address, path, opts)
   if on_event ~= nil and type(on_event) ~= "function" then
     errors.raise("qmp.record.run: on_event must be a function")
   end
-  errors.check_duration("qmp.record.run", "timeout", opts.timeout, { optional = true, infinite = true })  -- before the file
+  -- Checked before the file is made.
+  errors.check_duration("qmp.record.run", "timeout", opts.timeout, { optional = true, infinite = true })
   if opts.connect ~= nil and type(opts.connect) ~= "table" then
     errors.raise("qmp.record.run: connect must be a table")
   end
