@@ -34,6 +34,11 @@ struct qmp_decoder {
 #define UV_KEYS   2
 #define UV_BOX    3
 
+/* The module's state: upvalues of the functions that make decoders
+** (qmp_decoder_setfuncs), as lua-cjson keeps its configuration. */
+#define UP_EVENTS lua_upvalueindex(1)  /* the event types table, core.events */
+#define UP_KEYS   lua_upvalueindex(2)  /* the key cache */
+
 static qmp_decoder *checkdecoder(lua_State *L, int idx) {
   return (qmp_decoder *)luaL_checkudata(L, idx, QMP_DECODER_MT);
 }
@@ -43,9 +48,11 @@ qmp_decoder *qmp_decoder_new(lua_State *L, size_t max_message) {
   memset(d, 0, sizeof *d);  /* harmless state first: no buffer yet */
   d->f.max_message = max_message;
   luaL_setmetatable(L, QMP_DECODER_MT);
-  lua_getfield(L, LUA_REGISTRYINDEX, "qmp.events");
+  if (lua_type(L, UP_EVENTS) != LUA_TTABLE || lua_type(L, UP_KEYS) != LUA_TTABLE)
+    luaL_error(L, "qmp: a decoder made by a function without the decoder state");
+  lua_pushvalue(L, UP_EVENTS);
   lua_setiuservalue(L, -2, UV_EVENTS);
-  lua_getfield(L, LUA_REGISTRYINDEX, "qmp.keys");
+  lua_pushvalue(L, UP_KEYS);
   lua_setiuservalue(L, -2, UV_KEYS);
   qmp_treebox_new(L);
   lua_setiuservalue(L, -2, UV_BOX);
@@ -404,8 +411,8 @@ static int core_decode(lua_State *L) {
       return qmp_fail(L, "protocol", "%s (byte %d)", s.err, (int)pos);
   }
   lua_settop(L, 1);
-  lua_getfield(L, LUA_REGISTRYINDEX, "qmp.events");
-  lua_getfield(L, LUA_REGISTRYINDEX, "qmp.keys");
+  lua_pushvalue(L, UP_EVENTS);
+  lua_pushvalue(L, UP_KEYS);
   box = qmp_treebox_new(L);
   lua_toclose(L, 4);
   r = qmp_parse_text(box, text, len, why, sizeof why);  /* Lua strings end in NUL */
@@ -417,6 +424,12 @@ static int core_decode(lua_State *L) {
   return r;
 }
 
+void qmp_decoder_setfuncs(lua_State *L, const luaL_Reg *l) {
+  lua_getfield(L, -1, "events");  /* the table the Lua layer fills */
+  qmp_keys_new(L);
+  luaL_setfuncs(L, l, 2);
+}
+
 void qmp_decode_open(lua_State *L) {
   static const luaL_Reg decoder_methods[] = {
     {"feed", decoder_feed},
@@ -426,7 +439,11 @@ void qmp_decode_open(lua_State *L) {
     {"buffered", decoder_buffered},
     {NULL, NULL}
   };
-  qmp_keys_open(L);
+  static const luaL_Reg funcs[] = {
+    {"decode", core_decode},
+    {"decoder", decoder_new},
+    {NULL, NULL}
+  };
   qmp_walk_open(L);
   if (luaL_newmetatable(L, QMP_DECODER_MT)) {
     lua_pushcfunction(L, decoder_gc);
@@ -438,17 +455,10 @@ void qmp_decode_open(lua_State *L) {
   }
   lua_pop(L, 1);
   /* The event types table: events[name] is the metatable of that event.
-  ** The Lua layer fills it and gives it an __index that creates new types. */
-  if (lua_getfield(L, LUA_REGISTRYINDEX, "qmp.events") != LUA_TTABLE) {
-    lua_pop(L, 1);
-    lua_newtable(L);
-    lua_pushvalue(L, -1);
-    lua_setfield(L, LUA_REGISTRYINDEX, "qmp.events");
-  }
+  ** The Lua layer fills it and gives it an __index that creates new types.
+  ** Each load of the module has its own, as its own functions see it. */
+  lua_newtable(L);
   lua_setfield(L, -2, "events");
-  lua_pushcfunction(L, core_decode);
-  lua_setfield(L, -2, "decode");
-  lua_pushcfunction(L, decoder_new);
-  lua_setfield(L, -2, "decoder");
+  qmp_decoder_setfuncs(L, funcs);
 }
 /* }====================================================== */

@@ -48,10 +48,15 @@ void qmp_encode_open(lua_State *L);             /* adds encode to the module tab
 
 /* decoder.c: bytes -> Lua values (with scan.c, the framer, and walk.c, cJSON tree -> Lua). */
 void qmp_decode_open(lua_State *L);             /* adds decode, decoder, events */
+/* luaL_setfuncs for functions that make decoders: they get the module's
+** decoder state (core.events and a key cache) as upvalues.  Module table at
+** top, after qmp_decode_open. */
+void qmp_decoder_setfuncs(lua_State *L, const luaL_Reg *l);
 
 /* A streaming decoder: bytes in, one JSON text at a time out. */
 typedef struct qmp_decoder qmp_decoder;
-qmp_decoder *qmp_decoder_new(lua_State *L, size_t max_message);  /* pushes it */
+/* Push a new one; only from a function set by qmp_decoder_setfuncs. */
+qmp_decoder *qmp_decoder_new(lua_State *L, size_t max_message);
 /* Make room for at least n more bytes; returns the write position. */
 char *qmp_decoder_reserve(lua_State *L, qmp_decoder *d, size_t n);
 void qmp_decoder_commit(qmp_decoder *d, size_t n);   /* n bytes were written */

@@ -654,7 +654,7 @@ void qmp_transport_open(lua_State *L) {
     lua_setfield(L, -2, "__index");
   }
   lua_pop(L, 1);
-  luaL_setfuncs(L, funcs, 0);
+  qmp_decoder_setfuncs(L, funcs);  /* open_*, fdopen: their decoders need the module state */
   lua_pushinteger(L, MAX_FDS);  /* the Lua layer checks a command's fds against it */
   lua_setfield(L, -2, "MAX_FDS");
 }

@@ -118,8 +118,9 @@ static void push_number(Walk *w, const cJSON *node) {
 
 /*
 ** Key cache.  The member names QMP repeats in every message are kept as Lua
-** strings (registry "qmp.keys", slot + 1 -> name), so pushing one is a table
-** read instead of hashing its bytes into Lua's string table.  A name's slot
+** strings (a table, slot + 1 -> name, that the decoding functions hold as an
+** upvalue), so pushing one is a table read instead of hashing its bytes into
+** Lua's string table.  A name's slot
 ** comes from its length and three of its bytes; the multiplier was chosen
 ** so that no two of these names share a slot.  Any other name is pushed as
 ** usual, so a miss only costs speed.
@@ -160,21 +161,14 @@ void qmp_push_name(lua_State *L, int keysidx, const char *s, size_t n) {
   lua_pushlstring(L, s, n);
 }
 
-/* The key cache, in the registry from the module's first load on. */
-void qmp_keys_open(lua_State *L) {
+void qmp_keys_new(lua_State *L) {
   unsigned i;
-  if (lua_getfield(L, LUA_REGISTRYINDEX, "qmp.keys") == LUA_TTABLE) {
-    lua_pop(L, 1);
-    return;
-  }
-  lua_pop(L, 1);
   lua_createtable(L, KEY_SLOTS, 0);
   for (i = 0; i < KEY_SLOTS; i++) {
     if (KEY_NAMES[i] != NULL) lua_pushstring(L, KEY_NAMES[i]);
     else lua_pushboolean(L, 0);  /* no holes: the slots stay in the array part */
     lua_rawseti(L, -2, (lua_Integer)i + 1);
   }
-  lua_setfield(L, LUA_REGISTRYINDEX, "qmp.keys");
 }
 
 static int count_children(const cJSON *node) {
