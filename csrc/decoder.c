@@ -59,17 +59,12 @@ qmp_decoder *qmp_decoder_new(lua_State *L, size_t max_message) {
   return d;
 }
 
-/* The buffer grew by `bytes`, which the garbage collector cannot see: a
-** step of collection as for that many bytes of Lua's own, so that the
-** buffers of connections gone (64 KiB each at least, freed by __gc) do
-** not pile up, waiting for a cycle that Lua's allocations alone would bring
-** much later (a client reconnecting a thousand times a second held some
-** 16 MiB of them).  Not while the collector is stopped, by the script or
-** because it is running finalizers (lua_gc then answers -1); and this
-** decoder is busy meanwhile, so a finalizer cannot feed it. */
+/* The collector cannot see this buffer: a step as for the bytes grown, so
+** that closed connections' buffers (freed by __gc) do not pile up.  None
+** while it is stopped or running finalizers (lua_gc then answers 0 or -1). */
 static void grown(lua_State *L, qmp_decoder *d, size_t bytes) {
   if (lua_gc(L, LUA_GCISRUNNING) != 1) return;
-  d->busy = 1;
+  d->busy = 1;  /* a finalizer the step runs must not feed this decoder */
   lua_gc(L, LUA_GCSTEP, (int)(bytes >> 10));
   d->busy = 0;
 }

@@ -1,18 +1,12 @@
 /*
-** walk.c: a cJSON tree -> Lua values, in one walk.
-**
-** cJSON parses one framed message in place in the read buffer; the walk
-** turns its tree into Lua values, recovering the exact digits of integers
-** that a double cannot hold, and gives an event its type (events[name]).
-** A big message is taken apart a member at a time (Piecewise), so that its
-** whole tree never sits beside its Lua value; an event of QEMU's shape is
-** built from what the quick scan read of it (scan.c), cJSON parsing its
-** data only, if that.  The values are the same whichever way a message goes
-** (spec/fastpath_spec.lua).
-**
-** The tree sits in a to-be-closed box while the walk runs, so a Lua error
-** (out of memory) in the middle can never leak it.  No Lua code runs while
-** a tree is alive: events get their metatable after the tree is freed.
+** walk.c: a cJSON tree -> Lua values.  cJSON parses a framed message in
+** place in the read buffer; one walk turns the tree into Lua values
+** (integers with their exact digits, events typed by events[name]), inside
+** a to-be-closed box so that a Lua error (out of memory) never leaks it; no
+** Lua code runs while a tree is alive.  A big message is taken apart a
+** member at a time (Piecewise), and an event of QEMU's shape is built from
+** what the quick scan read (scan.c): the values are the same whichever way
+** a message goes (spec/fastpath_spec.lua).
 */
 #include <limits.h>
 #include <math.h>
