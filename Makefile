@@ -76,7 +76,7 @@ $(LOCALE_DIR)/de_DE.UTF-8:
 test: deps build $(LOCALE_DIR)/de_DE.UTF-8
 	LOCPATH=$(CURDIR)/$(LOCALE_DIR) $(BUSTED) $(BUSTED_ARGS)
 
-# Floods and churn (spec/long/, README "Long runs"; about 5 minutes, CPU-heavy):
+# Floods and churn (spec/long/, docs/testing.md "Long runs"; about 5 minutes, CPU-heavy):
 # files named *_long.lua, which `make test` (pattern _spec) never loads.
 test-long: deps build
 	nice -n 5 $(BUSTED) --pattern=_long $(BUSTED_ARGS) spec/long
@@ -166,7 +166,7 @@ fuzz-campaign: deps $(FUZZ_DIR)/fuzz_$(FUZZER) $(FUZZ_UB_DIR)/fuzz_$(FUZZER)
 	FUZZ_CAMPAIGN=1 FUZZ_JOBS=$(FUZZ_JOBS) FUZZ_BIN=$(FUZZ_UB_DIR) FUZZ_REPLAY=$(FUZZ_DIR) \
 	  sh spec/fuzz/run.sh $(FUZZ_TIME) $(FUZZER)
 
-# Sanitizer runs of the whole suite (spec/sanitize/, README "Sanitizers"),
+# Sanitizer runs of the whole suite (spec/sanitize/, docs/testing.md "Sanitizers"),
 # both without the #timing specs.  `make test-asan`: the C core and the shell
 # helper built with ASan+UBSan into .build/asan/qmp/ (./qmp/ is left alone),
 # with Debian's cJSON source (the installed libcjson1's version, fetched with

@@ -1,6 +1,6 @@
 -- Bounded resources under a hostile peer: each describe is one way a peer
 -- can try to make the client hold memory or time without end, and each
--- asserts the bound (README "Per-client memory bounds").  Memory is Lua's
+-- asserts the bound (docs/security.md "Memory per client").  Memory is Lua's
 -- heap after a full collection, and the peak resident set (VmHWM, reset
 -- through /proc/self/clear_refs) of a client run in a process of its own
 -- (support/measure_child.lua): in this one, memory freed by earlier specs
