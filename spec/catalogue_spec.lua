@@ -1,9 +1,9 @@
 -- The event catalogue: one known type per QEMU event, the seed documents'
--- examples decode to them, the helpers, and the README's generated table.
+-- examples decode to them, the helpers, and the generated table of docs/events.md.
 local qmp = require "qmp"
 local catalogue = require "qmp.catalogue"
 local seeds = require "fixtures.seed_events"
-local readme_events = require "support.readme_events"
+local event_table = require "support.event_table"
 local qemu = require "support.qemu"
 
 local cleanup = require("support.cleanup")(after_each)
@@ -338,16 +338,16 @@ describe("event helpers", function()
   end)
 end)
 
-describe("the README's event table", function()
-  it("is the output of spec/support/readme_events.lua", function()
-    local block = readme_events.block(read("README.md"))
-    assert.is_string(block, "README.md has no " .. readme_events.BEGIN .. " block")
-    assert.equal(readme_events.render(), block)
+describe("the event table of docs/events.md", function()
+  it("is the output of spec/support/event_table.lua", function()
+    local block = event_table.block(read("docs/events.md"))
+    assert.is_string(block, "docs/events.md has no " .. event_table.BEGIN .. " block")
+    assert.equal(event_table.render(), block)
   end)
 
   it("has a row per catalogue entry", function()
     local rows = 0
-    for _ in readme_events.render():gmatch("\n| `") do rows = rows + 1 end
+    for _ in event_table.render():gmatch("\n| `") do rows = rows + 1 end
     assert.equal(#catalogue, rows)
   end)
 end)

@@ -1,11 +1,11 @@
--- The README's table of event types, generated from the catalogue
+-- The table of event types in docs/events.md, generated from the catalogue
 -- (lua/qmp/catalogue.lua), so the two cannot disagree: spec/catalogue_spec.lua
--- checks that the README holds exactly this text between its markers.
+-- checks that docs/events.md holds exactly this text between its markers.
 --
---   lua5.4 spec/support/readme_events.lua                    print the table
---   lua5.4 spec/support/readme_events.lua --update README.md rewrite the block
+--   lua5.4 spec/support/event_table.lua                          print the table
+--   lua5.4 spec/support/event_table.lua --update docs/events.md  rewrite the block
 --
--- As a module (require "support.readme_events"): render() and the markers.
+-- As a module (require "support.event_table"): render() and the markers.
 package.path = "./lua/?.lua;" .. package.path
 
 local M = {
@@ -55,10 +55,10 @@ function M.block(text)
   return text:sub(b + #M.BEGIN + 1, e - 1)
 end
 
-if ... ~= "support.readme_events" then
+if ... ~= "support.event_table" then
   local args = { ... }
   if args[1] == "--update" then
-    local path = assert(args[2], "usage: readme_events.lua --update README.md")
+    local path = assert(args[2], "usage: event_table.lua --update docs/events.md")
     local f = assert(io.open(path, "rb"))
     local text = f:read("a")
     f:close()
