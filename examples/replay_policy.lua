@@ -14,7 +14,7 @@
 -- action stop and its STOP) and cont with QEMU's answer in that status
 -- ({} here; the recording goes on as it was: the operator's RESUME comes
 -- in its own time); each such answer is printed as "implied", with what
--- it was inferred from (README "Recording and replaying").
+-- it was inferred from (docs/recording.md).
 -- spec/fixtures/io-error.qmprec was recorded by the client that ran the
 -- policy: every command is answered from the recording.
 -- When the recording was made by the client that ran a policy, it holds

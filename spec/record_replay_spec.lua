@@ -1,4 +1,4 @@
--- The incident of README "Recording and replaying", end to end: a real QEMU
+-- The incident of docs/recording.md, end to end: a real QEMU
 -- 7.2 whose disk fails every read, `qmp-lua record` on one monitor, an
 -- operator's cont (three times) on a second, then
 -- examples/replay_policy.lua on the capture.  A passive recorder holds
