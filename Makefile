@@ -24,7 +24,7 @@ SRCS := $(wildcard csrc/*.c)
 HDRS := $(wildcard csrc/*.h)
 CORE := qmp/core.so
 # The shell's line-editing helper: links GNU readline, as lua-readline does.
-RL   := qmp/shell/rl.so
+RL   := qmp/cli/rl.so
 
 # Debian packages needed to build, test, run the demo and the benchmarks.
 DEBS := lua5.4 liblua5.4-dev libcjson-dev lua-busted lua-socket lua-cqueues locales \
@@ -47,7 +47,7 @@ $(CORE): $(SRCS) $(HDRS)
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) $(QMP_CFLAGS) $(CFLAGS) -shared -o $@ $(SRCS) $(LDFLAGS) $(CJSON_LIBS)
 
-$(RL): csrc/shell/rl.c
+$(RL): csrc/cli/rl.c
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) $(QMP_CFLAGS) $(CFLAGS) -shared -o $@ $< $(LDFLAGS) -lreadline
 
@@ -186,11 +186,11 @@ $(SAN_DIR)/qmp/core.so: $(SRCS) $(HDRS) $(SAN_DIR)/cJSON.o
 	$(SAN_CC) $(CPPFLAGS) -std=c99 -fPIC -fvisibility=hidden -D_GNU_SOURCE $(WARN) $(LUA_CFLAGS) \
 	  -I$(SAN_DIR)/include $(SAN_FLAGS) -shared -o $@ $(SRCS) $(SAN_DIR)/cJSON.o
 
-$(SAN_DIR)/qmp/shell/rl.so: csrc/shell/rl.c
+$(SAN_DIR)/qmp/cli/rl.so: csrc/cli/rl.c
 	@mkdir -p $(@D)
 	$(SAN_CC) $(CPPFLAGS) $(QMP_CFLAGS) $(SAN_FLAGS) -shared -o $@ $< -lreadline
 
-test-asan: deps build $(LOCALE_DIR)/de_DE.UTF-8 $(SAN_DIR)/qmp/core.so $(SAN_DIR)/qmp/shell/rl.so
+test-asan: deps build $(LOCALE_DIR)/de_DE.UTF-8 $(SAN_DIR)/qmp/core.so $(SAN_DIR)/qmp/cli/rl.so
 	nice -n 10 sh spec/sanitize/run.sh asan $(BUSTED_ARGS)
 
 test-valgrind: deps build $(LOCALE_DIR)/de_DE.UTF-8

@@ -294,7 +294,7 @@ describe("qmp-lua exit status", function()
     assert.matches("129%s+SIGHUP", exit_codes)
     assert.matches("130%s+SIGINT", exit_codes)
     assert.matches("143%s+SIGTERM", exit_codes)
-    for _, name in ipairs(require("qmp.shell.main").COMMANDS) do
+    for _, name in ipairs(require("qmp.cli.main").COMMANDS) do
       out, err, status = qmp_lua(name, "--help")
       assert.equal(0, status, err)
       assert.equal(exit_codes, table_of(out), name)
@@ -340,7 +340,7 @@ describe("qmp-lua smaller promises", function()
       local code = ([[
         package.path = "./lua/?.lua;./lua/?/init.lua;" .. package.path
         package.cpath = "./?.so;" .. package.cpath
-        local cli = require "qmp.shell.cli"
+        local cli = require "qmp.cli.cli"
         cli.is_tty = function() return true end
         io.write(tostring(cli.colour(%s)))
       ]]):format(opts or "{}")

@@ -2,9 +2,9 @@
 -- subcommands' own descriptions.  The shells check their syntax; bash (and
 -- fish when installed) answer completion requests with them, word for word;
 -- a real bash in tmux completes as an operator would see it.
-local completion = require "qmp.shell.completion"
-local main = require "qmp.shell.main"
-local cli = require "qmp.shell.cli"
+local completion = require "qmp.cli.completion"
+local main = require "qmp.cli.main"
+local cli = require "qmp.cli.cli"
 local events = require "qmp.events"
 local proc = require "support.proc"
 local tmp = require "support.tmp"
@@ -35,7 +35,7 @@ end
 -- A subcommand's option names, --help included, as the scripts offer them.
 local function option_names(name)
   local list = { "--help" }
-  for _, o in ipairs(cli.options_of(require("qmp.shell." .. name))) do list[#list + 1] = o[1] end
+  for _, o in ipairs(cli.options_of(require("qmp.cli." .. name))) do list[#list + 1] = o[1] end
   return sorted(list)
 end
 
@@ -204,7 +204,7 @@ describe("qmp-lua completion", function()
   end)
 
   it("an option a subcommand gains later completes with no change to the generator", function()
-    local record = require "qmp.shell.record"
+    local record = require "qmp.cli.record"
     table.insert(record.options, { "--spec-only", "N", "an option the spec adds" })
     finally(function() table.remove(record.options) end)
     local answers = bash_offers(script_file("bash"), { "qmp-lua record --spec" }, dir)

@@ -8,9 +8,9 @@
 -- 50 times slower, the budget would not hold.
 local qmp = require "qmp"
 local schema = require "qmp.schema"
-local help = require "qmp.shell.help"
-local complete = require "qmp.shell.complete"
-local kv = require "qmp.shell.kv"
+local help = require "qmp.cli.help"
+local complete = require "qmp.cli.complete"
+local kv = require "qmp.cli.kv"
 local fake = require "support.fake_qmp"
 
 local cleanup = require("support.cleanup")(after_each)

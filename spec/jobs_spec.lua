@@ -89,7 +89,7 @@ end)
 -- query-jobs is the peer's: no reply shape makes job_wait or the job lines raise.
 describe("jobs and a malformed query-jobs reply", function()
   local fake = require "support.fake_qmp"
-  local progress = require "qmp.shell.progress"
+  local progress = require "qmp.cli.progress"
 
   local function vm_replying(...)
     local steps = {}

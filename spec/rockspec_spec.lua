@@ -15,7 +15,7 @@ describe("qmp-scm-1.rockspec #slow", function()
     local f = assert(io.open("qmp-scm-1.rockspec"))
     local spec = f:read("a")
     f:close()
-    local p = assert(io.popen("ls csrc/*.c csrc/shell/*.c lua/qmp/*.lua lua/qmp/shell/*.lua bin/*"))
+    local p = assert(io.popen("ls csrc/*.c csrc/cli/*.c lua/qmp/*.lua lua/qmp/cli/*.lua bin/*"))
     for path in p:lines() do
       assert.is_truthy(spec:find('"' .. path .. '"', 1, true), path .. " is missing from the rockspec")
     end

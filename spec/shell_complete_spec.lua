@@ -1,5 +1,5 @@
--- qmp.shell.complete: tab completion from the live schema of a real QEMU 7.2.
-local complete = require "qmp.shell.complete"
+-- qmp.cli.complete: tab completion from the live schema of a real QEMU 7.2.
+local complete = require "qmp.cli.complete"
 
 local schema_72 = require("support.fixtures").schema_72
 

@@ -1,5 +1,5 @@
--- qmp.shell.help: `:help NAME` from the live schema of a real QEMU 7.2 and the catalogue.
-local help = require "qmp.shell.help"
+-- qmp.cli.help: `:help NAME` from the live schema of a real QEMU 7.2 and the catalogue.
+local help = require "qmp.cli.help"
 
 local schema_72 = require("support.fixtures").schema_72
 
@@ -164,7 +164,7 @@ end)
 -- what is malformed, and the walks stop at a type met again inside itself.
 describe("help and completion over a malformed schema", function()
   local qmp = require "qmp"
-  local complete = require "qmp.shell.complete"
+  local complete = require "qmp.cli.complete"
   local BAD = require("qmp.schema").parse(assert(qmp.decode([==[[
     5, {"name": 5}, {"name": "c1", "meta-type": "command", "arg-type": "O", "ret-type": "A", "features": 5},
     {"name": "c2", "meta-type": "command", "arg-type": "P", "ret-type": "L"},

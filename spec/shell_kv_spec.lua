@@ -1,6 +1,6 @@
--- qmp.shell.kv: qmp-shell style command lines, and telling them from Lua.
+-- qmp.cli.kv: qmp-shell style command lines, and telling them from Lua.
 local qmp = require "qmp"
-local kv = require "qmp.shell.kv"
+local kv = require "qmp.cli.kv"
 
 -- The schema a real QEMU 7.2 sends (query-qmp-schema, recorded as is).
 local schema_72 = require("support.fixtures").schema_72

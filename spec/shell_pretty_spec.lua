@@ -1,6 +1,6 @@
--- qmp.shell.pretty: results and events as the shell prints them.
+-- qmp.cli.pretty: results and events as the shell prints them.
 local qmp = require "qmp"
-local pretty = require "qmp.shell.pretty"
+local pretty = require "qmp.cli.pretty"
 local fake = require "support.fake_qmp"
 
 local function strip(text)

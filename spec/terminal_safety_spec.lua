@@ -7,9 +7,9 @@
 local qmp = require "qmp"
 local text = require "qmp.text"
 local schema = require "qmp.schema"
-local help = require "qmp.shell.help"
-local complete = require "qmp.shell.complete"
-local Shell = require("qmp.shell.shell").Shell
+local help = require "qmp.cli.help"
+local complete = require "qmp.cli.complete"
+local Shell = require("qmp.cli.shell").Shell
 local fake = require "support.fake_qmp"
 
 local cleanup = require("support.cleanup")(after_each)

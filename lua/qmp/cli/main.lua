@@ -4,7 +4,7 @@
 -- the library's waits return kind "interrupted", each subcommand ends
 -- the way it ends on a timeout (closing lines, files, the terminal), and
 -- the status is then 128 + the signal's number, as a shell reports it.
-local cli = require "qmp.shell.cli"
+local cli = require "qmp.cli.cli"
 local errors = require "qmp.errors"
 local signals = require "qmp.signals"
 
@@ -14,7 +14,7 @@ local function overview()
   local lines = { "usage: qmp-lua COMMAND [options] ARGS...", "",
                   "Watch and steer QEMU virtual machines over QMP.", "", "commands:" }
   for _, name in ipairs(COMMANDS) do
-    local cmd = require("qmp.shell." .. name)
+    local cmd = require("qmp.cli." .. name)
     lines[#lines + 1] = ("  %-10s %s"):format(name, cmd.summary)
   end
   lines[#lines + 1] = ""
@@ -37,7 +37,7 @@ local function main(argv)
     cli.complain("unknown command %q (commands: %s; see qmp-lua --help)", name, table.concat(COMMANDS, ", "))
     return cli.USAGE
   end
-  local cmd = require("qmp.shell." .. name)
+  local cmd = require("qmp.cli." .. name)
   signals.catch("INT", "TERM", "HUP")
   local ok, status = pcall(function()
     local opts, args = cli.parse(cmd, { table.unpack(argv, 2) })

@@ -1,5 +1,5 @@
 /*
-** rl.c: the module qmp.shell.rl, what Debian's lua-readline leaves out for
+** rl.c: the module qmp.cli.rl, what Debian's lua-readline leaves out for
 ** an interactive monitor shell: printing lines (events that arrive while
 ** the operator types) above the line being edited, without garbling it.
 ** It links the same GNU readline as lua-readline, so it sees the state of
@@ -76,9 +76,9 @@ static int cancel_line(lua_State *L) {
   return release(L);
 }
 
-__attribute__((visibility("default"))) int luaopen_qmp_shell_rl(lua_State *L);
+__attribute__((visibility("default"))) int luaopen_qmp_cli_rl(lua_State *L);
 
-int luaopen_qmp_shell_rl(lua_State *L) {
+int luaopen_qmp_cli_rl(lua_State *L) {
   static const luaL_Reg funcs[] = {
     {"print_above", print_above},
     {"cancel_line", cancel_line},

@@ -1,7 +1,7 @@
 --- qmp-lua record: record a monitor's stream (both ways, with times) to a file.
 local record = require "qmp.record"
-local cli = require "qmp.shell.cli"
-local pretty = require "qmp.shell.pretty"
+local cli = require "qmp.cli.cli"
+local pretty = require "qmp.cli.pretty"
 
 local cmd = {
   name = "record",

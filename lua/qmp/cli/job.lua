@@ -1,6 +1,6 @@
 --- qmp-lua job: list a VM's jobs, or follow one to its end with progress.
-local cli = require "qmp.shell.cli"
-local progress = require "qmp.shell.progress"
+local cli = require "qmp.cli.cli"
+local progress = require "qmp.cli.progress"
 local jobs = require "qmp.jobs"
 
 local cmd = {

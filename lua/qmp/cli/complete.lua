@@ -23,8 +23,8 @@
 -- to the word readline replaces, and complete.for_readline does it all for
 -- a lua-readline completer (a candidate ending in `=` or `.` wants no space
 -- after it).
-local kv = require "qmp.shell.kv"
-local help = require "qmp.shell.help"
+local kv = require "qmp.cli.kv"
+local help = require "qmp.cli.help"
 local events = require "qmp.events"
 local errors = require "qmp.errors"
 local is_safe = require("qmp.text").is_safe

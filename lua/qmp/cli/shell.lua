@@ -2,16 +2,16 @@
 -- Line editing, history (~/.qmp-lua_history) and completion come from GNU
 -- readline through Debian's lua-readline, used through its callback
 -- interface so the shell can watch the monitor while the operator types;
--- qmp.shell.rl prints arriving events above the half-typed line.
+-- qmp.cli.rl prints arriving events above the half-typed line.
 local qmp = require "qmp"
 local core = require "qmp.core"
 local errors = require "qmp.errors"
 local signals = require "qmp.signals"
-local cli = require "qmp.shell.cli"
-local kv = require "qmp.shell.kv"
-local pretty = require "qmp.shell.pretty"
-local complete = require "qmp.shell.complete"
-local help = require "qmp.shell.help"
+local cli = require "qmp.cli.cli"
+local kv = require "qmp.cli.kv"
+local pretty = require "qmp.cli.pretty"
+local complete = require "qmp.cli.complete"
+local help = require "qmp.cli.help"
 local filter = require "qmp.filter"
 local escape = require("qmp.text").escape   -- for the peer's text
 
@@ -263,7 +263,7 @@ function cmd.run(opts, args)
     cli.complain("the shell needs lua-readline (Debian: apt install lua-readline)")
     return cli.FAILED
   end
-  local rl = require "qmp.shell.rl"
+  local rl = require "qmp.cli.rl"
   local address = args[1]
   local vm = cli.open(cmd, opts, address, opts.reconnect)
   if not vm then return cli.CONNECTION end

@@ -23,7 +23,7 @@
 -- each walk here visits a type once (so a type that holds itself, or many
 -- ways down to one type, cannot run it away) and loops along a chain of
 -- types instead of recursing (a chain may be as long as the schema).
-local kv = require "qmp.shell.kv"
+local kv = require "qmp.cli.kv"
 local errors = require "qmp.errors"
 local events = require "qmp.events"
 local escape = require("qmp.text").escape   -- the peer's names, values and docs

@@ -11,7 +11,7 @@
 -- An option's value completes only where VALUES says what it can be.
 -- The scripts read the words before the cursor as cli.parse does: a value
 -- follows its option, "--" and the options_end-th argument end the options.
-local cli = require "qmp.shell.cli"
+local cli = require "qmp.cli.cli"
 local events = require "qmp.events"
 
 local cmd = {
@@ -76,8 +76,8 @@ end
 -- (0: none) }.
 local function subcommands()
   local list = {}
-  for _, name in ipairs(require("qmp.shell.main").COMMANDS) do
-    local c = require("qmp.shell." .. name)
+  for _, name in ipairs(require("qmp.cli.main").COMMANDS) do
+    local c = require("qmp.cli." .. name)
     local sub = { name = plain(c.name), summary = c.summary, options = {}, valued = {},
                   options_end = c.options_end or 0 }
     local all = cli.options_of(c)   -- the shared ones (--connect-timeout ...) included

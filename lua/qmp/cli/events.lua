@@ -1,8 +1,8 @@
 --- qmp-lua events: watch the events of one or many VMs, one line each.
 local qmp = require "qmp"
-local cli = require "qmp.shell.cli"
-local kv = require "qmp.shell.kv"
-local pretty = require "qmp.shell.pretty"
+local cli = require "qmp.cli.cli"
+local kv = require "qmp.cli.kv"
+local pretty = require "qmp.cli.pretty"
 local catalogue = require "qmp.events"
 local text = require "qmp.text"
 

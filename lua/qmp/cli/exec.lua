@@ -1,7 +1,7 @@
 --- qmp-lua exec: run one command and print its result as JSON.
 local qmp = require "qmp"
-local cli = require "qmp.shell.cli"
-local kv = require "qmp.shell.kv"
+local cli = require "qmp.cli.cli"
+local kv = require "qmp.cli.kv"
 local text = require "qmp.text"
 
 local cmd = {
