@@ -10,8 +10,7 @@ local opening = fake.opening
 
 local cleanup = require("support.cleanup")(after_each)
 
-local function serve(steps, opts) return fake.serve(steps, cleanup, opts) end
-local function connect(srv, opts) return fake.connect(srv, cleanup, opts) end
+local serve, connect = fake.bound(cleanup)
 
 describe("qmp.connect()", function()
   it("reads the greeting and negotiates oob when it is offered", function()

@@ -18,8 +18,7 @@ local monotime = qmp.monotime
 
 local cleanup = require("support.cleanup")(after_each)
 
-local function serve(steps, opts) return fake.serve(steps, cleanup, opts) end
-local function connect(srv, opts) return fake.connect(srv, cleanup, opts) end
+local serve, connect = fake.bound(cleanup)
 
 -- A fresh directory for a socket nobody listens on (yet).
 local function socket_path()

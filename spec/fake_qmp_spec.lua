@@ -112,6 +112,7 @@ describe("support.fake_qmp", function()
     assert(conn:connect(srv.path))
     assert.are.equal(fake.greeting, line() .. "\r\n")
     assert.are.equal(0, finished(), srv:log())
+    assert.are.equal(2, srv:accepted())
   end)
 
   it("half-closes and still reads", function()

@@ -17,9 +17,7 @@ local monotime = qmp.monotime
 
 local cleanup = require("support.cleanup")(after_each)
 
-local function serve(steps, opts) return fake.serve(steps, cleanup, opts) end
-local function connect(srv, opts) return fake.connect(srv, cleanup, opts) end
-local function client(steps, opts) return fake.client(steps, cleanup, opts) end
+local serve, connect, client = fake.bound(cleanup)
 
 -- qmp.connect to srv fails well before its timeout (opts.timeout, 5 s here):
 -- the error.

@@ -5,9 +5,7 @@ local fake = require "support.fake_qmp"
 local EV = fake.event
 local cleanup = require("support.cleanup")(after_each)
 
-local function vm_with(steps, opts)
-  return fake.client(steps, cleanup, opts)
-end
+local _, _, vm_with = fake.bound(cleanup)
 
 describe("vm:on()", function()
   it("runs several handlers per event in registration order, events in arrival order", function()

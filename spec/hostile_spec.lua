@@ -18,8 +18,7 @@ local monotime = qmp.monotime
 local KiB, MiB, GiB = 1024, 1 << 20, 1 << 30
 local MAX_MESSAGE = 10 * MiB   -- the default max_message
 
-local function serve(steps, opts) return fake.serve(steps, cleanup, opts) end
-local function connect(srv, opts) return fake.connect(srv, cleanup, opts) end
+local serve, connect = fake.bound(cleanup)
 local opening = fake.opening
 local OK = fake.reply("{}")
 

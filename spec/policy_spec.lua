@@ -8,9 +8,7 @@ local tmp = require "support.tmp"
 local EV = fake.event
 local cleanup = require("support.cleanup")(after_each)
 
-local function vm_with(steps, opts)
-  return fake.client(steps, cleanup, opts)
-end
+local _, _, vm_with = fake.bound(cleanup)
 
 local function io_error(action, operation)
   return EV("BLOCK_IO_ERROR", ('{"device": "", "node-name": "disk0", "operation": "%s", "action": "%s", ' ..

@@ -139,6 +139,13 @@ function Server:tell(word)
   tmp.write(self.dir .. "/told-" .. word, "")
 end
 
+-- How many connections the server has accepted so far.
+function Server:accepted()
+  local n = 0
+  for _ in self:log():gmatch("client connected") do n = n + 1 end
+  return n
+end
+
 -- Exit status once the server has exited (0 = all steps done, 1 = unexpected
 -- input, 2 = watchdog), nil while it runs or if it was killed.
 function Server:status()
@@ -201,11 +208,13 @@ function M.serve(steps, cleanup, opts)
   return srv
 end
 
--- qmp.connect to srv (opts default { timeout = 5 }), closed after the test;
--- a failure shows the server's log.
+-- qmp.connect to srv, a server of this module or any socket path (a real
+-- QEMU's), with opts (default { timeout = 5 }); closed after the test.  A
+-- failure raises, showing the server's log.
 function M.connect(srv, cleanup, opts)
-  local vm, err = require("qmp").connect(srv.path, opts or { timeout = 5 })
-  assert(vm, tostring(err) .. "\n" .. srv:log())
+  local path = type(srv) == "string" and srv or srv.path
+  local vm, err = require("qmp").connect(path, opts or { timeout = 5 })
+  assert(vm, tostring(err) .. (type(srv) == "table" and ("\n" .. srv:log()) or ""))
   cleanup(function() vm:close() end)
   return vm
 end
@@ -214,6 +223,16 @@ end
 function M.client(steps, cleanup, opts)
   local srv = M.serve(M.opening(steps), cleanup)
   return M.connect(srv, cleanup, opts), srv
+end
+
+-- serve, connect and client with a spec's cleanup bound in, so that no spec
+-- wraps them itself:
+--   local serve, connect, client = fake.bound(cleanup)
+--   local vm = connect(serve(fake.opening({ ... })), { timeout = 2 })
+function M.bound(cleanup)
+  return function(steps, opts) return M.serve(steps, cleanup, opts) end,
+         function(srv, opts) return M.connect(srv, cleanup, opts) end,
+         function(steps, opts) return M.client(steps, cleanup, opts) end
 end
 
 -- Stop every server a spec forgot (the spec helper calls this after each file).
