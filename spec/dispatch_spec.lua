@@ -1,6 +1,20 @@
--- The dispatch part on its own: the ring of events that is the handlers'
--- queue and vm:wait's history, fed in batches as the session hands them on.
+-- Delivery, the dispatch part: on its own (the ring of events that is the
+-- handlers' queue and vm:wait's history, fed in batches as the session hands
+-- them on; listener lifetime), then every event to every consumer through a
+-- client, against the scripted fake peer and, tagged #qemu, a real QEMU.
 local Dispatch = require "qmp.dispatch"
+local qmp = require "qmp"
+local fake = require "support.fake_qmp"
+local qemu = require "support.qemu"
+
+local EV = fake.event
+local OK = fake.reply("{}")
+local REPLY = '{"return": {}, "id": %ID}\r\n'   -- a reply for a send step
+local opening = fake.opening
+local monotime = qmp.monotime
+
+local cleanup = require("support.cleanup")(after_each)
+local serve, connect = fake.bound(cleanup)
 
 local function new(max_queue)
   local reports = {}
@@ -19,7 +33,7 @@ local function events(from, to)
   return list
 end
 
-local vm = { _stop = false }
+local vm_stub = { _stop = false }   -- the client the ring delivers for
 
 -- The numbers of the events held in the log (vm:wait's history and the
 -- handlers' queue), oldest first.
@@ -38,9 +52,9 @@ describe("the dispatch ring", function()
     for size = 1, 300 do
       d:push_list(events(n + 1, n + size), size)
       n = n + size
-      if size % 7 == 0 then d:deliver(vm, math.huge) end
+      if size % 7 == 0 then d:deliver(vm_stub, math.huge) end
     end
-    d:deliver(vm, math.huge)
+    d:deliver(vm_stub, math.huge)
     assert.equal(n, #got)
     for i = 1, n do assert.equal(i, got[i]) end
   end)
@@ -51,14 +65,14 @@ describe("the dispatch ring", function()
     d:push_list(events(1, 5000), 5000)
     local all = held(d)                   -- none delivered yet: none goes
     assert.same({ 5000, 1, 5000 }, { #all, all[1], all[5000] })
-    d:deliver(vm, math.huge)
+    d:deliver(vm_stub, math.huge)
     for n = 5001, 20000, 100 do
       d:push_list(events(n, n + 99), 100)
       local kept = held(d)
       assert.equal(n + 99, kept[#kept])
       assert.is_true(#kept >= 1024 and #kept <= 2048, "held " .. #kept)
       for i = 2, #kept do assert.equal(kept[i - 1] + 1, kept[i]) end
-      d:deliver(vm, math.huge)
+      d:deliver(vm_stub, math.huge)
     end
   end)
 
@@ -68,7 +82,7 @@ describe("the dispatch ring", function()
     d:on("*", function(ev) got[#got + 1] = ev.data.n end)
     d:push_list(events(1, 250), 250)      -- one batch larger than the queue
     d:push_list(events(251, 260), 10)
-    d:deliver(vm, math.huge)
+    d:deliver(vm_stub, math.huge)
     assert.equal(100, #got)
     assert.equal(161, got[1])             -- the newest 100 are left
     assert.equal(260, got[100])
@@ -142,5 +156,197 @@ describe("listener lifetime", function()
       assert.equal(1, listener:size())   -- what was buffered stays readable, nothing more comes
       assert.equal(1, listener:next().data.n)
     end
+  end)
+end)
+
+local function event_names(list)
+  local out = {}
+  for i, ev in ipairs(list) do out[i] = ev.event end
+  return out
+end
+
+describe("delivery to every consumer", function()
+  it("hands the same BLOCK_JOB_READY to a handler, a listener and a wait, in arrival order", function()
+    local srv = serve(opening({
+      { expect = "x", reply = OK },
+      { send = EV("BLOCK_JOB_PENDING", '{"type": "mirror", "id": "job0"}') ..
+               EV("BLOCK_JOB_READY", '{"device": "job0", "len": 10, "offset": 10, "speed": 0, "type": "mirror"}') ..
+               EV("STOP") },
+      { hold = 5 },
+    }))
+    local vm = connect(srv)
+    local seen = {}
+    vm:on("*", function(ev) seen[#seen + 1] = ev end)
+    local l <close> = vm:listen("BLOCK_JOB_*")
+    assert(vm:execute("x"))
+    local ready = assert(vm:wait("BLOCK_JOB_READY", nil, 2))
+    assert.equal("job0", ready.device)
+    assert(vm:run({ timeout = 2, done = function() return #seen >= 3 end }))
+    assert.same({ "BLOCK_JOB_PENDING", "BLOCK_JOB_READY", "STOP" }, event_names(seen))
+    assert.is_true(rawequal(ready, seen[2]), "the handler got another event")
+    assert.equal(2, l:size())
+    assert.equal("BLOCK_JOB_PENDING", l:next().event)
+    assert.is_true(rawequal(ready, l:next()), "the listener got another event")
+    assert.is_nil(l:next())
+  end)
+
+  it("lets vm:wait find the STOP read with the reply to stop, never one from before an earlier command", function()
+    local srv = serve(opening({
+      { expect = "ping", reply = OK },
+      { send = EV("STOP", '{"n": 1}') },
+      { expect = "stop" },
+      { send = EV("STOP", '{"n": 2}') .. REPLY },   -- the event before the reply, in one write
+      { expect = "query-status", reply = fake.reply('{"status": "paused", "running": false}') },
+      { hold = 5 },
+    }))
+    local vm = connect(srv)
+    local early <close> = vm:listen("STOP")
+    assert(vm:execute("ping"))
+    assert.equal(1, assert(early:wait(2)).data.n)   -- STOP #1 is in before the next command
+    assert(vm:execute("stop"))
+    assert.equal(2, assert(vm:wait("STOP", nil, 1)).data.n)
+    local again, err = vm:wait("STOP", nil, 0.1)    -- not STOP #1, though nobody took it
+    assert.is_nil(again)
+    assert.equal("timeout", err.kind)
+    assert(vm:execute("query-status"))
+    local t0 = monotime()
+    again, err = vm:wait("STOP", nil, 0.2)
+    assert.is_nil(again)
+    assert.equal("timeout", err.kind)
+    assert.is_true(monotime() - t0 >= 0.19)
+    assert.matches("no STOP event within 0.2 s", err.message)
+    assert.matches("a matching event came before the last command", err.message)
+  end)
+
+  it("never returns the same event to two vm:wait calls with the same filter", function()
+    local srv = serve(opening({
+      { expect = "x" },
+      { send = REPLY .. EV("STOP", '{"n": 1}') .. EV("STOP", '{"n": 2}') },
+      { hold = 5 },
+    }))
+    local vm = connect(srv)
+    assert(vm:execute("x"))
+    local a = assert(vm:wait("STOP", nil, 2))
+    local b = assert(vm:wait("STOP", nil, 2))
+    assert.is_false(rawequal(a, b))
+    assert.same({ 1, 2 }, { a.data.n, b.data.n })
+    local c, err = vm:wait("STOP", nil, 0.1)
+    assert.is_nil(c)
+    assert.equal("timeout", err.kind)
+  end)
+
+  it("keeps a full listener's newest events, counts the drops and reports them as overflow", function()
+    local burst = {}
+    for i = 1, 5 do burst[i] = EV("RTC_CHANGE", '{"offset": ' .. i .. '}') end
+    local srv = serve(opening({ { expect = "x", reply = OK }, { send = table.concat(burst) }, { hold = 5 } }))
+    local vm = connect(srv)
+    local reported = {}
+    vm.on_error = function(err) reported[#reported + 1] = err end
+    local l <close> = vm:listen("RTC_CHANGE", nil, { max_queue = 2 })
+    assert(vm:execute("x"))
+    assert(vm:wait("RTC_CHANGE", { offset = 5 }, 2))
+    assert.equal(3, l.dropped)
+    assert.equal(2, l:size())
+    assert.equal(4, l:next().offset)
+    assert.equal(5, l:next().offset)
+    assert.equal(2, #reported)   -- the 1st and 2nd drop; the next report is at the 4th
+    for _, err in ipairs(reported) do
+      assert.equal("overflow", err.kind)
+      assert.matches("listener", err.message)
+    end
+    assert.equal(0, vm.stats.overflow)   -- the handlers' queue lost nothing
+  end)
+
+  it("closes a listener held in a <close> variable at the end of its block", function()
+    local srv = serve(opening({ { expect = "x" }, { send = REPLY .. EV("STOP") }, { hold = 5 } }))
+    local vm = connect(srv)
+    local outer
+    do
+      local l <close> = vm:listen("*")
+      outer = l
+      assert.is_false(l.closed)
+    end
+    assert.is_true(outer.closed)
+    assert(vm:execute("x"))
+    assert(vm:wait("STOP", nil, 2))
+    assert.equal(0, outer:size())
+    assert.is_nil(outer:next())
+    local ev, err = outer:wait(0.05)
+    assert.is_nil(ev)
+    assert.equal("closed", err.kind)
+  end)
+end)
+
+-- The events of list whose name is in names, in order.
+local function only(list, names)
+  local set, out = {}, {}
+  for _, n in ipairs(names) do set[n] = true end
+  for _, ev in ipairs(list) do
+    if set[ev.event] then out[#out + 1] = ev end
+  end
+  return out
+end
+
+describe("every consumer sees every event, on a real QEMU #qemu", function()
+  it("hands RESUME and STOP to vm:wait, a '*' handler and a listener alike, in order", function()
+    local machine = qemu.start()
+    cleanup(function() machine:stop() end)
+    local vm = connect(machine.sock, { timeout = 5, name = "deliver" })
+    local seen = {}
+    vm:on("*", function(ev) seen[#seen + 1] = ev end)
+    local l <close> = vm:listen({ "STOP", "RESUME" })
+    local waited = {}
+    for _ = 1, 2 do
+      assert(vm:execute("cont"))
+      waited[#waited + 1] = assert(vm:wait("RESUME", nil, 5))
+      assert(vm:execute("stop"))
+      waited[#waited + 1] = assert(vm:wait("STOP", nil, 5))
+    end
+    assert(vm:run({ timeout = 5, done = function() return #only(seen, { "STOP", "RESUME" }) >= 4 end }))
+    -- The very same event objects, in the order QEMU sent them.
+    assert.same({ "RESUME", "STOP", "RESUME", "STOP" },
+                { waited[1].event, waited[2].event, waited[3].event, waited[4].event })
+    local handled = only(seen, { "STOP", "RESUME" })
+    assert.equal(4, #handled)
+    for i = 1, 4 do
+      assert.equal(waited[i], handled[i])
+      assert.equal(waited[i], l:next())
+    end
+    assert.is_nil(l:next())
+    assert.equal(0, l.dropped)
+    assert.equal(0, vm.stats.overflow)
+  end)
+
+  it("does not return, after a later command, a STOP that came before it", function()
+    local machine = qemu.start()
+    cleanup(function() machine:stop() end)
+    local vm = connect(machine.sock, { timeout = 5, name = "window" })
+    local l <close> = vm:listen({ "STOP", "RESUME" })
+    -- A STOP already returned by a wait.
+    assert(vm:execute("cont"))
+    assert(vm:wait("RESUME", nil, 5))
+    assert(vm:execute("stop"))
+    assert(vm:wait("STOP", nil, 5))
+    assert.equal("paused", assert(vm:execute("query-status")).status)
+    local t0 = qmp.monotime()
+    local ev, err = vm:wait("STOP", nil, 0.2)
+    assert.is_nil(ev)
+    assert.equal("timeout", err.kind)
+    assert.matches("no STOP event within 0.2 s; a matching event came before the last command", err.message, 1, true)
+    assert.is_true(qmp.monotime() - t0 < 1.5)
+    -- A RESUME and a STOP nobody waited for, then an unrelated command:
+    -- they belong to the commands before it, not to a wait after it.
+    assert(vm:execute("cont"))
+    assert(vm:execute("stop"))
+    assert.equal("paused", assert(vm:execute("query-status")).status)
+    ev, err = vm:wait("STOP", nil, 0.2)
+    assert.is_nil(ev)
+    assert.matches("a matching event came before the last command", err.message, 1, true)
+    ev = vm:wait("RESUME", nil, 0.2)
+    assert.is_nil(ev)
+    -- The listener, opened before all that, has all of it.
+    local names = {}
+    for e in function() return l:next() end do names[#names + 1] = e.event end
+    assert.same({ "RESUME", "STOP", "RESUME", "STOP" }, names)
   end)
 end)
