@@ -12,7 +12,6 @@ local tmp = require "support.tmp"
 
 local EV = fake.event
 local OK = fake.reply("{}")
-local REPLY = '{"return": {}, "id": %ID}\r\n'   -- a reply for a send step
 local opening = fake.opening
 local monotime = qmp.monotime
 
@@ -93,57 +92,6 @@ local function accepted(srv)
   for _ in srv:log():gmatch("client connected") do n = n + 1 end
   return n
 end
-
-describe("one pump", function()
-  -- The peer: a STOP; then the reply to the handler's cont and a RESUME in
-  -- one write; then nothing more.
-  local function peer()
-    return serve(opening({ { send = EV("STOP") }, { expect = "cont" }, { send = REPLY .. EV("RESUME") },
-                           { hold = 10 } }))
-  end
-
-  it("dispatches under qmp.loop, at once, an event read with the reply to a handler's command", function()
-    local vm = connect(peer())
-    local loop = qmp.loop{ vm }
-    local executed, resumed
-    loop:on("STOP", function(_, v)
-      assert(v:execute("cont"))
-      executed = monotime()
-    end)
-    loop:on("RESUME", function() resumed = monotime() end)
-    -- A safety net, not a bound of the check: with the RESUME stuck, this
-    -- timer would be what wakes the loop, a second later.
-    vm:after(1, function() loop:stop() end)
-    assert.is_true(loop:run({ done = function() return resumed ~= nil end }))
-    assert.is_truthy(executed, "the STOP handler did not run")
-    assert.is_truthy(resumed, "the RESUME was not delivered")
-    assert.is_true(resumed - executed < 0.1, resumed - executed)
-  end)
-
-  it("has timeout() 0 while that event waits, and the next step() delivers it without polling", function()
-    local vm = connect(peer())
-    local in_handler, resumed
-    vm:on("STOP", function(_, v)
-      assert(v:execute("cont"))
-      in_handler = v:timeout()
-      v:stop()   -- end this step's dispatch: the RESUME stays queued
-    end)
-    vm:on("RESUME", function() resumed = true end)
-    local deadline = monotime() + 5
-    while in_handler == nil and monotime() < deadline do
-      local t = vm:timeout()
-      core.poll({ vm:pollfd() }, t and math.min(t, 0.2) or 0.2, { vm:events() })
-      assert(vm:step())
-    end
-    assert.equal(0, in_handler)
-    assert.is_nil(resumed)
-    assert.equal(0, vm:timeout())   -- an external loop must not poll now
-    local t0 = monotime()
-    assert(vm:step())
-    assert.is_true(resumed)
-    assert.is_true(monotime() - t0 < 0.05)
-  end)
-end)
 
 describe("commands in flight", function()
   it("gives each of two coroutines its own reply when the peer answers out of order", function()
