@@ -12,7 +12,8 @@ description = {
   detailed = [[
 A Lua 5.4 client for QEMU's QMP monitor: connects over unix or TCP
 sockets, negotiates capabilities, runs commands and delivers events.
-JSON is encoded and decoded in C with cJSON.
+JSON is encoded and decoded in C with cJSON. It comes with the qmp-lua
+command, whose shell also needs the qmp-readline rock (GNU readline).
 ]],
   license = "MIT",
   labels = { "qemu", "qmp", "json" },
@@ -86,11 +87,6 @@ build = {
     ["qmp.cli.complete"] = "lua/qmp/cli/complete.lua",
     ["qmp.cli.help"] = "lua/qmp/cli/help.lua",
     ["qmp.cli.completion"] = "lua/qmp/cli/completion.lua",
-    -- The shell's line-editing helper links GNU readline, as lua-readline does.
-    ["qmp.cli.rl"] = {
-      sources = { "csrc/cli/rl.c" },
-      libraries = { "readline" },
-    },
   },
   install = {
     bin = { ["qmp-lua"] = "bin/qmp-lua" },

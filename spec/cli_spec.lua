@@ -136,6 +136,46 @@ describe("qmp-lua usage", function()
   end)
 end)
 
+describe("qmp-lua shell without its readline modules", function()
+  -- `qmp-lua WORDS...` run in dir, with env in front: stdout, stderr, exit status.
+  local function qmp_lua_in(dir, env, ...)
+    local out, err = scratch("out"), scratch("err")
+    local _, _, status = os.execute(("cd %s && %s %s </dev/null >%s 2>%s")
+      :format(tmp.quote(dir), env, command_line({ ... }), out, err))
+    return tmp.read(out), tmp.read(err), status
+  end
+
+  it("without qmp.cli.rl (a library rock alone): one line of what to install, status 1", function()
+    -- A copy of the checkout without the readline part: the C core, the Lua, the command.
+    local copy = scratch("checkout")
+    assert(os.execute(("mkdir -p %s/qmp && cp -R bin lua %s && cp qmp/core.so %s/qmp/")
+      :format(tmp.quote(copy), tmp.quote(copy), tmp.quote(copy))))
+    local out, err, status = qmp_lua_in(copy, "", "shell", "/nonexistent.sock")
+    assert.equal(1, status, err)
+    assert.equal("", out)
+    assert.equal("qmp-lua: the shell needs its readline part: in qmp's source tree, luarocks --lua-version=5.4"
+      .. " make qmp-readline-scm-1.rockspec (Debian: apt install libreadline-dev lua-readline)\n", err)
+    -- The other commands do not need it.
+    out, err, status = qmp_lua_in(copy, "", "exec", "/nonexistent.sock", "query-status")
+    assert.equal(2, status, err)
+    assert.equal("", out)
+    assert.matches("no socket at /nonexistent.sock", err)
+    out, err, status = qmp_lua_in(copy, "", "shell", "--help")
+    assert.equal(0, status, err)
+    assert.matches("^usage: qmp%-lua shell ", out)
+  end)
+
+  it("without lua-readline: one line of what to install, status 1", function()
+    -- Lua's paths without the system's directories: only the checkout's modules are found.
+    local out, err, status = qmp_lua_in(".", "LUA_PATH_5_4='./?.lua' LUA_CPATH_5_4='./?.so'",
+                                        "shell", "/nonexistent.sock")
+    assert.equal(1, status, err)
+    assert.equal("", out)
+    assert.equal("qmp-lua: the shell needs lua-readline: apt install lua-readline"
+      .. " (or luarocks --lua-version=5.4 install readline)\n", err)
+  end)
+end)
+
 describe("qmp-lua exec #qemu", function()
   local machine
 

@@ -257,13 +257,29 @@ function Shell:repl(readline, rl)
   return status or cli.OK
 end
 
+-- The shell's two readline modules, or nil and what to install, in a line:
+-- qmp.cli.rl comes in its own rock (qmp-readline) so that the library rock
+-- builds where readline is missing; lua-readline is Debian's or a rock.
+local function readline_modules()
+  local has_rl, rl = pcall(require, "qmp.cli.rl")
+  if not has_rl then
+    return nil, nil, "the shell needs its readline part: in qmp's source tree, luarocks --lua-version=5.4"
+      .. " make qmp-readline-scm-1.rockspec (Debian: apt install libreadline-dev lua-readline)"
+  end
+  local has_readline, readline = pcall(require, "readline")
+  if not has_readline then
+    return nil, nil, "the shell needs lua-readline: apt install lua-readline"
+      .. " (or luarocks --lua-version=5.4 install readline)"
+  end
+  return readline, rl
+end
+
 function cmd.run(opts, args)
-  local ok_rl, readline = pcall(require, "readline")
-  if not ok_rl then
-    cli.complain("the shell needs lua-readline (Debian: apt install lua-readline)")
+  local readline, rl, advice = readline_modules()
+  if not readline then
+    cli.complain("%s", advice)
     return cli.FAILED
   end
-  local rl = require "qmp.cli.rl"
   local address = args[1]
   local vm = cli.open(cmd, opts, address, opts.reconnect)
   if not vm then return cli.CONNECTION end
