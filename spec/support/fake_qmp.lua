@@ -76,6 +76,15 @@ function M.event(name, data_json)
     ', "timestamp": {"seconds": 1700000000, "microseconds": 1234}}\r\n'
 end
 
+-- First messages that are no greeting, and that an error message must
+-- describe without raising: a number out of range, invalid UTF-8 in a
+-- string and in a key.
+M.hostile_first = {
+  '{"hello": 1e999}\r\n',
+  '{"hello": "caf\xff"}\r\n',
+  '{"h\xffllo": [1e999, -1e999]}\r\n',
+}
+
 -- A success reply for an expect step (no "\r\n": the step appends it).
 -- With saved: the reply to the command an expect step saved under that name.
 function M.reply(json, saved)
