@@ -200,7 +200,7 @@ test-valgrind: deps build $(LOCALE_DIR)/de_DE.UTF-8
 clean:
 	rm -rf qmp csrc/*.o .build
 
-# Tab completion (README "qmp-lua completion"): the three scripts, made by
+# Tab completion (docs/cli.md "qmp-lua completion"): the three scripts, made by
 # the checkout's qmp-lua, under $(DESTDIR)$(DATADIR), where bash-completion,
 # zsh and fish look for them.  `make install-completion PREFIX=/usr DESTDIR=pkg`
 PREFIX  ?= /usr/local
