@@ -2,6 +2,8 @@
 local qmp = require "qmp"
 local core_poll = require("qmp.core").poll
 local fake = require "support.fake_qmp"
+local raises = require "support.raises"
+local tmp = require "support.tmp"
 
 local EV = fake.event
 local OK = fake.reply("{}")
@@ -11,6 +13,14 @@ local opening = fake.opening
 local cleanup = require("support.cleanup")(after_each)
 
 local serve, connect = fake.bound(cleanup)
+local monotime = qmp.monotime
+
+-- A fresh directory for a socket nobody listens on (yet).
+local function socket_path()
+  local dir = tmp.dir("v2sock")
+  cleanup(function() tmp.remove(dir) end)
+  return dir .. "/qmp.sock"
+end
 
 describe("qmp.connect()", function()
   it("reads the greeting and negotiates oob when it is offered", function()
@@ -495,5 +505,91 @@ describe("event queue", function()
     local ev, err = vm:wait("STOP", nil, 0.1)
     assert.is_nil(ev)
     assert.equal("timeout", err.kind)
+  end)
+end)
+
+describe("diagnostics", function()
+  local raised, here, at_line = raises.raised, raises.here, raises.at_line
+
+  it("raises on a misspelt connect option at the caller's line, naming the right one", function()
+    local line, msg = here(), raised(function() qmp.connect("/tmp/x.sock", { timout = 1 }) end)
+    assert.matches('unknown option "timout"', msg)
+    assert.matches('did you mean "timeout"', msg)
+    at_line(msg, line)
+  end)
+
+  it("raises on misspelt options of execute, run, listen and the policy at the caller's line", function()
+    local vm = connect(serve(opening({ { hold = 10 } })))
+    local line, msg = here(), raised(function() vm:execute("x", nil, { timeot = 1 }) end)
+    assert.matches('unknown option "timeot"', msg)
+    at_line(msg, line)
+    line, msg = here(), raised(function() vm:run{ tmeout = 1 } end)
+    assert.matches('unknown option "tmeout"', msg)
+    at_line(msg, line)
+    line, msg = here(), raised(function() vm:listen("STOP", nil, { max = 1 }) end)
+    assert.matches('unknown option "max"', msg)
+    at_line(msg, line)
+    line, msg = here(), raised(function() qmp.policy.resume_on_io_error(vm, { retry = 3 }) end)
+    assert.matches('unknown option "retry"', msg)
+    assert.matches("retries", msg)   -- among the known options
+    at_line(msg, line)
+    assert.equal(0, vm:handlers())   -- the failed policy left nothing behind
+  end)
+
+  it("raises on a malformed address at the caller's line", function()
+    local line, msg = here(), raised(function() qmp.connect(123) end)
+    assert.matches("address", msg)
+    at_line(msg, line)
+    line, msg = here(), raised(function() qmp.connect("tcp:host") end)
+    assert.matches("tcp:host", msg)
+    at_line(msg, line)
+  end)
+
+  it("warns once per misspelt event name and suggests the right one on timeout", function()
+    local vm = connect(serve(opening({ { hold = 10 } })))
+    local usage = {}
+    vm.on_error = function(err) if err.kind == "usage" then usage[#usage + 1] = err end end
+    local ev, err = vm:wait("SHUTDWN", 0.2)
+    assert.is_nil(ev)
+    assert.equal("timeout", err.kind)
+    assert.matches("no SHUTDWN event within 0.2 s", err.message)
+    assert.matches("did you mean SHUTDOWN", err.message)
+    assert.equal(1, #usage)
+    assert.matches("SHUTDWN", usage[1].message)
+    local _, err2 = vm:wait("SHUTDWN", 0.05)
+    assert.matches("did you mean SHUTDOWN", err2.message)
+    assert.equal(1, #usage)
+  end)
+
+  it("knows the client's own event names, and suggests them for a misspelt one", function()
+    local vm = connect(serve(opening({ { hold = 10 } })))
+    local usage = {}
+    vm.on_error = function(err) if err.kind == "usage" then usage[#usage + 1] = err end end
+    for _, name in ipairs({ "qmp.connected", "qmp.disconnected", "qmp.reconnected" }) do
+      vm:on(name, function() end)
+    end
+    assert.equal(0, #usage)
+    local _, err = vm:wait("qmp.reconected", 0.05)
+    assert.matches("did you mean qmp.reconnected", err.message)
+    assert.equal(1, #usage)
+  end)
+
+  it("says the monitor may be held by another client when no greeting comes", function()
+    local srv = serve({ { hold = 10 } })
+    local t0 = monotime()
+    local vm, err = qmp.connect(srv.path, { timeout = 0.3 })
+    assert.is_nil(vm)
+    assert.equal("timeout", err.kind)
+    assert.matches("may be held by another client", err.message)
+    assert.is_true(monotime() - t0 < 1)
+  end)
+
+  it("refuses a regular file, saying it is not a socket", function()
+    local path = socket_path()
+    tmp.write(path, "not a monitor\n")
+    local vm, err = qmp.connect(path, { timeout = 1 })
+    assert.is_nil(vm)
+    assert.equal("refused", err.kind)
+    assert.matches("not a socket", err.message)
   end)
 end)
