@@ -84,9 +84,43 @@ end
 
 describe("unique event names", function()
   -- The catalogue's types live for good; a type made for a name seen on the
-  -- wire lives as long as one of its events.  After client_v2_spec's "forgets
-  -- 200,000 distinct unknown event names once the client is gone": the same
-  -- holds while the client lives and reads on.
+  -- wire lives as long as one of its events: the names go with the client,
+  -- and while it lives and reads on, they go with its events.
+
+  -- Audit defect: a client's unknown event names stayed in memory after it was gone.
+  it("forgets 200,000 distinct unknown event names once the client is gone #timing", function()
+    local N = 200000
+    local srv = serve(opening({ { expect = "go", reply = OK }, { flood = { count = N, name = "X_AUDIT_%d" } },
+                                { hold = 30 } }))
+    local holder = {}
+    cleanup(function() if holder.vm then holder.vm:close() end end)
+    -- In a function of its own, so that no stack slot keeps the client.
+    local function consume()
+      local vm = assert(qmp.connect(srv.path, { timeout = 5 }))
+      holder.vm = vm
+      local seen = 0
+      vm:on("*", function() seen = seen + 1 end)
+      assert(vm:execute("go"))
+      -- On a loaded machine the flood can outrun the handler: drops count.
+      assert(vm:run({ timeout = 15, done = function() return seen + vm.stats.overflow >= N end }))
+      local dropped = vm.stats.overflow
+      vm:close()
+      holder.vm = nil
+      return seen + dropped
+    end
+    collectgarbage()
+    collectgarbage()
+    local before = collectgarbage("count")
+    local t0 = monotime()
+    assert.equal(N, consume())
+    local took = monotime() - t0
+    collectgarbage()
+    collectgarbage()
+    local grown = collectgarbage("count") - before
+    assert.is_true(grown < 8 * 1024, ("the heap grew by %.0f KiB"):format(grown))
+    assert.is_true(took < 10, took)
+  end)
+
   local N = 100000
   local UNIT = '{"event": "X_HOSTILE_%d", "data": {}, "timestamp": {"seconds": 1700000000, "microseconds": 1}}\r\n'
 
@@ -299,6 +333,33 @@ describe("1 GiB of whitespace", function()
 end)
 
 describe("a peer that never reads", function()
+  -- Audit defect: a send that timed out closed the fd behind an external poller's back.
+  it("bounds a send the peer never reads by its timeout, keeping the fd until close #timing", function()
+    local srv = serve(opening({ { sleep = 20 } }))   -- reads nothing more
+    local vm = connect(srv)
+    local fd = vm:pollfd()
+    assert.is_true(fd >= 0)
+    local function open(n) -- in this process: /proc/self/fdinfo/N exists while fd N is open
+      local f = io.open("/proc/self/fdinfo/" .. n, "r")
+      if f then f:close() end
+      return f ~= nil
+    end
+    assert.is_true(open(fd))
+    local big = ("x"):rep(8 << 20)   -- far more than the socket buffer takes
+    local t0 = monotime()
+    local ret, err = vm:execute("blob", { data = big }, { timeout = 0.5 })
+    local took = monotime() - t0
+    assert.is_nil(ret)
+    assert.is_true(err.kind == "timeout" or err.kind == "closed", tostring(err))
+    assert.is_true(took < 0.55, took)
+    assert.is_true(open(fd), "the fd was closed behind an external poller's back")
+    local after = vm:pollfd()
+    vm:close()
+    assert.is_false(open(fd))
+    assert.equal(fd, after)   -- an external loop still polls the fd it was given
+  end)
+
+
   it("returns from an 8 MiB command within its timeout + 10 %, closing the half-sent stream, and lets the text go #memory", function()
     local srv = serve(opening({ { sleep = 20 } }))   -- reads nothing more
     local T = 1   -- 10 % of it leaves room for encoding 8 MiB (about 20 ms) on a busy machine
@@ -350,9 +411,26 @@ describe("a peer that never reads", function()
 end)
 
 describe("a flood with no reply", function()
-  -- client_v2_spec times vm:execute under a flood; here every other way of
-  -- waiting, a flood of whitespace, and the memory a flood may hold.
+  -- Every way of waiting times out on time under a flood of events or of
+  -- whitespace; and the memory a flood may hold.
   local T = 0.8
+
+  -- Audit defect: a flood of events held up a command's timeout and step().
+  it("times a command out on time under a flood of events, and keeps step() short #timing", function()
+    local srv = serve(opening({ { expect = "x" }, { flood = { seconds = 3, name = "RTC_CHANGE" } }, { hold = 5 } }))
+    local vm = connect(srv)
+    local t0 = monotime()
+    local ret, err = vm:execute("x", nil, { timeout = 1 })
+    local took = monotime() - t0
+    assert.is_nil(ret)
+    assert.equal("timeout", err.kind)
+    assert.is_true(took >= 1.0 and took <= 1.1, took)
+    assert.is_true(vm.stats.events > 1000, vm.stats.events)   -- the flood was on
+    t0 = monotime()
+    assert(vm:step())
+    took = monotime() - t0
+    assert.is_true(took < 0.05, took)
+  end)
 
   it("times out vm:wait, a listener's wait, vm:run and qmp.loop within 10 %, holding at most max_queue events #timing", function()
     local srv = serve(opening({ { expect = "x", reply = OK }, { flood = { seconds = 8, name = "RTC_CHANGE" } }, { hold = 5 } }))
