@@ -136,7 +136,6 @@ local function new(addr, opts, announce)
     _schema = nil,             -- this connection's live schema (vm:schema())
     _resync = nil,             -- query-status after a reconnect
     _end = nil,                -- the error that closed the client
-    _stop = false,
     _quitting = false,         -- this client sent quit: do not reconnect
     _sent = {},                -- name -> commands sent
     _announce = announce,
@@ -627,7 +626,7 @@ function Client:step()
   local d = self._dispatch
   d:deliver(self, BATCH)   -- events first: a handler may cancel a timer now due
   d:run_timers(self)
-  self._stop = false   -- a stop ends this step's dispatch, nothing more
+  d:clear_stop()   -- a stop ends this step's dispatch, nothing more
   local finished = self:_finished()
   if finished then return nil, finished end
   return true
@@ -672,14 +671,14 @@ function Client:run(opts)
   local deadline = opts.timeout and self:now() + opts.timeout or huge
   local d = self._dispatch
   local waited = false   -- _wait_io progresses after its wait: no need again
-  self._stop = false
+  d:clear_stop()
   while true do
     if not waited then self:_loop_progress() end
     waited = false
     d:deliver(self, BATCH)   -- events first: a handler may cancel a timer now due
     d:run_timers(self)
-    if self._stop or (done and done(self)) then
-      self._stop = false
+    if d:stopped() or (done and done(self)) then
+      d:clear_stop()
       return true
     end
     local finished = self:_finished() or signals.error()
@@ -702,8 +701,7 @@ end
 --- End vm:run() (or the dispatch of the current step) after the current
 -- handler returns.
 function Client:stop()
-  self._stop = true
-  self._dispatch:interrupt()
+  self._dispatch:stop()
   self._cond:signal()   -- a run parked in another coroutine sees it now
 end
 

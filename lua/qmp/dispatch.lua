@@ -82,7 +82,8 @@ function Dispatch.new(p)
     _p = p,
     _handlers = {},                 -- subscriptions in registration order (copy on write)
     _by_name = {}, _named = 0,      -- event name -> the handlers that may want it (a cache)
-    _epoch = 0,                     -- bumped when the handlers change or vm:stop() asks (see interrupt)
+    _epoch = 0,                     -- bumped when the handlers change or vm:stop() asks (see stop)
+    _stopped = false,               -- vm:stop() asked: delivery ends after the running handler
     _listeners = weak_set(),        -- open listeners, as keys (copy on write)
     -- The last max_queue events by sequence number, in a ring (slot
     -- seq % max_queue + 1; a slot let go holds false, never nil, so the
@@ -172,10 +173,21 @@ function Dispatch:_make_room(seq)
   end
 end
 
---- vm:stop() was called: the dispatch loop looks at it after the handler
--- that runs now.
-function Dispatch:interrupt()
+--- vm:stop() was called: delivery ends after the handler that runs now,
+-- and the dispatch loop (vm:run) looks at stopped().
+function Dispatch:stop()
+  self._stopped = true
   self._epoch = self._epoch + 1
+end
+
+--- true when a stop was asked and not cleared since.
+function Dispatch:stopped()
+  return self._stopped
+end
+
+--- The dispatch loop has seen the stop (or starts afresh): delivery goes on.
+function Dispatch:clear_stop()
+  self._stopped = false
 end
 
 --- true while events wait for their handlers.
@@ -238,7 +250,7 @@ local function run_handlers(self, vm, at)
   local countdown, stride = 1, 1   -- handlers until the clock is read; the next countdown
   local ev, list, from = at[EV], at[LIST], at[NEXT]
   local epoch = self._epoch
-  if vm._stop then return end  -- vm:stop(); read, not asked
+  if self._stopped then return end
   while true do
     if not ev then
       local seq = self._next
@@ -255,7 +267,7 @@ local function run_handlers(self, vm, at)
       if sub.direct or sub:wants(ev) then
         sub.fn(ev, vm)
         if self._epoch ~= epoch then       -- the handler changed the handlers, or stopped
-          if vm._stop then return end
+          if self._stopped then return end
           by_name, epoch = self._by_name, self._epoch
         end
         countdown = countdown - 1
