@@ -3,11 +3,11 @@
 -- reconnecting as a state machine, timestamps, diagnostics, and the defects
 -- an audit of the first version found.
 local qmp = require "qmp"
-local core = require "qmp.core"
 local socket = require "socket"
 local cqueues = require "cqueues"
 local fake = require "support.fake_qmp"
 local in_flight = require "support.in_flight"
+local tcp_peer = require "support.tcp_peer"
 
 local EV = fake.event
 local OK = fake.reply("{}")
@@ -18,44 +18,8 @@ local cleanup = require("support.cleanup")(after_each)
 
 local serve, connect = fake.bound(cleanup)
 
--- A client over TCP whose peer is this process: it greets and answers only
--- when the test says.  vm, listener (see accept).  trace: the client's.
-local function tcp_client(trace)
-  local listener = assert(socket.tcp())
-  cleanup(function() listener:close() end)
-  assert(listener:bind("127.0.0.1", 0))
-  assert(listener:listen(1))
-  local _, port = listener:getsockname()
-  local vm = qmp.client("127.0.0.1:" .. port, { timeout = 5, trace = trace })
-  cleanup(function() vm:close() end)
-  return vm, listener
-end
-
--- The peer's end of tcp_client's connection.
-local function accept(listener)
-  listener:settimeout(5)
-  local peer = assert(listener:accept())
-  cleanup(function() peer:close() end)
-  peer:settimeout(5)
-  return peer
-end
-
--- Step vm until cond() holds, for 5 s at most; each_step() after each step.
-local function step_until(vm, cond, each_step)
-  local deadline = monotime() + 5
-  while not cond() and monotime() < deadline do
-    core.poll({ vm:pollfd() }, 0.01, { vm:events() })
-    assert(vm:step())
-    if each_step then each_step() end
-  end
-end
-
--- The peer answers the command it reads next with {}.
-local function answer(peer)
-  local line = assert(peer:receive("*l"))
-  assert(peer:send('{"return": {}, "id": ' .. line:match('"id":("[^"]*")') .. '}\r\n'))
-  return line
-end
+local tcp_client, accept = tcp_peer.bound(cleanup)
+local step_until, answer = tcp_peer.step_until, tcp_peer.answer
 
 -- The message of the error fn raises; it must raise.
 local function raised(fn)
@@ -204,61 +168,7 @@ describe("commands in flight", function()
   end)
 end)
 
-describe("vm.state through the handshake", function()
-  it("walks vm.state from connecting through negotiating to ready", function()
-    -- Over TCP, where a non-blocking connect is still under way when
-    -- qmp.client returns (a unix connect completes at once).  The peer is
-    -- this process: it greets only when the test says.
-    local vm, listener = tcp_client()
-    local states = { vm.state }
-    local function track()
-      if states[#states] ~= vm.state then states[#states + 1] = vm.state end
-    end
-    step_until(vm, function() return vm.state ~= "connecting" end, track)
-    local peer = accept(listener)
-    local steps = 0
-    step_until(vm, function() steps = steps + 1 return steps > 5 end, track)   -- a few more steps: no greeting yet
-    assert.equal("negotiating", vm.state)
-    assert(peer:send(fake.greeting))
-    step_until(vm, function() return #socket.select({ peer }, nil, 0) > 0 end, track)   -- qmp_capabilities comes
-    assert.equal("negotiating", vm.state)
-    assert.matches('"execute":"qmp_capabilities"', answer(peer))
-    step_until(vm, function() return vm.state == "ready" end, track)
-    assert.same({ "connecting", "negotiating", "ready" }, states)
-    assert.equal("qmp.connected", assert(vm:wait("qmp.connected", nil, 0)).event)
-  end)
-
-  it("stays negotiating over a unix socket until the peer's late greeting, then is ready", function()
-    local srv = serve({ { sleep = 0.2 }, { greet = true }, { expect = "qmp_capabilities", reply = OK },
-                        { hold = 10 } })
-    local vm = qmp.client(srv.path, { timeout = 5 })
-    cleanup(function() vm:close() end)
-    local states = { vm.state }
-    local deadline = monotime() + 5
-    while vm.state ~= "ready" and monotime() < deadline do
-      core.poll({ vm:pollfd() }, 0.01, { vm:events() })
-      assert(vm:step())
-      if states[#states] ~= vm.state then states[#states + 1] = vm.state end
-    end
-    if states[1] == "connecting" then table.remove(states, 1) end
-    assert.same({ "negotiating", "ready" }, states)
-  end)
-end)
-
 describe("defects found by the audit", function()
-  local HOSTILE = fake.hostile_first
-
-  it("returns a protocol error, never raises, for a first message with 1e999 or invalid UTF-8", function()
-    for _, first in ipairs(HOSTILE) do
-      local srv = serve({ { send = first }, { hold = 10 } })
-      local ok, vm, err = pcall(qmp.connect, srv.path, { timeout = 2 })
-      assert.is_true(ok, vm)
-      assert.is_nil(vm)
-      assert.equal("protocol", err.kind, tostring(err))
-      srv:stop()
-    end
-  end)
-
   it("counts a command's timeout from the call, so the time spent sending spends it #timing", function()
     local srv = serve(opening({ { expect = "slow" }, { hold = 5 } }))
     -- The client's clock jumps 0.4 s while the command is sent, as if
