@@ -1,12 +1,12 @@
--- The v2 client contract (DESIGN.md sections 3-4) against the scripted fake
--- QMP peer: delivery to every consumer, one pump, commands in flight,
--- reconnecting as a state machine, timestamps, diagnostics, and the defects
--- an audit of the first version found.
+-- Commands in flight, against the scripted fake QMP peer: several at once
+-- from several coroutines, out of order and out of band; late replies;
+-- fds a command cannot carry; a send that ends the session; timeouts.
 local qmp = require "qmp"
 local socket = require "socket"
 local cqueues = require "cqueues"
 local fake = require "support.fake_qmp"
 local in_flight = require "support.in_flight"
+local raises = require "support.raises"
 local tcp_peer = require "support.tcp_peer"
 
 local EV = fake.event
@@ -15,28 +15,12 @@ local opening = fake.opening
 local monotime = qmp.monotime
 
 local cleanup = require("support.cleanup")(after_each)
-
 local serve, connect = fake.bound(cleanup)
 
 local tcp_client, accept = tcp_peer.bound(cleanup)
 local step_until, answer = tcp_peer.step_until, tcp_peer.answer
 
--- The message of the error fn raises; it must raise.
-local function raised(fn)
-  local ok, msg = pcall(fn)
-  assert.is_false(ok, "expected an error")
-  return tostring(msg)
-end
-
--- The line of the caller of here().
-local function here()
-  return debug.getinfo(2, "l").currentline
-end
-
--- The error names this spec file and line as its position.
-local function at_line(msg, line)
-  assert.equal(tostring(line), msg:match("client_v2_spec%.lua:(%d+):"), msg)
-end
+local raised, here, at_line = raises.raised, raises.here, raises.at_line
 
 describe("commands in flight", function()
   it("gives each of two coroutines its own reply when the peer answers out of order", function()
@@ -166,9 +150,8 @@ describe("commands in flight", function()
     assert.equal("closed", again.kind)
     assert.equal("io", again.cause.kind)
   end)
-end)
 
-describe("defects found by the audit", function()
+  -- Audit defect: the time spent sending a command did not count against its timeout.
   it("counts a command's timeout from the call, so the time spent sending spends it #timing", function()
     local srv = serve(opening({ { expect = "slow" }, { hold = 5 } }))
     -- The client's clock jumps 0.4 s while the command is sent, as if
