@@ -7,7 +7,8 @@ local fake = require "support.fake_qmp"
 local EV = fake.event
 local cleanup = require("support.cleanup")(after_each)
 
-local function serve(steps) return fake.serve(fake.opening(steps), cleanup) end
+local serve = fake.bound(cleanup)
+local opening = fake.opening
 
 local function connect(path, name)
   local vm, err = qmp.connect(path, { timeout = 5, name = name })
@@ -19,8 +20,8 @@ end
 describe("core.poll()", function()
   it("returns the indices of the readable fds, skipping negative ones", function()
     -- After a pause, so the event is not read along with the handshake.
-    local a = connect(serve({ { sleep = 0.1 }, { send = EV("STOP") }, { hold = 5 } }).path, "a")
-    local b = connect(serve({ { hold = 5 } }).path, "b")
+    local a = connect(serve(opening({ { sleep = 0.1 }, { send = EV("STOP") }, { hold = 5 } })).path, "a")
+    local b = connect(serve(opening({ { hold = 5 } })).path, "b")
     local t0 = qmp.monotime()
     local ready = assert(core.poll({ -1, b:pollfd(), a:pollfd() }, 2))
     assert.same({ 3 }, ready)
@@ -28,7 +29,7 @@ describe("core.poll()", function()
   end)
 
   it("returns an empty list at the timeout; 0 just checks", function()
-    local b = connect(serve({ { hold = 5 } }).path, "b")
+    local b = connect(serve(opening({ { hold = 5 } })).path, "b")
     local t0 = qmp.monotime()
     assert.same({}, core.poll({ b:pollfd() }, 0.1))
     assert.is_true(qmp.monotime() - t0 >= 0.09)
@@ -73,9 +74,9 @@ describe("qmp.loop", function()
   end)
 
   it("keeps the others going when one peer closes, and reports it through on_close", function()
-    local a = connect(serve({ { sleep = 0.05 }, { send = EV("STOP") }, { close = true } }).path, "a")
-    local b = connect(serve({ { sleep = 0.3 }, { send = EV("RESUME") }, { hold = 5 } }).path, "b")
-    local c = connect(serve({ { sleep = 0.4 }, { send = EV("RESUME") }, { hold = 5 } }).path, "c")
+    local a = connect(serve(opening({ { sleep = 0.05 }, { send = EV("STOP") }, { close = true } })).path, "a")
+    local b = connect(serve(opening({ { sleep = 0.3 }, { send = EV("RESUME") }, { hold = 5 } })).path, "b")
+    local c = connect(serve(opening({ { sleep = 0.4 }, { send = EV("RESUME") }, { hold = 5 } })).path, "c")
     local loop = qmp.loop{ a, b, c }
     local seen, closed = {}, {}
     loop.on_close = function(vm, err) closed[#closed + 1] = vm.name .. ":" .. err.kind end
@@ -87,7 +88,7 @@ describe("qmp.loop", function()
   end)
 
   it("ends with closed when the last VM has gone", function()
-    local a = connect(serve({ { send = EV("STOP") }, { close = true } }).path, "a")
+    local a = connect(serve(opening({ { send = EV("STOP") }, { close = true } })).path, "a")
     local loop = qmp.loop{ a }
     local seen = 0
     loop:on("STOP", function() seen = seen + 1 end)
@@ -99,7 +100,7 @@ describe("qmp.loop", function()
   end)
 
   it("ends on loop:stop() from a handler, leaving later events queued", function()
-    local a = connect(serve({ { send = EV("STOP") .. EV("RESUME") }, { hold = 5 } }).path, "a")
+    local a = connect(serve(opening({ { send = EV("STOP") .. EV("RESUME") }, { hold = 5 } })).path, "a")
     assert(a:listen("RESUME"):wait(2))   -- both events are in
     local loop = qmp.loop{ a }
     local seen = {}
@@ -115,8 +116,8 @@ describe("qmp.loop", function()
   end)
 
   it("returns timeout when nothing ends it", function()
-    local loop = qmp.loop{ connect(serve({ { hold = 5 } }).path, "a"),
-                           connect(serve({ { hold = 5 } }).path, "b") }
+    local loop = qmp.loop{ connect(serve(opening({ { hold = 5 } })).path, "a"),
+                           connect(serve(opening({ { hold = 5 } })).path, "b") }
     local t0 = qmp.monotime()
     local ok, err = loop:run({ timeout = 0.2 })
     assert.is_nil(ok)
@@ -126,8 +127,8 @@ describe("qmp.loop", function()
   end)
 
   it("fires each VM's timers inside run", function()
-    local a = connect(serve({ { hold = 5 } }).path, "a")
-    local b = connect(serve({ { hold = 5 } }).path, "b")
+    local a = connect(serve(opening({ { hold = 5 } })).path, "a")
+    local b = connect(serve(opening({ { hold = 5 } })).path, "b")
     local fired = {}
     a:after(0.1, function(vm) fired[#fired + 1] = vm.name .. "@0.1" end)
     b:after(0.05, function(vm) fired[#fired + 1] = vm.name .. "@0.05" end)
@@ -140,9 +141,9 @@ describe("qmp.loop", function()
   end)
 
   it("gives fleet handlers to VMs added later, not to removed ones; off() removes them all", function()
-    local a = connect(serve({ { sleep = 0.1 }, { send = EV("STOP") }, { sleep = 0.2 }, { send = EV("RESUME") },
-                              { hold = 5 } }).path, "a")
-    local b = connect(serve({ { sleep = 0.1 }, { send = EV("STOP") }, { hold = 5 } }).path, "b")
+    local a = connect(serve(opening({ { sleep = 0.1 }, { send = EV("STOP") }, { sleep = 0.2 }, { send = EV("RESUME") },
+                                      { hold = 5 } })).path, "a")
+    local b = connect(serve(opening({ { sleep = 0.1 }, { send = EV("STOP") }, { hold = 5 } })).path, "b")
     local loop = qmp.loop{ a }
     local seen = {}
     local sub = loop:on("STOP", function(ev, vm) seen[#seen + 1] = vm.name .. ":" .. ev.event end)

@@ -26,7 +26,8 @@ local function status(s, saved)
   return fake.reply(('{"status": "%s", "singlestep": false, "running": %s}'):format(s, tostring(s == "running")), saved)
 end
 
-local function serve(steps) return fake.serve(fake.opening(steps), cleanup) end
+local serve = fake.bound(cleanup)
+local opening = fake.opening
 
 -- {==================== schedulers
 -- A scheduler S: S.waiter (for opts.waiter); S.spawn(fn) runs fn in a
@@ -188,13 +189,13 @@ end
 -- new socket works.  (qmp.waiters.cqueues is told to forget the old fd:
 -- the client calls waiter.cancel before it closes a socket.)
 local function reconnects(S)
-  local srv = serve({
+  local srv = serve(opening({
     { close = true }, { accept = true },
     { greet = true }, { expect = "qmp_capabilities", reply = OK },
     { expect = "query-status", reply = status("running") },
     { expect = "query-name", reply = fake.reply('{"name": "again"}') },
     { hold = 5 },
-  })
+  }))
   local beat = S.every(BEAT)
   local r, seen = {}, {}
   S.spawn(function()
@@ -228,7 +229,7 @@ end
 for _, sched in ipairs(SCHEDULERS) do
   describe("opts.waiter = " .. sched.name, function()
     it("keeps a heartbeat ticking while a command to a frozen peer runs into its 2 s timeout #slow", function()
-      local srv = serve({ { expect = "query-status" }, { hold = 5 } })
+      local srv = serve(opening({ { expect = "query-status" }, { hold = 5 } }))
       local S = sched.make()
       local beat = S.every(BEAT)
       local r = {}
@@ -253,13 +254,13 @@ for _, sched in ipairs(SCHEDULERS) do
     it("gives each of two coroutines with commands in flight on one client its own reply", function()
       -- The fake reads both commands before it answers, the second first:
       -- a client that sent one command at a time would get no reply at all.
-      local srv = serve({
+      local srv = serve(opening({
         { expect = "query-status", save = "a" },
         { expect = "query-name", save = "b" },
         { send = fake.reply('{"name": "second"}', "b") .. "\r\n" },
         { send = status("running", "a") .. "\r\n" },
         { hold = 5 },
-      })
+      }))
       local S = sched.make()
       local got = {}
       S.spawn(function()
@@ -287,12 +288,12 @@ for _, sched in ipairs(SCHEDULERS) do
       -- The recipe of examples/*_watch.lua: one coroutine runs the dispatch
       -- loop, another waits on a listener and sends a command per event.
       -- After the first event both park again for 0.5 s of silence.
-      local srv = serve({
+      local srv = serve(opening({
         { sleep = 0.1 }, { send = EV("STOP") },
         { expect = "query-status", reply = status("paused") },
         { sleep = 0.5 }, { send = EV("RESUME") },
         { hold = 5 },
-      })
+      }))
       local S = sched.make()
       local beat = S.every(BEAT)
       local r = {}
@@ -330,10 +331,10 @@ for _, sched in ipairs(SCHEDULERS) do
       -- An external loop steps the client from another coroutine; the reply
       -- arrives while that coroutine holds the thread, so the waiting
       -- coroutine's socket is drained before its scheduler polls it again.
-      local srv = serve({
+      local srv = serve(opening({
         { expect = "query-name" }, { sleep = 0.2 }, { send = fake.reply('{"name": "x"}') .. "\r\n" },
         { hold = 5 },
-      })
+      }))
       local S = sched.make()
       local vm = assert(qmp.connect(srv.path, { timeout = 5, waiter = S.waiter }))  -- outside a coroutine: blocks
       cleanup(function() vm:close() end)
@@ -359,12 +360,12 @@ for _, sched in ipairs(SCHEDULERS) do
     it("fires vm:after timers and the resume policy's delayed cont while vm:run runs in a coroutine", function()
       local io_error = EV("BLOCK_IO_ERROR", '{"device": "", "node-name": "disk0", "operation": "write", ' ..
                                             '"action": "stop", "reason": "Input/output error", "nospace": false}')
-      local srv = serve({
+      local srv = serve(opening({
         { send = io_error .. EV("STOP") },
         { expect = "query-status", reply = status("io-error") },
         { expect = "cont", reply = OK },
         { hold = 5 },
-      })
+      }))
       local S = sched.make()
       local beat = S.every(BEAT)
       local r, fired, lines = {}, {}, {}
