@@ -144,7 +144,7 @@ local function new(addr, opts, announce)
     now = vm._clock.now,
     max_queue = max_queue,
     stats = vm.stats,
-    report = function(e) vm:_report(e) end,
+    report = function(e) vm:report(e) end,
     await = function(ready, deadline) return vm:_await(ready, deadline) end,
     unknown_name = function(name) return vm:_unknown_name(name) end,
     pump = function() if vm:_progress() then vm._cond:signal() end end,
@@ -209,7 +209,7 @@ function Client:_attempt()
     max_message = opts.max_message, negotiate = opts.negotiate, expect_uid = opts.expect_uid,
     stats = self.stats, trace = opts.trace, setup = setup, interest = self._interest_set,
     on_event = self._sink, on_events = self._sink_list,
-    report = function(e) self:_report(e) end,
+    report = function(e) self:report(e) end,
   })
   self.state = "connecting"
   self:_follow()
@@ -350,7 +350,11 @@ end
 
 -- {==================== events in
 
-function Client:_report(err)
+--- Hand err to vm.on_error, as the client does with trouble that has no
+-- caller to return to: for policies and scripts with such trouble of their
+-- own.  A failing on_error is itself reported on stderr.
+function Client:report(err)
+  if err == nil then errors.raise("qmp: report: expected an error") end
   local handler = self.on_error
   if handler then
     local ok, why = pcall(handler, err, self)
@@ -395,7 +399,7 @@ function Client:_validate(ev)
   local problems = s:validate(ev)
   if problems then
     self.stats.invalid = self.stats.invalid + 1
-    self:_report(errors.new("schema", ("%s does not match the live schema: %s")
+    self:report(errors.new("schema", ("%s does not match the live schema: %s")
                                       :format(schema.quote(ev.event), table.concat(problems, "; ")),
                             { event = ev, problems = problems }))
   end

@@ -80,7 +80,7 @@ local function report(vm, what, err)
   if text:sub(1, #what + 2) ~= what .. ": " then text = what .. ": " .. text end
   local message = "resume_on_io_error: " .. text
   message = errors.quote(message, 200)
-  vm:_report(errors.new(err and err.kind or "io", message, { cause = err }))
+  vm:report(errors.new(err and err.kind or "io", message, { cause = err }))
 end
 
 --- Resume a VM that an I/O error paused, a bounded number of times.
