@@ -260,7 +260,7 @@ end
 function Client:_drop_session()
   local s = self._session
   if s then
-    local fd = s.conn and s.conn:fileno() or -1
+    local fd = s:pollfd()
     if fd >= 0 and self._waiter.cancel then self._waiter.cancel(fd) end
     s:close()
   end
