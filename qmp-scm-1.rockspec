@@ -64,6 +64,7 @@ build = {
     ["qmp.session"] = "lua/qmp/session.lua",
     ["qmp.peer"] = "lua/qmp/peer.lua",
     ["qmp.waiters"] = "lua/qmp/waiters.lua",
+    ["qmp.waiting"] = "lua/qmp/waiting.lua",
     ["qmp.jobs"] = "lua/qmp/jobs.lua",
     ["qmp.loop"] = "lua/qmp/loop.lua",
     ["qmp.policy"] = "lua/qmp/policy.lua",

@@ -4,11 +4,12 @@
 --                            the router of every message
 --   Dispatch (dispatch.lua)  handlers, listeners, waits and timers
 --   Backoff  (reconnect.lua) when to try again after a lost connection
--- and waiting (waiters.lua): blocking in poll(), or yielding to a scheduler.
+--   Waiting  (waiting.lua)   waiting for the connection: one coroutine reads,
+--                            the others park; blocking, or yielding to a
+--                            scheduler (waiters.lua)
 --
 -- vm.state is one explicit value: "connecting" | "negotiating" | "ready" |
--- "reconnecting" | "closed".  Only one coroutine at a time reads the socket
--- (the reader); the others park on a condition and re-check after each read.
+-- "reconnecting" | "closed".
 local core = require "qmp.core"
 local errors = require "qmp.errors"
 local address = require "qmp.address"
@@ -19,13 +20,13 @@ local waiters = require "qmp.waiters"
 local Session = require "qmp.session"
 local Dispatch = require "qmp.dispatch"
 local Backoff = require "qmp.reconnect"
+local Waiting = require "qmp.waiting"
 local jobs = require "qmp.jobs"
 local signals = require "qmp.signals"
 local escaping = require "qmp.text"
 
 local type, tostring, pcall, setmetatable = type, tostring, pcall, setmetatable
 local min, max, huge = math.min, math.max, math.huge
-local isyieldable, running, costatus = coroutine.isyieldable, coroutine.running, coroutine.status
 
 local Client = {}
 Client.__index = Client
@@ -127,10 +128,6 @@ local function new(addr, opts, announce)
     _interest = opts.events and filter.names(opts.events),
     _interest_set = interest_set(opts.events),
     _clock = opts.clock or waiters.clock,
-    _blocking = waiters.blocking_on(opts.clock or waiters.clock),   -- waiting outside a scheduler
-    _waiter = waiter,
-    _cond = waiter.condition(),
-    _reader = nil,             -- the coroutine reading the socket now
     _backoff = reconnect and Backoff.new(reconnect, (opts.clock or waiters.clock).now),
     _session = nil,
     _schema = nil,             -- this connection's live schema (vm:schema())
@@ -140,18 +137,30 @@ local function new(addr, opts, announce)
     _sent = {},                -- name -> commands sent
     _announce = announce,
   }, Client)
-  vm._dispatch = Dispatch.new({
-    now = vm._clock.now,
-    max_queue = max_queue,
-    stats = vm.stats,
-    report = function(e) vm:report(e) end,
-    await = function(ready, deadline) return vm:_await(ready, deadline) end,
-    unknown_name = function(name) return vm:_unknown_name(name) end,
-    pump = function() if vm:_progress() then vm._cond:signal() end end,
-  })
-  vm._sink, vm._sink_list = vm:_event_sinks()
+  vm:_compose(waiter, max_queue)
   vm:_attempt()
   return vm
+end
+
+-- The parts that live as long as the client, each handed what it may ask
+-- of the client.
+function Client:_compose(waiter, max_queue)
+  self._waiting = Waiting.new({
+    waiter = waiter, clock = self._clock,
+    io = function() return self:_io() end,
+    progress = function() return self:_progress() end,
+    ended = function() return self.state == "closed" and self._end or nil end,
+  })
+  self._dispatch = Dispatch.new({
+    now = self._clock.now,
+    max_queue = max_queue,
+    stats = self.stats,
+    report = function(e) self:report(e) end,
+    await = function(ready, deadline) return self._waiting:await(ready, deadline) end,
+    unknown_name = function(name) return self:_unknown_name(name) end,
+    pump = function() if self:_progress() then self._waiting:signal() end end,
+  })
+  self._sink, self._sink_list = self:_event_sinks()
 end
 
 --- A client that starts connecting now and never waits: its loop (run,
@@ -167,7 +176,7 @@ function Client.connect(addr, opts)
   local vm, err = new(addr, opts, false)
   if not vm then return nil, err end
   local deadline = vm:now() + vm.default_timeout
-  local ok, why = vm:_await(function() return vm.state == "ready" end, deadline)
+  local ok, why = vm._waiting:await(function() return vm.state == "ready" end, deadline)
   if ok then return vm end
   err = vm._end and (vm._end.cause or vm._end)
   if why and why.kind == "interrupted" then err = why end
@@ -254,14 +263,13 @@ function Client:_ended(err)
     self._end = self._end or (err.kind == "closed" and err
                  or errors.new("closed", "connection lost: " .. tostring(err), { cause = err }))
   end
-  self._cond:signal()
+  self._waiting:signal()
 end
 
 function Client:_drop_session()
   local s = self._session
   if s then
-    local fd = s:pollfd()
-    if fd >= 0 and self._waiter.cancel then self._waiter.cancel(fd) end
+    self._waiting:cancel(s:pollfd())
     s:close()
   end
 end
@@ -291,62 +299,14 @@ end
 
 -- }==================== connection lifecycle
 
--- {==================== waiting
-
--- The waiter for the running code: the scheduler's inside a coroutine,
--- else blocking on the client's clock.
-function Client:_current_waiter()
-  if self._waiter ~= waiters.blocking and isyieldable() then return self._waiter end
-  return self._blocking
+-- What the waiting part waits on: the fd and what for, and the seconds
+-- until there is work without it (0: now; nil: only the fd can bring any).
+function Client:_io()
+  if self.state == "reconnecting" then return -1, "r", self._backoff:left() end
+  if self.state == "closed" then return -1, "r", nil end
+  local s = self._session
+  return s:pollfd(), s:events(), s:buffered() and 0 or s:time_left()
 end
-
--- Wait (at most until deadline; nil = no limit) for the socket, the next
--- reconnect attempt or the handshake's deadline; then progress and wake
--- the coroutines parked on this client.
-function Client:_wait_io(deadline)
-  local now = self:now()
-  local t = deadline and deadline - now or huge
-  local fd, mode = -1, "r"
-  if self.state == "reconnecting" then
-    t = min(t, self._backoff:left() or huge)
-  elseif self.state ~= "closed" then
-    local s = self._session
-    fd, mode = s:pollfd(), s:events()
-    t = min(t, s:time_left() or huge)
-    if s:buffered() then t = 0 end
-  end
-  if t > 0 then
-    local w = self:_current_waiter()
-    local timeout = t < huge and t or nil
-    local reader = self._reader
-    if reader and w ~= self._blocking and costatus(reader) ~= "dead" then
-      w.wait(nil, nil, self._cond, timeout)        -- another coroutine reads
-    else
-      self._reader = running()
-      local ok, why = pcall(w.wait, fd >= 0 and fd or nil, mode, self._cond, timeout)
-      self._reader = nil
-      if not ok then error(why, 0) end
-    end
-  end
-  if self:_progress() then self._cond:signal() end
-end
-
--- Wait until ready() returns a true value (returned), the client closes
--- (nil, err), a caught signal is pending (nil, err) or the deadline passes
--- (nil, nil).
-function Client:_await(ready, deadline)
-  while true do
-    local v = ready()
-    if v then return v end
-    if self.state == "closed" then return nil, self._end end
-    local interrupted = signals.error()
-    if interrupted then return nil, interrupted end
-    if self:now() >= deadline then return nil, nil end
-    self:_wait_io(deadline)
-  end
-end
-
--- }==================== waiting
 
 -- {==================== events in
 
@@ -473,7 +433,7 @@ function Client:_command(method, name, args, opts, oob)
   local ok, cmd = pcall(s.send, s, name, args, opts.fds, oob)
   if not ok then errors.raise("qmp: " .. method .. ": " .. tostring(cmd)) end  -- unencodable arguments
   if s.state == "dead" then self:_follow() end  -- sending can end the session
-  local _, why = self:_await(function() return cmd.done end, deadline)
+  local _, why = self._waiting:await(function() return cmd.done end, deadline)
   if not cmd.done then
     s:abandon(cmd)   -- its late reply is dropped
     self:_follow()
@@ -589,7 +549,7 @@ function Client:wait(names, data, timeout)
   local match = filter.compile(names, data)
   d:check_names(names)
   timeout = timeout or self.default_timeout
-  local ev, err = self:_await(function() return d:take(match) end, self:now() + timeout)
+  local ev, err = self._waiting:await(function() return d:take(match) end, self:now() + timeout)
   if ev then return ev end
   if err then return nil, err end
   local text = ("no %s within %g s"):format(filter.describe(names, data), timeout)
@@ -615,7 +575,7 @@ end
 -- first, so it never piles up to max_queue; a slow handler's own reads go on.
 function Client:_loop_progress()
   if self._dispatch:waiting() >= BATCH then return end
-  if self:_progress() then self._cond:signal() end   -- a coroutine may wait for what was read
+  if self:_progress() then self._waiting:signal() end   -- a coroutine may wait for what was read
 end
 
 -- The error to end a loop with: closed, every event dispatched.
@@ -674,7 +634,7 @@ function Client:run(opts)
   if done ~= nil and type(done) ~= "function" then errors.raise("qmp: run: done must be a function") end
   local deadline = opts.timeout and self:now() + opts.timeout or huge
   local d = self._dispatch
-  local waited = false   -- _wait_io progresses after its wait: no need again
+  local waited = false   -- a wait progresses after it: no need again
   d:clear_stop()
   while true do
     if not waited then self:_loop_progress() end
@@ -692,11 +652,10 @@ function Client:run(opts)
       return nil, errors.new("timeout", ("run: %g s passed"):format(opts.timeout))
     end
     if d:pending() then
-      local w = self:_current_waiter()
-      if w ~= self._blocking then w.wait(nil, nil, nil, 0) end  -- let other coroutines run
+      self._waiting:pass()   -- let other coroutines run
     else
       local due = d:next_due()
-      self:_wait_io(min(deadline, due and now + due or huge))
+      self._waiting:wait(min(deadline, due and now + due or huge))
       waited = true
     end
   end
@@ -706,7 +665,7 @@ end
 -- handler returns.
 function Client:stop()
   self._dispatch:stop()
-  self._cond:signal()   -- a run parked in another coroutine sees it now
+  self._waiting:signal()   -- a run parked in another coroutine sees it now
 end
 
 -- }==================== loops
@@ -737,7 +696,7 @@ function Client:close()
     self._end = errors.new("closed", "the connection was closed by this client")
   end
   self.state = "closed"
-  self._cond:signal()
+  self._waiting:signal()
 end
 Client.__close = Client.close
 
