@@ -9,9 +9,9 @@ local _, _, client = fake.bound(cleanup)
 -- What fn writes on io.stderr, as one string.
 local function stderr_of(fn)
   local written, real = {}, io.stderr
-  io.stderr = { write = function(_, ...) for _, s in ipairs({ ... }) do written[#written + 1] = s end end }
+  rawset(io, "stderr", { write = function(_, ...) for _, s in ipairs({ ... }) do written[#written + 1] = s end end })
   local ok, why = pcall(fn)
-  io.stderr = real
+  rawset(io, "stderr", real)
   assert(ok, why)
   return table.concat(written)
 end
