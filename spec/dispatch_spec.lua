@@ -20,7 +20,6 @@ local function new(max_queue)
   local reports = {}
   local d = Dispatch.new({
     now = function() return 0 end, max_queue = max_queue,
-    stats = { overflow = 0, handler_errors = 0 },
     report = function(e) reports[#reports + 1] = e end,
     unknown_name = function() end,
   })
@@ -33,7 +32,7 @@ local function events(from, to)
   return list
 end
 
-local vm_stub = { _stop = false }   -- the client the ring delivers for
+local vm_stub = {}   -- the client the ring delivers for
 
 -- The numbers of the events held in the log (vm:wait's history and the
 -- handlers' queue), oldest first.
@@ -86,7 +85,7 @@ describe("the dispatch ring", function()
     assert.equal(100, #got)
     assert.equal(161, got[1])             -- the newest 100 are left
     assert.equal(260, got[100])
-    assert.equal(160, d._p.stats.overflow)
+    assert.equal(160, d:counters().overflow)
     assert.equal("overflow", reports[1].kind)
     assert.equal(8, #reports)             -- the 1st, 2nd, 4th ... 128th drop
   end)

@@ -100,6 +100,31 @@ local function interest_set(names)
   return set
 end
 
+-- vm.stats: the read-only union of the parts' counters (each part writes
+-- only its own); pairs() lists every counter.
+local function stats_view(...)
+  local parts = { ... }
+  return setmetatable({}, {
+    __index = function(_, name)
+      for i = 1, #parts do
+        local n = parts[i][name]
+        if n ~= nil then return n end
+      end
+    end,
+    __newindex = function(_, name)
+      errors.raise(("qmp: vm.stats is read-only (the client's parts keep the counters): stats.%s")
+                   :format(tostring(name)))
+    end,
+    __pairs = function()
+      local all = {}
+      for _, counters in ipairs(parts) do
+        for name, n in next, counters do all[name] = n end
+      end
+      return next, all, nil
+    end,
+  })
+end
+
 -- A client whose first connection attempt has started.  announce: emit
 -- qmp.connected once connected (qmp.connect returns connected instead).
 local function new(addr, opts, announce)
@@ -122,12 +147,12 @@ local function new(addr, opts, announce)
     generation = 0,            -- connections made: 1 once connected, 2 after a reconnect
     default_timeout = opts.timeout or DEFAULT_TIMEOUT,
     on_error = default_on_error,
-    stats = { events = 0, replies = 0, stale = 0, unknown = 0, overflow = 0,
-              skipped = 0, handler_errors = 0, invalid = 0, malformed = 0 },
+    stats = nil,               -- the parts' counters, read-only (see _compose)
     _opts = opts, _target = target,
-    _interest = opts.events and filter.names(opts.events),
+    _interest = opts.events and filter.names(opts.events),   -- see Session.start: wants, interest
     _interest_set = interest_set(opts.events),
     _clock = opts.clock or waiters.clock,
+    _session_stats = Session.counters(),   -- kept across reconnects; the sessions write them
     _backoff = reconnect and Backoff.new(reconnect, (opts.clock or waiters.clock).now),
     _session = nil,
     _schema = nil,             -- this connection's live schema (vm:schema())
@@ -154,13 +179,12 @@ function Client:_compose(waiter, max_queue)
   self._dispatch = Dispatch.new({
     now = self._clock.now,
     max_queue = max_queue,
-    stats = self.stats,
     report = function(e) self:report(e) end,
     await = function(ready, deadline) return self._waiting:await(ready, deadline) end,
     unknown_name = function(name) return self:_unknown_name(name) end,
     pump = function() if self:_progress() then self._waiting:signal() end end,
   })
-  self._sink, self._sink_list = self:_event_sinks()
+  self.stats = stats_view(self._session_stats, self._dispatch:counters())
 end
 
 --- A client that starts connecting now and never waits: its loop (run,
@@ -198,7 +222,7 @@ end
 
 -- Start a connection attempt.
 function Client:_attempt()
-  local opts = self._opts
+  local opts, dispatch = self._opts, self._dispatch
   local setup = {}
   self._schema, self._resync = nil, nil  -- the QEMU behind the socket may be another version
   if opts.validate then
@@ -216,8 +240,10 @@ function Client:_attempt()
     now = self._clock.now,
     target = self._target, timeout = self.default_timeout, name = self.name,
     max_message = opts.max_message, negotiate = opts.negotiate, expect_uid = opts.expect_uid,
-    stats = self.stats, trace = opts.trace, setup = setup, interest = self._interest_set,
-    on_event = self._sink, on_events = self._sink_list,
+    stats = self._session_stats, trace = opts.trace, setup = setup,
+    wants = self._interest, interest = self._interest_set,
+    check = opts.validate and function(ev) return self:_mismatch(ev) end,
+    on_events = function(list, n) dispatch:push_list(list, n) end,
     report = function(e) self:report(e) end,
   })
   self.state = "connecting"
@@ -322,46 +348,21 @@ function Client:report(err)
   end
 end
 
--- Where the session sends events, n at a time and one by one: closures
--- made once, as every event of the stream goes through them.
-function Client:_event_sinks()
-  local stats, interest, validate, dispatch = self.stats, self._interest, self._opts.validate, self._dispatch
-  local set = self._interest_set  -- names only: a table read does what the filter's call would
-  local function many(list, n)
-    stats.events = stats.events + n
-    if not (interest or validate) then return dispatch:push_list(list, n) end
-    local kept = 0  -- the list is the session's to give away: kept in place
-    for i = 1, n do
-      local ev, wanted = list[i], true
-      if set then wanted = set[ev.event]
-      elseif interest then wanted = interest(ev) end
-      if wanted then
-        if validate then self:_validate(ev) end
-        kept = kept + 1
-        list[kept] = ev
-      end
-    end
-    stats.skipped = stats.skipped + (n - kept)
-    dispatch:push_list(list, kept)
-  end
-  local function one(ev) many({ ev }, 1) end
-  return one, many
-end
-
 function Client:_synthetic(name, data)
   self._dispatch:push(events.synthetic(name, data))
 end
 
--- Validation mode: report (never drop) an event that does not match.
-function Client:_validate(ev)
+-- Validation mode: the error to report for an event that does not match
+-- this connection's live schema, or nil.  (The session counts and reports
+-- it, and lets the event in all the same.)
+function Client:_mismatch(ev)
   local s = self._schema
-  if not s then return end
+  if not s then return nil end
   local problems = s:validate(ev)
   if problems then
-    self.stats.invalid = self.stats.invalid + 1
-    self:report(errors.new("schema", ("%s does not match the live schema: %s")
-                                      :format(schema.quote(ev.event), table.concat(problems, "; ")),
-                            { event = ev, problems = problems }))
+    return errors.new("schema", ("%s does not match the live schema: %s")
+                                :format(schema.quote(ev.event), table.concat(problems, "; ")),
+                      { event = ev, problems = problems })
   end
 end
 

@@ -74,12 +74,13 @@ local function weak_set(from, add, remove)
   return set
 end
 
---- new(p): p.now (the clock), p.max_queue, p.report(err), p.await(ready, deadline), p.stats,
+--- new(p): p.now (the clock), p.max_queue, p.report(err), p.await(ready, deadline),
 -- p.unknown_name(name) -> why the name is suspicious, or nil, p.pump() (optional): read
 -- what the socket has now, without waiting (called between handlers, see PUMP_EVERY).
 function Dispatch.new(p)
   return setmetatable({
     _p = p,
+    _stats = { overflow = 0, handler_errors = 0 },   -- its part of vm.stats
     _handlers = {},                 -- subscriptions in registration order (copy on write)
     _by_name = {}, _named = 0,      -- event name -> the handlers that may want it (a cache)
     _epoch = 0,                     -- bumped when the handlers change or vm:stop() asks (see stop)
@@ -164,7 +165,7 @@ function Dispatch:_make_room(seq)
   if keep > nxt then  -- the handlers had not had these
     self._next = keep
     if #self._handlers > 0 then  -- with no handler, nobody lost them
-      local stats = self._p.stats
+      local stats = self._stats
       for _ = nxt, keep - 1 do
         stats.overflow = stats.overflow + 1
         overflowed(self._p.report, stats.overflow, "the handlers' event queue", self._p.max_queue)
@@ -188,6 +189,12 @@ end
 --- The dispatch loop has seen the stop (or starts afresh): delivery goes on.
 function Dispatch:clear_stop()
   self._stopped = false
+end
+
+--- Its counters, read-only for others: overflow (events the handlers'
+-- full queue dropped) and handler_errors.
+function Dispatch:counters()
+  return self._stats
 end
 
 --- true while events wait for their handlers.
@@ -308,7 +315,7 @@ function Dispatch:deliver(vm, limit)
 end
 
 function Dispatch:_failed(what, err)
-  local stats = self._p.stats
+  local stats = self._stats
   stats.handler_errors = stats.handler_errors + 1
   local text = tostring(err)
   self._p.report(errors.new("handler", what .. " failed: " .. (text:match("^[^\n]*") or text),

@@ -1,6 +1,8 @@
 --- One connection to a monitor, from connect() to its end: the handshake as
--- a state machine, command ids, pending replies, and the single router that
--- classifies every message (greeting / reply / event) once.
+-- a state machine, command ids, pending replies, the single router that
+-- classifies every message (greeting / reply / event) once, and the intake
+-- of events: the interest set (opts.events) and validation decide what is
+-- handed on.
 -- Nothing here blocks: advance() does what the socket allows now, and the
 -- owner (the Client) decides when and how to wait (pollfd, events, deadline).
 --
@@ -52,14 +54,25 @@ local function has_nul_escape(text)
   return false
 end
 
+--- The counters sessions keep (see vm.stats in the README): a client hands
+-- the same table to each of its sessions, so they add up over reconnects;
+-- only sessions write them.
+function Session.counters()
+  return { events = 0, replies = 0, stale = 0, unknown = 0, skipped = 0, invalid = 0, malformed = 0 }
+end
+
 --- Start a connection attempt.  p: now (the clock), target (address.target), timeout,
--- name, max_message, negotiate, expect_uid, stats, on_event(ev),
--- on_events(list, n) (n events at once, as on_event would have them one by one),
+-- name, max_message, negotiate, expect_uid, stats (Session.counters()),
+-- on_events(list, n) (the events let in, n at once, in order),
 -- report(err), setup = { { name, args, handle(value) -> nil | err }, ... }
 -- run in order after negotiation, before the session counts as ready;
--- interest (optional): a set { [name] = true } of the only events on_event
--- wants: the others are counted in stats.events and stats.skipped and
--- never decoded (unless p.trace, which must see every message).
+-- the interest (optional): wants(ev) -> true for the events to let in, and
+-- interest, a set { [name] = true } when it is names only: the other
+-- events are then never decoded (unless p.trace, which must see every
+-- message); the events not let in are counted in stats.skipped;
+-- check(ev) (optional, validation) -> the error to report for an event
+-- that does not match the live schema, counted in stats.invalid (the event
+-- is let in all the same).
 function Session.start(p)
   local s = setmetatable({
     state = "connecting",
@@ -238,7 +251,7 @@ function Session:_drain(limit)
   end
   local n = #list
   if events == n and n > 0 and not p.trace then
-    p.on_events(list, n)  -- nothing but events: the common case, handed on whole
+    self:_let_in(list, n)  -- nothing but events: the common case, handed on whole
   else
     for i = 1, n do
       if self.state == "dead" then break end  -- e.g. a bad greeting: the rest is moot
@@ -247,6 +260,33 @@ function Session:_drain(limit)
   end
   if err and self.state ~= "dead" then self:_die(err) end
   return #list + skipped
+end
+
+-- Hand on the events of list[1..n] the interest wants (the list is the
+-- session's to give away: they are kept in place), each checked first when
+-- validating.
+function Session:_let_in(list, n)
+  local p = self._p
+  local stats, set, wants, check = p.stats, p.interest, p.wants, p.check
+  stats.events = stats.events + n
+  if not (wants or check) then return p.on_events(list, n) end
+  local kept = 0
+  for i = 1, n do
+    local ev, wanted = list[i], true
+    if set then wanted = set[ev.event]   -- names only: a table read does what wants(ev) would
+    elseif wants then wanted = wants(ev) end
+    if wanted then
+      local mismatch = check and check(ev)
+      if mismatch then
+        stats.invalid = stats.invalid + 1
+        p.report(mismatch)
+      end
+      kept = kept + 1
+      list[kept] = ev
+    end
+  end
+  stats.skipped = stats.skipped + (n - kept)
+  p.on_events(list, kept)
 end
 
 --- Why the peer does not answer, when its process state tells (stopped,
@@ -288,7 +328,7 @@ function Session:_route(msg)
   local name = msg.event
   if name ~= nil then
     local named = type(name) == "string" and name ~= ""
-    if named and name:sub(1, 4) ~= "qmp." then return self._p.on_event(msg) end
+    if named and name:sub(1, 4) ~= "qmp." then return self:_let_in({ msg }, 1) end
     local stats = self._p.stats
     stats.malformed = stats.malformed + 1
     return self._p.report(errors.new("protocol", "dropped an event " .. (named
