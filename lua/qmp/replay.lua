@@ -50,8 +50,9 @@
 --   clock, in the order they would live.  "recorded": in real time.
 -- A replay is driven by its own run, wait, execute and listeners' waits,
 -- which wait on its clock.  vm:step() and vm:timeout() work on that clock
--- too (in fast mode a step first moves the clock on to the next thing due),
--- so a replay can join a qmp.loop, which waits in real time.
+-- too (in fast mode a step first moves the clock on to the next thing due:
+-- the clock has advance, see opts.clock), so a replay can join a qmp.loop,
+-- which waits in real time.
 --
 -- vm.recording tells how the replay goes: name and started (from the
 -- recording's first line), passive (it holds no command but the
@@ -441,20 +442,12 @@ function Player.close() end
 -- {==================== a client over the player, on the clock
 
 -- A replay's client waits on the player: a wait with no fd is the clock's
--- sleep, and the player turns "sleep for ever" into the stall it is.
-local function player_clock(clock, player)
-  return { now = clock.now, sleep = function(seconds) player:idle(seconds) end }
-end
-
--- In fast mode a step with nothing to do now first moves the clock on to the
--- next thing due, so a replay can join a qmp.loop (which waits in real time).
-local function fast_steps(vm, clock)
-  local step = vm.step
-  function vm.step(self)
-    local t = self:timeout()
-    if t and t > 0 then clock.sleep(t) end
-    return step(self)
-  end
+-- sleep, and the player turns "sleep for ever" into the stall it is.  In
+-- fast mode waiting costs nothing: the clock's advance lets a step move it
+-- on to the next thing due.
+local function player_clock(clock, player, speed)
+  return { now = clock.now, sleep = function(seconds) player:idle(seconds) end,
+           advance = speed == "fast" and clock.sleep or nil }
 end
 
 -- }==================== a client over the player
@@ -484,10 +477,9 @@ return function(source, opts)
   local vm
   vm, err = Client.connect({ conn = player, name = name }, {
     name = name, timeout = opts.timeout, max_queue = opts.max_queue, events = opts.events, trace = opts.trace,
-    clock = player_clock(clock, player),
+    clock = player_clock(clock, player, speed),
     negotiate = rec.outs[1] ~= nil and rec.outs[1].name == "qmp_capabilities" })
   if not vm then return nil, err end
-  if speed == "fast" then fast_steps(vm, clock) end
   vm.recording = info
   return vm
 end
