@@ -92,7 +92,7 @@ end
 
 -- opts.events as a set of names for conn:drain, which then skips the other
 -- events undecoded; nil unless it is plain names only (a glob or a function
--- needs the decoded event: the event sink filters those).
+-- needs the decoded event: the session filters those with wants).
 local function interest_set(names)
   if type(names) ~= "string" and type(names) ~= "table" then return nil end
   local exact = filter.exact_names(names)
