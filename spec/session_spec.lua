@@ -56,7 +56,6 @@ local function start(conn, over)
     target = { kind = "fd", take = function() return conn, not conn.connecting end },
     timeout = 5, name = "vm0",
     stats = { events = 0, skipped = 0, replies = 0, stale = 0, unknown = 0, malformed = 0 },
-    on_event = function(ev) got.events[#got.events + 1] = ev end,
     on_events = function(list, n) for i = 1, n do got.events[#got.events + 1] = list[i] end end,
     report = function(e) got.reports[#got.reports + 1] = e end,
   }
