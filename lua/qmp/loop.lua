@@ -56,6 +56,7 @@ local function new(vms)
     _member = {},     -- vm -> true
     _fleet = {},      -- fleet subscriptions, in registration order
     _stop = false,
+    _current = nil,   -- the VM being stepped, for Loop:stop()
   }, Loop)
   for _, vm in ipairs(vms or {}) do
     check_vm(vm, "new")
