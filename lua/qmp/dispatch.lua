@@ -243,19 +243,20 @@ local function nothing() end
 -- every 2, 4 ... up to MAX_STRIDE handlers while they are quick.
 local MAX_STRIDE = 16
 
--- Where delivery is, so that after a handler raised it goes on with the
--- next one: at[EV], its handlers at[LIST] (set as it is taken) and the next
--- of them at[NEXT] (set before each runs; array slots are the cheapest to
--- write).
+-- The delivery cursor: the event being delivered (cursor[EV]), its
+-- handlers (cursor[LIST]) and the one to run next (cursor[NEXT]), with
+-- where this call stops (.stop) and when it reads ahead (.pump).  It is a
+-- table, not locals, so that after a handler raised, delivery goes on with
+-- the next handler; array slots, as they are the cheapest to write.
 local EV <const>, LIST <const>, NEXT <const> = 1, 2, 3
 
--- Hand queued events to their handlers until the one numbered at.stop.
+-- Hand queued events to their handlers until the one numbered cursor.stop.
 -- A filter is user code too: it runs under the same protection.
-local function run_handlers(self, vm, at)
-  local log, cap, by_name, stop = self._log, self._cap, self._by_name, at.stop
+local function run_handlers(self, vm, cursor)
+  local log, cap, by_name, stop = self._log, self._cap, self._by_name, cursor.stop
   local now, pump = self._p.now, self._p.pump or nothing
   local countdown, stride = 1, 1   -- handlers until the clock is read; the next countdown
-  local ev, list, from = at[EV], at[LIST], at[NEXT]
+  local ev, list, from = cursor[EV], cursor[LIST], cursor[NEXT]
   local epoch = self._epoch
   if self._stopped then return end
   while true do
@@ -266,11 +267,11 @@ local function run_handlers(self, vm, at)
       local name = ev.event
       list = by_name[name]
       if not list then list, by_name = self:_for_name(name), self._by_name end
-      at[EV], at[LIST] = ev, list
+      cursor[EV], cursor[LIST] = ev, list
     end
     for i = from, #list do
       local sub = list[i]
-      at[NEXT] = i + 1   -- before any user code runs
+      cursor[NEXT] = i + 1   -- before any user code runs
       if sub.direct or sub:wants(ev) then
         sub.fn(ev, vm)
         if self._epoch ~= epoch then       -- the handler changed the handlers, or stopped
@@ -280,9 +281,9 @@ local function run_handlers(self, vm, at)
         countdown = countdown - 1
         if countdown == 0 then             -- keep reading: see PUMP_EVERY
           local t = now()
-          if t >= at.pump then
+          if t >= cursor.pump then
             pump()
-            at.pump, stride = now() + PUMP_EVERY, 1   -- after the read: see PUMP_EVERY
+            cursor.pump, stride = now() + PUMP_EVERY, 1   -- after the read: see PUMP_EVERY
           elseif stride < MAX_STRIDE then
             stride = stride * 2
           end
@@ -303,14 +304,14 @@ function Dispatch:deliver(vm, limit)
   self._delivering = true
   -- An event whose handlers a vm:stop() cut short goes on with the next of
   -- them: every handler registered when its delivery began still gets it.
-  local at = self._held or {}
-  at.stop, at.pump, self._held = self._next + limit, self._p.now() + PUMP_EVERY, nil
+  local cursor = self._held or {}
+  cursor.stop, cursor.pump, self._held = self._next + limit, self._p.now() + PUMP_EVERY, nil
   while true do
-    local ok, err = xpcall(run_handlers, traceback, self, vm, at)
+    local ok, err = xpcall(run_handlers, traceback, self, vm, cursor)
     if ok then break end
-    self:_failed("handler for " .. errors.quote(at[EV] and at[EV].event, 64), err)
+    self:_failed("handler for " .. errors.quote(cursor[EV] and cursor[EV].event, 64), err)
   end
-  if at[EV] and (at[NEXT] or 1) <= #at[LIST] then self._held = at end  -- handlers left for it
+  if cursor[EV] and (cursor[NEXT] or 1) <= #cursor[LIST] then self._held = cursor end  -- handlers left for it
   self._delivering = false
 end
 
