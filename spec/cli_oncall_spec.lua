@@ -340,7 +340,7 @@ describe("qmp-lua smaller promises", function()
       local code = ([[
         package.path = "./lua/?.lua;./lua/?/init.lua;" .. package.path
         package.cpath = "./?.so;" .. package.cpath
-        local cli = require "qmp.cli.cli"
+        local cli = require "qmp.cli.common"
         cli.is_tty = function() return true end
         io.write(tostring(cli.colour(%s)))
       ]]):format(opts or "{}")

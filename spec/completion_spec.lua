@@ -4,7 +4,7 @@
 -- a real bash in tmux completes as an operator would see it.
 local completion = require "qmp.cli.completion"
 local main = require "qmp.cli.main"
-local cli = require "qmp.cli.cli"
+local cli = require "qmp.cli.common"
 local events = require "qmp.events"
 local proc = require "support.proc"
 local tmp = require "support.tmp"

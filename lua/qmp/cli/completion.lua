@@ -11,7 +11,7 @@
 -- An option's value completes only where VALUES says what it can be.
 -- The scripts read the words before the cursor as cli.parse does: a value
 -- follows its option, "--" and the options_end-th argument end the options.
-local cli = require "qmp.cli.cli"
+local cli = require "qmp.cli.common"
 local events = require "qmp.events"
 
 local cmd = {

@@ -1,6 +1,6 @@
 --- qmp-lua events: watch the events of one or many VMs, one line each.
 local qmp = require "qmp"
-local cli = require "qmp.cli.cli"
+local cli = require "qmp.cli.common"
 local kv = require "qmp.cli.kv"
 local pretty = require "qmp.cli.pretty"
 local catalogue = require "qmp.events"

@@ -1,6 +1,6 @@
 --- qmp-lua exec: run one command and print its result as JSON.
 local qmp = require "qmp"
-local cli = require "qmp.cli.cli"
+local cli = require "qmp.cli.common"
 local kv = require "qmp.cli.kv"
 local text = require "qmp.text"
 

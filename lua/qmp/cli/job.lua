@@ -1,5 +1,5 @@
 --- qmp-lua job: list a VM's jobs, or follow one to its end with progress.
-local cli = require "qmp.cli.cli"
+local cli = require "qmp.cli.common"
 local progress = require "qmp.cli.progress"
 local jobs = require "qmp.jobs"
 

@@ -4,7 +4,7 @@
 -- the library's waits return kind "interrupted", each subcommand ends
 -- the way it ends on a timeout (closing lines, files, the terminal), and
 -- the status is then 128 + the signal's number, as a shell reports it.
-local cli = require "qmp.cli.cli"
+local cli = require "qmp.cli.common"
 local errors = require "qmp.errors"
 local signals = require "qmp.signals"
 

@@ -1,6 +1,6 @@
 --- qmp-lua record: record a monitor's stream (both ways, with times) to a file.
 local record = require "qmp.record"
-local cli = require "qmp.cli.cli"
+local cli = require "qmp.cli.common"
 local pretty = require "qmp.cli.pretty"
 
 local cmd = {

@@ -1,6 +1,6 @@
 --- qmp-lua run: run a Lua script (a policy, a check) against one VM.
 local qmp = require "qmp"
-local cli = require "qmp.cli.cli"
+local cli = require "qmp.cli.common"
 local signals = require "qmp.signals"
 
 local cmd = {
