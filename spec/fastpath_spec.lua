@@ -6,8 +6,6 @@ local core = require "qmp.core"
 require "qmp.events"  -- installs the event types (core.events[name])
 local qmp = require "qmp"
 local fake = require "support.fake_qmp"
-local unix = require "socket.unix"
-local tmp = require "support.tmp"
 
 local cleanup = require("support.cleanup")(after_each)
 
@@ -430,23 +428,7 @@ describe("the fast receive path", function()
   end)
 
   describe("conn:drain() against conn:take()", function()
-    -- A connection to an in-process unix listener, and the peer's end.
-    local function unix_pair()
-      local dir = tmp.dir("qmpfast")
-      cleanup(function() tmp.remove(dir) end)
-      local path = dir .. "/qmp.sock"
-      local srv = assert(unix.stream())
-      assert(srv:bind(path))
-      assert(srv:listen(4))
-      srv:settimeout(TEST_TIMEOUT)
-      cleanup(function() srv:close() end)
-      local conn, connected = assert(core.open_unix(path))
-      cleanup(function() conn:close() end)
-      require("support.conn").finish(conn, connected)
-      local peer = assert(srv:accept())
-      cleanup(function() peer:close() end)
-      return conn, peer
-    end
+    local function unix_pair() return require("support.conn").unix_pair(cleanup) end
 
     -- Everything conn gives through get(conn) -> list, skipped, err | nil
     -- (nothing now), once the peer has sent text and closed.  This process

@@ -278,12 +278,7 @@ describe("reconnecting to a restarted real QEMU #qemu", function()
   end)
 end)
 
-local function keys(t)
-  local list = {}
-  for k in pairs(t) do list[#list + 1] = k end
-  table.sort(list)
-  return list
-end
+local keys = require("support.text").sorted_keys
 
 -- A fake VM that sends RTC_CHANGE with offsets 1, 2, 3 ... every 20 ms.
 local function ticking_peer(n)

@@ -36,13 +36,7 @@ local function lua_file_of(name)
   return "lua/" .. name:gsub("%.", "/") .. ".lua"
 end
 
--- A table's keys, sorted.
-local function keys(t)
-  local list = {}
-  for k in pairs(t) do list[#list + 1] = k end
-  table.sort(list)
-  return list
-end
+local keys = require("support.text").sorted_keys
 
 -- Whether a rockspec mentions readline anywhere it builds or links.
 local function names_readline(spec)

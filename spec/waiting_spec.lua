@@ -6,8 +6,6 @@ local Waiting = require "qmp.waiting"
 local waiters = require "qmp.waiters"
 local core = require "qmp.core"
 local qmp = require "qmp"
-local unix = require "socket.unix"
-local tmp = require "support.tmp"
 
 local cleanup = require("support.cleanup")(after_each)
 
@@ -61,23 +59,7 @@ local function client(p)
   return c
 end
 
--- A connection of qmp.core to a listener of the spec's own, and the peer's end.
-local function socket_pair()
-  local dir = tmp.dir("qmpwait")
-  cleanup(function() tmp.remove(dir) end)
-  local path = dir .. "/s.sock"
-  local srv = assert(unix.stream())
-  assert(srv:bind(path))
-  assert(srv:listen(1))
-  srv:settimeout(TEST_TIMEOUT)
-  cleanup(function() srv:close() end)
-  local conn, connected = assert(core.open_unix(path))
-  cleanup(function() conn:close() end)
-  require("support.conn").finish(conn, connected)
-  local peer = assert(srv:accept())
-  cleanup(function() peer:close() end)
-  return conn, peer
-end
+local function socket_pair() return require("support.conn").unix_pair(cleanup) end
 
 -- true when fd has something to read now.
 local function readable(fd)

@@ -16,4 +16,25 @@ function M.finish(conn, connected)
   end
 end
 
+-- A connection of qmp.core to a unix listener of the spec's own, and the
+-- peer's end (luasocket), each closed by cleanup(fn) (support.cleanup),
+-- the listener's directory removed.
+function M.unix_pair(cleanup)
+  local tmp, unix = require "support.tmp", require "socket.unix"
+  local dir = tmp.dir("qmpconn")
+  cleanup(function() tmp.remove(dir) end)
+  local path = dir .. "/s.sock"
+  local srv = assert(unix.stream())
+  assert(srv:bind(path))
+  assert(srv:listen(4))
+  srv:settimeout(TEST_TIMEOUT)
+  cleanup(function() srv:close() end)
+  local conn, connected = assert(core.open_unix(path))
+  cleanup(function() conn:close() end)
+  M.finish(conn, connected)
+  local peer = assert(srv:accept())
+  cleanup(function() peer:close() end)
+  return conn, peer
+end
+
 return M

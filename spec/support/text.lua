@@ -11,4 +11,12 @@ function M.count(text, plain)
   end
 end
 
+-- A table's keys, sorted.
+function M.sorted_keys(t)
+  local list = {}
+  for k in pairs(t) do list[#list + 1] = k end
+  table.sort(list)
+  return list
+end
+
 return M
