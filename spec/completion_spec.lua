@@ -52,6 +52,22 @@ end
 
 -- {==================== asking a shell for completions
 
+-- The candidates a shell printed for each of n lines, each list ended by a
+-- "<end>" line, sorted; clean(word) (optional) trims a candidate first.
+local function answers_in(out, n, clean)
+  local answers, current = {}, {}
+  for word in out:gmatch("([^\n]*)\n") do
+    if word == "<end>" then
+      answers[#answers + 1] = sorted(current)
+      current = {}
+    else
+      current[#current + 1] = clean and clean(word) or word
+    end
+  end
+  assert(#answers == n, out)
+  return answers
+end
+
 -- What bash's completion function offers for each line (the text before the
 -- cursor), asked in one bash run from dir: a sorted list per line.
 local function bash_offers(script, lines, dir)
@@ -63,17 +79,7 @@ local function bash_offers(script, lines, dir)
   tmp.write(file, table.concat(body, "\n") .. "\n")
   local status, out = sh("cd " .. tmp.quote(dir) .. " && bash --norc --noprofile " .. tmp.quote(file))
   assert(status == 0, out)
-  local answers, current = {}, {}
-  for word in out:gmatch("([^\n]*)\n") do
-    if word == "<end>" then
-      answers[#answers + 1] = sorted(current)
-      current = {}
-    else
-      current[#current + 1] = word
-    end
-  end
-  assert(#answers == #lines, out)
-  return answers
+  return answers_in(out, #lines)
 end
 
 -- The same from fish (complete -C), descriptions and a directory's "/" left
@@ -89,17 +95,9 @@ local function fish_offers(script, lines, dir)
   local status, out = sh("cd " .. tmp.quote(dir) .. " && HOME=" .. tmp.quote(dir)
                                .. " fish --no-config " .. tmp.quote(file))
   assert(status == 0, out)
-  local answers, current = {}, {}
-  for word in out:gmatch("([^\n]*)\n") do
-    if word == "<end>" then
-      answers[#answers + 1] = sorted(current)
-      current = {}
-    else
-      current[#current + 1] = word:gsub("\t.*", ""):gsub("/$", ""):gsub("^%-%-[%w-]+=", "")
-    end
-  end
-  assert(#answers == #lines, out)
-  return answers
+  return answers_in(out, #lines, function(word)
+    return (word:gsub("\t.*", ""):gsub("/$", ""):gsub("^%-%-[%w-]+=", ""))
+  end)
 end
 
 -- }====================
