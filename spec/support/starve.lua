@@ -62,4 +62,18 @@ function M.count(vm)
   return got
 end
 
+-- What a quick handler must see after a flood of n events ended by the
+-- peer's close, with the process stopped at least min_stops times: every
+-- event read and delivered, none lost to overflow, no report.  (ok, err,
+-- stops: what M.run returned; got: M.count's tally.)
+function M.assert_none_lost(vm, got, n, min_stops, ok, err, stops)
+  assert(ok == nil, "the run ended without the peer's close")
+  assert(err.kind == "closed", tostring(err))   -- the peer's close, after its last event
+  assert(stops >= min_stops, "the process was stopped only " .. stops .. " times")
+  assert(vm.stats.events == n, ("%d events read of %d"):format(vm.stats.events, n))
+  assert(vm.stats.overflow == 0, vm.stats.overflow .. " events lost to overflow")
+  assert(got.reports == 0, got.reports .. " overflow reports")
+  assert(got.delivered == n, ("%d events delivered of %d"):format(got.delivered, n))
+end
+
 return M
