@@ -2,7 +2,7 @@
 -- in QMP_SAN_CPATH (a package.cpath template) win over every other path, so
 -- the specs' own "./?.so" in front of package.cpath does not matter.
 local template = os.getenv("QMP_SAN_CPATH")
-if template then
+if template and template ~= "" then   -- a spec empties it to find only its own modules
   table.insert(package.searchers, 2, function(name)
     local path = package.searchpath(name, template)
     if not path then return "\n\tno file in the sanitizer build (" .. template .. ")" end
