@@ -4,6 +4,7 @@ local qmp = require "qmp"
 local catalogue = require "qmp.catalogue"
 local seeds = require "fixtures.seed_events"
 local event_table = require "support.event_table"
+local tmp = require "support.tmp"
 local qemu = require "support.qemu"
 
 local cleanup = require("support.cleanup")(after_each)
@@ -11,12 +12,7 @@ local cleanup = require("support.cleanup")(after_each)
 local by_name = {}
 for _, e in ipairs(catalogue) do by_name[e.name] = e end
 
-local function read(path)
-  local f = assert(io.open(path, "rb"))
-  local text = f:read("a")
-  f:close()
-  return text
-end
+local function read(path) return assert(tmp.read(path), "cannot read " .. path) end
 
 local function lines(path)
   local list = {}

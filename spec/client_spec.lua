@@ -15,12 +15,7 @@ local cleanup = require("support.cleanup")(after_each)
 local serve, connect = fake.bound(cleanup)
 local monotime = qmp.monotime
 
--- A fresh directory for a socket nobody listens on (yet).
-local function socket_path()
-  local dir = tmp.dir("v2sock")
-  cleanup(function() tmp.remove(dir) end)
-  return dir .. "/qmp.sock"
-end
+local function socket_path() return tmp.socket_path(cleanup) end
 
 describe("qmp.connect()", function()
   it("reads the greeting and negotiates oob when it is offered", function()

@@ -7,6 +7,8 @@
 -- defines nothing: it is a reach too.  Metamethods (`__index`, ...) are
 -- public, as are the names ALLOWED in one file, each with its reason; an
 -- entry the file no longer needs fails the spec.
+local tmp = require "support.tmp"
+
 local ALLOWED = {}
 
 -- The source with comments and the contents of strings blanked out (each
@@ -90,12 +92,7 @@ local function lua_files()
   return list
 end
 
-local function read(path)
-  local f = assert(io.open(path, "rb"))
-  local text = f:read("a")
-  f:close()
-  return text
-end
+local function read(path) return assert(tmp.read(path), "cannot read " .. path) end
 
 describe("the seams", function()
   it("carry a replay: no method of its client is patched (fast mode's step is the clock's advance)", function()

@@ -15,12 +15,7 @@ local OK = fake.reply("{}")
 local opening = fake.opening
 local monotime = qmp.monotime
 
--- A fresh directory for a socket nobody listens on (yet).
-local function socket_path()
-  local dir = tmp.dir("v2sock")
-  cleanup(function() tmp.remove(dir) end)
-  return dir .. "/qmp.sock"
-end
+local function socket_path() return tmp.socket_path(cleanup) end
 
 local function escape(text)
   return (text:gsub("%p", "%%%0"))

@@ -23,6 +23,15 @@ function M.remove(path)
   end
 end
 
+-- A path for a unix socket nobody listens on (yet), in a fresh directory
+-- that cleanup(fn) (support.cleanup) removes.
+function M.socket_path(cleanup)
+  local dir = M.dir("qmpsock")
+  cleanup(function() M.remove(dir) end)
+  return dir .. "/qmp.sock"
+end
+
+-- A file's contents, or nil when it cannot be opened.
 function M.read(path)
   local f = io.open(path, "rb")
   if not f then return nil end
