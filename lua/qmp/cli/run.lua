@@ -43,10 +43,7 @@ local function serve(vm, address)
   local ok, stopped, why = cli.interruptible(vm.run, cli.traceback, vm)
   if not ok then return script_failed(stopped) end
   if stopped then return cli.OK end
-  if why.kind == "interrupted" then
-    cli.complain("run: stopped by %s", why.signal)
-    return cli.FAILED   -- main reports the signal's status
-  end
+  if why.kind == "interrupted" then return script_failed(why) end   -- main reports the signal's status
   cli.complain("%s", cli.describe(why, address))
   return cli.CONNECTION
 end
