@@ -97,6 +97,9 @@ void qmp_poll_open(lua_State *L);              /* adds poll to the module table 
 double qmp_monotime(void);                      /* seconds, CLOCK_MONOTONIC */
 int qmp_poll_ms(double deadline);  /* poll() timeout: -1 forever (HUGE_VAL), 0 once passed */
 
+/* poller.c: a persistent set of (fd, interest), for qmp.loop. */
+void qmp_poller_open(lua_State *L);  /* adds poller */
+
 /* file.c: files readable by their owner only. */
 void qmp_file_open(lua_State *L);    /* adds private_file */
 

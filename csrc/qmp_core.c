@@ -56,6 +56,7 @@ int luaopen_qmp_core(lua_State *L) {
   qmp_decode_open(L);
   qmp_transport_open(L);
   qmp_poll_open(L);
+  qmp_poller_open(L);
   qmp_signal_open(L);
   qmp_file_open(L);
   lua_pushliteral(L, QMP_CORE_VERSION);

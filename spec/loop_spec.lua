@@ -45,12 +45,15 @@ describe("core.poll()", function()
   end)
 end)
 
-describe("qmp.loop", function()
+for _, backend in ipairs({ "epoll", "poll" }) do
+describe("qmp.loop (" .. backend .. ")", function()
+  local function new_loop(vms) return qmp.loop(vms, { backend = backend }) end
+
   it("delivers each of 200 connections its own event, with the right vm", function()
     local N = 200
     local srv = fake.start_many(N)
     cleanup(function() srv:stop() end)
-    local loop = qmp.loop()
+    local loop = new_loop()
     local by_name = {}
     for k = 1, N do
       local vm = connect(srv.path, "vm" .. k)
@@ -77,7 +80,7 @@ describe("qmp.loop", function()
     local a = connect(serve(opening({ { sleep = 0.05 }, { send = EV("STOP") }, { close = true } })).path, "a")
     local b = connect(serve(opening({ { sleep = 0.3 }, { send = EV("RESUME") }, { hold = 5 } })).path, "b")
     local c = connect(serve(opening({ { sleep = 0.4 }, { send = EV("RESUME") }, { hold = 5 } })).path, "c")
-    local loop = qmp.loop{ a, b, c }
+    local loop = new_loop{ a, b, c }
     local seen, closed = {}, {}
     loop.on_close = function(vm, err) closed[#closed + 1] = vm.name .. ":" .. err.kind end
     loop:on("*", function(ev, vm) seen[#seen + 1] = vm.name .. ":" .. ev.event end)
@@ -89,7 +92,7 @@ describe("qmp.loop", function()
 
   it("ends with closed when the last VM has gone", function()
     local a = connect(serve(opening({ { send = EV("STOP") }, { close = true } })).path, "a")
-    local loop = qmp.loop{ a }
+    local loop = new_loop{ a }
     local seen = 0
     loop:on("STOP", function() seen = seen + 1 end)
     local ok, err = loop:run({ timeout = 5 })
@@ -102,7 +105,7 @@ describe("qmp.loop", function()
   it("ends on loop:stop() from a handler, leaving later events queued", function()
     local a = connect(serve(opening({ { send = EV("STOP") .. EV("RESUME") }, { hold = 5 } })).path, "a")
     assert(a:listen("RESUME"):wait(2))   -- both events are in
-    local loop = qmp.loop{ a }
+    local loop = new_loop{ a }
     local seen = {}
     loop:on("*", function(ev, vm)
       seen[#seen + 1] = ev.event
@@ -116,7 +119,7 @@ describe("qmp.loop", function()
   end)
 
   it("returns timeout when nothing ends it", function()
-    local loop = qmp.loop{ connect(serve(opening({ { hold = 5 } })).path, "a"),
+    local loop = new_loop{ connect(serve(opening({ { hold = 5 } })).path, "a"),
                            connect(serve(opening({ { hold = 5 } })).path, "b") }
     local t0 = qmp.monotime()
     local ok, err = loop:run({ timeout = 0.2 })
@@ -132,7 +135,7 @@ describe("qmp.loop", function()
     local fired = {}
     a:after(0.1, function(vm) fired[#fired + 1] = vm.name .. "@0.1" end)
     b:after(0.05, function(vm) fired[#fired + 1] = vm.name .. "@0.05" end)
-    local loop = qmp.loop{ a, b }
+    local loop = new_loop{ a, b }
     b:after(0.15, function() fired[#fired + 1] = "stop"; loop:stop() end)
     local t0 = qmp.monotime()
     assert.is_true(loop:run({ timeout = 5 }))
@@ -144,7 +147,7 @@ describe("qmp.loop", function()
     local a = connect(serve(opening({ { sleep = 0.1 }, { send = EV("STOP") }, { sleep = 0.2 }, { send = EV("RESUME") },
                                       { hold = 5 } })).path, "a")
     local b = connect(serve(opening({ { sleep = 0.1 }, { send = EV("STOP") }, { hold = 5 } })).path, "b")
-    local loop = qmp.loop{ a }
+    local loop = new_loop{ a }
     local seen = {}
     local sub = loop:on("STOP", function(ev, vm) seen[#seen + 1] = vm.name .. ":" .. ev.event end)
     local all = loop:on(function(ev) return ev.event ~= "STOP" end, function(ev, vm)
@@ -168,12 +171,82 @@ describe("qmp.loop", function()
     assert.equal(0, b:handlers())
   end)
 
+  it("never visits a client with nothing to do while another one's events flow", function()
+    local busy_srv = serve(opening({ { wait_for = "go" }, { ticks = { count = 20, every = 0.01 } }, { hold = 5 } }))
+    local busy = connect(busy_srv.path, "busy")
+    local idle, visits = {}, 0
+    local loop = new_loop{ busy }
+    for k = 1, 20 do
+      local vm = connect(serve(opening({ { hold = 5 } })).path, "idle" .. k)
+      idle[k] = vm
+      loop:add(vm)
+    end
+    assert.equal("timeout", select(2, loop:run({ timeout = 0.1 })).kind)   -- all registered
+    for _, vm in ipairs(idle) do   -- from now on, count every question the loop asks them
+      for _, method in ipairs({ "step", "pollfd", "events", "timeout" }) do
+        local inherited = vm[method]
+        vm[method] = function(...) visits = visits + 1; return inherited(...) end
+      end
+    end
+    local seen = 0
+    loop:on("RTC_CHANGE", function() seen = seen + 1 end)
+    busy_srv:tell("go")
+    assert.is_true(loop:run({ timeout = 5, done = function() return seen >= 20 end }))
+    assert.equal(0, visits)
+  end)
+
+  it("dispatches events a command read outside the loop, with no more bytes to come", function()
+    local a = connect(serve(opening({ { expect = "query-status",
+                                        reply = EV("STOP") .. fake.reply('{"status": "running", "running": true}') },
+                                      { hold = 5 } })).path, "a")
+    local loop = new_loop{ a }
+    assert.equal("timeout", select(2, loop:run({ timeout = 0.05 })).kind)
+    local seen = {}
+    loop:on("STOP", function(_, vm) seen[#seen + 1] = vm.name end)
+    assert(a:execute("query-status"))   -- the STOP came in with the reply: queued, the socket quiet
+    local t0 = qmp.monotime()
+    assert.is_true(loop:run({ timeout = 5, done = function() return #seen == 1 end }))
+    assert.is_true(qmp.monotime() - t0 < 1)
+  end)
+
+  it("lets a handler command another VM of the loop and still sees that VM's events", function()
+    local a = connect(serve(opening({ { sleep = 0.05 }, { send = EV("STOP") }, { hold = 5 } })).path, "a")
+    local b = connect(serve(opening({ { expect = "cont", reply = EV("RESUME") .. fake.reply("{}") },
+                                      { hold = 5 } })).path, "b")
+    local loop = new_loop{ a, b }
+    local seen = {}
+    loop:on("STOP", function(_, vm)
+      seen[#seen + 1] = vm.name .. ":STOP"
+      assert(b:execute("cont"))
+    end)
+    loop:on("RESUME", function(_, vm) seen[#seen + 1] = vm.name .. ":RESUME" end)
+    assert.is_true(loop:run({ timeout = 5, done = function() return #seen == 2 end }))
+    assert.same({ "a:STOP", "b:RESUME" }, seen)
+  end)
+
+  it("fires a timer set between runs, and one set by another VM's handler", function()
+    local a = connect(serve(opening({ { sleep = 0.05 }, { send = EV("STOP") }, { hold = 5 } })).path, "a")
+    local b = connect(serve(opening({ { hold = 5 } })).path, "b")
+    local loop = new_loop{ a, b }
+    assert.equal("timeout", select(2, loop:run({ timeout = 0.01 })).kind)
+    local fired = {}
+    b:after(0.02, function() fired[#fired + 1] = "between runs" end)
+    loop:on("STOP", function()
+      b:after(0.02, function() fired[#fired + 1] = "from a's handler"; loop:stop() end)
+    end)
+    local t0 = qmp.monotime()
+    assert.is_true(loop:run({ timeout = 5 }))
+    assert.same({ "between runs", "from a's handler" }, fired)
+    assert.is_true(qmp.monotime() - t0 < 1)   -- not when b's peer goes away
+  end)
+
   it("rejects what is not a client or a handler", function()
-    assert.has_error(function() qmp.loop{ 42 } end)
-    assert.has_error(function() qmp.loop():on("STOP") end)
-    assert.has_error(function() qmp.loop():run({ timeout = -1 }) end)
+    assert.has_error(function() new_loop{ 42 } end)
+    assert.has_error(function() new_loop():on("STOP") end)
+    assert.has_error(function() new_loop():run({ timeout = -1 }) end)
   end)
 end)
+end
 
 describe("qmp.loop with few file descriptors", function()
   -- In a child lua5.4 under `ulimit -n`.  poll() answers EINVAL when it is
@@ -213,6 +286,19 @@ if what == "loop" then
   say("took", core.monotime() - t0)
   say("vms", #loop:vms())
   say("attempts", loop:vms()[1]._backoff.attempts)
+  -- fds in the loop's epoll set ("tfd:" lines of an eventpoll fd's fdinfo)
+  local pid = io.open("/proc/self/stat"):read("l"):match("^(%d+)")
+  local watched, polls = 0, 0
+  for line in io.popen("ls -l /proc/" .. pid .. "/fd"):lines() do
+    local fd = line:match(" (%d+) %-> anon_inode:%[eventpoll%]")
+    if fd then
+      polls = polls + 1
+      for info in io.lines("/proc/" .. pid .. "/fdinfo/" .. fd) do
+        if info:match("^tfd:") then watched = watched + 1 end
+      end
+    end
+  end
+  say("epoll", polls .. " " .. watched)
 elseif what == "emfile" then
   local vm = assert(qmp.client(path, { name = "late", reconnect = { min = 0.01, max = 0.02 } }))
   local loop = qmp.loop({ vm })
@@ -249,13 +335,14 @@ end
     return said, out
   end
 
-  it("runs 1,100 clients waiting to reconnect under ulimit -n 64: only open fds go to poll()", function()
+  it("runs 1,100 clients waiting to reconnect under ulimit -n 64: none holds a slot in the poller", function()
     local said, out = run_child("loop", 64)
     assert.same({ "1101" }, said.poll, out)
     assert.same({ "timeout: loop: 1 s passed" }, said.run, out)
     assert.is_true(tonumber(said.took[1]) >= 0.95, out)
     assert.same({ "1100" }, said.vms, out)
     assert.is_true(tonumber(said.attempts[1]) >= 2, out)   -- it kept trying
+    assert.same({ "1 0" }, said.epoll, out)                 -- and none of them holds a slot
   end)
 
   it("says io, not refused, when no fd is left for a socket, and the loop goes on", function()

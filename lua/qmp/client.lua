@@ -35,6 +35,7 @@ Client.__name = "qmp.Client"
 local DEFAULT_TIMEOUT = 10
 local DEFAULT_MAX_QUEUE = 10000
 local BATCH = 256   -- messages routed, or events dispatched, per step: a flood cannot hold a step
+local WEAK_KEYS = { __mode = "k" }
 
 local CONNECT_OPTIONS = {
   timeout = true, name = true, negotiate = true, max_message = true, max_queue = true,
@@ -163,6 +164,7 @@ local function new(addr, opts, announce)
     _quitting = false,         -- this client sent quit: do not reconnect
     _sent = {},                -- name -> commands sent
     _announce = announce,
+    _watchers = nil,           -- vm:watch: fn -> true, weak
   }, Client)
   vm:_compose(waiter, max_queue)
   vm:_attempt()
@@ -313,6 +315,7 @@ function Client:_progress()
   end
   local routed = self._session:advance(BATCH)
   self:_follow()
+  self:_changed()
   return routed > 0 or self.state ~= state
 end
 
@@ -352,6 +355,7 @@ end
 
 function Client:_synthetic(name, data)
   self._dispatch:push(events.synthetic(name, data))
+  self:_changed()
 end
 
 -- Validation mode: the error to report for an event that does not match
@@ -436,6 +440,7 @@ function Client:_command(method, name, args, opts, oob)
   local ok, cmd = pcall(s.send, s, name, args, opts.fds, oob)
   if not ok then errors.raise("qmp: " .. method .. ": " .. tostring(cmd)) end  -- unencodable arguments
   if s.state == "dead" then self:_follow() end  -- sending can end the session
+  self:_changed()   -- a partial write waits for "w"; the command has a deadline
   local _, why = self._waiting:await(function() return cmd.done end, deadline)
   if not cmd.done then
     s:abandon(cmd)   -- its late reply is dropped
@@ -565,7 +570,9 @@ end
 
 --- Call fn(vm) after seconds, from the dispatch loop (run, step, qmp.loop).
 function Client:after(seconds, fn)
-  return self._dispatch:after(seconds, fn)
+  local timer = self._dispatch:after(seconds, fn)
+  self:_changed()
+  return timer
 end
 
 -- }==================== consumers
@@ -633,6 +640,34 @@ function Client:timeout()
   end
   if t == huge then return nil end
   return max(0, t)
+end
+
+--- For loops that keep a client registered instead of asking it on every
+-- turn (qmp.loop): fn(vm) is called whenever pollfd(), events() or
+-- timeout() may have changed other than by step() -- a command sent, a
+-- timer set, messages read while a command waited, a reconnect, close.
+-- Held weakly, as listeners are: a loop that is dropped goes away.
+function Client:watch(fn)
+  if type(fn) ~= "function" then errors.raise("qmp: watch: expected a function") end
+  local watchers = self._watchers
+  if not watchers then
+    watchers = setmetatable({}, WEAK_KEYS)
+    self._watchers = watchers
+  end
+  watchers[fn] = true
+end
+
+--- Stop calling fn (vm:watch).
+function Client:unwatch(fn)
+  local watchers = self._watchers
+  if watchers then watchers[fn] = nil end
+end
+
+function Client:_changed()
+  local watchers = self._watchers
+  if watchers then
+    for fn in next, watchers do fn(self) end
+  end
 end
 
 --- Run the dispatch loop until vm:stop(), done() returns true, the timeout
@@ -707,6 +742,7 @@ function Client:close()
   end
   self.state = "closed"
   self._waiting:signal()
+  self:_changed()
 end
 Client.__close = Client.close
 

@@ -1,20 +1,26 @@
---- One poll loop for many monitor connections.
+--- One loop for many monitor connections.
 --   local loop = qmp.loop{ vm1, vm2 }
 --   loop:on("SHUTDOWN", function(ev, vm) print(vm.name, ev.reason) end)
 --   loop:run{ timeout = 60 }
--- Each turn waits once, in a single poll() over every VM's fd (for what it
--- asks: "r", or "w" while connecting), then steps (vm:step: progress the
--- connection, run due timers, dispatch) the VMs that are ready or due.  No
--- step waits, so a dead, slow or reconnecting VM never stalls the others.
--- Handlers run as with vm:run: one at a time, in plain Lua.  A VM that
--- closes for good leaves the loop and is reported through loop.on_close;
--- the others go on.
+-- The loop keeps every client's socket registered in a poller of the core
+-- (epoll on Linux, else poll()) and its next timer in a heap, and changes
+-- a registration only when that client's fd, interest ("r", "w", "rw") or
+-- timer changes: after a step, or when the client tells (vm:watch) that a
+-- command, a timer or a close changed it.  A turn waits once, then steps
+-- (vm:step: progress the connection, run due timers, dispatch) only the
+-- clients that are ready or due, so an event costs the same in a loop of
+-- one client as in a loop of ten thousand idle ones, and a client waiting
+-- to reconnect holds no fd in the poller.  No step waits, so a dead, slow
+-- or reconnecting VM never stalls the others.  Handlers run as with
+-- vm:run: one at a time, in plain Lua.  A VM that closes for good leaves
+-- the loop and is reported through loop.on_close; the others go on.
 local core = require "qmp.core"
 local errors = require "qmp.errors"
+local heap = require "qmp.heap"
 
 local type, ipairs, pairs, setmetatable = type, ipairs, pairs, setmetatable
 local raise = errors.raise
-local monotime, min, huge = core.monotime, math.min, math.huge
+local monotime, min, max, huge = core.monotime, math.min, math.max, math.huge
 
 local Loop = { __name = "qmp.Loop" }
 Loop.__index = Loop
@@ -23,7 +29,8 @@ local FleetSubscription = { __name = "qmp.FleetSubscription" }
 FleetSubscription.__index = FleetSubscription
 
 local function check_vm(vm, method)
-  if type(vm) ~= "table" or type(vm.step) ~= "function" or type(vm.pollfd) ~= "function" then
+  if type(vm) ~= "table" or type(vm.step) ~= "function" or type(vm.pollfd) ~= "function"
+      or type(vm.watch) ~= "function" then
     raise(("qmp.loop: %s: expected a qmp client"):format(method))
   end
 end
@@ -47,16 +54,119 @@ local function attach(fleet, vm)
   fleet.subs[vm] = vm:on(fleet.names, fleet.data, fleet.fn)
 end
 
---- qmp.loop([vms]) -> loop.  vms: a list of clients (qmp.connect).
-local function new(vms)
+-- {==================== registration
+-- Each member has a record: the fd and interest registered for it, the
+-- time of its entry in the timer heap (due) and that entry's tag (seq: an
+-- entry whose tag is not the record's is stale), its place in _order and
+-- whether it waits in _dirty.
+
+-- Look at a client again: its registration and its timer.
+local function refresh(loop, vm, rec, now)
+  rec.dirty = false
+  local poller, owner = loop._poller, loop._owner
+  local fd = vm:pollfd()
+  if fd ~= rec.fd then
+    local old = rec.fd
+    if old >= 0 and owner[old] == vm then   -- a closed fd may already serve another client
+      poller:unset(old)
+      owner[old] = nil
+    end
+    rec.fd, rec.interest = fd, nil
+  end
+  local t = vm:timeout()
+  if fd >= 0 then
+    local interest = vm:events()
+    if interest ~= rec.interest or owner[fd] ~= vm then
+      if poller:set(fd, interest) then
+        owner[fd], rec.interest = vm, interest
+      else
+        t = 0   -- a closed fd: the step finds out and tells
+      end
+    end
+  end
+  if t == nil then
+    if rec.due then rec.seq, rec.due = rec.seq + 1, nil end
+    return
+  end
+  local at = now + max(t, 0)
+  if rec.due == nil or at < rec.due then   -- an earlier entry stays: it only wakes the client early
+    rec.seq, rec.due = rec.seq + 1, at
+    loop._timers:push(at, vm, rec.seq)
+  end
+end
+
+local function refresh_dirty(loop)
+  local dirty = loop._dirty
+  if #dirty == 0 then return end
+  loop._dirty = {}
+  local member, now = loop._member, monotime()
+  for _, vm in ipairs(dirty) do
+    local rec = member[vm]
+    if rec and rec.dirty then refresh(loop, vm, rec, now) end
+  end
+end
+
+-- Stale timer entries (a client that moved its timer, or left) are
+-- dropped as they come out; when they outnumber the live ones, at once.
+local function prune_timers(loop)
+  local timers, member = loop._timers, loop._member
+  if timers:size() <= 2 * loop._count + 64 then return end
+  timers:filter(function(vm, seq)
+    local rec = member[vm]
+    return rec ~= nil and rec.seq == seq
+  end)
+end
+
+-- The time of the earliest live timer, or nil.
+local function next_due(loop)
+  local timers, member = loop._timers, loop._member
+  while true do
+    local at, vm, seq = timers:peek()
+    if not at then return nil end
+    local rec = member[vm]
+    if rec and rec.seq == seq then return at end
+    timers:pop()
+  end
+end
+
+-- A member's fd, interest or timer may have changed: look at it again
+-- before the next wait.
+local function notice(loop, vm)
+  local rec = loop._member[vm]
+  if rec and not rec.dirty then
+    rec.dirty = true
+    local dirty = loop._dirty
+    dirty[#dirty + 1] = vm
+  end
+end
+
+-- }====================
+
+--- qmp.loop([vms [, opts]]) -> loop.  vms: a list of clients (qmp.connect).
+-- opts.backend: "epoll" (the default on Linux) or "poll".
+local function new(vms, opts)
   if vms ~= nil and type(vms) ~= "table" then raise("qmp.loop: expected a list of clients") end
-  local loop = setmetatable({
+  opts = errors.check_options("qmp.loop", opts, { backend = true })
+  if opts.backend ~= nil and opts.backend ~= "epoll" and opts.backend ~= "poll" then
+    raise("qmp.loop: backend must be \"epoll\" or \"poll\"")
+  end
+  local poller, err = core.poller(opts.backend)
+  if not poller then raise("qmp.loop: " .. tostring(err)) end  -- no fd left for epoll: as socket() would say
+  local loop
+  loop = setmetatable({
     on_close = nil,   -- function(vm, err): a VM closed and left the loop
-    _vms = {},        -- members, in order of addition
-    _member = {},     -- vm -> true
+    _poller = poller,
+    _member = {},     -- vm -> its record (see refresh)
+    _order = {},      -- members in order of addition; a place whose record says otherwise is a hole
+    _count = 0,       -- members
+    _owner = {},      -- fd -> the member registered with it
+    _timers = heap.new(),
+    _dirty = {},      -- members to look at again before the next wait
+    _ready = {},      -- the poller's ready fds (reused)
     _fleet = {},      -- fleet subscriptions, in registration order
     _stop = false,
     _current = nil,   -- the VM being stepped, for Loop:stop()
+    _notice = function(vm) notice(loop, vm) end,   -- each member's watcher (vm:watch)
   }, Loop)
   for _, vm in ipairs(vms or {}) do
     check_vm(vm, "new")
@@ -65,27 +175,50 @@ local function new(vms)
   return loop
 end
 
---- Add a VM; it gets every fleet handler.  Adding a member again does nothing.
--- Returns the loop.
+--- Add a VM; it gets every fleet handler.  Adding a member again does
+-- nothing.  Returns the loop.
 function Loop:add(vm)
   check_vm(vm, "add")
   if self._member[vm] then return self end
-  self._member[vm] = true
-  self._vms[#self._vms + 1] = vm
+  vm:watch(self._notice)
+  local order = self._order
+  local rec = { fd = -1, interest = nil, due = nil, seq = 0, dirty = false, place = #order + 1 }
+  order[rec.place] = vm
+  self._member[vm] = rec
+  self._count = self._count + 1
+  notice(self, vm)
   for _, fleet in ipairs(self._fleet) do attach(fleet, vm) end
   return self
+end
+
+-- Close the holes _order has when more than half of it are holes.
+local function compact(loop)
+  local order, member = loop._order, loop._member
+  if #order <= 2 * loop._count + 16 then return end
+  local list = {}
+  for i, vm in ipairs(order) do
+    local rec = member[vm]
+    if rec and rec.place == i then
+      list[#list + 1] = vm
+      rec.place = #list
+    end
+  end
+  loop._order = list
 end
 
 --- Take a VM out of the loop, with its fleet handlers (its own handlers
 -- stay).  The connection stays open.  true if it was a member.
 function Loop:remove(vm)
-  if not self._member[vm] then return false end
-  self._member[vm] = nil
-  local list = {}   -- a new list: a run in progress keeps its snapshot
-  for _, v in ipairs(self._vms) do
-    if v ~= vm then list[#list + 1] = v end
+  local rec = self._member[vm]
+  if not rec then return false end
+  if rec.fd >= 0 and self._owner[rec.fd] == vm then
+    self._poller:unset(rec.fd)
+    self._owner[rec.fd] = nil
   end
-  self._vms = list
+  self._member[vm] = nil   -- its timer entries are stale from now on
+  self._count = self._count - 1
+  vm:unwatch(self._notice)
+  compact(self)
   for _, fleet in ipairs(self._fleet) do
     local sub = fleet.subs[vm]
     if sub then
@@ -98,8 +231,11 @@ end
 
 --- The VMs in the loop, in order of addition (a copy).
 function Loop:vms()
-  local list = {}
-  for i, vm in ipairs(self._vms) do list[i] = vm end
+  local list, member = {}, self._member
+  for i, vm in ipairs(self._order) do
+    local rec = member[vm]
+    if rec and rec.place == i then list[#list + 1] = vm end
+  end
   return list
 end
 
@@ -111,7 +247,7 @@ function Loop:on(names, data, fn)
   if type(fn) ~= "function" then raise("qmp.loop: handler must be a function") end
   local fleet = setmetatable({ loop = self, names = names, data = data, fn = fn,
                                subs = {}, active = true }, FleetSubscription)
-  for _, vm in ipairs(self._vms) do attach(fleet, vm) end
+  for _, vm in ipairs(self:vms()) do attach(fleet, vm) end
   local list = {}
   for i, f in ipairs(self._fleet) do list[i] = f end
   list[#list + 1] = fleet
@@ -127,7 +263,8 @@ function Loop:stop()
   if vm then vm:stop() end  -- ends that VM's dispatch
 end
 
--- Step one VM; a VM that closed leaves the loop and is reported.
+-- Step one VM, to be looked at again before the next wait; a VM that
+-- closed leaves the loop and is reported.
 local function step(loop, vm)
   loop._current = vm
   local ok, err = vm:step()
@@ -136,7 +273,49 @@ local function step(loop, vm)
     loop:remove(vm)
     local on_close = loop.on_close
     if on_close then on_close(vm, err) end
+  else
+    notice(loop, vm)
   end
+end
+
+-- Wait at most `wait` seconds, then step the clients that are ready or
+-- due, each once.  true, or nil, err (interrupted, io).
+local function turn(loop, wait)
+  local ready = loop._ready
+  local n, err = loop._poller:wait(wait, ready)
+  if not n then return nil, err end
+  local member, owner, now = loop._member, loop._owner, monotime()
+  local due, m = {}, 0   -- the clients to step, each once
+  for i = 1, n do
+    local vm = owner[ready[i]]
+    local rec = vm and member[vm]
+    if rec and rec.stepped ~= due then
+      rec.stepped = due
+      m = m + 1
+      due[m] = vm
+    end
+  end
+  local timers = loop._timers
+  while true do
+    local at, vm, seq = timers:peek()
+    if not at or at > now then break end
+    timers:pop()
+    local rec = member[vm]
+    if rec and rec.seq == seq then
+      rec.due = nil
+      if rec.stepped ~= due then
+        rec.stepped = due
+        m = m + 1
+        due[m] = vm
+      end
+    end
+  end
+  for i = 1, m do
+    if loop._stop then break end
+    local vm = due[i]
+    if member[vm] then step(loop, vm) end
+  end
+  return true
 end
 
 --- Run until loop:stop(), done() returns true, the timeout passes or no VM
@@ -149,40 +328,33 @@ function Loop:run(opts)
   errors.check_duration("qmp.loop: run", "timeout", timeout, { optional = true, infinite = true })
   if done ~= nil and type(done) ~= "function" then raise("qmp.loop: run: done must be a function") end
   local deadline = timeout and monotime() + timeout or huge
-  local ready = {}   -- vm -> true: its fd was ready at the last poll
-  local due = {}     -- vm -> when it has work without its fd (from its timeout())
+  local turned = false   -- at least one turn before a timeout, as with vm:run
   self._stop = false
   while true do
-    local now = monotime()
-    for _, vm in ipairs(self._vms) do   -- a snapshot: add/remove replace the list
-      if self._stop then break end
-      local t = due[vm]
-      if t == nil then t = vm:timeout(); t = t and now + t or huge end  -- new in the loop
-      if self._member[vm] and (ready[vm] or t <= now) then step(self, vm) end
-    end
+    refresh_dirty(self)
     if self._stop or (done and done(self)) then
       self._stop = false
       return true
     end
-    local vms = self._vms
-    if #vms == 0 then return nil, errors.new("closed", "qmp.loop: no VM left") end
-    local wait = deadline - monotime()
-    if wait <= 0 then
+    if self._count == 0 then return nil, errors.new("closed", "qmp.loop: no VM left") end
+    local now = monotime()
+    if turned and now >= deadline then
       return nil, errors.new("timeout", ("loop: %g s passed"):format(timeout))
     end
-    local fds, modes = {}, {}
-    now = monotime()
-    for i, vm in ipairs(vms) do
-      fds[i], modes[i] = vm:pollfd(), vm:events()
-      local t = vm:timeout()
-      if t then wait = min(wait, t) end
-      due[vm] = t and now + t or huge
-    end
-    local list, err = core.poll(fds, wait < huge and wait or nil, modes)
-    if not list then return nil, err end
-    ready = {}
-    for _, i in ipairs(list) do ready[vms[i]] = true end
+    prune_timers(self)
+    local wait = min(deadline, next_due(self) or huge) - now
+    local ok, err = turn(self, wait < huge and max(wait, 0) or nil)
+    if not ok then return nil, err end
+    turned = true
   end
 end
+
+--- Close the loop's poller; the clients stay open.  A loop is also closed
+-- when it is collected.
+function Loop:close()
+  for _, vm in ipairs(self:vms()) do self:remove(vm) end
+  self._poller:close()
+end
+Loop.__close = Loop.close
 
 return new
