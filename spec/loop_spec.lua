@@ -240,6 +240,23 @@ describe("qmp.loop (" .. backend .. ")", function()
     assert.is_true(qmp.monotime() - t0 < 1)   -- not when b's peer goes away
   end)
 
+  it("close takes the clients out and leaves their connections open", function()
+    local a = connect(serve(opening({ { sleep = 0.05 }, { send = EV("STOP") }, { hold = 5 } })).path, "a")
+    local seen = 0
+    do
+      local loop <close> = new_loop{ a }
+      loop:on("STOP", function() seen = seen + 1 end)
+    end
+    assert.equal(0, a:handlers())   -- its fleet handler went with it
+    assert.equal("ready", a.state)
+    local again = new_loop{ a }
+    again:on("STOP", function() seen = seen + 1 end)
+    assert.is_true(again:run({ timeout = 5, done = function() return seen == 1 end }))
+    again:close()
+    assert.equal("closed", select(2, again:run({ timeout = 0 })).kind)
+    assert.has_error(function() again:add(a) end, "qmp.loop: add: the loop is closed")
+  end)
+
   it("rejects what is not a client or a handler", function()
     assert.has_error(function() new_loop{ 42 } end)
     assert.has_error(function() new_loop():on("STOP") end)

@@ -165,6 +165,7 @@ local function new(vms, opts)
     _ready = {},      -- the poller's ready fds (reused)
     _fleet = {},      -- fleet subscriptions, in registration order
     _stop = false,
+    _closed = false,
     _current = nil,   -- the VM being stepped, for Loop:stop()
     _notice = function(vm) notice(loop, vm) end,   -- each member's watcher (vm:watch)
   }, Loop)
@@ -179,6 +180,7 @@ end
 -- nothing.  Returns the loop.
 function Loop:add(vm)
   check_vm(vm, "add")
+  if self._closed then raise("qmp.loop: add: the loop is closed") end
   if self._member[vm] then return self end
   vm:watch(self._notice)
   local order = self._order
@@ -354,6 +356,7 @@ end
 function Loop:close()
   for _, vm in ipairs(self:vms()) do self:remove(vm) end
   self._poller:close()
+  self._closed = true
 end
 Loop.__close = Loop.close
 
