@@ -1,9 +1,13 @@
 -- One end-to-end client in a process of its own (for callgrind, and for
 -- memory figures no other benchmark has inflated), against a blast peer.
---   lua5.4 client_child.lua qmp|luasocket <socket> [events=A,B] [every=K] [profile=N] [clock=frozen]
+--   lua5.4 client_child.lua CLIENT <socket> [events=A,B] [every=K] [profile=N] [clock=frozen]
+-- CLIENT: qmp, luasocket, careful or chunked (bench/clients.lua).
 -- Prints "sample <events> <VmRSS>" every K events as it goes, then a Lua
--- chunk: return { events, skipped, cpu, rss_ready, peak, samples }
--- (samples: those VmRSS figures; rss_ready: VmRSS once negotiated).
+-- chunk: return { events, skipped, cpu, setup, rss_ready, peak, samples }
+-- (cpu: the process's CPU seconds from the end of negotiation to the end
+-- of the stream; setup: those before it, loading the modules, connecting
+-- and negotiating; samples: those VmRSS figures; rss_ready: VmRSS once
+-- negotiated).
 -- profile=N: also count which Lua functions run, one sample every N Lua VM
 -- instructions once negotiated, and print "profile <samples> <function>"
 -- lines, most first (the count hook sees Lua code only, not C).
@@ -37,8 +41,10 @@ end
 
 local result = { samples = {} }
 local counts = {}
+local t0, ready_at = os.clock(), nil
 opts.ready = function()
   result.rss_ready = memory.rss()
+  ready_at = os.clock()
   if opts.profile then
     local getinfo = debug.getinfo
     debug.sethook(function()
@@ -58,10 +64,10 @@ if opts.every then
     io.flush()
   end
 end
-local run = assert(clients[which], "client_child: qmp or luasocket")
-local t0 = os.clock()
+local run = assert(clients[which], "client_child: qmp, luasocket, careful or chunked")
 local handled, stats = run(path, opts)
-result.cpu = os.clock() - t0
+result.cpu = os.clock() - assert(ready_at, "the client never said it was ready")
+result.setup = ready_at - t0
 debug.sethook()
 result.events, result.skipped = handled, stats.skipped
 result.peak = memory.peak()
@@ -70,5 +76,6 @@ local ranked = {}
 for where, count in pairs(counts) do ranked[#ranked + 1] = { where = where, count = count } end
 table.sort(ranked, function(a, b) return a.count > b.count end)
 for i = 1, math.min(25, #ranked) do io.write(("profile %d %s\n"):format(ranked[i].count, ranked[i].where)) end
-io.write(("return { events = %d, skipped = %d, cpu = %.6f, rss_ready = %d, peak = %d, samples = { %s } }\n")
-  :format(result.events, result.skipped, result.cpu, result.rss_ready, result.peak, table.concat(result.samples, ", ")))
+io.write(("return { events = %d, skipped = %d, cpu = %.6f, setup = %.6f, rss_ready = %d, peak = %d, "
+          .. "samples = { %s } }\n"):format(result.events, result.skipped, result.cpu, result.setup,
+                                            result.rss_ready, result.peak, table.concat(result.samples, ", ")))
