@@ -5,7 +5,9 @@
 --   p.total                      -- instructions
 --   p.self["core.so:conn_take"]  -- instructions in the function itself
 --   p.calls                      -- { { from = "ob:fn", to = "ob:fn", cost = n }, ... }
--- Functions are named "object basename:function".
+-- Functions are named "object basename:function"; with valgrind's
+-- --separate-callers, a function's name carries its callers after it,
+-- each after a "'" (callgrind's own notation).
 local M = {}
 
 local function basename(path)
@@ -93,6 +95,47 @@ function M.between(p, from_ob, to_ob)
     if object(c.from):find(from_ob) and object(c.to):find(to_ob) then sum = sum + c.cost end
   end
   return sum
+end
+
+-- A function's name without the callers that --separate-callers adds
+-- ("luaC_step'lua_createtable'push_event" -> "luaC_step"), and those
+-- callers, nearest first.
+local function base(fn)
+  return fn:match("^[^']*")
+end
+
+local function callers(fn)
+  local list = {}
+  for name in fn:gmatch("'([^']+)") do list[#list + 1] = name end
+  return list
+end
+
+--- The names of the functions of objects matching `ob`, as a set.
+function M.functions_of(p, ob)
+  local set = {}
+  for name in pairs(p.self) do
+    if object(name):find(ob) then set[base(func(name))] = true end
+  end
+  return set
+end
+
+--- The inclusive cost of every call into a function named in the set
+-- `entries` from a function not in it; and the part of that made beneath
+-- a function named in the set `beneath` (found among the callee's callers:
+-- run valgrind with --separate-callersN=NAME for each entry, N deep enough
+-- to reach them).
+function M.calls_into(p, entries, beneath)
+  local all, under = 0, 0
+  for _, c in ipairs(p.calls) do
+    local to, from = func(c.to), base(func(c.from))
+    if entries[base(to)] and not entries[from] then
+      all = all + c.cost
+      local inside = beneath[from] or false
+      for _, name in ipairs(callers(to)) do inside = inside or beneath[base(name)] or false end
+      if inside then under = under + c.cost end
+    end
+  end
+  return all, under
 end
 
 --- Functions by their own cost, largest first: { { name, cost }, ... }.

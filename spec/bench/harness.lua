@@ -243,14 +243,16 @@ function H.capture(cmd)
   return out
 end
 
---- Compile one of the C contenders into this run's directory, against the
--- system cJSON when asked.  Returns the executable's path, or nil, why.
-function H.compile(source, with_cjson)
+--- Compile one of the C programs into this run's directory, against the
+-- system cJSON when asked; `flags` (optional) are more compiler and linker
+-- words, after the source.  Returns the executable's path, or nil, why.
+function H.compile(source, with_cjson, flags)
   local exe = format("%s/%s", H.dir(), source:match("([^/]+)%.c$"))
   local cc = os.getenv("CC") or "cc"
-  local libs = ""
+  local libs = flags or ""
   if with_cjson then
-    libs = (H.capture("pkg-config --cflags --libs libcjson") or "-I/usr/include/cjson -lcjson"):gsub("%s+$", "")
+    libs = libs .. " " .. (H.capture("pkg-config --cflags --libs libcjson") or "-I/usr/include/cjson -lcjson")
+      :gsub("%s+$", "")
   end
   local cmd = format("%s -O2 -std=c99 -D_GNU_SOURCE -Wall -o %s %s %s", cc, H.quote(exe),
                      H.quote(H.bench_dir .. "/" .. source), libs)
