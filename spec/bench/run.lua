@@ -2,7 +2,7 @@
 -- contenders interleaved in this process and prints medians with ranges;
 -- a table of every row, with its target met or not, comes at the end.
 --   lua5.4 spec/bench/run.lua [NAME ...]     (from the top of the tree, after make)
--- NAMEs: e2e interest decoder ir reply soak idle rtt (default: all, in that order).
+-- NAMEs: e2e interest decoder ir reply soak fleet handlers rtt (default: all, in that order).
 -- Environment: QMP_BENCH_QUICK=1 (sizes / 10, fewer rounds), QMP_BENCH_ROUNDS=n,
 -- QMP_BENCH_SOAK_EVENTS=n (row 6, default 10,000,000).
 local spec_dir = arg[0]:match("^(.*)/bench/[^/]*$") or "spec"
@@ -30,7 +30,8 @@ local BENCHES = {
   { name = "ir", module = "bench.ir", fn = "run", about = "instructions per event (callgrind)" },
   { name = "reply", module = "bench.reply", fn = "run", about = "a 10 MiB schema-like reply" },
   { name = "soak", module = "bench.soak", fn = "run", about = "RSS over millions of events" },
-  { name = "idle", module = "bench.idle", fn = "run", about = "500 idle connections in one qmp.loop" },
+  { name = "fleet", module = "bench.fleet", fn = "run", about = "a fleet of monitors in one qmp.loop (1 to 10,000)" },
+  { name = "handlers", module = "bench.handlers", fn = "run", about = "100 glob handlers against one" },
   { name = "rtt", module = "bench.rtt", fn = "run", about = "query-status round trips, real QEMU" },
 }
 
@@ -59,7 +60,29 @@ local function pad(s, w)
 end
 
 local COLUMNS = { { "id", "#" }, { "what", "benchmark" }, { "qmp", "qmp" }, { "contender", "contender" },
-                  { "ratio", "ratio" }, { "target", "target" }, { "result", "result" } }
+                  { "ratio", "time ratio" }, { "iratio", "instr. ratio" }, { "target", "target" },
+                  { "result", "result" } }
+
+-- The instruction counts (ir.lua) return a row per contender of rows 1 and
+-- 2, with `merge` naming the row (its `key`) whose instructions ratio it
+-- is: shown in that row when it is in the table, else on its own.
+local function merge_instructions(rows)
+  local by_key = {}
+  for _, row in ipairs(rows) do
+    if row.key then by_key[row.key] = row end
+  end
+  local kept = {}
+  for _, row in ipairs(rows) do
+    local into = row.merge and by_key[row.merge]
+    if into then
+      into.iratio = row.iratio
+      into.note = (into.note and into.note .. "; " or "") .. row.note
+    else
+      kept[#kept + 1] = row
+    end
+  end
+  return kept
+end
 
 local function print_table(rows)
   local widths = {}
@@ -111,8 +134,8 @@ for i, b in ipairs(selected) do
     for _, row in ipairs(result) do
       row.result = row.met == nil and "info" or (row.met and "met" or "NOT met")
       rows[#rows + 1] = row
-      H.say("  => %s %s: qmp %s | %s | %s | target %s: %s", row.id, row.what, row.qmp or "", row.contender or "",
-            row.ratio or "", row.target or "", row.result)
+      H.say("  => %s %s: qmp %s | %s | %s%s | target %s: %s", row.id, row.what, row.qmp or "", row.contender or "",
+            row.ratio or "", row.iratio and (" | instructions " .. row.iratio) or "", row.target or "", row.result)
       if row.note then H.say("     %s", row.note) end
     end
   else
@@ -124,9 +147,11 @@ for i, b in ipairs(selected) do
 end
 H.remove_dir()
 
-H.say("\nResults (%s; %d s in all). Medians (min–max) of interleaved rounds; ratio = qmp's speed over the\n"
-      .. "contender's (the contender's time ÷ qmp's, per round): higher is better for qmp.\n",
+H.say("\nResults (%s; %d s in all). Medians (min–max) of interleaved rounds; time ratio = qmp's speed over\n"
+      .. "the contender's (the contender's CPU time ÷ qmp's, per round); instr. ratio = the contender's\n"
+      .. "instructions per event ÷ qmp's (callgrind, `ir`): higher is better for qmp in both.\n",
       os.date("%Y-%m-%d"), os.time() - started)
+rows = merge_instructions(rows)
 print_table(rows)
 local notes = {}
 for _, row in ipairs(rows) do
