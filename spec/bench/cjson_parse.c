@@ -2,7 +2,9 @@
 ** cjson_parse FILE [N]: the baseline of the big-reply benchmark.  Parses
 ** FILE with the system cJSON N times (default 1) and prints the CPU time of
 ** each parse alone, in seconds, one per line (freeing the tree is not
-** counted).  Compiled by the benchmark into its temporary directory.
+** counted).  The first parse is cold (a fresh heap whose pages are not
+** mapped yet); the benchmark compares qmp with the warm ones after it.
+** Compiled by the benchmark into its temporary directory.
 */
 #include <stdio.h>
 #include <stdlib.h>
