@@ -199,7 +199,7 @@ function M.run()
                    share(q.gc, q.total), H.kilo(q.gc_in_core), math.abs(100 * (q.total - installed.total)
                    / installed.total), H.kilo(installed.total)),
   }, {
-    id = "4", what = "  garbage collection's share, its own line",
+    id = "4", what = "  garbage collection's share of them",
     qmp = share(q.gc, q.total),
     note = ("the collector's steps (marking, sweeping, freeing) and write barriers, wherever triggered; "
             .. "qmp.core's own share, without them: %s; with the interest set: GC %s"):format(
