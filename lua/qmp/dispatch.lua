@@ -82,7 +82,7 @@ function Dispatch.new(p)
     _p = p,
     _stats = { overflow = 0, handler_errors = 0 },   -- its part of vm.stats
     _handlers = {},                 -- subscriptions in registration order (copy on write)
-    _by_name = {}, _named = 0,      -- event name -> the handlers that may want it (a cache)
+    _by_name = {}, _named = 0,      -- event name -> the handlers whose names take it (a cache)
     _epoch = 0,                     -- bumped when the handlers change or vm:stop() asks (see stop)
     _stopped = false,               -- vm:stop() asked: delivery ends after the running handler
     _listeners = weak_set(),        -- open listeners, as keys (copy on write)
@@ -207,20 +207,25 @@ function Dispatch:waiting()
   return self._last - self._next + 1
 end
 
-local MAX_NAMED = 512   -- names cached by _for_name; a peer inventing names cannot grow it
+-- Names cached by _for_name: the peer names the events, and one inventing
+-- names must not grow the cache without bound; when full, it starts afresh.
+local MAX_NAMED = 512
 
--- The handlers that may want events named name, in registration order: those
--- subscribed to that name and those whose filter is not a plain list of
--- names.  The list is a snapshot: on/off drop the cache instead of changing it.
+-- The handlers that may want events named name, in registration order:
+-- those whose name filter takes the name (a name, a glob, a list: tested
+-- here once per name, not per event) and those with a function filter.
+-- Data filters and function filters are still asked per event (wants).
+-- The list is a snapshot: on/off drop the cache instead of changing it.
 function Dispatch:_for_name(name)
-  local list = self._by_name[name]
-  if list then return list end
-  list = {}
+  local list = {}
   for _, sub in ipairs(self._handlers) do
-    if not sub.names or sub.names[name] then list[#list + 1] = sub end
+    local accepts = sub.accepts
+    if not accepts or accepts(name) then list[#list + 1] = sub end
   end
-  if self._named >= MAX_NAMED then self._by_name, self._named = {}, 0 end
-  if name ~= nil then self._by_name[name], self._named = list, self._named + 1 end
+  if type(name) == "string" then
+    if self._named >= MAX_NAMED then self._by_name, self._named = {}, 0 end
+    self._by_name[name], self._named = list, self._named + 1
+  end
   return list
 end
 
@@ -348,10 +353,12 @@ end
 local Subscription = { __name = "qmp.Subscription" }
 Subscription.__index = Subscription
 
--- Whether the handler runs for ev: active, and its filter takes it; a once
--- handler goes as it is chosen.  (sub.direct: active, no filter, not once.)
+-- Whether the handler runs for ev, one of the events its name filter takes
+-- (see _for_name): active, and its per-event check, if any, takes it; a once
+-- handler goes as it is chosen.  (sub.direct: active, no check, not once.)
 function Subscription:wants(ev)
-  if not (self.active and (self.always or self.match(ev))) then return false end
+  local check = self.check
+  if not (self.active and (check == nil or check(ev))) then return false end
   if self.once then self:off() end
   return true
 end
@@ -369,16 +376,14 @@ end
 function Dispatch:on(names, data, fn, once)
   if fn == nil and type(data) == "function" then data, fn = nil, data end
   if type(fn) ~= "function" then errors.raise("qmp: handler must be a function") end
-  local exact = filter.exact_names(names)
-  local plain = names ~= nil and names ~= "*" and #exact > 0 and
-                #exact == (type(names) == "table" and #names or 1)   -- names, no globs, no function
-  local sub = setmetatable({ _dispatch = self, match = filter.compile(names, data), fn = fn,
-                             once = once, active = true,
-                             names = plain and {} or nil,                       -- indexed by these
-                             always = data == nil and (plain or names == nil or names == "*") },
+  -- accepts(name): the name filter, asked once per name (nil: a function
+  -- filter); check(ev): what is asked per event (the data filter; with a
+  -- function filter, the whole filter), nil when nothing is.
+  local accepts, check = filter.name_test(names), nil
+  if accepts then check = filter.data(data) else check = filter.compile(names, data) end
+  local sub = setmetatable({ _dispatch = self, accepts = accepts, check = check, fn = fn,
+                             once = once, active = true, direct = check == nil and not once },
                            Subscription)
-  sub.direct = sub.always and not once
-  for _, name in ipairs(plain and exact or {}) do sub.names[name] = true end
   self._handlers = with(self._handlers, sub)
   self._by_name, self._named, self._epoch = {}, 0, self._epoch + 1
   return sub

@@ -29,15 +29,14 @@ end
 
 local function is_glob(s) return s:find("[*?]") ~= nil end
 
---- Compile a name filter into predicate(ev).
-function filter.names(f)
+-- A name filter (not a function) compiled into test(name).
+local function name_test(f)
   local t = type(f)
   if f == nil or f == "*" then return always end
-  if t == "function" then return f end
   if t == "string" then
-    if not is_glob(f) then return function(ev) return ev.event == f end end
+    if not is_glob(f) then return function(n) return n == f end end
     local pat = glob_pattern(f)
-    return function(ev) local n = ev.event; return type(n) == "string" and n:find(pat) ~= nil end
+    return function(n) return type(n) == "string" and n:find(pat) ~= nil end
   end
   if t == "table" then
     local set, globs = {}, {}
@@ -46,9 +45,8 @@ function filter.names(f)
       if name == "*" then return always end
       if is_glob(name) then globs[#globs + 1] = glob_pattern(name) else set[name] = true end
     end
-    if #globs == 0 then return function(ev) return set[ev.event] == true end end
-    return function(ev)
-      local n = ev.event
+    if #globs == 0 then return function(n) return set[n] == true end end
+    return function(n)
       if set[n] then return true end
       if type(n) ~= "string" then return false end
       for _, pat in ipairs(globs) do if n:find(pat) then return true end end
@@ -56,6 +54,22 @@ function filter.names(f)
     end
   end
   raise("qmp: bad event filter (" .. t .. "): want a name, a glob, a list or a function")
+end
+
+--- Compile a name filter into test(name), which looks at the name alone:
+-- its answer for a name holds for every event of that name, so it may be
+-- kept.  nil for a function filter, which is asked about each event.
+function filter.name_test(f)
+  if type(f) == "function" then return nil end
+  return name_test(f)
+end
+
+--- Compile a name filter into predicate(ev).
+function filter.names(f)
+  if type(f) == "function" then return f end
+  local test = name_test(f)
+  if test == always then return always end
+  return function(ev) return test(ev.event) end
 end
 
 local function is_list(t)
@@ -144,16 +158,23 @@ function filter.describe(names, data)
   return text
 end
 
---- Compile a name filter and an optional data filter into predicate(ev).
-function filter.compile(names, data)
-  local by_name = filter.names(names)
-  if data == nil then return by_name end
+--- Compile a data filter into predicate(ev), which looks at ev.data (a
+-- function data filter is called with ev.data and ev); nil when data is nil.
+function filter.data(data)
+  if data == nil then return nil end
   if type(data) ~= "table" and type(data) ~= "function" then
     raise("qmp: data filter must be a table or a function")
   end
   local check = compile_value(data, "data")
+  return function(ev) return check(ev.data, ev) end
+end
+
+--- Compile a name filter and an optional data filter into predicate(ev).
+function filter.compile(names, data)
+  local by_name, by_data = filter.names(names), filter.data(data)
+  if not by_data then return by_name end
   return function(ev)
-    return by_name(ev) and check(ev.data, ev)
+    return by_name(ev) and by_data(ev)
   end
 end
 
