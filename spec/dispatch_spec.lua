@@ -1,7 +1,8 @@
 -- Delivery, the dispatch part: on its own (the ring of events that is the
 -- handlers' queue and vm:wait's history, fed in batches as the session hands
--- them on; listener lifetime), then every event to every consumer through a
--- client, against the scripted fake peer and, tagged #qemu, a real QEMU.
+-- them on; finding a name's handlers once per name; listener lifetime), then
+-- every event to every consumer through a client, against the scripted fake
+-- peer and, tagged #qemu, a real QEMU.
 local Dispatch = require "qmp.dispatch"
 local qmp = require "qmp"
 local fake = require "support.fake_qmp"
@@ -98,6 +99,180 @@ describe("the dispatch ring", function()
     for i = 2, 10, 2 do assert.equal(i, b:next().data.n) end
     assert.is_nil(a:next())
     assert.is_nil(b:next())
+  end)
+end)
+
+-- One event of each name, in order, numbered from 1 (data.n).
+local function named(...)
+  local list = {}
+  for i, name in ipairs({ ... }) do list[i] = { event = name, data = { n = i } } end
+  return list
+end
+
+-- Push the events as one batch and hand them all to the handlers.
+local function dispatch(d, list)
+  d:push_list(list, #list)
+  d:deliver(vm_stub, math.huge)
+end
+
+-- Lua VM instructions that run(d) takes (a count hook: the same on any
+-- machine, under any load).
+local function instructions(run)
+  local count = 0
+  debug.sethook(function() count = count + 1 end, "", 1)
+  local ok, err = pcall(run)
+  debug.sethook()
+  assert(ok, err)
+  return count
+end
+
+describe("finding a name's handlers", function()
+  it("runs every handler whose name, glob, list or function takes the event, in registration order", function()
+    local d = new(10000)
+    local seen = {}
+    local function log(tag) return function(ev) seen[#seen + 1] = tag .. ":" .. ev.event end end
+    d:on("STOP", log("name"))
+    d:on("ST*", log("glob"))
+    d:on({ "RESUME", "BLOCK_?O_*" }, log("list"))
+    d:on(function(ev) return ev.data.n % 2 == 1 end, log("odd"))
+    d:on("*", log("all"))
+    d:on("BLOCK_*", { device = "a" }, log("data"))
+    dispatch(d, named("STOP", "RESUME", "BLOCK_IO_ERROR", "STOPPED", "SHUTDOWN"))
+    assert.same({ "name:STOP", "glob:STOP", "odd:STOP", "all:STOP",
+                  "list:RESUME", "all:RESUME",
+                  "list:BLOCK_IO_ERROR", "odd:BLOCK_IO_ERROR", "all:BLOCK_IO_ERROR",
+                  "glob:STOPPED", "all:STOPPED",
+                  "odd:SHUTDOWN", "all:SHUTDOWN" }, seen)
+  end)
+
+  it("asks data filters and function filters about every event, not once per name", function()
+    local d = new(10000)
+    local got = {}
+    d:on("BLOCK_*", { device = "a" }, function(ev) got[#got + 1] = "data:" .. ev.data.n end)
+    d:on("BLOCK_*", function(data) return data.n > 2 end, function(ev) got[#got + 1] = "fn:" .. ev.data.n end)
+    d:on(function(ev) return ev.data.n % 2 == 0 end, function(ev) got[#got + 1] = "even:" .. ev.data.n end)
+    local list = {}
+    for i, device in ipairs({ "a", "b", "a", "b" }) do list[i] = { event = "BLOCK_IO_ERROR", data = { n = i, device = device } } end
+    dispatch(d, list)
+    assert.same({ "data:1", "even:2", "data:3", "fn:3", "fn:4", "even:4" }, got)
+  end)
+
+  it("sees a glob handler added, and no longer one removed, between two events of the same name", function()
+    local d = new(10000)
+    local seen = {}
+    d:on("STOP", function(ev) seen[#seen + 1] = "a" .. ev.data.n end)
+    dispatch(d, named("STOP"))
+    local b = d:on("S*", function(ev) seen[#seen + 1] = "b" .. ev.data.n end)
+    dispatch(d, named("STOP"))
+    b:off()
+    dispatch(d, named("STOP"))
+    d:on({ "X", "ST?P" }, nil, function(ev) seen[#seen + 1] = "once" .. ev.data.n end, true)
+    dispatch(d, named("STOP", "STOP"))
+    dispatch(d, named("STOP"))
+    assert.same({ "a1", "a1", "b1", "a1", "a1", "once1", "a2", "a1" }, seen)
+    assert.equal(1, d:handlers())
+  end)
+
+  it("runs a handler added during a batch from the next event of the same name, never for the current one", function()
+    local d = new(10000)
+    local seen = {}
+    local added = false
+    d:on("STOP", function(ev)
+      seen[#seen + 1] = "a" .. ev.data.n
+      if not added then
+        added = true
+        d:on("ST*", function(e) seen[#seen + 1] = "new" .. e.data.n end)
+      end
+    end)
+    d:on("*", function(ev) seen[#seen + 1] = "b" .. ev.data.n end)
+    dispatch(d, named("STOP", "STOP", "RESUME", "STOP"))
+    assert.same({ "a1", "b1", "a2", "b2", "new2", "b3", "a4", "b4", "new4" }, seen)
+  end)
+
+  it("never runs a handler once it is removed during a batch, for the current event or a later one", function()
+    local d = new(10000)
+    local seen = {}
+    local before, after
+    before = d:on("S*", function(ev) seen[#seen + 1] = "before" .. ev.data.n end)
+    d:on("STOP", function(ev)
+      seen[#seen + 1] = "remover" .. ev.data.n
+      before:off()
+      after:off()
+    end)
+    after = d:on({ "STOP", "R*" }, function(ev) seen[#seen + 1] = "after" .. ev.data.n end)
+    d:on("*", function(ev) seen[#seen + 1] = "all" .. ev.data.n end)
+    dispatch(d, named("STOP", "STOP", "RESUME"))
+    assert.same({ "before1", "remover1", "all1", "remover2", "all2", "all3" }, seen)
+    assert.equal(2, d:handlers())
+  end)
+
+  it("runs a once handler with a glob for one event of a batch, whatever names it takes", function()
+    local d = new(10000)
+    local seen = {}
+    d:on("BLOCK_JOB_*", nil, function(ev) seen[#seen + 1] = "once:" .. ev.event end, true)
+    d:on("BLOCK_JOB_*", function(ev) seen[#seen + 1] = "on:" .. ev.event end)
+    dispatch(d, named("BLOCK_JOB_READY", "BLOCK_JOB_COMPLETED", "BLOCK_JOB_READY"))
+    assert.same({ "once:BLOCK_JOB_READY", "on:BLOCK_JOB_READY", "on:BLOCK_JOB_COMPLETED", "on:BLOCK_JOB_READY" }, seen)
+    assert.equal(1, d:handlers())
+  end)
+
+  it("reports a data filter that raises as a handler error, and runs the next handler", function()
+    local d, reports = new(10000)
+    local seen = {}
+    d:on("ST*", function() error("bad filter") end, function() seen[#seen + 1] = "never" end)
+    d:on("ST*", function(ev) seen[#seen + 1] = ev.data.n end)
+    dispatch(d, named("STOP", "STOP"))
+    assert.same({ 1, 2 }, seen)
+    assert.equal(2, d:counters().handler_errors)
+    assert.equal("handler", reports[1].kind)
+    assert.matches("bad filter", reports[1].message)
+  end)
+
+  it("costs what one handler does per event, with 99 glob handlers that never match", function()
+    local names = { "STOP", "RESUME", "BLOCK_IO_ERROR", "JOB_STATUS_CHANGE" }
+    local list = {}
+    for i = 1, 4000 do list[i] = { event = names[i % #names + 1], data = { n = i } } end
+    local function with_handlers(globs)
+      local d = new(10000)
+      local strays, seen = 0, 0
+      for i = 1, globs do
+        local globbed = ({ "NO_SUCH_%d_*", "*_NO_SUCH_%d", "NO?SUCH_%d*" })[i % 3 + 1]:format(i)
+        d:on(i % 2 == 0 and globbed or { "NOPE_" .. i, globbed }, function() strays = strays + 1 end)
+      end
+      d:on("*", function() seen = seen + 1 end)
+      local cost = instructions(function() dispatch(d, list) end)
+      assert.same({ #list, 0 }, { seen, strays })
+      return cost
+    end
+    local one, many = with_handlers(0), with_handlers(99)
+    -- The 99 filters cost a few instructions per name (4 names), where
+    -- testing them per event would cost about 10 per event (4000) each.
+    local per_name = (many - one) / (#names * 99)
+    assert.is_true(per_name < 100, ("%.0f more instructions per name and filter (%d with one handler, %d with 100)")
+                                     :format(per_name, one, many))
+  end)
+
+  it("keeps a bounded cache of names, however many different names the peer invents", function()
+    local d = new(10000)
+    local seen = 0
+    d:on("E*", function() seen = seen + 1 end)
+    local n = 0
+    local function invent(count)
+      for _ = 1, count // 100 do
+        local list = {}
+        for i = 1, 100 do list[i] = { event = "E" .. (n + i), data = {} } end
+        n = n + 100
+        dispatch(d, list)
+      end
+      collectgarbage()
+      collectgarbage()
+      return collectgarbage("count")
+    end
+    local early = invent(5000)
+    local late = invent(100000)
+    assert.equal(105000, seen)
+    -- 100,000 names more, each cached, would hold well over 5 MiB.
+    assert.is_true(late - early < 1024, ("%.0f KiB more after 100,000 more names"):format(late - early))
   end)
 end)
 

@@ -46,6 +46,23 @@ describe("vm:on()", function()
     assert.same({ 1, 0, 1 }, { a, b, c })
   end)
 
+  it("sees a glob handler added, and no longer one removed, between two events of the same name", function()
+    local ready = EV("BLOCK_JOB_READY", '{"device": "job0", "len": 10, "offset": 10, "speed": 0, "type": "mirror"}')
+    local vm = vm_with({ { send = ready }, { expect = "x", reply = fake.reply("{}") }, { send = ready },
+                         { expect = "y", reply = fake.reply("{}") }, { send = ready }, { hold = 5 } })
+    local all, globbed = 0, 0
+    vm:on("*", function() all = all + 1 end)
+    assert(vm:run({ timeout = 5, done = function() return all >= 1 end }))
+    local sub = vm:on({ "STOP", "BLOCK_JOB_*" }, function() globbed = globbed + 1 end)
+    assert(vm:execute("x"))
+    assert(vm:run({ timeout = 5, done = function() return all >= 2 end }))
+    assert.equal(1, globbed)
+    sub:off()
+    assert(vm:execute("y"))
+    assert(vm:run({ timeout = 5, done = function() return all >= 3 end }))
+    assert.same({ 3, 1 }, { all, globbed })
+  end)
+
   it("isolates a failing handler: reported with a traceback, counted, the loop goes on", function()
     local vm = vm_with({ { send = EV("STOP") .. EV("RESUME") }, { hold = 5 } })
     local reports, seen = {}, {}

@@ -379,7 +379,8 @@ function Dispatch:on(names, data, fn, once)
   -- accepts(name): the name filter, asked once per name (nil: a function
   -- filter); check(ev): what is asked per event (the data filter; with a
   -- function filter, the whole filter), nil when nothing is.
-  local accepts, check = filter.name_test(names), nil
+  local accepts = filter.name_test(names)
+  local check
   if accepts then check = filter.data(data) else check = filter.compile(names, data) end
   local sub = setmetatable({ _dispatch = self, accepts = accepts, check = check, fn = fn,
                              once = once, active = true, direct = check == nil and not once },
