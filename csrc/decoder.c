@@ -3,10 +3,12 @@
 **
 ** A decoder is a userdata holding a read buffer and its framer (scan.c):
 ** bytes are fed in (d:feed, or a connection's reads), and next() or drain()
-** take out one message or many, each walked into Lua values (walk.c).  The
-** batch path (drain) frames with the quick scan first: an event outside the
-** caller's interest set is then skipped unparsed, and one of QEMU's shape
-** built from what the scan read.  A decoding call marks the decoder busy,
+** take out one message or many, each walked into Lua values (walk.c).  Both
+** frame with the quick scan first: an event of QEMU's shape is then built
+** from what the scan read, and drain skips unparsed an event outside the
+** caller's interest set.  A reference decoder (core.reference_decoder)
+** never uses the quick scan: the differential specs and fuzzers compare
+** the quick paths with it.  A decoding call marks the decoder busy,
 ** so that Lua code it runs (finalizers, the events table's __index) cannot
 ** move the buffer under it.  core.decode decodes one text, any JSON value.
 */
@@ -24,8 +26,11 @@
 
 struct qmp_decoder {
   qmp_framer f;         /* its buf is malloc'd, owned by the userdata (freed by __gc) */
-  size_t cap;           /* allocated bytes; always > f.len, for the NUL */
+  size_t cap;           /* allocated bytes; always > f.len + QMP_SCAN_PAD: the NUL
+                        ** the scans write at f.len, then the bytes they may read
+                        ** past it, kept initialized (qmp_decoder_commit) */
   int busy;             /* a decoding call runs: the buffer must not move, the framer not run */
+  int quick;            /* 0: a reference decoder, which never uses the quick scan */
 };
 
 /* Decoder user values: the event types table, the key cache, the tree box.
@@ -47,6 +52,7 @@ qmp_decoder *qmp_decoder_new(lua_State *L, size_t max_message) {
   qmp_decoder *d = (qmp_decoder *)lua_newuserdatauv(L, sizeof(qmp_decoder), 3);
   memset(d, 0, sizeof *d);  /* harmless state first: no buffer yet */
   d->f.max_message = max_message;
+  d->quick = 1;
   luaL_setmetatable(L, QMP_DECODER_MT);
   if (lua_type(L, UP_EVENTS) != LUA_TTABLE || lua_type(L, UP_KEYS) != LUA_TTABLE)
     luaL_error(L, "qmp: a decoder made by a function without the decoder state");
@@ -72,10 +78,11 @@ static void grown(lua_State *L, qmp_decoder *d, size_t bytes) {
 char *qmp_decoder_reserve(lua_State *L, qmp_decoder *d, size_t n) {
   if (d->busy)  /* e.g. a finalizer feeding the decoder in the middle of a walk */
     luaL_error(L, "qmp: decoder used re-entrantly");
+  n += QMP_SCAN_PAD;  /* room for the NUL and the pad after the n bytes */
   if (d->f.head > 0 && d->cap - d->f.len <= n)  /* slide the live bytes down first */
     qmp_framer_slide(&d->f);
   if (d->cap - d->f.len <= n) {
-    size_t newcap = d->cap ? d->cap : READ_CHUNK + 1;
+    size_t newcap = d->cap ? d->cap : READ_CHUNK + 1 + QMP_SCAN_PAD;
     char *nb;
     while (newcap - d->f.len <= n) newcap *= 2;
     if (newcap > d->f.max_message + 2 * READ_CHUNK)  /* near the cap: grow exactly */
@@ -91,6 +98,7 @@ char *qmp_decoder_reserve(lua_State *L, qmp_decoder *d, size_t n) {
 
 void qmp_decoder_commit(qmp_decoder *d, size_t n) {
   d->f.len += n;
+  memset(d->f.buf + d->f.len, 0, QMP_SCAN_PAD);  /* read by the scans, never used */
 }
 
 size_t qmp_decoder_pending(qmp_decoder *d) {
@@ -152,22 +160,38 @@ static int decode_shaped(lua_State *L, qmp_decoder *d, qmp_treebox *box, int top
   return qmp_push_shaped(L, box, top + UV_EVENTS, top + UV_KEYS, q, why, whysz);
 }
 
+/* Frame the next message unless one is: 1 (q says what the quick scan
+** found, if it framed it), 0 (more bytes needed) or -1 (the sticky error). */
+static int frame_next(qmp_decoder *d, qmp_quick *q) {
+  q->name = NULL;
+  q->shaped = 0;
+  if (d->f.errkind != NULL) return -1;
+  if (d->f.framed) return 1;  /* by qmp_decoder_ready */
+  if (d->quick && qmp_quick_frame(&d->f, q)) return 1;
+  return qmp_frame(&d->f);
+}
+
+/* Decode the message frame_next framed, as decode_framed does. */
+static int decode_next(lua_State *L, qmp_decoder *d, qmp_treebox *box, int top,
+                       const qmp_quick *q, char *why, size_t whysz) {
+  if (q->shaped) return decode_shaped(L, d, box, top, q, why, whysz);
+  return decode_framed(L, d, box, top, why, whysz);
+}
+
 int qmp_decoder_next(lua_State *L, int didx) {
   qmp_decoder *d = (qmp_decoder *)lua_touserdata(L, didx);
   char why[160];
   qmp_treebox *box;
+  qmp_quick q;
   int r, top;
   if (d->busy)  /* a finalizer run by the walk: touch nothing, not even the framer */
     return luaL_error(L, "qmp: decoder used re-entrantly");
-  if (d->f.errkind != NULL) return qmp_fail(L, d->f.errkind, "%s", d->f.errmsg);
-  if (!d->f.framed) {  /* else qmp_decoder_ready framed it already */
-    r = qmp_frame(&d->f);
-    if (r == 0) return 0;
-    if (r < 0) return qmp_fail(L, d->f.errkind, "%s", d->f.errmsg);
-  }
+  r = frame_next(d, &q);
+  if (r == 0) return 0;
+  if (r < 0) return qmp_fail(L, d->f.errkind, "%s", d->f.errmsg);
   top = lua_gettop(L);
   box = open_slots(L, d, didx, top);
-  r = decode_framed(L, d, box, top, why, sizeof why);
+  r = decode_next(L, d, box, top, &q, why, sizeof why);
   r = r > 0 ? 1 : qmp_fail(L, r < 0 ? "memory" : "protocol", "%s", why);
   close_slots(L, d, top);
   lua_rotate(L, top + 1, r);  /* results down over the slots */
@@ -243,20 +267,14 @@ int qmp_decoder_drain(lua_State *L, int didx, qmp_batch *b) {
   for (int i = 0; i < NAME_CACHE; i++) names.e[i].len = 0;
   while (b->n + b->skipped < b->limit) {
     qmp_quick q;
-    int ok;
-    q.name = NULL;
-    q.shaped = 0;
-    if (d->f.errkind != NULL) {
+    int ok = frame_next(d, &q);
+    if (ok == 0) break;
+    if (ok < 0) {
       kind = d->f.errkind;
       msg = d->f.errmsg;
       break;
     }
-    if (!d->f.framed && !qmp_quick_frame(&d->f, &q)) {
-      int r = qmp_frame(&d->f);
-      if (r == 0) break;
-      if (r < 0) continue;  /* the sticky error, above */
-    }
-    if (b->interest) {
+    if (b->interest && d->quick) {
       if (q.name == NULL) qmp_quick_framed(&d->f, &q);  /* framed by the framer (or by ready()) */
       /* An event named "" or "qmp.*" is no event: the session reports it
       ** (malformed), wanted or not. */
@@ -267,8 +285,7 @@ int qmp_decoder_drain(lua_State *L, int didx, qmp_batch *b) {
         continue;
       }
     }
-    if (q.shaped) ok = decode_shaped(L, d, box, top, &q, why, sizeof why);
-    else ok = decode_framed(L, d, box, top, why, sizeof why);
+    ok = decode_next(L, d, box, top, &q, why, sizeof why);
     if (ok <= 0) {
       kind = ok < 0 ? "memory" : "protocol";
       msg = why;
@@ -332,6 +349,14 @@ static size_t opt_max_message(lua_State *L, int idx) {
 /* qmp.decoder{ max_message = n } */
 static int decoder_new(lua_State *L) {
   qmp_decoder_new(L, opt_max_message(L, 1));
+  return 1;
+}
+
+/* core.reference_decoder{ max_message = n }: a decoder that takes every
+** message the long way, the framer then cJSON whole, and skips nothing:
+** what the differential specs and fuzzers compare the quick paths with. */
+static int reference_decoder_new(lua_State *L) {
+  qmp_decoder_new(L, opt_max_message(L, 1))->quick = 0;
   return 1;
 }
 
@@ -437,6 +462,7 @@ void qmp_decode_open(lua_State *L) {
   static const luaL_Reg funcs[] = {
     {"decode", core_decode},
     {"decoder", decoder_new},
+    {"reference_decoder", reference_decoder_new},
     {NULL, NULL}
   };
   qmp_walk_open(L);

@@ -133,12 +133,38 @@ static unsigned quick_hex4(const unsigned char *p) {
   return code;
 }
 
-/* Scan a string from p, just past its opening quote: the byte past its
-** closing quote (*plain: no escapes), or NULL if unsure. */
-const unsigned char *qmp_quick_string(const unsigned char *p, int *plain) {
+/* The first byte from p that ends a run of plain string bytes: a quote, a
+** backslash or a control character (the NUL at the end is one).  With
+** SSE2, 16 bytes at a time: the block holding the stop byte is read whole,
+** so up to 15 bytes past it must be readable (QMP_SCAN_PAD). */
+#if defined(__SSE2__)
+#include <emmintrin.h>
+
+static const unsigned char *string_stop(const unsigned char *p) {
+  const __m128i quote = _mm_set1_epi8('"'), backslash = _mm_set1_epi8('\\');
+  const __m128i control = _mm_set1_epi8(0x1f);
+  for (;; p += 16) {
+    __m128i v = _mm_loadu_si128((const __m128i *)(const void *)p);
+    __m128i stop = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, backslash)),
+                                _mm_cmpeq_epi8(_mm_min_epu8(v, control), v));  /* v <= 0x1f */
+    unsigned mask = (unsigned)_mm_movemask_epi8(stop);
+    if (mask != 0) return p + __builtin_ctz(mask);
+  }
+}
+#else
+static const unsigned char *string_stop(const unsigned char *p) {
+  while (!QUICK_STRING_STOP[*p]) p++;
+  return p;
+}
+#endif
+
+/* qmp_quick_string, or (padded 0) the same reading no byte past the one
+** it stops at, for text without QMP_SCAN_PAD (qmp_strict_json's). */
+static inline const unsigned char *quick_string(const unsigned char *p, int *plain, int padded) {
   for (;;) {
     unsigned code;
-    while (!QUICK_STRING_STOP[*p]) p++;
+    if (padded) p = string_stop(p);
+    else while (!QUICK_STRING_STOP[*p]) p++;
     if (*p == '"') return p + 1;
     if (*p != '\\') return NULL;  /* a raw control character, or the end */
     *plain = 0;
@@ -160,6 +186,10 @@ const unsigned char *qmp_quick_string(const unsigned char *p, int *plain) {
       default: return NULL;
     }
   }
+}
+
+const unsigned char *qmp_quick_string(const unsigned char *p, int *plain) {
+  return quick_string(p, plain, 1);
 }
 
 static const unsigned char *quick_number(const unsigned char *p, int *sawfloat) {
@@ -242,11 +272,15 @@ static const unsigned char *quick_timestamp(const unsigned char *c, qmp_quick *q
 enum { M_TIMESTAMP = 1, M_EVENT = 2, M_DATA = 4, M_OTHER = 8 };
 
 /* p starts with '{' and the bytes end in a NUL.  1 when they begin with a
-** whole message that quick_scan is sure of (q says what it found), else 0. */
+** whole message that quick_scan is sure of (q says what it found), else 0.
+** A shaped message's only members two deep are its data's: there it counts
+** them and checks that they are flat (q->flat, see walk.c). */
 static int quick_scan(const unsigned char *p, qmp_quick *q) {
   const unsigned char *c = p + 1, *key;
   uint64_t arrays = 0;  /* bit k: nesting level k + 1 is an array */
   int depth = 1, member = 0, members = 0, plain;  /* member: M_* of the top-level one read */
+  long count = 0;       /* members two deep */
+  int flat = 1;         /* and all of them plain */
   q->sawfloat = 0;
   q->name = NULL;
   q->data = q->dataend = NULL;
@@ -269,6 +303,10 @@ static int quick_scan(const unsigned char *p, qmp_quick *q) {
     if (members & member) q->shaped = 0;  /* twice: the last one counts */
     members |= member;
   }
+  else if (depth == 2) {
+    count++;
+    flat &= plain;
+  }
   SKIP_SPACE();
   if (*c++ != ':') return 0;
  value:
@@ -290,11 +328,21 @@ static int quick_scan(const unsigned char *p, qmp_quick *q) {
       }
       q->shaped = 0;  /* not QEMU's: scanned as any value */
     }
-    if (member == M_DATA) q->data = (const char *)c;
+    if (member == M_DATA) {
+      q->data = (const char *)c;
+      count = 0;
+      flat = 1;
+    }
+  }
+  else if (depth == 2 && flat) {  /* plain: a string without escapes (below), an integer exact in int64, a literal */
+    if (*c == '{' || *c == '[' || (*c != '"' && *c != 't' && *c != 'f' && *c != 'n' && qmp_quick_integer(c) == NULL))
+      flat = 0;
   }
   switch (*c) {
     case '"':
+      plain = 1;
       if ((c = qmp_quick_string(c + 1, &plain)) == NULL) return 0;
+      if (depth == 2) flat &= plain;
       break;
     case '{': case '[':
       if (depth == QUICK_MAX_DEPTH) return 0;
@@ -326,6 +374,7 @@ static int quick_scan(const unsigned char *p, qmp_quick *q) {
   if (--depth > 0) goto after;
   q->len = (size_t)(c - p);
   if ((members & ~M_DATA) != (M_TIMESTAMP | M_EVENT)) q->shaped = 0;
+  q->flat = q->data != NULL && *q->data == '{' && flat ? count : -1;
   return 1;
 }
 
@@ -347,7 +396,7 @@ int qmp_strict_json(const unsigned char *c, size_t len) {
  value:
   SKIP();
   switch (*c) {  /* the helpers stop at the NUL: never past end */
-    case '"': if ((c = qmp_quick_string(c + 1, &flag)) == NULL) return 0; break;
+    case '"': if ((c = quick_string(c + 1, &flag, 0)) == NULL) return 0; break;
     case '{': case '[':
       if (depth == QMP_MAX_DEPTH) return 0;
       if (*c == '[') arrays[depth >> 3] |= (unsigned char)(1u << (depth & 7));
@@ -378,7 +427,7 @@ int qmp_strict_json(const unsigned char *c, size_t len) {
   goto after;
  member:
   SKIP();
-  if (*c != '"' || (c = qmp_quick_string(c + 1, &flag)) == NULL) return 0;
+  if (*c != '"' || (c = quick_string(c + 1, &flag, 0)) == NULL) return 0;
   SKIP();
   if (*c++ != ':') return 0;
   goto value;

@@ -52,11 +52,20 @@ typedef struct qmp_quick {
   int shaped;
   const unsigned char *seconds, *microseconds;  /* their digits (qmp_quick_integer) */
   const char *data, *dataend;  /* the text of the data member, or NULL */
+  /* When shaped: the number of data's members if it is a flat object (its
+  ** members all plain: strings without escapes, integers of at most 18
+  ** digits, true, false, null; duplicates counted), else -1. */
+  long flat;
 } qmp_quick;
 
 /* The helpers below read bytes that end in a NUL, and stop there. */
+/* Bytes that follow the NUL, readable, in the text qmp_quick_string scans:
+** it reads them a block at a time and may look up to this many past the
+** byte it stops at.  The decoder's read buffer always has them (decoder.c). */
+#define QMP_SCAN_PAD 16
 /* Scan a string from p, just past its opening quote: the byte past its
-** closing quote (*plain = 0 if it has escapes), or NULL if unsure. */
+** closing quote (*plain = 0 if it has escapes), or NULL if unsure.  The
+** text must have QMP_SCAN_PAD bytes after its NUL. */
 const unsigned char *qmp_quick_string(const unsigned char *p, int *plain);
 /* An integer of at most 18 digits at p, with nothing after it that would
 ** make it a float: past it, or NULL. */

@@ -120,19 +120,21 @@ static void push_number(Walk *w, const cJSON *node) {
 ** usual, so a miss only costs speed.
 */
 #define KEY_SLOTS 128
-static const char *const KEY_NAMES[KEY_SLOTS] = {
-  [0] = "version", [5] = "running", [7] = "ready", [9] = "reason", [12] = "info",
-  [14] = "data", [16] = "desc", [18] = "port", [21] = "node-name", [28] = "status",
-  [33] = "len", [34] = "guest", [35] = "qemu", [38] = "family", [39] = "nospace",
-  [40] = "microseconds", [41] = "device", [44] = "service", [48] = "host",
-  [49] = "paused", [52] = "current-progress", [55] = "qom-path", [61] = "timestamp",
-  [66] = "speed", [67] = "capabilities", [70] = "package", [73] = "class",
-  [75] = "client", [80] = "busy", [82] = "server", [85] = "type", [87] = "websocket",
-  [88] = "name", [89] = "error", [90] = "auth", [91] = "event", [93] = "operation",
-  [94] = "size", [99] = "total-progress", [104] = "io-status", [107] = "path",
-  [109] = "QMP", [114] = "seconds", [117] = "action", [119] = "offset", [124] = "id",
-  [127] = "return",
+#define K(name) { name, sizeof name - 1 }
+static const struct { const char *name; size_t len; } KEY_NAMES[KEY_SLOTS] = {
+  [0] = K("version"), [5] = K("running"), [7] = K("ready"), [9] = K("reason"), [12] = K("info"),
+  [14] = K("data"), [16] = K("desc"), [18] = K("port"), [21] = K("node-name"), [28] = K("status"),
+  [33] = K("len"), [34] = K("guest"), [35] = K("qemu"), [38] = K("family"), [39] = K("nospace"),
+  [40] = K("microseconds"), [41] = K("device"), [44] = K("service"), [48] = K("host"),
+  [49] = K("paused"), [52] = K("current-progress"), [55] = K("qom-path"), [61] = K("timestamp"),
+  [66] = K("speed"), [67] = K("capabilities"), [70] = K("package"), [73] = K("class"),
+  [75] = K("client"), [80] = K("busy"), [82] = K("server"), [85] = K("type"), [87] = K("websocket"),
+  [88] = K("name"), [89] = K("error"), [90] = K("auth"), [91] = K("event"), [93] = K("operation"),
+  [94] = K("size"), [99] = K("total-progress"), [104] = K("io-status"), [107] = K("path"),
+  [109] = K("QMP"), [114] = K("seconds"), [117] = K("action"), [119] = K("offset"), [124] = K("id"),
+  [127] = K("return"),
 };
+#undef K
 
 static unsigned key_slot(const char *s, size_t n) {  /* n >= 2 */
   uint64_t x = (unsigned char)s[0] | (uint64_t)(unsigned char)s[n - 2] << 8
@@ -140,14 +142,12 @@ static unsigned key_slot(const char *s, size_t n) {  /* n >= 2 */
   return (unsigned)((x * UINT64_C(0x024ea8e4fa8ce75b)) >> 57);
 }
 
-/* Push the name s[0..n) (s[n] is NUL), from the cache at keysidx if there. */
+/* Push the name s[0..n), from the cache at keysidx if there.  An empty
+** slot has length 0, which no name that gets here has. */
 void qmp_push_name(lua_State *L, int keysidx, const char *s, size_t n) {
   if (n >= 2) {
     unsigned slot = key_slot(s, n);
-    const char *k = KEY_NAMES[slot];
-    /* strncmp stops at k's end (memcmp would read past a shorter k); then
-    ** k[n] == NUL says the lengths match too. */
-    if (k != NULL && strncmp(k, s, n) == 0 && k[n] == '\0') {
+    if (KEY_NAMES[slot].len == n && memcmp(KEY_NAMES[slot].name, s, n) == 0) {
       lua_rawgeti(L, keysidx, slot + 1);
       return;
     }
@@ -159,7 +159,7 @@ void qmp_keys_new(lua_State *L) {
   unsigned i;
   lua_createtable(L, KEY_SLOTS, 0);
   for (i = 0; i < KEY_SLOTS; i++) {
-    if (KEY_NAMES[i] != NULL) lua_pushstring(L, KEY_NAMES[i]);
+    if (KEY_NAMES[i].name != NULL) lua_pushlstring(L, KEY_NAMES[i].name, KEY_NAMES[i].len);
     else lua_pushboolean(L, 0);  /* no holes: the slots stay in the array part */
     lua_rawseti(L, -2, (lua_Integer)i + 1);
   }
@@ -504,48 +504,40 @@ int qmp_push_framed(lua_State *L, qmp_treebox *box, int events, int keys,
 ** from the bytes, as the timestamp is: that is most of QEMU's events, and
 ** it spares cJSON a tree of a node and a string or two per member.  The
 ** values are the walk's: it pushes such strings as their bytes and reads
-** integers from the text too.  The bytes were checked by quick_scan, so
-** only the kinds of the values are looked at here.
-** Without L: the number of members, or -1 if the data is not flat.  With
-** L: push the data as a table of n members.
+** integers from the text too.  quick_scan checked the bytes and found the
+** data flat, with n members (q->flat): only the kinds of the values are
+** looked at here.
 */
-static long flat_data(lua_State *L, int keys, const unsigned char *c, long n) {
-  long count = 0;
+static void push_flat_data(lua_State *L, int keys, const unsigned char *c, long n) {
   int plain = 1;
-  if (L != NULL) lua_createtable(L, 0, n < INT_MAX ? (int)n : INT_MAX);  /* a size hint */
+  lua_createtable(L, 0, n < INT_MAX ? (int)n : INT_MAX);  /* a size hint */
   c++;
   while (isspace_json(*c)) c++;
-  if (*c == '}') return 0;
+  if (*c == '}') return;
   for (;;) {
     const unsigned char *key = c + 1, *keyend, *value;
     keyend = c = qmp_quick_string(key, &plain);  /* past the closing quote */
-    if (!plain) return -1;
     while (*c != ':') c++;
     c++;
     while (isspace_json(*c)) c++;
     value = c;
+    qmp_push_name(L, keys, (const char *)key, (size_t)(keyend - 1 - key));
     switch (*c) {
-      case '"': c = qmp_quick_string(c + 1, &plain); if (!plain) return -1; break;
-      case 't': c += 4; break;
-      case 'f': c += 5; break;
-      case 'n': c += 4; break;
-      case '{': case '[': return -1;
-      default: if ((c = qmp_quick_integer(c)) == NULL) return -1; break;  /* a float, or too long */
+      case '"':
+        c = qmp_quick_string(c + 1, &plain);
+        lua_pushlstring(L, (const char *)value + 1, (size_t)(c - value) - 2);
+        break;
+      case 't': c += 4; lua_pushboolean(L, 1); break;
+      case 'f': c += 5; lua_pushboolean(L, 0); break;
+      case 'n': c += 4; qmp_pushnull(L); break;
+      default:
+        c = qmp_quick_integer(c);
+        lua_pushinteger(L, qmp_integer_value(value));
+        break;
     }
-    count++;
-    if (L != NULL) {
-      qmp_push_name(L, keys, (const char *)key, (size_t)(keyend - 1 - key));
-      switch (*value) {
-        case '"': lua_pushlstring(L, (const char *)value + 1, (size_t)(c - value) - 2); break;
-        case 't': lua_pushboolean(L, 1); break;
-        case 'f': lua_pushboolean(L, 0); break;
-        case 'n': qmp_pushnull(L); break;
-        default: lua_pushinteger(L, qmp_integer_value(value)); break;
-      }
-      lua_rawset(L, -3);  /* duplicate keys: the last one wins, as in the walk */
-    }
+    lua_rawset(L, -3);  /* duplicate keys: the last one wins, as in the walk */
     while (isspace_json(*c)) c++;
-    if (*c != ',') return count;  /* the closing brace */
+    if (*c != ',') return;  /* the closing brace */
     c++;
     while (isspace_json(*c)) c++;
   }
@@ -553,24 +545,25 @@ static long flat_data(lua_State *L, int keys, const unsigned char *c, long n) {
 
 /*
 ** Gives the values the whole message would: timestamp integers are exact
-** either way, and the message table has room for as many members.
+** either way, the message table has room for as many members, and the
+** event is typed as type_event would (data = {} when there is none).
 */
 int qmp_push_shaped(lua_State *L, qmp_treebox *box, int events, int keys,
                     const qmp_quick *q, char *why, size_t whysz) {
   int msg;
   char *data = (char *)q->data, saved = 0;  /* in the framer's buffer, which is writable */
   size_t datalen = q->data ? (size_t)(q->dataend - q->data) : 0;
-  int ok = 1;
-  long flat = data != NULL && *data == '{' ? flat_data(NULL, 0, (const unsigned char *)data, 0) : -1;
-  if (data != NULL && flat < 0) {
+  if (data != NULL && q->flat < 0) {
+    int ok;
     saved = data[datalen];  /* a byte of the message: '}', ',' or a space */
     data[datalen] = '\0';
     ok = qmp_parse_text(box, data, datalen, why, whysz);  /* cannot fail but for memory */
     data[datalen] = saved;
     if (ok <= 0) return ok;
   }
-  lua_createtable(L, 0, data ? 3 : 2);
+  lua_createtable(L, 0, 3);
   msg = lua_gettop(L);
+  lua_pushlstring(L, q->name, q->namelen);  /* at msg + 1 until typed */
   qmp_push_name(L, keys, "timestamp", 9);
   lua_createtable(L, 0, 2);
   qmp_push_name(L, keys, "seconds", 7);
@@ -581,15 +574,22 @@ int qmp_push_shaped(lua_State *L, qmp_treebox *box, int events, int keys,
   lua_rawset(L, -3);
   lua_rawset(L, msg);
   qmp_push_name(L, keys, "event", 5);
-  lua_pushlstring(L, q->name, q->namelen);
+  lua_pushvalue(L, msg + 1);
   lua_rawset(L, msg);
-  if (data != NULL) {
-    qmp_push_name(L, keys, "data", 4);
-    if (flat >= 0) flat_data(L, keys, (const unsigned char *)data, flat);
-    else push_tree(L, box, keys, data, datalen, q->sawfloat);
-    lua_rawset(L, msg);
+  qmp_push_name(L, keys, "data", 4);
+  if (data == NULL) lua_newtable(L);
+  else if (q->flat >= 0) push_flat_data(L, keys, (const unsigned char *)data, q->flat);
+  else push_tree(L, box, keys, data, datalen, q->sawfloat);
+  lua_rawset(L, msg);
+  lua_pushvalue(L, msg + 1);  /* the type: events[name], made by its __index on first sight */
+  if (lua_rawget(L, events) == LUA_TNIL) {
+    lua_pop(L, 1);
+    lua_pushvalue(L, msg + 1);
+    lua_gettable(L, events);  /* may call Lua: the tree is already gone */
   }
-  type_event(L, msg, events, keys);
+  if (lua_type(L, -1) == LUA_TTABLE) lua_setmetatable(L, msg);
+  else lua_pop(L, 1);
+  lua_pop(L, 1);  /* the name */
   return 1;
 }
 /* }====================================================== */

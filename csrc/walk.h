@@ -21,7 +21,7 @@ void qmp_walk_open(lua_State *L);            /* the tree box's metatable */
 qmp_treebox *qmp_treebox_new(lua_State *L);  /* pushes it */
 void qmp_keys_new(lua_State *L);             /* pushes a key cache */
 
-/* Push the member name s[0..n) (s[n] is NUL), from the key cache at keys if there. */
+/* Push the member name s[0..n), from the key cache at keys if there. */
 void qmp_push_name(lua_State *L, int keys, const char *s, size_t n);
 
 /* Parse text[0..len) (text[len] must be NUL) into box->tree; touches no

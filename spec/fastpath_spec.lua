@@ -1,7 +1,9 @@
--- The fast receive path against the one-message path: the same bytes through
--- d:drain / conn:drain and through d:next / conn:take give the same values
--- (metatables included) and the same errors.  With an interest set, drain
--- leaves out only events that the set does not hold, and counts them.
+-- The fast receive paths against the full path: the same bytes through
+-- d:drain / conn:drain and d:next / conn:take, which use the quick scan,
+-- and through a reference decoder's next() (the framer and cJSON for every
+-- message) give the same values (metatables included) and the same errors.
+-- With an interest set, drain leaves out only events that the set does not
+-- hold, and counts them.
 local core = require "qmp.core"
 require "qmp.events"  -- installs the event types (core.events[name])
 local qmp = require "qmp"
@@ -40,11 +42,12 @@ local function feeder(text, size)
 end
 
 -- Everything d:next() gives for the pieces: a list of { msg = } | { err = },
--- ending at a sticky error (the fuzzers' own).
-local function through_next(text, size, opts)
+-- ending at a sticky error (the fuzzers' own); reference: a reference
+-- decoder's.
+local function through_next(text, size, opts, reference)
   local list = {}
   for piece in feeder(text, size) do list[#list + 1] = piece end
-  return checks.through_next(list, opts)
+  return checks.through_next(list, opts, reference)
 end
 
 -- The same through d:drain(limit(), interest); also the events skipped.
@@ -98,10 +101,11 @@ local function check_skips(full, fast, skipped, interest, where)
   return drops
 end
 
-local function check_same(full, fast, where)
+local function check_same(full, fast, where, how)
   for i = 1, math.max(#full, #fast) do
     if not (full[i] and fast[i] and same_item(full[i], fast[i])) then
-      error(("%s: message %d: %s by next(), %s by drain()"):format(where, i, show(full[i]), show(fast[i])), 2)
+      error(("%s: message %d: %s by the full path, %s by %s"):format(where, i, show(full[i]), show(fast[i]),
+                                                                    how or "drain()"), 2)
     end
   end
 end
@@ -118,7 +122,8 @@ local LIMITS = { 1, 2, 3, 7, 256, 100000 }
 -- Compare both paths on text fed in pieces whose sizes come from
 -- size_fn(), a new size() for each path, with random limits from rng.
 local function compare(text, size_fn, rng, opts, where)
-  local full = through_next(text, size_fn(), opts)
+  local full = through_next(text, size_fn(), opts, true)
+  check_same(full, through_next(text, size_fn(), opts), where, "next()")
   local limit = function() return LIMITS[rng(#LIMITS)] end
   check_same(full, (through_drain(text, size_fn(), nil, limit, opts)), where .. ", no interest set")
   local results = {}
@@ -292,7 +297,7 @@ local function stream(n, rng, odd, fatal)
 end
 
 describe("the fast receive path", function()
-  describe("d:drain() against d:next()", function()
+  describe("d:next() and d:drain() against the full path", function()
     it("agrees on the QEMU 7.2 fixtures, compact and pretty=on, at every chunk size", function()
       for _, name in ipairs({ "qemu-7.2-session.txt", "qemu-7.2-pretty.txt" }) do
         local text = fixture(name)
@@ -472,6 +477,10 @@ describe("the fast receive path", function()
         local text = stream(3000, rng, true, fatal or nil) .. (fatal and "" or '{"partial": ')
         local full = read_all(text, by_take)
         assert.equal(fatal and "protocol" or "closed", full[#full].err.kind)
+        -- take() gives the full path's messages, then says how the stream ended
+        local reference = checks.through_next({ text }, nil, true)
+        if not fatal then reference[#reference + 1] = full[#full] end
+        check_same(reference, full, "conn:take", "take()")
         check_same(full, (read_all(text, function(conn) return conn:drain(LIMITS[rng(#LIMITS)]) end)),
                    "conn:drain")
         for k, interest in ipairs(INTERESTS) do

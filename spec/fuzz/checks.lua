@@ -66,9 +66,11 @@ local function pieces(text, sizes)
 end
 
 -- Everything d:next() gives for the pieces: a list of { msg = } | { err = },
--- ending at a sticky error.
-local function through_next(list, opts)
-  local d, out, k = core.decoder(opts), {}, 0
+-- ending at a sticky error.  reference: through a reference decoder (the
+-- framer and cJSON for every message, never the quick scan), the one the
+-- quick paths are compared with.
+local function through_next(list, opts, reference)
+  local d, out, k = (reference and core.reference_decoder or core.decoder)(opts), {}, 0
   while true do
     local msg, err = d:next()
     if msg ~= nil then out[#out + 1] = { msg = msg }
@@ -88,21 +90,25 @@ local checks = {}
 checks.same = same   -- spec/fastpath_spec.lua compares with it too
 checks.through_next = through_next   -- and decodes its pieces with it
 
--- (a) The framer and decoder: any chunking gives what the whole text gives.
--- A message over max_message may be refused as too large before its bad
--- byte is seen, so a sticky error matches a toolarge one.
+-- (a) The framer and decoder: any chunking gives what the whole text gives,
+-- through a decoder and through a reference decoder alike.  A message over
+-- max_message may be refused as too large before its bad byte is seen, so
+-- a sticky error matches a toolarge one.
 function checks.stream(input)
   local sizes, cfg, text = header(input)
   local opts = cfg and cfg > 0 and { max_message = 1 << (cfg + 2) } or nil
-  local whole = through_next({ text }, opts)
-  local chunked = through_next(pieces(text, sizes), opts)
-  for i = 1, math.max(#whole, #chunked) do
-    local x, y = whole[i], chunked[i]
-    local agree = x and y and (x.msg ~= nil and y.msg ~= nil and same(x.msg, y.msg)
-      or x.err and y.err and (x.err.kind == y.err.kind
-        or sticky(x.err) and sticky(y.err) and (x.err.kind == "toolarge" or y.err.kind == "toolarge")))
-    if not agree then
-      return ("message %d: %s whole, %s chunked"):format(i, show(x), show(y))
+  for _, reference in ipairs({ false, true }) do
+    local whole = through_next({ text }, opts, reference)
+    local chunked = through_next(pieces(text, sizes), opts, reference)
+    for i = 1, math.max(#whole, #chunked) do
+      local x, y = whole[i], chunked[i]
+      local agree = x and y and (x.msg ~= nil and y.msg ~= nil and same(x.msg, y.msg)
+        or x.err and y.err and (x.err.kind == y.err.kind
+          or sticky(x.err) and sticky(y.err) and (x.err.kind == "toolarge" or y.err.kind == "toolarge")))
+      if not agree then
+        return ("%smessage %d: %s whole, %s chunked"):format(reference and "reference decoder, " or "", i,
+                                                              show(x), show(y))
+      end
     end
   end
 end
@@ -204,9 +210,10 @@ local function unwanted(item, interest)
   return type(name) == "string" and not interest[name]
 end
 
--- (d) The fast path against the full path: drain without an interest set
--- gives exactly what next() gives; with one, it leaves out only events the
--- Lua filter would drop, and counts each one it leaves out.  The header's
+-- (d) The fast paths against the full path (a reference decoder's next()):
+-- next() and drain without an interest set give exactly what it gives;
+-- with one, drain leaves out only events the Lua filter would drop, and
+-- counts each one it leaves out.  The header's
 -- cfg picks the first limit (its low 3 bits) and, with its bit 3, a small
 -- max_message for both paths: 8 + the second byte after the header, so the
 -- fast path's size cap meets the framer's "too large"; the first byte after
@@ -227,13 +234,20 @@ function checks.fastpath(input)
     if mask & (1 << (i - 1)) ~= 0 then interest[name] = true end
   end
   local list, first = pieces(text, sizes), (cfg or 0) % 8 % #LIMITS
-  local full = through_next(list, opts)
+  local full = through_next(list, opts, true)
+  local quick = through_next(list, opts)
+  for i = 1, math.max(#full, #quick) do
+    if not (full[i] and quick[i] and same_item(full[i], quick[i])) then
+      return ("message %d: %s by the full path, %s by next()"):format(i, show(full[i]), show(quick[i]))
+    end
+  end
   local fast, skipped, why = through_drain(list, nil, first, opts)
   if why then return why end
   if skipped ~= 0 then return "skipped without an interest set" end
   for i = 1, math.max(#full, #fast) do
     if not (full[i] and fast[i] and same_item(full[i], fast[i])) then
-      return ("no interest set, message %d: %s by next(), %s by drain()"):format(i, show(full[i]), show(fast[i]))
+      return ("no interest set, message %d: %s by the full path, %s by drain()"):format(i, show(full[i]),
+                                                                                          show(fast[i]))
     end
   end
   fast, skipped, why = through_drain(list, interest, first, opts)
