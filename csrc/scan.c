@@ -133,64 +133,92 @@ static unsigned quick_hex4(const unsigned char *p) {
   return code;
 }
 
-/* The first byte from p that ends a run of plain string bytes: a quote, a
-** backslash or a control character (the NUL at the end is one).  With
-** SSE2, 16 bytes at a time: the block holding the stop byte is read whole,
-** so up to 15 bytes past it must be readable (QMP_SCAN_PAD). */
+/* From p in a string: past its closing quote when no escape nor control
+** character comes first (1), else the first of those (0); the NUL at the
+** end is a control character.  With SSE2, 16 bytes at a time: the block
+** holding the stop byte is read whole, so up to 15 bytes past it must be
+** readable (QMP_SCAN_PAD). */
 #if defined(__SSE2__)
 #include <emmintrin.h>
 
-static const unsigned char *string_stop(const unsigned char *p) {
+static inline int string_run(const unsigned char **pp) {
   const __m128i quote = _mm_set1_epi8('"'), backslash = _mm_set1_epi8('\\');
   const __m128i control = _mm_set1_epi8(0x1f);
+  const unsigned char *p = *pp;
+  unsigned quotes, others;
   for (;; p += 16) {
     __m128i v = _mm_loadu_si128((const __m128i *)(const void *)p);
-    __m128i stop = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, backslash)),
-                                _mm_cmpeq_epi8(_mm_min_epu8(v, control), v));  /* v <= 0x1f */
-    unsigned mask = (unsigned)_mm_movemask_epi8(stop);
-    if (mask != 0) return p + __builtin_ctz(mask);
+    quotes = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(v, quote));
+    others = (unsigned)_mm_movemask_epi8(_mm_or_si128(_mm_cmpeq_epi8(v, backslash),
+                                                      _mm_cmpeq_epi8(_mm_min_epu8(v, control), v)));
+    if ((quotes | others) != 0) break;
   }
+  /* (others & -others) - 1: the bits below the first other stop (all of them if none) */
+  if (quotes & ((others & -others) - 1)) {
+    *pp = p + __builtin_ctz(quotes) + 1;
+    return 1;
+  }
+  *pp = p + __builtin_ctz(others);
+  return 0;
 }
 #else
-static const unsigned char *string_stop(const unsigned char *p) {
+static inline int string_run(const unsigned char **pp) {
+  const unsigned char *p = *pp;
   while (!QUICK_STRING_STOP[*p]) p++;
-  return p;
+  *pp = p + (*p == '"');
+  return *p == '"';
 }
 #endif
 
-/* qmp_quick_string, or (padded 0) the same reading no byte past the one
-** it stops at, for text without QMP_SCAN_PAD (qmp_strict_json's). */
-static inline const unsigned char *quick_string(const unsigned char *p, int *plain, int padded) {
-  for (;;) {
-    unsigned code;
-    if (padded) p = string_stop(p);
-    else while (!QUICK_STRING_STOP[*p]) p++;
-    if (*p == '"') return p + 1;
-    if (*p != '\\') return NULL;  /* a raw control character, or the end */
-    *plain = 0;
-    switch (*++p) {
-      case '"': case '\\': case '/': case 'b': case 'f': case 'n': case 'r': case 't':
-        p++;
-        break;
-      case 'u':
-        code = quick_hex4(p + 1);
-        p += 5;
-        if (code == 0 || (code >= 0xDC00 && code <= 0xDFFF)) return NULL;  /* bad, \u0000, lone low */
-        if (code >= 0xD800 && code <= 0xDBFF) {  /* a high surrogate: its low one must follow */
-          if (p[0] != '\\' || p[1] != 'u') return NULL;
-          code = quick_hex4(p + 2);
-          if (code < 0xDC00 || code > 0xDFFF) return NULL;
-          p += 6;
-        }
-        break;
-      default: return NULL;
-    }
+/* An escape at p, in a string: past it, or NULL if bad or unsure. */
+static const unsigned char *quick_escape(const unsigned char *p) {
+  unsigned code;
+  switch (*++p) {
+    case '"': case '\\': case '/': case 'b': case 'f': case 'n': case 'r': case 't':
+      return p + 1;
+    case 'u':
+      code = quick_hex4(p + 1);
+      p += 5;
+      if (code == 0 || (code >= 0xDC00 && code <= 0xDFFF)) return NULL;  /* bad, \u0000, lone low */
+      if (code >= 0xD800 && code <= 0xDBFF) {  /* a high surrogate: its low one must follow */
+        if (p[0] != '\\' || p[1] != 'u') return NULL;
+        code = quick_hex4(p + 2);
+        if (code < 0xDC00 || code > 0xDFFF) return NULL;
+        p += 6;
+      }
+      return p;
+    default: return NULL;
   }
 }
 
-const unsigned char *qmp_quick_string(const unsigned char *p, int *plain) {
-  return quick_string(p, plain, 1);
+/* The rest of a string from the byte p where string_run stopped, not a
+** quote: past the closing quote (*plain = 0), or NULL if unsure. */
+static const unsigned char *string_tail(const unsigned char *p, int *plain) {
+  *plain = 0;
+  do {
+    if (*p != '\\' || (p = quick_escape(p)) == NULL) return NULL;  /* a control character, the end */
+  } while (!string_run(&p));
+  return p;
 }
+
+const unsigned char *qmp_quick_string(const unsigned char *p, int *plain) {
+  return string_run(&p) ? p : string_tail(p, plain);
+}
+
+/* qmp_quick_string without reading past the byte it stops at, for text
+** without QMP_SCAN_PAD (qmp_strict_json's). */
+static const unsigned char *unpadded_string(const unsigned char *p) {
+  for (;;) {
+    while (!QUICK_STRING_STOP[*p]) p++;
+    if (*p == '"') return p + 1;
+    if (*p != '\\' || (p = quick_escape(p)) == NULL) return NULL;
+  }
+}
+
+/* A string from c, just past its opening quote, in quick_scan: c goes past
+** its closing quote (plain = 0 if it has escapes), or quick_scan gives up. */
+#define SCAN_STRING(c, plain) \
+  if (!string_run(&c) && (c = string_tail(c, &plain)) == NULL) return 0
 
 static const unsigned char *quick_number(const unsigned char *p, int *sawfloat) {
   const unsigned char *start = p;
@@ -216,13 +244,17 @@ static const unsigned char *quick_number(const unsigned char *p, int *sawfloat) 
 ** nothing after it that would make it a float: past it, or NULL.  Only
 ** checked here: most events are skipped, and qmp_integer_value reads it
 ** again for those that are not. */
-const unsigned char *qmp_quick_integer(const unsigned char *p) {
+static inline const unsigned char *quick_integer(const unsigned char *p) {
   const unsigned char *digits = p += *p == '-';
   if (*p == '0') p++;
   else while (isdigit_json(*p)) p++;
   if (p == digits || p - digits > 18 || isdigit_json(*p) || *p == '.' || *p == 'e' || *p == 'E')
     return NULL;  /* none, too long, a leading zero, or a float */
   return p;
+}
+
+const unsigned char *qmp_quick_integer(const unsigned char *p) {
+  return quick_integer(p);
 }
 
 /* The value of an integer qmp_quick_integer accepted. */
@@ -261,7 +293,7 @@ static const unsigned char *quick_timestamp(const unsigned char *c, qmp_quick *q
     SKIP_SPACE();
     if (which == 1) q->seconds = c;
     else q->microseconds = c;
-    if ((c = qmp_quick_integer(c)) == NULL) return NULL;
+    if ((c = quick_integer(c)) == NULL) return NULL;
     SKIP_SPACE();
     if (*c != ',') break;
     c++;
@@ -271,6 +303,32 @@ static const unsigned char *quick_timestamp(const unsigned char *c, qmp_quick *q
 
 enum { M_TIMESTAMP = 1, M_EVENT = 2, M_DATA = 4, M_OTHER = 8 };
 
+/* How QEMU opens every event, byte for byte (its JSON writer's spacing). */
+#define OPEN_SECONDS "\"timestamp\": {\"seconds\": "
+#define OPEN_MICROSECONDS ", \"microseconds\": "
+#define OPEN_EVENT "}, \"event\": \""
+#define OPEN_DATA ", \"data\": "
+#define WORD_IS(c, w) (memcmp(c, w, sizeof w - 1) == 0)  /* whole: QMP_SCAN_PAD */
+
+/* The opening of an event as QEMU writes it, from just past the '{' to
+** just past the name's closing quote, read in a few compares where the
+** general scan below takes a step per byte: past it, with the timestamp
+** and name in q, or NULL (then the general scan reads it, as it would
+** read these bytes to the same effect). */
+static const unsigned char *qemu_opening(const unsigned char *c, qmp_quick *q) {
+  const unsigned char *name;
+  if (!WORD_IS(c, OPEN_SECONDS)) return NULL;
+  q->seconds = c += sizeof OPEN_SECONDS - 1;
+  if ((c = quick_integer(c)) == NULL || !WORD_IS(c, OPEN_MICROSECONDS)) return NULL;
+  q->microseconds = c += sizeof OPEN_MICROSECONDS - 1;
+  if ((c = quick_integer(c)) == NULL || !WORD_IS(c, OPEN_EVENT)) return NULL;
+  name = c += sizeof OPEN_EVENT - 1;
+  if (!string_run(&c)) return NULL;  /* an escape in the name: the general scan decides */
+  q->name = (const char *)name;
+  q->namelen = (size_t)(c - 1 - name);
+  return c;
+}
+
 /* p starts with '{' and the bytes end in a NUL.  1 when they begin with a
 ** whole message that quick_scan is sure of (q says what it found), else 0.
 ** A shaped message's only members two deep are its data's: there it counts
@@ -278,7 +336,7 @@ enum { M_TIMESTAMP = 1, M_EVENT = 2, M_DATA = 4, M_OTHER = 8 };
 static int quick_scan(const unsigned char *p, qmp_quick *q) {
   const unsigned char *c = p + 1, *key;
   uint64_t arrays = 0;  /* bit k: nesting level k + 1 is an array */
-  int depth = 1, member = 0, members = 0, plain;  /* member: M_* of the top-level one read */
+  int depth = 1, member = 0, members = 0, plain = 1;  /* member: M_* of the top-level one read */
   long count = 0;       /* members two deep */
   int flat = 1;         /* and all of them plain */
   q->sawfloat = 0;
@@ -286,12 +344,25 @@ static int quick_scan(const unsigned char *p, qmp_quick *q) {
   q->data = q->dataend = NULL;
   q->seconds = q->microseconds = NULL;
   q->shaped = 1;
+  if ((key = qemu_opening(c, q)) != NULL) {
+    c = key;
+    members = M_TIMESTAMP | M_EVENT;
+    if (!WORD_IS(c, OPEN_DATA)) {
+      member = M_EVENT;
+      goto after;
+    }
+    c += sizeof OPEN_DATA - 1;
+    members |= member = M_DATA;
+    goto value;
+  }
+  q->name = NULL;
+  q->seconds = q->microseconds = NULL;
  member:  /* a member name, then its value */
   SKIP_SPACE();
   if (*c != '"') return 0;
   key = ++c;
   plain = 1;
-  if ((c = qmp_quick_string(c, &plain)) == NULL) return 0;
+  SCAN_STRING(c, plain);
   if (depth == 1) {
     size_t len = (size_t)(c - 1 - key);
     if (!plain) return 0;  /* it might spell "event" */
@@ -315,7 +386,8 @@ static int quick_scan(const unsigned char *p, qmp_quick *q) {
     if (member == M_EVENT) {  /* its name: a plain string, and the only one */
       if (*c != '"' || q->name != NULL) return 0;
       key = ++c;
-      if ((c = qmp_quick_string(c, &plain)) == NULL || !plain) return 0;
+      SCAN_STRING(c, plain);
+      if (!plain) return 0;
       q->name = (const char *)key;
       q->namelen = (size_t)(c - 1 - key);
       goto after;
@@ -334,18 +406,18 @@ static int quick_scan(const unsigned char *p, qmp_quick *q) {
       flat = 1;
     }
   }
-  else if (depth == 2 && flat) {  /* plain: a string without escapes (below), an integer exact in int64, a literal */
-    if (*c == '{' || *c == '[' || (*c != '"' && *c != 't' && *c != 'f' && *c != 'n' && qmp_quick_integer(c) == NULL))
-      flat = 0;
-  }
+  /* Two deep, plain is a string without escapes, an integer exact in an
+  ** int64 or a literal: see below. */
   switch (*c) {
     case '"':
       plain = 1;
-      if ((c = qmp_quick_string(c + 1, &plain)) == NULL) return 0;
+      c++;
+      SCAN_STRING(c, plain);
       if (depth == 2) flat &= plain;
       break;
     case '{': case '[':
       if (depth == QUICK_MAX_DEPTH) return 0;
+      if (depth == 2) flat = 0;
       if (*c == '[') arrays |= (uint64_t)1 << depth;
       else arrays &= ~((uint64_t)1 << depth);
       depth++;
@@ -358,6 +430,14 @@ static int quick_scan(const unsigned char *p, qmp_quick *q) {
     case 'f': if (!quick_word(c, "false")) return 0; c += 5; break;
     case 'n': if (!quick_word(c, "null")) return 0; c += 4; break;
     default:
+      if (depth == 2) {
+        const unsigned char *end = quick_integer(c);  /* a JSON integer: quick_number's too */
+        if (end != NULL) {
+          c = end;
+          break;
+        }
+        flat = 0;
+      }
       if ((c = quick_number(c, &q->sawfloat)) == NULL) return 0;
       break;
   }
@@ -379,6 +459,8 @@ static int quick_scan(const unsigned char *p, qmp_quick *q) {
 }
 
 #undef SKIP_SPACE
+#undef WORD_IS
+#undef SCAN_STRING
 
 /*
 ** Is text[0..len) (a NUL at text[len]) one JSON value, with JSON whitespace
@@ -396,7 +478,7 @@ int qmp_strict_json(const unsigned char *c, size_t len) {
  value:
   SKIP();
   switch (*c) {  /* the helpers stop at the NUL: never past end */
-    case '"': if ((c = quick_string(c + 1, &flag, 0)) == NULL) return 0; break;
+    case '"': if ((c = unpadded_string(c + 1)) == NULL) return 0; break;
     case '{': case '[':
       if (depth == QMP_MAX_DEPTH) return 0;
       if (*c == '[') arrays[depth >> 3] |= (unsigned char)(1u << (depth & 7));
@@ -427,7 +509,7 @@ int qmp_strict_json(const unsigned char *c, size_t len) {
   goto after;
  member:
   SKIP();
-  if (*c != '"' || (c = quick_string(c + 1, &flag, 0)) == NULL) return 0;
+  if (*c != '"' || (c = unpadded_string(c + 1)) == NULL) return 0;
   SKIP();
   if (*c++ != ':') return 0;
   goto value;

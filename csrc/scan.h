@@ -59,10 +59,11 @@ typedef struct qmp_quick {
 } qmp_quick;
 
 /* The helpers below read bytes that end in a NUL, and stop there. */
-/* Bytes that follow the NUL, readable, in the text qmp_quick_string scans:
-** it reads them a block at a time and may look up to this many past the
-** byte it stops at.  The decoder's read buffer always has them (decoder.c). */
-#define QMP_SCAN_PAD 16
+/* Bytes that follow the NUL, readable, in the text the quick scan reads:
+** it reads strings a block at a time, and compares QEMU's fixed words
+** whole, so it may look up to this many past the byte it stops at.  The
+** decoder's read buffer always has them (decoder.c). */
+#define QMP_SCAN_PAD 64
 /* Scan a string from p, just past its opening quote: the byte past its
 ** closing quote (*plain = 0 if it has escapes), or NULL if unsure.  The
 ** text must have QMP_SCAN_PAD bytes after its NUL. */
