@@ -6,7 +6,9 @@
 ** take out one message or many, each walked into Lua values (walk.c).  Both
 ** frame with the quick scan first: an event of QEMU's shape is then built
 ** from what the scan read, and drain skips unparsed an event outside the
-** caller's interest set.  A reference decoder (core.reference_decoder)
+** caller's interest set; next() decodes a few messages at once, as drain
+** does, and hands them out one by one, so that a call per message costs
+** little more.  A reference decoder (core.reference_decoder)
 ** never uses the quick scan: the differential specs and fuzzers compare
 ** the quick paths with it.  A decoding call marks the decoder busy,
 ** so that Lua code it runs (finalizers, the events table's __index) cannot
@@ -31,13 +33,23 @@ struct qmp_decoder {
                         ** past it, kept initialized (qmp_decoder_commit) */
   int busy;             /* a decoding call runs: the buffer must not move, the framer not run */
   int quick;            /* 0: a reference decoder, which never uses the quick scan */
+  int ahead, aheadn;    /* next() decoded ahead UV_AHEAD[ahead .. aheadn] (ahead 0: none) */
+  int aheaderr;         /* the last of them is an error object, for the message that was not JSON */
 };
 
-/* Decoder user values: the event types table, the key cache, the tree box.
-** In this order they are also the stack slots a decoding call holds. */
+/* Decoder user values: the event types table, the key cache, the tree box
+** (in this order also the stack slots a decoding call holds), and the
+** messages next() decoded ahead (a table made on first use). */
 #define UV_EVENTS 1
 #define UV_KEYS   2
 #define UV_BOX    3
+#define UV_AHEAD  4
+
+/* next() decodes up to AHEAD messages at once, as drain does, and hands
+** them out one by one: one call each would cost as much as a message; it
+** stops early once it has taken AHEAD_BYTES of them. */
+#define AHEAD 32
+#define AHEAD_BYTES 65536
 
 /* The module's state: upvalues of the functions that make decoders
 ** (qmp_decoder_setfuncs), as lua-cjson keeps its configuration. */
@@ -49,7 +61,7 @@ static qmp_decoder *checkdecoder(lua_State *L, int idx) {
 }
 
 qmp_decoder *qmp_decoder_new(lua_State *L, size_t max_message) {
-  qmp_decoder *d = (qmp_decoder *)lua_newuserdatauv(L, sizeof(qmp_decoder), 3);
+  qmp_decoder *d = (qmp_decoder *)lua_newuserdatauv(L, sizeof(qmp_decoder), 4);
   memset(d, 0, sizeof *d);  /* harmless state first: no buffer yet */
   d->f.max_message = max_message;
   d->quick = 1;
@@ -108,15 +120,18 @@ size_t qmp_decoder_pending(qmp_decoder *d) {
 int qmp_decoder_ready(lua_State *L, qmp_decoder *d) {
   if (d->busy)  /* as in next(): while a walk runs, the decoder is not to be touched */
     return luaL_error(L, "qmp: decoder used re-entrantly");
-  if (d->f.errkind != NULL || d->f.framed) return 1;
+  if (d->ahead != 0 || d->f.errkind != NULL || d->f.framed) return 1;
   return qmp_frame(&d->f) != 0;  /* a new error counts: next() has it to give */
 }
 
 /* Push the stack slots a decoding call holds (UV_*, from top + 1 on) and
 ** mark the decoder busy: the tree box is to-be-closed, so an error can
-** never leak a tree nor leave the decoder busy. */
+** never leak a tree nor leave the decoder busy.  The stack gets room for
+** the call to its __close too, so that closing it cannot fail for want of
+** memory to grow the stack. */
 static qmp_treebox *open_slots(lua_State *L, qmp_decoder *d, int didx, int top) {
   qmp_treebox *box;
+  luaL_checkstack(L, UV_BOX + LUA_MINSTACK + 4, "cannot grow the Lua stack to decode");
   lua_getiuservalue(L, didx, UV_EVENTS);
   lua_getiuservalue(L, didx, UV_KEYS);
   lua_getiuservalue(L, didx, UV_BOX);
@@ -127,37 +142,18 @@ static qmp_treebox *open_slots(lua_State *L, qmp_decoder *d, int didx, int top) 
   return box;
 }
 
-/* Close the slots of open_slots: the decoder is free again. */
+/* Close the slots of open_slots (the top ones): the decoder is free again,
+** before the box's __close is called. */
 static void close_slots(lua_State *L, qmp_decoder *d, int top) {
-  lua_closeslot(L, top + UV_BOX);
+  ((qmp_treebox *)lua_touserdata(L, top + UV_BOX))->busy = NULL;
   d->busy = 0;
+  lua_closeslot(L, top + UV_BOX);
 }
 
-/*
-** Decode the framed message, consuming it: push its value and return 1, or
-** return 0 (not valid JSON) or -1 (out of memory) with the reason in why;
-** the stream goes on.
-** Raises only on memory errors (or from the events table's __index); the
-** box then frees the tree and clears busy, which the caller sets (any Lua
-** code run by a push must not touch the decoder).
-*/
-static int decode_framed(lua_State *L, qmp_decoder *d, qmp_treebox *box, int top,
-                         char *why, size_t whysz) {
-  size_t start = d->f.fstart, end = d->f.fend;
-  d->f.head = end;  /* consumed before anything can raise; bad JSON too */
+/* The framed message is taken: the framer goes on after it. */
+static void consume(qmp_decoder *d) {
+  d->f.head = d->f.fend;
   d->f.framed = 0;
-  /* cap > len >= end: room for the NUL cJSON needs */
-  return qmp_push_framed(L, box, top + UV_EVENTS, top + UV_KEYS, d->f.buf + start, end - start,
-                         d->f.s.sawfloat, why, whysz);
-}
-
-/* decode_framed for an event of QEMU's shape (q->shaped): its timestamp
-** and name are taken from q, so cJSON parses its data only. */
-static int decode_shaped(lua_State *L, qmp_decoder *d, qmp_treebox *box, int top,
-                         const qmp_quick *q, char *why, size_t whysz) {
-  d->f.head = d->f.fend;  /* consumed before anything can raise */
-  d->f.framed = 0;
-  return qmp_push_shaped(L, box, top + UV_EVENTS, top + UV_KEYS, q, why, whysz);
 }
 
 /* Frame the next message unless one is: 1 (q says what the quick scan
@@ -166,37 +162,124 @@ static int frame_next(qmp_decoder *d, qmp_quick *q) {
   q->name = NULL;
   q->shaped = 0;
   if (d->f.errkind != NULL) return -1;
-  if (d->f.framed) return 1;  /* by qmp_decoder_ready */
+  if (d->f.framed) return 1;  /* by qmp_decoder_ready, or left by a decode that raised */
   if (d->quick && qmp_quick_frame(&d->f, q)) return 1;
   return qmp_frame(&d->f);
 }
 
-/* Decode the message frame_next framed, as decode_framed does. */
-static int decode_next(lua_State *L, qmp_decoder *d, qmp_treebox *box, int top,
-                       const qmp_quick *q, char *why, size_t whysz) {
-  if (q->shaped) return decode_shaped(L, d, box, top, q, why, whysz);
-  return decode_framed(L, d, box, top, why, whysz);
+/*
+** Decode the message frame_next framed (an event of QEMU's shape, q->shaped,
+** from what the quick scan read: cJSON parses its data only): push its
+** value and return 1, or return 0 (not valid JSON) or -1 (out of memory)
+** with the reason in why; the stream goes on.  Unless keep, the message is
+** consumed before anything can raise, so that one that always raises
+** cannot stop the stream; with keep the caller consumes it once its value
+** is safe, and a raise leaves it framed, to be decoded again.
+** Raises only on memory errors (or from the events table's __index); the
+** box then frees the tree and clears busy, which the caller sets (any Lua
+** code run by a push must not touch the decoder).
+*/
+static int decode(lua_State *L, qmp_decoder *d, qmp_treebox *box, int top, const qmp_quick *q,
+                  int keep, char *why, size_t whysz) {
+  size_t start = d->f.fstart, end = d->f.fend;
+  if (!keep) consume(d);
+  if (q->shaped) return qmp_push_shaped(L, box, top + UV_EVENTS, top + UV_KEYS, q, why, whysz);
+  /* cap > len >= end: room for the NUL cJSON needs */
+  return qmp_push_framed(L, box, top + UV_EVENTS, top + UV_KEYS, d->f.buf + start, end - start,
+                         d->f.s.sawfloat, why, whysz);
+}
+
+/* Push the next message decoded ahead (1), or fail and the error that
+** stands for a message that was not JSON (2). */
+static int take_ahead(lua_State *L, qmp_decoder *d, int didx) {
+  int i = d->ahead, failed = i == d->aheadn && d->aheaderr;
+  lua_getiuservalue(L, didx, UV_AHEAD);
+  lua_rawgeti(L, -1, i);
+  lua_pushnil(L);
+  lua_rawseti(L, -3, i);  /* the decoder keeps nothing it gave */
+  lua_remove(L, -2);
+  if (i < d->aheadn) d->ahead = i + 1;
+  else d->ahead = d->aheadn = d->aheaderr = 0;
+  if (!failed) return 1;
+  luaL_pushfail(L);
+  lua_insert(L, -2);
+  return 2;
+}
+
+/* Decode the framed message into UV_AHEAD (at top), after those there: 1;
+** or 0 when it was not JSON (its error stands for it, the last one) or,
+** with keep, when cJSON could not allocate.  keep: as decode, the message
+** is consumed once stored; one cJSON failed is left framed, to be decoded
+** again by the call that gives it: the memory it lacked is that call's. */
+static int decode_ahead(lua_State *L, qmp_decoder *d, qmp_treebox *box, int top,
+                        const qmp_quick *q, int keep) {
+  char why[160];
+  int ok = decode(L, d, box, top, q, keep, why, sizeof why);
+  if (ok < 0 && keep) return 0;
+  if (ok <= 0) qmp_pusherror(L, ok < 0 ? "memory" : "protocol", "%s", why);
+  lua_rawseti(L, top, d->aheadn + 1);  /* the array never grows: allocates nothing */
+  if (keep) consume(d);
+  d->ahead = 1;
+  d->aheadn++;
+  d->aheaderr = ok <= 0;
+  return ok > 0;
+}
+
+/* fill_ahead's protected part: more messages after the first, while they
+** are whole, up to AHEAD of them or AHEAD_BYTES.  (decoder, table) */
+static int decode_more(lua_State *L) {
+  qmp_decoder *d = (qmp_decoder *)lua_touserdata(L, 1);
+  qmp_treebox *box = open_slots(L, d, 1, 2);
+  size_t taken = 0;
+  qmp_quick q;
+  while (d->aheadn < AHEAD && taken < AHEAD_BYTES && frame_next(d, &q) > 0) {
+    taken += d->f.fend - d->f.fstart;
+    if (!decode_ahead(L, d, box, 2, &q, 1)) break;
+  }
+  close_slots(L, d, 2);
+  return 0;
+}
+
+/*
+** Decode the next whole messages into UV_AHEAD, ending at one that is not
+** JSON (its error stands for it): 1; or, when none is whole, what next()
+** returns: 0 (more bytes needed) or 2 (fail and the sticky error).  The
+** first is decoded as drain would; those after it under a protected call,
+** each kept framed until its value is held: whatever one of them raises
+** (memory, the events table's __index) only ends the batch before it,
+** and comes from the call that decodes it first, as next() gives it.
+*/
+static int fill_ahead(lua_State *L, qmp_decoder *d, int didx) {
+  qmp_treebox *box;
+  qmp_quick q;
+  int ok, top, r = frame_next(d, &q);
+  if (r == 0) return 0;
+  if (r < 0) return qmp_fail(L, d->f.errkind, "%s", d->f.errmsg);
+  lua_pushcfunction(L, decode_more);
+  lua_pushvalue(L, didx);
+  if (lua_getiuservalue(L, didx, UV_AHEAD) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_createtable(L, AHEAD, 0);
+    lua_pushvalue(L, -1);
+    lua_setiuservalue(L, didx, UV_AHEAD);
+  }
+  top = lua_gettop(L);  /* the table */
+  box = open_slots(L, d, didx, top);
+  ok = decode_ahead(L, d, box, top, &q, 0);
+  close_slots(L, d, top);
+  lua_settop(L, top);
+  if (ok && lua_pcall(L, 2, 0, 0) != LUA_OK) lua_pop(L, 1);  /* the batch ends there */
+  lua_settop(L, top - 3);
+  return 1;
 }
 
 int qmp_decoder_next(lua_State *L, int didx) {
   qmp_decoder *d = (qmp_decoder *)lua_touserdata(L, didx);
-  char why[160];
-  qmp_treebox *box;
-  qmp_quick q;
-  int r, top;
+  int r;
   if (d->busy)  /* a finalizer run by the walk: touch nothing, not even the framer */
     return luaL_error(L, "qmp: decoder used re-entrantly");
-  r = frame_next(d, &q);
-  if (r == 0) return 0;
-  if (r < 0) return qmp_fail(L, d->f.errkind, "%s", d->f.errmsg);
-  top = lua_gettop(L);
-  box = open_slots(L, d, didx, top);
-  r = decode_next(L, d, box, top, &q, why, sizeof why);
-  r = r > 0 ? 1 : qmp_fail(L, r < 0 ? "memory" : "protocol", "%s", why);
-  close_slots(L, d, top);
-  lua_rotate(L, top + 1, r);  /* results down over the slots */
-  lua_settop(L, top + r);
-  return r;
+  if (d->ahead == 0 && (r = fill_ahead(L, d, didx)) != 1) return r;
+  return take_ahead(L, d, didx);
 }
 
 /* The answers of the interest set for the names one drain call has met:
@@ -250,6 +333,24 @@ static int is_event(lua_State *L, int keys) {
   return yes;
 }
 
+/* Into the batch first: the messages next() decoded ahead.  1 with the
+** error pushed when one of them ends it, else 0. */
+static int drain_ahead(lua_State *L, qmp_decoder *d, int didx, qmp_batch *b) {
+  int keys = lua_gettop(L) + 1;
+  lua_getiuservalue(L, didx, UV_KEYS);
+  while (d->ahead != 0 && b->n + b->skipped < b->limit) {
+    if (take_ahead(L, d, didx) == 2) {
+      lua_copy(L, -1, keys);
+      lua_settop(L, keys);
+      return 1;
+    }
+    if (is_event(L, keys)) b->events++;
+    lua_rawseti(L, b->list, ++b->n);
+  }
+  lua_settop(L, keys - 1);
+  return 0;
+}
+
 int qmp_decoder_drain(lua_State *L, int didx, qmp_batch *b) {
   qmp_decoder *d = (qmp_decoder *)lua_touserdata(L, didx);
   NameCache names;  /* for this call only: the set may change between calls */
@@ -259,6 +360,7 @@ int qmp_decoder_drain(lua_State *L, int didx, qmp_batch *b) {
   int top;
   if (d->busy)
     return luaL_error(L, "qmp: decoder used re-entrantly");
+  if (d->ahead != 0 && drain_ahead(L, d, didx, b)) return 1;
   top = lua_gettop(L);
   /* One to-be-closed slot for the whole batch; busy all along, as Lua code
   ** may run (finalizers, the events table's __index) while a message is
@@ -279,13 +381,12 @@ int qmp_decoder_drain(lua_State *L, int didx, qmp_batch *b) {
       /* An event named "" or "qmp.*" is no event: the session reports it
       ** (malformed), wanted or not. */
       if (q.name != NULL && peer_event_name(q.name, q.namelen) && !wanted(L, b->interest, &q, &names)) {
-        d->f.head = d->f.fend;  /* consumed unparsed */
-        d->f.framed = 0;
+        consume(d);  /* unparsed */
         b->skipped++;
         continue;
       }
     }
-    ok = decode_next(L, d, box, top, &q, why, sizeof why);
+    ok = decode(L, d, box, top, &q, 0, why, sizeof why);
     if (ok <= 0) {
       kind = ok < 0 ? "memory" : "protocol";
       msg = why;

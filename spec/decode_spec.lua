@@ -1153,6 +1153,133 @@ describe("qmp.core decoder()", function()
   end)
 end)
 
+-- next() decodes a few messages at once, as drain() does, and hands them
+-- out one by one: nothing of that may show but the speed.
+describe("qmp.core decoder() next(), decoding ahead", function()
+  local EVENT = '{"timestamp": {"seconds": %d, "microseconds": 2}, "event": "%s", "data": {"i": %d}}\r\n'
+  local function events(from, to)
+    local t = {}
+    for i = from, to do t[#t + 1] = EVENT:format(i, i % 3 == 0 and "STOP" or "RESUME", i) end
+    return table.concat(t)
+  end
+
+  it("gives every message once and in order, whatever feed(), drain() and buffered() do between calls", function()
+    local text = events(1, 300) .. '{"return": {"x": [1, 2.5]}, "id": "a"}\n' .. events(301, 600)
+    local expected = {}
+    local ref = core.reference_decoder()
+    ref:feed(text)
+    drain(ref, expected)
+    assert.equal(601, #expected)
+    local seed = 1
+    local function rng(n)
+      seed = (seed * 1103515245 + 12345) % 2147483648
+      return seed % n + 1
+    end
+    for _ = 1, 20 do
+      local d, got, pos = core.decoder(), {}, 1
+      while #got < #expected do
+        local op = rng(10)
+        if op <= 3 and pos <= #text then       -- feed a piece
+          local n = rng(700)
+          d:feed(text:sub(pos, pos + n - 1))
+          pos = pos + n
+        elseif op <= 7 then                    -- next()
+          local msg, err = d:next()
+          assert.is_nil(err)
+          got[#got + 1] = msg
+          if msg == nil and pos > #text then error("nothing more, with " .. #got .. " messages") end
+        elseif op <= 9 then                    -- drain()
+          local list, skipped, err, n = d:drain(rng(40))
+          assert.is_nil(err)
+          assert.equal(0, skipped)
+          local evs = 0
+          for i = 1, #list do
+            got[#got + 1] = list[i]
+            if rawget(list[i], "event") then evs = evs + 1 end
+          end
+          assert.equal(evs, n)
+        else                                   -- buffered() says whether next() has one
+          local b = d:buffered()
+          local msg = d:next()
+          assert.equal(b, msg ~= nil)
+          got[#got + 1] = msg
+        end
+      end
+      assert.is_false(d:buffered())
+      assert.is_nil(d:next())
+      for i = 1, #expected do
+        local dd = diff(expected[i], got[i], true)
+        if dd then error(("message %d: %s"):format(i, dd)) end
+      end
+    end
+  end)
+
+  it("keeps no message it gave", function()
+    local d = core.decoder()
+    d:feed(events(1, 5))
+    local gone = setmetatable({}, { __mode = "v" })
+    gone[1] = d:next()
+    gone[2] = d:next()
+    assert.equal(1, gone[1].data.i)
+    collectgarbage()
+    collectgarbage()
+    assert.is_nil(gone[1])
+    assert.is_nil(gone[2])
+    assert.equal(3, d:next().data.i)
+  end)
+
+  it("gives the error of a message that is not JSON in its place, between the messages around it", function()
+    local d = core.decoder()
+    d:feed(events(1, 2) .. '{"a": [1,]}\n' .. events(3, 4))
+    assert.equal(1, d:next().data.i)
+    assert.equal(2, d:next().data.i)
+    local msg, err = d:next()
+    assert.is_nil(msg)
+    assert.equal("protocol", err.kind)
+    assert.matches("^invalid JSON", err.message)
+    assert.equal(3, d:next().data.i)
+    assert.is_true(d:buffered())
+    assert.equal(4, d:next().data.i)
+    assert.is_false(d:buffered())
+  end)
+
+  it("gives the messages before a framing error, then the error for good", function()
+    local d = core.decoder()
+    d:feed(events(1, 3) .. "x")
+    for i = 1, 3 do assert.equal(i, d:next().data.i) end
+    for _ = 1, 2 do
+      local msg, err = d:next()
+      assert.is_nil(msg)
+      assert.matches("expected a JSON object", err.message)
+    end
+  end)
+
+  -- What decoding a message raises (memory, the events table's __index)
+  -- comes from the call that gives that message, not from one before.
+  it("raises what decoding a message raises from the call that would give it", function()
+    local mt = getmetatable(core.events)
+    finally(function()
+      setmetatable(core.events, mt)
+      rawset(core.events, "QMP_SPEC_FAILING_TYPE", nil)
+    end)
+    local d = core.decoder()
+    d:feed('{"return": {}, "id": 1}\n{"event": "QMP_SPEC_FAILING_TYPE"}\n{"return": {}, "id": 2}\n')
+    local asked = 0
+    setmetatable(core.events, { __index = function(_, name)
+      asked = asked + 1
+      error("no type for " .. name)
+    end })
+    assert_same({ ["return"] = {}, id = 1 }, d:next())
+    assert.has_error(function() d:next() end, nil)
+    setmetatable(core.events, mt)
+    local rest = drain(d)
+    assert_same({ ["return"] = {}, id = 2 }, rest[#rest])
+    assert.is_true(#rest <= 2)
+    if #rest == 2 then assert.equal("QMP_SPEC_FAILING_TYPE", rest[1].event) end
+    assert.is_true(asked >= 1)
+  end)
+end)
+
 describe("qmp.core decoder() drain()", function()
   local EVENT = '{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "%s"}\n'
   local function ev(name) return EVENT:format(name) end

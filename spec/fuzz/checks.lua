@@ -195,6 +195,35 @@ local function through_drain(list, interest, first_limit, opts)
   end
 end
 
+-- The same as through_next, taking the messages by next() and by drain(l)
+-- in turn (l from LIMITS, from first_limit on): what next() decoded ahead
+-- goes into the list first.
+local function through_mixed(list, first_limit, opts)
+  local d, out, k, l, turn = core.decoder(opts), {}, 0, first_limit, 0
+  while true do
+    turn = turn + 1
+    local items, err
+    if turn % 2 == 1 then
+      local msg
+      msg, err = d:next()
+      items = { msg }
+    else
+      l = l % #LIMITS + 1
+      local got, _, e = d:drain(LIMITS[l])
+      items, err = got, e
+    end
+    for i = 1, #items do out[#out + 1] = { msg = items[i] } end
+    if err then
+      out[#out + 1] = { err = err }
+      if sticky(err) then return out end
+    elseif #items == 0 then
+      k = k + 1
+      if list[k] == nil then return out end
+      d:feed(list[k])
+    end
+  end
+end
+
 local function same_item(x, y)
   if x.err or y.err then
     return x.err ~= nil and y.err ~= nil and x.err.kind == y.err.kind and x.err.message == y.err.message
@@ -211,7 +240,8 @@ local function unwanted(item, interest)
 end
 
 -- (d) The fast paths against the full path (a reference decoder's next()):
--- next() and drain without an interest set give exactly what it gives;
+-- next(), drain without an interest set and both in turn give exactly what
+-- it gives;
 -- with one, drain leaves out only events the Lua filter would drop, and
 -- counts each one it leaves out.  The header's
 -- cfg picks the first limit (its low 3 bits) and, with its bit 3, a small
@@ -239,6 +269,13 @@ function checks.fastpath(input)
   for i = 1, math.max(#full, #quick) do
     if not (full[i] and quick[i] and same_item(full[i], quick[i])) then
       return ("message %d: %s by the full path, %s by next()"):format(i, show(full[i]), show(quick[i]))
+    end
+  end
+  local mixed = through_mixed(list, first, opts)
+  for i = 1, math.max(#full, #mixed) do
+    if not (full[i] and mixed[i] and same_item(full[i], mixed[i])) then
+      return ("message %d: %s by the full path, %s by next() and drain() in turn"):format(i, show(full[i]),
+                                                                                            show(mixed[i]))
     end
   end
   local fast, skipped, why = through_drain(list, nil, first, opts)
