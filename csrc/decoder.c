@@ -33,6 +33,8 @@ struct qmp_decoder {
                         ** past it, kept initialized (qmp_decoder_commit) */
   int busy;             /* a decoding call runs: the buffer must not move, the framer not run */
   int quick;            /* 0: a reference decoder, which never uses the quick scan */
+  qmp_quick q;          /* what the quick scan found of the message buffered() framed, */
+  int qframed;          /* when it framed it (its pointers hold until the buffer moves) */
   int ahead, aheadn;    /* next() decoded ahead UV_AHEAD[ahead .. aheadn] (ahead 0: none) */
   int aheaderr;         /* the last of them is an error object, for the message that was not JSON */
 };
@@ -91,6 +93,7 @@ char *qmp_decoder_reserve(lua_State *L, qmp_decoder *d, size_t n) {
   if (d->busy)  /* e.g. a finalizer feeding the decoder in the middle of a walk */
     luaL_error(L, "qmp: decoder used re-entrantly");
   n += QMP_SCAN_PAD;  /* room for the NUL and the pad after the n bytes */
+  if (d->cap - d->f.len <= n) d->qframed = 0;  /* the bytes move: q's pointers go stale */
   if (d->f.head > 0 && d->cap - d->f.len <= n)  /* slide the live bytes down first */
     qmp_framer_slide(&d->f);
   if (d->cap - d->f.len <= n) {
@@ -121,6 +124,7 @@ int qmp_decoder_ready(lua_State *L, qmp_decoder *d) {
   if (d->busy)  /* as in next(): while a walk runs, the decoder is not to be touched */
     return luaL_error(L, "qmp: decoder used re-entrantly");
   if (d->ahead != 0 || d->f.errkind != NULL || d->f.framed) return 1;
+  if (d->quick && qmp_quick_frame(&d->f, &d->q)) return d->qframed = 1;  /* kept for frame_next */
   return qmp_frame(&d->f) != 0;  /* a new error counts: next() has it to give */
 }
 
@@ -154,6 +158,7 @@ static void close_slots(lua_State *L, qmp_decoder *d, int top) {
 static void consume(qmp_decoder *d) {
   d->f.head = d->f.fend;
   d->f.framed = 0;
+  d->qframed = 0;
 }
 
 /* Frame the next message unless one is: 1 (q says what the quick scan
@@ -162,7 +167,10 @@ static int frame_next(qmp_decoder *d, qmp_quick *q) {
   q->name = NULL;
   q->shaped = 0;
   if (d->f.errkind != NULL) return -1;
-  if (d->f.framed) return 1;  /* by qmp_decoder_ready, or left by a decode that raised */
+  if (d->f.framed) {  /* by qmp_decoder_ready, or left by a decode that raised */
+    if (d->qframed) *q = d->q;
+    return 1;
+  }
   if (d->quick && qmp_quick_frame(&d->f, q)) return 1;
   return qmp_frame(&d->f);
 }
@@ -283,36 +291,36 @@ int qmp_decoder_next(lua_State *L, int didx) {
 }
 
 /* The answers of the interest set for the names one drain call has met:
-** a busy stream repeats a few names, and a hit costs a memcmp where
+** a busy stream repeats a few dozen names, and a hit costs a compare where
 ** asking the set costs interning the name as a Lua string. */
-#define NAME_CACHE 16        /* entries, a power of two */
+#define NAME_CACHE 64        /* entries, a power of two */
 #define NAME_CACHE_LEN 47    /* longer names are not cached */
 typedef struct NameCache {
-  struct {
-    unsigned char len;       /* 0: empty entry */
-    unsigned char wanted;
-    char name[NAME_CACHE_LEN];
-  } e[NAME_CACHE];
+  unsigned char len[NAME_CACHE];     /* 0: empty entry */
+  unsigned char wanted[NAME_CACHE];
+  char name[NAME_CACHE][NAME_CACHE_LEN];
 } NameCache;
 
-/* Is the name q found in the interest set at idx?  A raw read: no Lua runs. */
+/* Is the name q found in the interest set at idx?  A raw read: no Lua runs.
+** The slot mixes the length and four of the name's bytes (n >= 1). */
 static int wanted(lua_State *L, int idx, const qmp_quick *q, NameCache *cache) {
+  const unsigned char *s = (const unsigned char *)q->name;
   size_t n = q->namelen;
   int yes, slot = -1;
   if (n > 0 && n <= NAME_CACHE_LEN) {
-    slot = (int)((n * 31 + (unsigned char)q->name[0] * 7 + (unsigned char)q->name[n - 1])
-                 & (NAME_CACHE - 1));
-    if (cache->e[slot].len == n && memcmp(cache->e[slot].name, q->name, n) == 0)
-      return cache->e[slot].wanted;
+    uint32_t x = (uint32_t)n | (uint32_t)s[0] << 8 | (uint32_t)s[n / 2] << 16 | (uint32_t)s[n - 1] << 24;
+    x ^= s[n > 1 ? n - 2 : 0];
+    slot = (int)((x * UINT32_C(0x9E3779B1)) >> 26);  /* the top 6 bits: NAME_CACHE */
+    if (cache->len[slot] == n && memcmp(cache->name[slot], s, n) == 0) return cache->wanted[slot];
   }
   lua_pushlstring(L, q->name, n);
   lua_rawget(L, idx);
   yes = lua_toboolean(L, -1);
   lua_pop(L, 1);
   if (slot >= 0) {
-    cache->e[slot].len = (unsigned char)n;
-    cache->e[slot].wanted = (unsigned char)yes;
-    memcpy(cache->e[slot].name, q->name, n);
+    cache->len[slot] = (unsigned char)n;
+    cache->wanted[slot] = (unsigned char)yes;
+    memcpy(cache->name[slot], s, n);
   }
   return yes;
 }
@@ -366,7 +374,7 @@ int qmp_decoder_drain(lua_State *L, int didx, qmp_batch *b) {
   ** may run (finalizers, the events table's __index) while a message is
   ** half-way from framed to decoded. */
   box = open_slots(L, d, didx, top);
-  for (int i = 0; i < NAME_CACHE; i++) names.e[i].len = 0;
+  memset(names.len, 0, sizeof names.len);
   while (b->n + b->skipped < b->limit) {
     qmp_quick q;
     int ok = frame_next(d, &q);

@@ -888,6 +888,27 @@ describe("qmp.core decoder()", function()
       assert.equal(big, d:next().c)
     end)
 
+    -- The quick scan's findings for an event buffered() framed point into
+    -- the buffer: they must not be used once its bytes have moved.
+    it("keeps a frame of QEMU's event layout right when the buffer moves or grows", function()
+      local function ev(i, len)
+        return ('{"timestamp": {"seconds": %d, "microseconds": 2}, "event": "STOP", "data": {"device": "%s"}}\n')
+          :format(i, ("d"):rep(len))
+      end
+      for _, big in ipairs({ 60000, 300000 }) do  -- slides the bytes down; then grows the buffer too
+        local d = core.decoder()
+        d:feed(ev(1, 10) .. ev(2, 1000))
+        assert.equal(1, #d:drain(1))
+        assert.is_true(d:buffered())  -- frames event 2, which no longer starts at byte 0
+        d:feed(ev(3, big))
+        local msg = d:next()
+        assert.equal(2, msg.timestamp.seconds)
+        assert.equal(("d"):rep(1000), msg.data.device)
+        assert.equal(core.events.STOP, getmetatable(msg))
+        assert.equal(big, #d:next().data.device)
+      end
+    end)
+
     it("counts a framing error, which stays", function()
       local d = core.decoder()
       d:feed('{"a":1}\nx')

@@ -197,15 +197,21 @@ end
 
 -- The same as through_next, taking the messages by next() and by drain(l)
 -- in turn (l from LIMITS, from first_limit on): what next() decoded ahead
--- goes into the list first.
+-- goes into the list first.  Before each next(), buffered() (which frames
+-- the next message) must tell whether it gives one; else the third result
+-- says it did not.
 local function through_mixed(list, first_limit, opts)
   local d, out, k, l, turn = core.decoder(opts), {}, 0, first_limit, 0
   while true do
     turn = turn + 1
     local items, err
     if turn % 2 == 1 then
+      local buffered = d:buffered()
       local msg
       msg, err = d:next()
+      if buffered ~= (msg ~= nil or err ~= nil) then
+        return out, nil, ("buffered() said %s before message %d"):format(tostring(buffered), #out + 1)
+      end
       items = { msg }
     else
       l = l % #LIMITS + 1
@@ -271,7 +277,8 @@ function checks.fastpath(input)
       return ("message %d: %s by the full path, %s by next()"):format(i, show(full[i]), show(quick[i]))
     end
   end
-  local mixed = through_mixed(list, first, opts)
+  local mixed, _, told = through_mixed(list, first, opts)
+  if told then return told end
   for i = 1, math.max(#full, #mixed) do
     if not (full[i] and mixed[i] and same_item(full[i], mixed[i])) then
       return ("message %d: %s by the full path, %s by next() and drain() in turn"):format(i, show(full[i]),
