@@ -119,8 +119,10 @@ end
 -- Events the handlers have had stay for vm:wait's history: at least this
 -- many, at most twice as many (they go in bulk, HISTORY at a time).  A
 -- script's wait answers a command just sent, and every event kept alive
--- costs the garbage collector on a busy stream.
-local HISTORY = 1024
+-- costs the garbage collector on a busy stream: kept longer than a young
+-- collection, an event grows old, and only a full collection (a walk of
+-- the whole heap) frees it.
+local HISTORY = 128
 
 --- Hand an arriving event to every consumer.
 function Dispatch:push(ev)
