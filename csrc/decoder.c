@@ -377,6 +377,7 @@ int qmp_decoder_drain(lua_State *L, int didx, qmp_batch *b) {
   memset(names.len, 0, sizeof names.len);
   while (b->n + b->skipped < b->limit) {
     qmp_quick q;
+    int asked = 0;  /* the interest set holds its name */
     int ok = frame_next(d, &q);
     if (ok == 0) break;
     if (ok < 0) {
@@ -388,10 +389,13 @@ int qmp_decoder_drain(lua_State *L, int didx, qmp_batch *b) {
       if (q.name == NULL) qmp_quick_framed(&d->f, &q);  /* framed by the framer (or by ready()) */
       /* An event named "" or "qmp.*" is no event: the session reports it
       ** (malformed), wanted or not. */
-      if (q.name != NULL && peer_event_name(q.name, q.namelen) && !wanted(L, b->interest, &q, &names)) {
-        consume(d);  /* unparsed */
-        b->skipped++;
-        continue;
+      if (q.name != NULL && peer_event_name(q.name, q.namelen)) {
+        if (!wanted(L, b->interest, &q, &names)) {
+          consume(d);  /* unparsed */
+          b->skipped++;
+          continue;
+        }
+        asked = 1;
       }
     }
     ok = decode(L, d, box, top, &q, 0, why, sizeof why);
@@ -401,6 +405,7 @@ int qmp_decoder_drain(lua_State *L, int didx, qmp_batch *b) {
       break;
     }
     if ((q.shaped && peer_event_name(q.name, q.namelen)) || is_event(L, top + UV_KEYS)) b->events++;
+    b->wanted += asked;
     lua_rawseti(L, b->list, ++b->n);
   }
   close_slots(L, d, top);
@@ -410,19 +415,33 @@ int qmp_decoder_drain(lua_State *L, int didx, qmp_batch *b) {
   return 1;
 }
 
-void qmp_batch_start(lua_State *L, qmp_batch *b, int arg) {
+void qmp_batch_start(lua_State *L, qmp_batch *b, int arg, int reuse) {
   lua_Integer limit = luaL_checkinteger(L, arg);
   luaL_argcheck(L, limit > 0, arg, "limit must be positive");
   if (!lua_isnoneornil(L, arg + 1)) luaL_checktype(L, arg + 1, LUA_TTABLE);
   b->interest = lua_istable(L, arg + 1) ? arg + 1 : 0;
   b->limit = limit;
-  b->n = b->skipped = b->events = 0;
-  lua_settop(L, arg + 1);
-  lua_createtable(L, limit < 16 ? (int)limit : 16, 0);
+  b->n = b->skipped = b->events = b->wanted = 0;
+  if (reuse && !lua_isnoneornil(L, arg + 2)) {
+    luaL_checktype(L, arg + 2, LUA_TTABLE);
+    lua_settop(L, arg + 2);
+  }
+  else {
+    lua_settop(L, arg + 1);
+    lua_createtable(L, limit < 16 ? (int)limit : 16, 0);
+  }
   b->list = arg + 2;
 }
 
 int qmp_batch_finish(lua_State *L, qmp_batch *b, int failed) {
+  lua_Integer i;
+  /* A reused list: what it held past these messages goes (a new one holds nothing there). */
+  for (i = b->n + 1; lua_rawgeti(L, b->list, i) != LUA_TNIL; i++) {
+    lua_pop(L, 1);
+    lua_pushnil(L);
+    lua_rawseti(L, b->list, i);
+  }
+  lua_pop(L, 1);
   if (!failed) lua_pushnil(L);  /* else the error object, pushed by the drain */
   lua_pushvalue(L, b->list);
   lua_pushinteger(L, b->skipped);
@@ -501,7 +520,7 @@ static int decoder_next(lua_State *L) {
 static int decoder_drain(lua_State *L) {
   qmp_batch b;
   checkdecoder(L, 1);
-  qmp_batch_start(L, &b, 2);
+  qmp_batch_start(L, &b, 2, 0);
   return qmp_batch_finish(L, &b, qmp_decoder_drain(L, 1, &b));
 }
 

@@ -75,10 +75,14 @@ typedef struct qmp_batch {
   lua_Integer n;        /* messages listed */
   lua_Integer skipped;  /* events skipped: outside the interest set */
   lua_Integer events;   /* messages listed that are events (a string "event") */
+  lua_Integer wanted;   /* listed events whose name the interest set was asked
+                        ** and holds: when n, every listed message is one */
 } qmp_batch;
-/* Check the arguments limit (at arg) and interest (arg + 1), drop any
-** after them and push the new list (at arg + 2). */
-void qmp_batch_start(lua_State *L, qmp_batch *b, int arg);
+/* Check the arguments limit (at arg) and interest (arg + 1) and, with
+** reuse, an optional list at arg + 2 to fill again from 1 (what it held
+** after the messages is cleared by qmp_batch_finish); drop any arguments
+** after them and leave the list at arg + 2 (a new one without reuse). */
+void qmp_batch_start(lua_State *L, qmp_batch *b, int arg, int reuse);
 /* Decode the whole messages held into the batch until b->limit: 0 when the
 ** limit is reached or more bytes are needed; 1 with an error object pushed
 ** (a framing error, sticky; or a message that is not JSON, consumed).  An

@@ -411,22 +411,32 @@ static int conn_take(lua_State *L) {
 }
 
 /*
-** conn:drain(limit [, interest]) -> list, skipped, err|nil, events.
+** conn:drain(limit [, interest [, list]]) -> list, skipped, err|nil, events, wanted.
 ** take() for many messages in one call: up to limit of them, listed or
 ** skipped (d:drain in decode.c says which are), reading as take() does but
 ** at most MAX_DRAIN_READS times.  Never waits; an empty list when nothing
 ** whole is there yet.  An error ends the list: the messages before it come
 ** with it, and it comes again from the next call as from take().
+** list: a table to fill again instead of a new one (the caller's, reused
+** from call to call: it ends at the messages, #list is their number).
+** wanted: how many listed events had their name found in interest here;
+** when it equals #list, the caller need not ask the set again.
 */
+static int drain_results(lua_State *L, qmp_batch *b, int failed) {
+  int n = qmp_batch_finish(L, b, failed);
+  lua_pushinteger(L, b->wanted);
+  return n + 1;
+}
+
 static int conn_drain(lua_State *L) {
   Conn *c = toconn(L);
   qmp_batch b;
   int reads = 0, r;
-  qmp_batch_start(L, &b, 2);
+  qmp_batch_start(L, &b, 2, 1);
   lua_getiuservalue(L, 1, 1);  /* the decoder, above the list */
   for (;;) {
     if (qmp_decoder_drain(L, b.list + 1, &b)) break;  /* the error is on top */
-    if (b.n + b.skipped >= b.limit) return qmp_batch_finish(L, &b, 0);
+    if (b.n + b.skipped >= b.limit) return drain_results(L, &b, 0);
     if (c->fd < 0) {
       qmp_pusherror(L, "closed", "the connection is closed");
       break;
@@ -440,13 +450,13 @@ static int conn_drain(lua_State *L) {
       break;
     }
     if (r == 0 || reads++ == MAX_DRAIN_READS || (r = read_some(L, c)) == 0)
-      return qmp_batch_finish(L, &b, 0);
+      return drain_results(L, &b, 0);
     if (r < 0) {
       qmp_pusherror(L, "io", "read: %s", strerror(errno));
       break;
     }
   }
-  return qmp_batch_finish(L, &b, 1);
+  return drain_results(L, &b, 1);
 }
 
 /* conn:buffered() -> true when take() would answer without reading the

@@ -489,6 +489,34 @@ describe("the fast receive path", function()
         end
       end
     end)
+
+    it("fills the caller's list again, and says truly when the set holds every listed event", function()
+      local rng = lcg(11)
+      local text = stream(3000, rng, true)
+      local full = read_all(text, by_take)
+      for k, interest in ipairs(INTERESTS) do
+        local mine = { "stale", "stale", "stale" }  -- what a list held before goes
+        local all_wanted = 0
+        local fast, skipped = read_all(text, function(conn)
+          local list, sk, err, events, wanted = conn:drain(LIMITS[rng(#LIMITS)], interest, mine)
+          assert.equal(mine, list)
+          assert.is_nil(next(list, #list > 0 and #list or nil), "the list holds more than the messages")
+          local held = 0
+          for i = 1, #list do
+            local name = list[i].event
+            if type(name) == "string" and interest[name] then held = held + 1 end
+          end
+          assert.is_true(events <= #list and wanted <= held,
+                         ("%d listed, %d in the set, but wanted = %d"):format(#list, held, wanted))
+          if #list > 0 and wanted == #list then all_wanted = all_wanted + 1 end
+          local copy = {}
+          for i = 1, #list do copy[i] = list[i] end
+          return copy, sk, err
+        end)
+        check_skips(full, fast, skipped, interest, "conn:drain into a list, interest set " .. k)
+        if next(interest) then assert.is_true(all_wanted > 0, "no batch was known to be wanted whole") end
+      end
+    end)
   end)
 end)
 

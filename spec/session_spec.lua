@@ -177,6 +177,45 @@ describe("a session on a fake connection", function()
     end
   end)
 
+  it("asks the interest again only of events the drain did not find in it, and keeps none it lent", function()
+    local s, conn, p, _, got = ready()
+    local asked, lists, lent = 0, {}, {}
+    -- the set, read by the session, counts its reads (the fake drain below
+    -- filters with a plain one)
+    p.interest = setmetatable({}, { __index = function(_, name) asked = asked + 1; return name == "STOP" end })
+    p.wants = function(ev) asked = asked + 1; return ev.event == "STOP" end
+    p.on_events = function(list, n)
+      lent[#lent + 1] = list
+      for i = 1, n do got.events[#got.events + 1] = list[i] end
+    end
+    -- as conn:drain: the caller's list filled again, and how many listed
+    -- events it found in the interest set (claimed here by the test)
+    local claim
+    function conn.drain(_, limit, _, list)
+      lists[#lists + 1] = list
+      local d = core.decoder()
+      d:feed(conn.pending or "")
+      conn.pending = nil
+      local fresh, skipped, err, events = d:drain(limit, { STOP = true })
+      for i = 1, #fresh do list[i] = fresh[i] end
+      return list, skipped, err, events, claim(#fresh)
+    end
+    claim = function(n) return n end    -- every one found in the set
+    conn.pending = EV("STOP") .. EV("STOP")
+    s:advance(10)
+    assert.equal(0, asked)
+    assert.equal(2, #got.events)
+    claim = function(n) return n - 1 end  -- one not asked about (e.g. decoded ahead)
+    conn.pending = EV("STOP") .. EV("STOP") .. EV("RESUME")
+    s:advance(10)
+    assert.equal(2, asked)   -- the drain skipped RESUME; each listed STOP was asked about
+    assert.equal(4, #got.events)
+    assert.equal(lists[1], lists[2])                      -- one list for every drain
+    assert.equal(lists[1], lent[1])
+    assert.is_nil(next(lists[1]), "the session keeps events it handed on alive")
+    assert.equal(1, p.stats.skipped)
+  end)
+
   it("dies on a malformed greeting with a protocol error, failing later commands, leaving the socket to its owner", function()
     local conn = fake_conn()
     local s = start(conn)

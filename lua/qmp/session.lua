@@ -63,7 +63,8 @@ end
 
 --- Start a connection attempt.  p: now (the clock), target (address.target), timeout,
 -- name, max_message, negotiate, expect_uid, stats (Session.counters()),
--- on_events(list, n) (the events let in, n at once, in order),
+-- on_events(list, n) (the events let in, n at once, in order: list[1..n],
+-- read during the call only, as the session fills the list again later),
 -- report(err), setup = { { name, args, handle(value) -> nil | err }, ... }
 -- run in order after negotiation, before the session counts as ready;
 -- the interest (optional): wants(ev) -> true for the events to let in, and
@@ -90,6 +91,7 @@ function Session.start(p)
     _nextid = 0,
     _out = {},                    -- texts not yet fully written: { text, off, fds, cmd }
     _setup = 0,                   -- setup commands done
+    _list = nil,                  -- what _drain fills, when not lent out
   }, Session)
   s:_open()
   return s
@@ -241,35 +243,46 @@ function Session:advance(limit)
 end
 
 -- Take and route up to limit messages in one drain; the number taken.
+-- The drain fills the session's own list again (one table for every drain,
+-- not one each); it is lent to the code below, which may run user code
+-- (filters, reports) that steps this session again: that inner drain then
+-- gets a list of its own.
 function Session:_drain(limit)
   local conn, p = self.conn, self._p
   local interest = not p.trace and p.interest or nil
-  local list, skipped, err, events = conn:drain(limit, interest)
+  local mine = self._list or {}
+  self._list = nil
+  local list, skipped, err, events, wanted = conn:drain(limit, interest, mine)
   if skipped > 0 then
     local stats = p.stats
     stats.events, stats.skipped = stats.events + skipped, stats.skipped + skipped
   end
   local n = #list
   if events == n and n > 0 and not p.trace then
-    self:_let_in(list, n)  -- nothing but events: the common case, handed on whole
+    -- nothing but events: the common case, handed on whole; wanted == n:
+    -- the drain found each one's name in the interest set already
+    self:_let_in(list, n, interest ~= nil and wanted == n)
   else
     for i = 1, n do
       if self.state == "dead" then break end  -- e.g. a bad greeting: the rest is moot
       self:_route(list[i])
     end
   end
+  for i = 1, n do mine[i] = nil end  -- holding on to them would keep them alive
+  self._list = mine
   if err and self.state ~= "dead" then self:_die(err) end
-  return #list + skipped
+  return n + skipped
 end
 
--- Hand on the events of list[1..n] the interest wants (the list is the
--- session's to give away: they are kept in place), each checked first when
--- validating.
-function Session:_let_in(list, n)
+-- Hand on the events of list[1..n] the interest wants (they are kept in
+-- place: the list is lent to on_events for the call only), each checked
+-- first when validating.  wanted: the interest set is known to hold them
+-- all.
+function Session:_let_in(list, n, wanted)
   local p = self._p
   local stats, set, wants, check = p.stats, p.interest, p.wants, p.check
   stats.events = stats.events + n
-  if not (wants or check) then return p.on_events(list, n) end
+  if not check and (wanted or not wants) then return p.on_events(list, n) end
   local kept = 0
   for i = 1, n do
     local ev, wanted = list[i], true
