@@ -371,8 +371,9 @@ static int eof_fail(lua_State *L, Conn *c) {
   return 2;
 }
 
-/* One recv() into the decoder: 1 bytes came (or the end: c->eof), 0 none
-** yet (EAGAIN), -1 failed (errno says why). */
+/* One recv() into the decoder: 2 it filled all READ_SIZE bytes asked (more
+** may wait), 1 fewer came (or the end: c->eof), 0 none yet (EAGAIN), -1
+** failed (errno says why). */
 static int read_some(lua_State *L, Conn *c) {
   char *p = qmp_decoder_reserve(L, c->dec, READ_SIZE);
   ssize_t n;
@@ -381,7 +382,7 @@ static int read_some(lua_State *L, Conn *c) {
   else if (n == 0 || errno == ECONNRESET) c->eof = 1;
   else if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
   else return -1;
-  return 1;
+  return n == READ_SIZE ? 2 : 1;
 }
 
 /*
@@ -414,7 +415,10 @@ static int conn_take(lua_State *L) {
 ** conn:drain(limit [, interest [, list]]) -> list, skipped, err|nil, events, wanted.
 ** take() for many messages in one call: up to limit of them, listed or
 ** skipped (d:drain in decode.c says which are), reading as take() does but
-** at most MAX_DRAIN_READS times.  Never waits; an empty list when nothing
+** at most MAX_DRAIN_READS times, and not again after a read that took
+** less than it asked: the socket was empty then, and a recv() now would
+** most likely say so (EAGAIN) at the price of a syscall; what comes later
+** makes the fd readable for the next call.  Never waits; an empty list when nothing
 ** whole is there yet.  An error ends the list: the messages before it come
 ** with it, and it comes again from the next call as from take().
 ** list: a table to fill again instead of a new one (the caller's, reused
@@ -431,7 +435,7 @@ static int drain_results(lua_State *L, qmp_batch *b, int failed) {
 static int conn_drain(lua_State *L) {
   Conn *c = toconn(L);
   qmp_batch b;
-  int reads = 0, r;
+  int reads = 0, r, emptied = 0;  /* emptied: the last read took less than it asked */
   qmp_batch_start(L, &b, 2, 1);
   lua_getiuservalue(L, 1, 1);  /* the decoder, above the list */
   for (;;) {
@@ -445,6 +449,7 @@ static int conn_drain(lua_State *L) {
       push_eof_error(L, c);
       break;
     }
+    if (emptied) return drain_results(L, &b, 0);
     if ((r = connect_state(c)) < 0) {
       push_connect_error(L, c);
       break;
@@ -455,6 +460,7 @@ static int conn_drain(lua_State *L) {
       qmp_pusherror(L, "io", "read: %s", strerror(errno));
       break;
     }
+    emptied = r == 1;
   }
   return drain_results(L, &b, 1);
 }
