@@ -25,6 +25,7 @@
 /* Streaming decoder: a buffer, its framer and a tree box */
 
 #define READ_CHUNK 65536
+#define REWIND_MAX 4096  /* live bytes a read slides down at most to start at the buffer's head */
 
 struct qmp_decoder {
   qmp_framer f;         /* its buf is malloc'd, owned by the userdata (freed by __gc) */
@@ -93,10 +94,16 @@ char *qmp_decoder_reserve(lua_State *L, qmp_decoder *d, size_t n) {
   if (d->busy)  /* e.g. a finalizer feeding the decoder in the middle of a walk */
     luaL_error(L, "qmp: decoder used re-entrantly");
   n += QMP_SCAN_PAD;  /* room for the NUL and the pad after the n bytes */
-  if (d->cap - d->f.len <= n) d->qframed = 0;  /* the bytes move: q's pointers go stale */
-  if (d->f.head > 0 && d->cap - d->f.len <= n)  /* slide the live bytes down first */
+  /* Slide the live bytes down when there is no room after them, and also
+  ** when they are few: the next read then lands at the start of the
+  ** buffer, whose lines are in the cache, instead of walking through all
+  ** of it (with many connections, through more than the cache holds). */
+  if (d->f.head > 0 && (d->cap - d->f.len <= n || d->f.len - d->f.head <= REWIND_MAX)) {
+    d->qframed = 0;  /* the bytes move: q's pointers go stale */
     qmp_framer_slide(&d->f);
+  }
   if (d->cap - d->f.len <= n) {
+    d->qframed = 0;
     size_t newcap = d->cap ? d->cap : READ_CHUNK + 1 + QMP_SCAN_PAD;
     char *nb;
     while (newcap - d->f.len <= n) newcap *= 2;
