@@ -332,6 +332,30 @@ describe("the fast receive path", function()
       end
     end)
 
+    it("agrees on integers of every length to 21 digits, and on what follows their digits", function()
+      -- the quick scan reads digits 8 at a time: every length, with each
+      -- byte that can end (or spoil) an integer after the last digit
+      local texts = {}
+      for len = 1, 21 do
+        local digits = ("1234567890"):rep(3):sub(1, len)
+        for _, n in ipairs({ digits, "-" .. digits, "0" .. digits }) do
+          for _, after in ipairs({ "", ".5", "e1", "E+2", " ", ":", "9", "/", "a" }) do
+            texts[#texts + 1] = ('{"timestamp": {"seconds": %s%s, "microseconds": %s}, "event": "STOP"}\n')
+              :format(n, after, n)
+            texts[#texts + 1] = ('{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "STOP", '
+              .. '"data": {"i": %s%s, "s": "x"}}\n'):format(n, after)
+          end
+        end
+      end
+      local rng = lcg(21)
+      for i = 1, #texts, 40 do  -- in batches: a bad one ends only its own message
+        local text = table.concat(texts, "", i, math.min(#texts, i + 39))
+        compare(text, function() return function() return 65536 end end, rng, nil, "integers from text " .. i)
+        compare(text, function() local r = lcg(i) return function() return r(16) end end, rng, nil,
+                "integers from text " .. i .. " in small pieces")
+      end
+    end)
+
     it("agrees on long mixed streams in random pieces, and skips every plain event a set leaves out", function()
       for seed = 1, 6 do
         local rng = lcg(seed)
