@@ -240,6 +240,24 @@ describe("qmp.loop (" .. backend .. ")", function()
     assert.is_true(qmp.monotime() - t0 < 1)   -- not when b's peer goes away
   end)
 
+  it("keeps a due timer that a stop in the same turn left unfired, for the next run", function()
+    local a = connect(serve(opening({ { hold = 5 } })).path, "a")
+    local b = connect(serve(opening({ { hold = 5 } })).path, "b")
+    local loop = new_loop{ a, b }
+    assert.equal("timeout", select(2, loop:run({ timeout = 0.01 })).kind)
+    local fired = {}
+    a:after(0.01, function() fired[#fired + 1] = "a"; loop:stop() end)
+    b:after(0.02, function() fired[#fired + 1] = "b" end)
+    local until_due = qmp.monotime() + 0.03
+    repeat until qmp.monotime() >= until_due   -- both due before the next turn
+    assert.is_true(loop:run({ timeout = 5 }))
+    assert.same({ "a" }, fired)
+    local t0 = qmp.monotime()
+    assert.is_true(loop:run({ timeout = 5, done = function() return #fired == 2 end }))
+    assert.same({ "a", "b" }, fired)
+    assert.is_true(qmp.monotime() - t0 < 1)
+  end)
+
   it("close takes the clients out and leaves their connections open", function()
     local a = connect(serve(opening({ { sleep = 0.05 }, { send = EV("STOP") }, { hold = 5 } })).path, "a")
     local seen = 0

@@ -313,9 +313,12 @@ local function turn(loop, wait)
     end
   end
   for i = 1, m do
-    if loop._stop then break end
     local vm = due[i]
-    if member[vm] then step(loop, vm) end
+    if loop._stop then
+      notice(loop, vm)   -- its timer entry is gone: look at it again next run
+    elseif member[vm] then
+      step(loop, vm)
+    end
   end
   return true
 end
