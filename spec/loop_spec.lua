@@ -258,6 +258,21 @@ describe("qmp.loop (" .. backend .. ")", function()
     assert.is_true(qmp.monotime() - t0 < 1)
   end)
 
+  it("does not stay alive through its clients once dropped", function()
+    local a = connect(serve(opening({ { hold = 5 } })).path, "a")
+    local seen = setmetatable({}, { __mode = "k" })
+    do
+      local loop = new_loop{ a }
+      seen[loop] = true
+    end
+    collectgarbage()
+    collectgarbage()
+    assert.is_nil(next(seen))
+    local again = new_loop{ a }   -- the client joins another loop as if new
+    a:after(0, function() again:stop() end)
+    assert.is_true(again:run({ timeout = 5 }))
+  end)
+
   it("close takes the clients out and leaves their connections open", function()
     local a = connect(serve(opening({ { sleep = 0.05 }, { send = EV("STOP") }, { hold = 5 } })).path, "a")
     local seen = 0
