@@ -280,6 +280,14 @@ local function step(loop, vm)
   end
 end
 
+-- Add vm to this turn's list of clients to step, unless it is there already.
+local function schedule(due, vm, rec)
+  if rec.stepped ~= due then
+    rec.stepped = due
+    due[#due + 1] = vm
+  end
+end
+
 -- Wait at most `wait` seconds, then step the clients that are ready or
 -- due, each once.  true, or nil, err (interrupted, io).
 local function turn(loop, wait)
@@ -287,15 +295,11 @@ local function turn(loop, wait)
   local n, err = loop._poller:wait(wait, ready)
   if not n then return nil, err end
   local member, owner, now = loop._member, loop._owner, monotime()
-  local due, m = {}, 0   -- the clients to step, each once
+  local due = {}   -- the clients to step, each once
   for i = 1, n do
     local vm = owner[ready[i]]
     local rec = vm and member[vm]
-    if rec and rec.stepped ~= due then
-      rec.stepped = due
-      m = m + 1
-      due[m] = vm
-    end
+    if rec then schedule(due, vm, rec) end
   end
   local timers = loop._timers
   while true do
@@ -305,15 +309,10 @@ local function turn(loop, wait)
     local rec = member[vm]
     if rec and rec.seq == seq then
       rec.due = nil
-      if rec.stepped ~= due then
-        rec.stepped = due
-        m = m + 1
-        due[m] = vm
-      end
+      schedule(due, vm, rec)
     end
   end
-  for i = 1, m do
-    local vm = due[i]
+  for _, vm in ipairs(due) do
     if loop._stop then
       notice(loop, vm)   -- its timer entry is gone: look at it again next run
     elseif member[vm] then
