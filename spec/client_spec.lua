@@ -53,12 +53,12 @@ describe("qmp.connect()", function()
     local vm = connect(srv)
     local list = {}
     vm:on("*", function(ev) list[#list + 1] = ev end)   -- registered after connect: still sees them
+    assert.equal(1, assert(vm:wait("RTC_CHANGE", nil, 1)).offset)       -- and so do waits
+    assert.equal("c0", assert(vm:wait("VSERPORT_CHANGE", nil, 1)).id)
     assert(vm:step())
     assert.equal(2, #list)
     assert.equal("VSERPORT_CHANGE", list[1].event)
     assert.equal("RTC_CHANGE", list[2].event)
-    assert.equal(1, assert(vm:wait("RTC_CHANGE", nil, 1)).offset)
-    assert.equal("c0", assert(vm:wait("VSERPORT_CHANGE", nil, 1)).id)
   end)
 
   it("times out on a peer that never greets", function()

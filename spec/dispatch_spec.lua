@@ -17,10 +17,10 @@ local monotime = qmp.monotime
 local cleanup = require("support.cleanup")(after_each)
 local serve, connect = fake.bound(cleanup)
 
-local function new(max_queue)
+local function new(max_queue, now)
   local reports = {}
   local d = Dispatch.new({
-    now = function() return 0 end, max_queue = max_queue,
+    now = now or function() return 0 end, max_queue = max_queue,
     report = function(e) reports[#reports + 1] = e end,
     unknown_name = function() end,
   })
@@ -62,6 +62,7 @@ describe("the dispatch ring", function()
   it("keeps every undelivered event, and of the rest the newest 128 to 256, for vm:wait", function()
     local d = new(10000)
     d:on("*", function() end)
+    d:mark_command()                      -- a wait may ask for what the handlers had
     d:push_list(events(1, 5000), 5000)
     local all = held(d)                   -- none delivered yet: none goes
     assert.same({ 5000, 1, 5000 }, { #all, all[1], all[5000] })
@@ -74,6 +75,33 @@ describe("the dispatch ring", function()
       for i = 2, #kept do assert.equal(kept[i - 1] + 1, kept[i]) end
       d:deliver(vm_stub, math.huge)
     end
+  end)
+
+  it("lets delivered events go at once when no command was sent for a minute and none waits", function()
+    local t = 0
+    local d = new(10000, function() return t end)
+    d:on("*", function() end)
+    d:push_list(events(1, 10), 10)
+    assert.equal(10, #held(d))            -- undelivered: kept
+    d:deliver(vm_stub, math.huge)
+    assert.equal(0, #held(d))             -- no command yet: nothing to answer
+    d:mark_command()
+    d:push_list(events(11, 20), 10)
+    d:deliver(vm_stub, math.huge)
+    assert.same({ 11, 20 }, { held(d)[1], held(d)[10] })   -- a wait may come for these
+    t = 59.9
+    d:push_list(events(21, 30), 10)
+    d:deliver(vm_stub, math.huge)
+    assert.equal(20, #held(d))
+    t = 60
+    d:waiting_now(true)                   -- a wait in progress keeps what arrives
+    d:push_list(events(31, 40), 10)
+    d:deliver(vm_stub, math.huge)
+    assert.equal(30, #held(d))
+    d:waiting_now(false)
+    d:push_list(events(41, 41), 1)
+    d:deliver(vm_stub, math.huge)
+    assert.equal(0, #held(d))             -- the command is a minute old
   end)
 
   it("drops the oldest undelivered events when full, counting each: delivered + dropped == pushed", function()

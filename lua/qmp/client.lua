@@ -557,7 +557,9 @@ function Client:wait(names, data, timeout)
   local match = filter.compile(names, data)
   d:check_names(names)
   timeout = timeout or self.default_timeout
+  d:waiting_now(true)
   local ev, err = self._waiting:await(function() return d:take(match) end, self:now() + timeout)
+  d:waiting_now(false)
   if ev then return ev end
   if err then return nil, err end
   local text = ("no %s within %g s"):format(filter.describe(names, data), timeout)

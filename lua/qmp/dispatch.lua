@@ -94,6 +94,8 @@ function Dispatch.new(p)
     _next = 1,                      -- the next event for the handlers
     _taken = {},                    -- seq -> true: returned by a vm:wait
     _window = 0,                    -- seq of the last event before the last command
+    _hold_until = -math.huge,       -- history is kept for waits until then (see HOLD)
+    _waits = setmetatable({}, { __mode = "k" }),  -- coroutines in a vm:wait now
     _windows = setmetatable({}, { __mode = "k" }),  -- the same per coroutine
     _timers = {},                   -- vm:after timers, sorted by due time
     _delivering = false,
@@ -116,13 +118,17 @@ local function with(list, item)
   return copy
 end
 
--- Events the handlers have had stay for vm:wait's history: at least this
--- many, at most twice as many (they go in bulk, HISTORY at a time).  A
--- script's wait answers a command just sent, and every event kept alive
--- costs the garbage collector on a busy stream: kept longer than a young
--- collection, an event grows old, and only a full collection (a walk of
--- the whole heap) frees it.
+-- Events the handlers have had stay for vm:wait's history while a wait can
+-- ask for them: during a wait, and for HOLD seconds after a command.  Then
+-- the history spans at least HISTORY events, at most twice as many (they go
+-- in bulk, HISTORY at a time).  A script's wait answers a command just sent,
+-- and every event kept alive costs the garbage collector on a busy stream:
+-- kept longer than a young collection, an event grows old, and only a full
+-- collection (a walk of the whole heap) frees it.  With no command for HOLD
+-- seconds and no wait, an event goes once the handlers have had it, so a
+-- fleet of quiet clients holds no history at all.
 local HISTORY = 128
+local HOLD = 60
 
 --- Hand an arriving event to every consumer.
 function Dispatch:push(ev)
@@ -155,15 +161,10 @@ end
 -- the log is still full, its oldest event goes, lost to the handlers if they
 -- had not had it.
 function Dispatch:_make_room(seq)
-  local log, cap, taken = self._log, self._cap, self._taken
-  local first, nxt = self._first, self._next
+  local first, nxt, cap = self._first, self._next, self._cap
   local keep = math.max(first, math.min(nxt, seq - HISTORY))  -- the first to keep
   if seq - keep >= cap then keep = seq - cap + 1 end
-  for old = first, keep - 1 do log[old % cap + 1] = false end  -- false: the ring stays an array
-  if next(taken) ~= nil then
-    for old = first, keep - 1 do taken[old] = nil end
-  end
-  self._first = keep
+  self:_let_go(keep)
   if keep > nxt then  -- the handlers had not had these
     self._next = keep
     if #self._handlers > 0 then  -- with no handler, nobody lost them
@@ -173,6 +174,23 @@ function Dispatch:_make_room(seq)
         overflowed(self._p.report, stats.overflow, "the handlers' event queue", self._p.max_queue)
       end
     end
+  end
+end
+
+-- Drop the log's events before seq keep.
+function Dispatch:_let_go(keep)
+  local log, cap, taken, first = self._log, self._cap, self._taken, self._first
+  for old = first, keep - 1 do log[old % cap + 1] = false end  -- false: the ring stays an array
+  if next(taken) ~= nil then
+    for old = first, keep - 1 do taken[old] = nil end
+  end
+  self._first = keep
+end
+
+-- After a delivery: no wait can ask for what the handlers had (see HOLD).
+function Dispatch:_forget_delivered()
+  if self._next > self._first and next(self._waits) == nil and self._p.now() >= self._hold_until then
+    self:_let_go(self._next)
   end
 end
 
@@ -320,6 +338,7 @@ function Dispatch:deliver(vm, limit)
   end
   if cursor[EV] and (cursor[NEXT] or 1) <= #cursor[LIST] then self._held = cursor end  -- handlers left for it
   self._delivering = false
+  self:_forget_delivered()
 end
 
 function Dispatch:_failed(what, err)
@@ -475,6 +494,13 @@ end
 function Dispatch:mark_command()
   self._window = self._last
   self._windows[running()] = self._last
+  self._hold_until = self._p.now() + HOLD
+end
+
+--- The running coroutine starts (true) or ends (false) a vm:wait: what
+-- arrives meanwhile stays for it.
+function Dispatch:waiting_now(on)
+  self._waits[running()] = on or nil
 end
 
 --- The first event matching since the running coroutine's last command that
