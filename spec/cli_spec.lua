@@ -10,7 +10,7 @@ local socket = require "socket"
 
 local cleanup = require("support.cleanup")(after_each)
 
-local COMMANDS = { "shell", "events", "exec", "run", "job", "record", "completion" }
+local COMMANDS = { "shell", "events", "exec", "run", "job", "record", "mux", "completion" }
 
 -- {==================== running qmp-lua
 

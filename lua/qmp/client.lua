@@ -23,6 +23,7 @@ local Backoff = require "qmp.reconnect"
 local Waiting = require "qmp.waiting"
 local jobs = require "qmp.jobs"
 local signals = require "qmp.signals"
+local Attached = require "qmp.attached"
 local escaping = require "qmp.text"
 
 local type, tostring, pcall, setmetatable = type, tostring, pcall, setmetatable
@@ -43,6 +44,7 @@ local CONNECT_OPTIONS = {
   waiter = true, trace = true, clock = true,
 }
 local COMMAND_OPTIONS = { timeout = true, fds = true }
+local SEND_OPTIONS = { fds = true, oob = true }
 local RUN_OPTIONS = { timeout = true, done = true }
 local LISTEN_OPTIONS = { max_queue = true, timeout = true }
 
@@ -165,6 +167,7 @@ local function new(addr, opts, announce)
     _sent = {},                -- name -> commands sent
     _announce = announce,
     _watchers = nil,           -- vm:watch: fn -> true, weak
+    _attached = nil,           -- vm:attach: the parts served with this client (attached.lua)
   }, Client)
   vm:_compose(waiter, max_queue)
   vm:_attempt()
@@ -310,13 +313,21 @@ function Client:_progress()
   local state = self.state
   if state == "closed" then return false end
   if state == "reconnecting" then
-    if not self._backoff:due() then return false end
+    if not self._backoff:due() then return self:_step_parts(false) end
     self:_attempt()
   end
   local routed = self._session:advance(BATCH)
   self:_follow()
   self:_changed()
-  return routed > 0 or self.state ~= state
+  return self:_step_parts(routed > 0 or self.state ~= state)
+end
+
+-- Attached parts are stepped after every progress of the client (they
+-- may forward what it read); changed passes through.
+function Client:_step_parts(changed)
+  local attached = self._attached
+  if attached then attached:step() end
+  return changed
 end
 
 -- Why a command cannot run now.
@@ -333,10 +344,20 @@ end
 -- What the waiting part waits on: the fd and what for, and the seconds
 -- until there is work without it (0: now; nil: only the fd can bring any).
 function Client:_io()
-  if self.state == "reconnecting" then return -1, "r", self._backoff:left() end
-  if self.state == "closed" then return -1, "r", nil end
-  local s = self._session
-  return s:pollfd(), s:events(), s:buffered() and 0 or s:time_left()
+  local fd, mode, due
+  if self.state == "reconnecting" then
+    fd, mode, due = -1, "r", self._backoff:left()
+  elseif self.state == "closed" then
+    fd, mode, due = -1, "r", nil
+  else
+    local s = self._session
+    fd, mode, due = s:pollfd(), s:events(), s:buffered() and 0 or s:time_left()
+  end
+  local attached = self._attached
+  if not attached then return fd, mode, due end
+  local parts_due = attached:timeout()
+  if parts_due then due = min(due or huge, parts_due) end
+  return attached:sync(fd >= 0 and self._session or nil, fd, mode), "r", due
 end
 
 -- {==================== events in
@@ -474,6 +495,42 @@ function Client:execute_oob(name, args, opts)
     return nil, errors.new("unsupported", "out-of-band execution was not negotiated with " .. self.name)
   end
   return self:_command("execute_oob", name, args, opts, true)
+end
+
+--- Send a command without waiting for its reply: callback(result, err)
+-- runs when the reply comes (or the connection ends first), from whatever
+-- reads the socket next (vm:run, qmp.loop, another command's wait).
+-- opts.fds passes fds, opts.oob sends it out-of-band.  true, or nil, err
+-- when the client is not connected (the callback is not called then).
+function Client:send(name, args, opts, callback)
+  if callback == nil and type(opts) == "function" then opts, callback = nil, opts end
+  if callback == nil and opts == nil and type(args) == "function" then args, callback = nil, args end
+  if type(name) ~= "string" or name == "" then errors.raise("qmp: send: command name must be a non-empty string") end
+  if args ~= nil and type(args) ~= "table" then errors.raise("qmp: send: arguments must be a table") end
+  if type(callback) ~= "function" then errors.raise("qmp: send: callback must be a function") end
+  opts = errors.check_options("qmp: send", opts, SEND_OPTIONS)
+  check_fds("qmp: send", opts.fds)
+  if self.state ~= "ready" then return nil, self:_not_ready() end
+  if opts.oob and not self.oob then
+    return nil, errors.new("unsupported", "out-of-band execution was not negotiated with " .. self.name)
+  end
+  self._dispatch:mark_command()
+  self._sent[name] = (self._sent[name] or 0) + 1
+  if name == "quit" then self._quitting = true end
+  local called = false
+  local function done(cmd)
+    called = true
+    if name == "quit" and cmd.err and cmd.err.kind == "qmp" then self._quitting = false end
+    local ok, why = pcall(callback, cmd.value, cmd.err)
+    if not ok then self:report(errors.new("handler", "the callback of " .. name .. " failed: " .. tostring(why))) end
+  end
+  local s = self._session
+  local ok, cmd = pcall(s.send, s, name, args, opts.fds, opts.oob and true or false, done)
+  if not ok then errors.raise("qmp: send: " .. tostring(cmd)) end  -- unencodable arguments
+  if cmd.done and not called then return nil, cmd.err end   -- refused before it was sent
+  if s.state == "dead" then self:_follow() end
+  self:_changed()
+  return true
 end
 
 --- Run an HMP command line; returns its output text.  QEMU ends every
@@ -618,12 +675,13 @@ end
 --- The cqueues polling protocol, also for other loops: poll pollfd() for
 -- events(), at most timeout() seconds, then call step().
 function Client:pollfd()
+  if self._attached then return (self:_io()) end   -- the parts' epoll fd, whatever the state
   if self.state == "reconnecting" then return -1 end
   return self._session:pollfd()   -- a lost socket stays open until close()
 end
 
 function Client:events()
-  if self.state == "closed" or self.state == "reconnecting" then return "r" end
+  if self._attached or self.state == "closed" or self.state == "reconnecting" then return "r" end
   return self._session:events()
 end
 
@@ -633,6 +691,7 @@ end
 function Client:timeout()
   if self._dispatch:pending() or self.state == "closed" then return 0 end
   local t = self._dispatch:next_due() or huge
+  if self._attached then t = min(t, self._attached:timeout() or huge) end
   if self.state == "reconnecting" then
     t = min(t, self._backoff:left() or huge)
   else
@@ -657,6 +716,32 @@ function Client:watch(fn)
     self._watchers = watchers
   end
   watchers[fn] = true
+end
+
+--- Serve part from this client's loop (qmp.mux does): part:pollfd(),
+-- part:events() and part:step() as a client has them, part:timeout()
+-- optional.  Whatever waits for the client then wakes for the part too,
+-- and the part is stepped after each progress of the client, also after it
+-- closes (once).  true | nil, err ("unsupported" where there is no epoll).
+function Client:attach(part)
+  if not self._attached then
+    local attached, err = Attached.new(function(e) self:report(e) end)
+    if not attached then return nil, err end
+    self._attached = attached
+  end
+  self._attached:add(part)
+  self:_changed()
+  return true
+end
+
+--- Stop serving part (vm:attach); idempotent.
+function Client:detach(part)
+  local attached = self._attached
+  if attached and attached:remove(part) == 0 then
+    self._attached = nil
+    attached:close()
+  end
+  self:_changed()
 end
 
 --- Stop calling fn (vm:watch).
@@ -745,6 +830,7 @@ function Client:close()
   self.state = "closed"
   self._waiting:signal()
   self:_changed()
+  self:_step_parts()   -- they see the end
 end
 Client.__close = Client.close
 

@@ -18,6 +18,7 @@ local qmp = {
   waiters = waiters,         -- opts.waiter: qmp.waiters.cqueues, qmp.waiters.luv
   Client = Client,
   loop = loop,               -- qmp.loop{ vm1, vm2 }: one poll loop for many VMs
+  mux = require "qmp.mux",   -- qmp.mux(vm, { listen = path }): vm's monitor shared on a unix socket
   policy = policy,           -- qmp.policy.resume_on_io_error(vm, opts): see README
   record = require "qmp.record",  -- qmp.record.open(path).trace for qmp.connect; qmp.record.run(address, path)
   replay = require "qmp.replay",  -- qmp.replay(path, opts): a client playing a recording
