@@ -42,6 +42,7 @@ build = {
         "csrc/decoder.c",
         "csrc/encode.c",
         "csrc/transport.c",
+        "csrc/listen.c",
         "csrc/poll.c",
         "csrc/poller.c",
         "csrc/signal.c",

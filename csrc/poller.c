@@ -11,6 +11,9 @@
 ** the ready fds in out[1..n] and returns n; as in every wait of the core,
 ** the deadline is on CLOCK_MONOTONIC, EINTR is retried and a signal caught
 ** with core.catch_signals ends it with an "interrupted" error (signal.c).
+** p:fileno() is the epoll fd (-1 with the poll backend): it is readable
+** when any fd in the set is ready, so that another poll()/epoll can wait on
+** the whole set (a poller inside another loop).
 */
 #include <errno.h>
 #include <limits.h>
@@ -288,6 +291,14 @@ static int poller_backend(lua_State *L) {
   return 1;
 }
 
+/* p:fileno() -> the epoll fd, readable when a watched fd is ready; -1 with
+** the poll backend (it has no fd) or once closed. */
+static int poller_fileno(lua_State *L) {
+  Poller *p = (Poller *)luaL_checkudata(L, 1, QMP_POLLER_MT);
+  lua_pushinteger(L, is_epoll(p) ? p->epfd : -1);
+  return 1;
+}
+
 static int poller_close(lua_State *L) {
   Poller *p = (Poller *)luaL_checkudata(L, 1, QMP_POLLER_MT);
   if (p->epfd >= 0) close(p->epfd);
@@ -337,6 +348,7 @@ void qmp_poller_open(lua_State *L) {
     {"unset", poller_unset},
     {"wait", poller_wait},
     {"backend", poller_backend},
+    {"fileno", poller_fileno},
     {"close", poller_close},
     {NULL, NULL}
   };

@@ -95,6 +95,22 @@ int qmp_batch_finish(lua_State *L, qmp_batch *b, int failed);
 
 /* transport.c: sockets. */
 void qmp_transport_open(lua_State *L);  /* adds open_*, resolve, fdopen, sleep */
+/* A connection (qmp.Conn), for the files that make them from other fds. */
+typedef struct qmp_conn qmp_conn;
+/* Push a new, closed one; its max_message is the optional argument at
+** max_message_arg (raises when it is not positive).  Only from a function
+** set by qmp_decoder_setfuncs (the conn owns a decoder). */
+qmp_conn *qmp_conn_new(lua_State *L, int max_message_arg);
+/* Give it fd (non-blocking, close-on-exec), of family (AF_UNIX...), and the
+** label its messages name it by.  Cannot raise: the conn owns fd from here. */
+void qmp_conn_adopt(qmp_conn *c, int fd, int family, const char *label);
+/* Check the unix socket path at idx (raises when empty, too long or with a
+** NUL byte) and fill *sa with it; returns the path. */
+struct sockaddr_un;
+const char *qmp_check_unix_path(lua_State *L, int idx, struct sockaddr_un *sa);
+
+/* listen.c: listening unix sockets whose accept gives conns. */
+void qmp_listen_open(lua_State *L);  /* adds listen_unix */
 
 /* poll.c: one poll() over many fds, for qmp.loop. */
 void qmp_poll_open(lua_State *L);              /* adds poll to the module table */

@@ -55,6 +55,7 @@ int luaopen_qmp_core(lua_State *L) {
   qmp_encode_open(L);
   qmp_decode_open(L);
   qmp_transport_open(L);
+  qmp_listen_open(L);
   qmp_poll_open(L);
   qmp_poller_open(L);
   qmp_signal_open(L);

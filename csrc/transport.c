@@ -11,6 +11,10 @@
 ** dead peer gives an error, never SIGPIPE.  A connection owns a streaming
 ** decoder (decode.c): conn:take() returns whole decoded messages.
 ** Only conn:close() closes the fd: an event loop may still be polling it.
+** A unix conn reads with recvmsg() and keeps the fds the peer passes
+** (SCM_RIGHTS, close-on-exec from the start) in a stash of MAX_FDS that
+** conn:take_fds() empties into qmp.Fd objects; fds beyond its room are
+** closed at once and counted (conn:dropped_fds()).
 **
 ** World events return fail + { kind, message }: "refused", "denied",
 ** "timeout" (a TCP connect the kernel gave up on), "closed", "unsupported",
@@ -39,15 +43,25 @@
 #define MAX_ADDRS 32     /* addresses kept by core.resolve */
 #define ADDR_LEN 64      /* a numeric address: INET6_ADDRSTRLEN + "%" + scope */
 
-typedef struct Conn {
+#define QMP_FD_MT "qmp.Fd"  /* a received file descriptor, owned until closed */
+
+struct qmp_conn {
   int fd;             /* -1 once closed */
   int family;         /* AF_UNIX, AF_INET or AF_INET6 */
   int eof;            /* the peer closed its end */
   int connecting;     /* a non-blocking connect may still be under way */
   int connerr;        /* why that connect failed, once known (sticky) */
   qmp_decoder *dec;   /* user value 1 keeps it alive */
-  char label[112];    /* path or host:port for messages (truncated) */
-} Conn;
+  int fds[MAX_FDS];   /* fds received (unix only), not yet taken */
+  int nfds;           /* how many fds[] holds */
+  lua_Integer dropped;  /* fds received but closed: no room in fds[] */
+  char label[128];    /* path or host:port for messages (truncated) */
+};
+typedef struct qmp_conn Conn;
+
+typedef struct Fd {
+  int fd;             /* -1 once closed */
+} Fd;
 
 static int setup_fd(int fd) {
   int fl = fcntl(fd, F_GETFL);
@@ -62,6 +76,7 @@ static void conn_destroy(Conn *c) {
     close(c->fd);
     c->fd = -1;
   }
+  while (c->nfds > 0) close(c->fds[--c->nfds]);
 }
 
 static Conn *toconn(lua_State *L) {
@@ -75,6 +90,8 @@ static Conn *conn_new(lua_State *L, size_t max_message) {
   c->family = AF_UNSPEC;
   c->eof = c->connecting = c->connerr = 0;
   c->dec = NULL;
+  c->nfds = 0;
+  c->dropped = 0;
   c->label[0] = '\0';
   luaL_setmetatable(L, QMP_CONN_MT);
   c->dec = qmp_decoder_new(L, max_message);
@@ -86,6 +103,17 @@ static size_t check_max_message(lua_State *L, int idx) {
   lua_Integer m = luaL_optinteger(L, idx, QMP_MAX_MESSAGE);
   luaL_argcheck(L, m > 0, idx, "max_message must be positive");
   return (size_t)m;
+}
+
+/* For other files (listen.c): see qmp.h. */
+qmp_conn *qmp_conn_new(lua_State *L, int max_message_arg) {
+  return conn_new(L, check_max_message(L, max_message_arg));
+}
+
+void qmp_conn_adopt(qmp_conn *c, int fd, int family, const char *label) {
+  c->fd = fd;
+  c->family = family;
+  snprintf(c->label, sizeof c->label, "%s", label);
 }
 
 /* The kind of a failed socket() or connect().  No fd or memory left is this
@@ -158,7 +186,7 @@ static int connect_fail(lua_State *L, Conn *c) {
 }
 
 /* Check a unix socket path (raises on misuse) and fill sa with it. */
-static const char *check_unix_path(lua_State *L, int idx, struct sockaddr_un *sa) {
+const char *qmp_check_unix_path(lua_State *L, int idx, struct sockaddr_un *sa) {
   size_t len;
   const char *path = luaL_checklstring(L, idx, &len);
   if (len == 0 || len >= sizeof sa->sun_path)
@@ -209,7 +237,7 @@ static int unix_fail(lua_State *L, const char *path, int err) {
 ** conn:finish_connect(). */
 static int core_open_unix(lua_State *L) {
   struct sockaddr_un sa;
-  const char *path = check_unix_path(L, 1, &sa);
+  const char *path = qmp_check_unix_path(L, 1, &sa);
   Conn *c = conn_new(L, check_max_message(L, 2));
   int err;
   snprintf(c->label, sizeof c->label, "%s", path);
@@ -371,13 +399,58 @@ static int eof_fail(lua_State *L, Conn *c) {
   return 2;
 }
 
+/* Keep a received fd in the stash, or close it when the stash is full. */
+static void stash_fd(Conn *c, int fd) {
+  if (c->nfds < MAX_FDS) {
+    c->fds[c->nfds++] = fd;
+  } else {
+    close(fd);
+    c->dropped++;
+  }
+}
+
+/* recv() that also takes the fds passed with the bytes (SCM_RIGHTS) into
+** the stash.  Room for MAX_FDS in one message, as conn:write sends: the
+** kernel closes those a bigger message carried beyond it (MSG_CTRUNC)
+** without saying how many, so they count as one. */
+static ssize_t recv_fds(Conn *c, char *p, size_t len) {
+  union { char buf[CMSG_SPACE(sizeof(int) * MAX_FDS)]; struct cmsghdr align; } ctl;
+  struct msghdr msg;
+  struct iovec iov;
+  struct cmsghdr *cm;
+  ssize_t n;
+  memset(&msg, 0, sizeof msg);
+  iov.iov_base = p;
+  iov.iov_len = len;
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = ctl.buf;
+  msg.msg_controllen = sizeof ctl.buf;
+  if ((n = recvmsg(c->fd, &msg, MSG_CMSG_CLOEXEC)) < 0) return n;
+  for (cm = CMSG_FIRSTHDR(&msg); cm != NULL; cm = CMSG_NXTHDR(&msg, cm)) {
+    size_t k, count;
+    if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) continue;
+    count = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (k = 0; k < count; k++) {
+      int fd;
+      memcpy(&fd, CMSG_DATA(cm) + k * sizeof(int), sizeof fd);
+      stash_fd(c, fd);
+    }
+  }
+  if (msg.msg_flags & MSG_CTRUNC) c->dropped++;
+  return n;
+}
+
 /* One recv() into the decoder: 2 it filled all READ_SIZE bytes asked (more
 ** may wait), 1 fewer came (or the end: c->eof), 0 none yet (EAGAIN), -1
 ** failed (errno says why). */
 static int read_some(lua_State *L, Conn *c) {
   char *p = qmp_decoder_reserve(L, c->dec, READ_SIZE);
   ssize_t n;
-  while ((n = recv(c->fd, p, READ_SIZE, 0)) < 0 && errno == EINTR) {}
+  for (;;) {
+    n = c->family == AF_UNIX ? recv_fds(c, p, READ_SIZE) : recv(c->fd, p, READ_SIZE, 0);
+    if (n >= 0 || errno != EINTR) break;
+  }
   if (n > 0) qmp_decoder_commit(c->dec, (size_t)n);
   else if (n == 0 || errno == ECONNRESET) c->eof = 1;
   else if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
@@ -623,11 +696,71 @@ static int conn_pending(lua_State *L) {
   return 1;
 }
 
-/* conn:close(), __gc and __close: idempotent. */
+/* conn:close(), __gc and __close: idempotent; the fds not taken go too. */
 static int conn_close(lua_State *L) {
   conn_destroy(toconn(L));
   return 0;
 }
+
+/* {====================================================== */
+/* Received fds */
+
+static Fd *tofd(lua_State *L) {
+  return (Fd *)luaL_checkudata(L, 1, QMP_FD_MT);
+}
+
+/*
+** conn:take_fds() -> { fd, ... }: the fds received so far as qmp.Fd
+** objects, in the order they came (possibly none); the stash is then empty.
+** Every object is made (fd -1) before any fd moves into one: a memory
+** error leaves them all with the conn, which closes them in the end.
+*/
+static int conn_take_fds(lua_State *L) {
+  Conn *c = toconn(L);
+  Fd *boxes[MAX_FDS];
+  int i, n = c->nfds;
+  lua_createtable(L, n, 0);
+  for (i = 0; i < n; i++) {
+    boxes[i] = (Fd *)lua_newuserdatauv(L, sizeof(Fd), 0);
+    boxes[i]->fd = -1;
+    luaL_setmetatable(L, QMP_FD_MT);
+    lua_rawseti(L, -2, i + 1);  /* the list keeps it alive */
+  }
+  for (i = 0; i < n; i++) boxes[i]->fd = c->fds[i];
+  c->nfds = 0;
+  return 1;
+}
+
+/* conn:dropped_fds() -> how many received fds were closed for lack of room */
+static int conn_dropped_fds(lua_State *L) {
+  lua_pushinteger(L, toconn(L)->dropped);
+  return 1;
+}
+
+/* fd:fileno() -> the descriptor, -1 once closed */
+static int fd_fileno(lua_State *L) {
+  lua_pushinteger(L, tofd(L)->fd);
+  return 1;
+}
+
+/* fd:close(), __gc and __close: idempotent. */
+static int fd_close(lua_State *L) {
+  Fd *f = tofd(L);
+  if (f->fd >= 0) {
+    close(f->fd);
+    f->fd = -1;
+  }
+  return 0;
+}
+
+static int fd_tostring(lua_State *L) {
+  Fd *f = tofd(L);
+  if (f->fd < 0) lua_pushliteral(L, "qmp.Fd (closed)");
+  else lua_pushfstring(L, "qmp.Fd (fd=%d)", f->fd);
+  return 1;
+}
+
+/* }====================================================== */
 
 static int conn_tostring(lua_State *L) {
   Conn *c = toconn(L);
@@ -647,7 +780,14 @@ void qmp_transport_open(lua_State *L) {
     {"fileno", conn_fileno},
     {"family", conn_family},
     {"pending", conn_pending},
+    {"take_fds", conn_take_fds},
+    {"dropped_fds", conn_dropped_fds},
     {"close", conn_close},
+    {NULL, NULL}
+  };
+  static const luaL_Reg fd_methods[] = {
+    {"fileno", fd_fileno},
+    {"close", fd_close},
     {NULL, NULL}
   };
   static const luaL_Reg funcs[] = {
@@ -667,6 +807,17 @@ void qmp_transport_open(lua_State *L) {
     lua_pushcfunction(L, conn_tostring);
     lua_setfield(L, -2, "__tostring");
     luaL_newlib(L, methods);
+    lua_setfield(L, -2, "__index");
+  }
+  lua_pop(L, 1);
+  if (luaL_newmetatable(L, QMP_FD_MT)) {
+    lua_pushcfunction(L, fd_close);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, fd_close);
+    lua_setfield(L, -2, "__close");
+    lua_pushcfunction(L, fd_tostring);
+    lua_setfield(L, -2, "__tostring");
+    luaL_newlib(L, fd_methods);
     lua_setfield(L, -2, "__index");
   }
   lua_pop(L, 1);
