@@ -30,6 +30,7 @@ local READS = 64          -- requests taken from one client per step
 local ACCEPTS = 16        -- connections accepted per step
 local CHUNK = 256 * 1024  -- bytes joined for one write
 local EOL = "\r\n"        -- as QEMU ends its lines
+local PAUSE = 0.5         -- seconds without accepting after accept failed
 
 -- QEMU's own answers (monitor/qmp.c, qapi/qmp-dispatch.c, 7.2).
 local NOT_NEGOTIATED = "Expecting capabilities negotiation with 'qmp_capabilities'"
@@ -93,6 +94,7 @@ local function new(vm, opts)
     _generation = nil,            -- the upstream connection the clients were greeted for
     _greeting = nil,              -- its greeting, encoded
     _accepting = false,
+    _paused_until = nil,          -- accept failed: not before then
     _again = {},                  -- fd -> true: a client with requests left over
     _dirty = {},                  -- client -> true: text queued since the last flush
     _closed = false,
@@ -178,14 +180,18 @@ function Mux:_drop(c, err)
   self._count = self._count - 1
   self._poller:unset(c.fd)
   c.conn:close()
-  if err then self:_say("%s left (%s)", describe(c), err.message or tostring(err)) end
+  if err and err.kind == "closed" then self:_say("%s left", describe(c))
+  elseif err then self:_say("%s dropped: %s", describe(c), tostring(err)) end
 end
 
 function Mux:_accept()
   for _ = 1, ACCEPTS do
     local conn, err = self._listener:accept()
     if not conn then
-      if conn == nil then self:_say("accept failed: %s", tostring(err)) end
+      if conn == nil then   -- no fd left (EMFILE): the listener stays readable, so pause it
+        self:_say("accept failed: %s; accepting again in %g s", tostring(err), PAUSE)
+        self._paused_until = core.monotime() + PAUSE
+      end
       return
     end
     self._serial = self._serial + 1
@@ -346,9 +352,13 @@ function Mux:_follow_upstream()
     self._generation = generation
     self._greeting = up and encode(vm.greeting) .. EOL or nil
   end
-  if up ~= self._accepting then   -- while it is down, newcomers wait in the backlog
-    if up then self._poller:set(self._listener:fileno(), "r") else self._poller:unset(self._listener:fileno()) end
-    self._accepting = up
+  local paused = self._paused_until
+  if paused and core.monotime() >= paused then paused, self._paused_until = nil, nil end
+  local accepting = up and not paused   -- else newcomers wait in the backlog
+  if accepting ~= self._accepting then
+    local fd = self._listener:fileno()
+    if accepting then self._poller:set(fd, "r") else self._poller:unset(fd) end
+    self._accepting = accepting
   end
 end
 
@@ -365,7 +375,10 @@ function Mux:step()
   for i = 1, n do
     local fd = ready[i]
     if fd == listen_fd then
-      if self._accepting then self:_accept() end
+      if self._accepting then
+        self:_accept()
+        if self._paused_until then self:_follow_upstream() end   -- stop watching it now
+      end
     else
       local c = self._clients[fd]
       if c then
@@ -397,6 +410,7 @@ end
 --- 0 while a client has requests left over from the last step.
 function Mux:timeout()
   if next(self._again) ~= nil then return 0 end
+  if self._paused_until then return math.max(0, self._paused_until - core.monotime()) end
 end
 
 --- The clients connected now: a list of { serial, pid, uid, negotiated,
