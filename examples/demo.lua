@@ -1,8 +1,10 @@
 #!/usr/bin/env lua5.4
---- The demo, in two acts, each on a throwaway QEMU (TCG, no guest OS):
+--- The demo, in three acts, each on a throwaway QEMU (TCG, no guest OS):
 --   1. a tour: connect, drive the VM and print every event as one line;
 --   2. a disk that fails once: the resume_on_io_error policy resumes the VM
---      and the guest boots on and powers itself off.
+--      and the guest boots on and powers itself off;
+--   3. one monitor, many tools: the demo shares the monitor it holds
+--      (qmp.mux), and qmp-lua events and exec use it at the same time.
 -- Needs qemu-system-x86_64.  Cleans up after itself, also on failure.
 local qmp = require "qmp"
 
@@ -109,9 +111,44 @@ local function recovery()
   say("demo", ("the guest ran on and powered itself off after %d resume(s)"):format(p.resumes))
 end
 
+local function read_file(path)
+  local f = io.open(path)
+  if not f then return "" end
+  local text = f:read("a")
+  f:close()
+  return text
+end
+
+local function sharing()
+  heading("Act 3: one monitor, many tools")
+  local vm <close> = start_qemu("shared", "")
+  local path = dir .. "/shared-mux.sock"
+  local mux <close> = assert(qmp.mux(vm, { listen = path, log = function(line) print("  mux: " .. line) end }))
+  print("the demo holds the monitor and shares it on " .. path)
+  local function negotiated()
+    local n = 0
+    for _, c in ipairs(mux:clients()) do if c.negotiated then n = n + 1 end end
+    return n
+  end
+  -- Two tools at once, each with a monitor of its own; the demo's loop serves them.
+  local watched, asked = dir .. "/events.out", dir .. "/exec.out"
+  pids[#pids + 1] = sh(("bin/qmp-lua events %s --count 2 >%s 2>&1 & echo $!"):format(path, watched)):match("%d+")
+  assert(vm:run({ timeout = 10, done = function() return negotiated() == 1 end }))
+  pids[#pids + 1] = sh(("bin/qmp-lua exec %s query-status >%s 2>&1 & echo $!"):format(path, asked)):match("%d+")
+  assert(vm:run({ timeout = 10, done = function() return read_file(asked):find("\n") ~= nil end }))
+  print("\n> qmp-lua exec (through the mux) query-status\n  " .. read_file(asked):gsub("\n$", ""))
+  print("\n> the demo starts and pauses the VM on its own connection")
+  assert(vm:execute("cont"))
+  assert(vm:execute("stop"))
+  assert(vm:run({ timeout = 10, done = function() return select(2, read_file(watched):gsub("\n", "")) >= 2 end }))
+  print("\n> qmp-lua events (through the mux) saw:")
+  for line in read_file(watched):gmatch("[^\n]+") do print("  " .. line) end
+end
+
 local ok, err = pcall(function()
   tour()
   recovery()
+  sharing()
 end)
 stop_all()
 os.execute("rm -rf '" .. dir .. "'")

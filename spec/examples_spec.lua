@@ -51,6 +51,8 @@ describe("the examples #qemu", function()
     assert.matches("DEVICE_TRAY_MOVED", text)
     assert.matches("policy%s+disk0: cont sent", text)
     assert.matches("powered itself off after 1 resume", text)
+    assert.matches('qmp%-lua exec %(through the mux%) query%-status\n%s+{"running":false', text)
+    assert.matches("qmp%-lua events %(through the mux%) saw:\n[^\n]*RESUME\n[^\n]*STOP\n", text)
     assert.matches("demo finished", text)
   end)
 
@@ -105,6 +107,24 @@ describe("the examples #qemu", function()
     assert.matches("RESUME", text)
     assert.matches("SHUTDOWN", text)
     assert.matches("closed: ", text)
+  end)
+
+  it("shared_monitor.lua shares the monitor its policy holds, and removes the socket on SIGTERM", function()
+    local m = machine()
+    local path = m.dir .. "/mux.sock"
+    local finish, out, pid = start("examples/shared_monitor.lua", m.sock, path)
+    until_output(out, "sharing it on")
+    local tool = assert(qmp.connect(path, { timeout = 10 }))   -- a tool through the mux
+    cleanup(function() tool:close() end)
+    drive(m, { "cont" })                                        -- from QEMU's second monitor
+    assert(tool:wait("RESUME", nil, 10))
+    assert.equal("running", assert(tool:execute("query-status")).status)
+    tool:close()
+    until_output(out, "client 1 %(pid %d+, uid %d+%) left")
+    proc.kill(pid, "TERM")
+    local text = finish()
+    assert.matches("ending: interrupted", text)
+    assert.is_false(tmp.exists(path))
   end)
 
   it("luv_watch.lua runs a command per pause or resume from a second coroutine until the VM goes", function()
