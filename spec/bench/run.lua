@@ -2,7 +2,7 @@
 -- contenders interleaved in this process and prints medians with ranges;
 -- a table of every row, with its target met or not, comes at the end.
 --   lua5.4 spec/bench/run.lua [NAME ...]     (from the top of the tree, after make)
--- NAMEs: e2e interest decoder ir reply soak fleet handlers rtt (default: all, in that order).
+-- NAMEs: e2e interest decoder ir reply soak fleet handlers rtt mux (default: all, in that order).
 -- Environment: QMP_BENCH_QUICK=1 (sizes / 10, fewer rounds), QMP_BENCH_ROUNDS=n,
 -- QMP_BENCH_SOAK_EVENTS=n (row 6, default 10,000,000).
 local spec_dir = arg[0]:match("^(.*)/bench/[^/]*$") or "spec"
@@ -33,6 +33,7 @@ local BENCHES = {
   { name = "fleet", module = "bench.fleet", fn = "run", about = "a fleet of monitors in one qmp.loop (1 to 10,000)" },
   { name = "handlers", module = "bench.handlers", fn = "run", about = "100 glob handlers against one" },
   { name = "rtt", module = "bench.rtt", fn = "run", about = "query-status round trips, real QEMU" },
+  { name = "mux", module = "bench.mux", fn = "run", about = "qmp-lua mux: round trips through it, a flood to 10 clients" },
 }
 
 local function usage()
