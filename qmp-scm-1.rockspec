@@ -47,6 +47,7 @@ build = {
         "csrc/poller.c",
         "csrc/signal.c",
         "csrc/file.c",
+        "csrc/spawn.c",
         "csrc/uint64.c",
       },
       libraries = { "cjson" },

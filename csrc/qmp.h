@@ -23,6 +23,7 @@
 #define QMP_UINT64_MT  "qmp.uint64"   /* userdata: an unsigned integer above 2^63-1 */
 #define QMP_DECODER_MT "qmp.Decoder"  /* streaming framer + decoder */
 #define QMP_CONN_MT    "qmp.Conn"     /* a monitor connection */
+#define QMP_FD_MT      "qmp.Fd"       /* a file descriptor, owned until closed or released */
 
 /* Limits (QMP_MAX_MESSAGE, QMP_MAX_DEPTH, ...); each can be overridden at build time. */
 #include "qmp_limits.h"
@@ -94,7 +95,7 @@ int qmp_decoder_drain(lua_State *L, int didx, qmp_batch *b);
 int qmp_batch_finish(lua_State *L, qmp_batch *b, int failed);
 
 /* transport.c: sockets. */
-void qmp_transport_open(lua_State *L);  /* adds open_*, resolve, fdopen, sleep */
+void qmp_transport_open(lua_State *L);  /* adds open_*, resolve, fdopen, isfd, isatty, socketpair, pipe */
 /* A connection (qmp.Conn), for the files that make them from other fds. */
 typedef struct qmp_conn qmp_conn;
 /* Push a new, closed one; its max_message is the optional argument at
@@ -108,6 +109,9 @@ void qmp_conn_adopt(qmp_conn *c, int fd, int family, const char *label);
 ** NUL byte) and fill *sa with it; returns the path. */
 struct sockaddr_un;
 const char *qmp_check_unix_path(lua_State *L, int idx, struct sockaddr_un *sa);
+/* The fd of the qmp.Fd at idx: -1 when it is closed, -2 when idx holds no
+** qmp.Fd.  Cannot raise. */
+int qmp_fd_get(lua_State *L, int idx);
 
 /* listen.c: listening unix sockets whose accept gives conns. */
 void qmp_listen_open(lua_State *L);  /* adds listen_unix */
@@ -122,6 +126,9 @@ void qmp_poller_open(lua_State *L);  /* adds poller */
 
 /* file.c: files readable by their owner only. */
 void qmp_file_open(lua_State *L);    /* adds private_file */
+
+/* spawn.c: child processes (QEMU) with chosen fds, watched through a pidfd. */
+void qmp_spawn_open(lua_State *L);   /* adds spawn */
 
 /* signal.c: caught signals wake and end the blocking waits. */
 void qmp_signal_open(lua_State *L);  /* adds catch_signals, release_signals, signal_pending, take_signal */

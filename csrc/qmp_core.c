@@ -60,6 +60,7 @@ int luaopen_qmp_core(lua_State *L) {
   qmp_poller_open(L);
   qmp_signal_open(L);
   qmp_file_open(L);
+  qmp_spawn_open(L);
   lua_pushliteral(L, QMP_CORE_VERSION);
   lua_setfield(L, -2, "_VERSION");
   return 1;

@@ -15,6 +15,8 @@
 ** (SCM_RIGHTS, close-on-exec from the start) in a stash of MAX_FDS that
 ** conn:take_fds() empties into qmp.Fd objects; fds beyond its room are
 ** closed at once and counted (conn:dropped_fds()).
+** qmp.Fd objects also come from core.socketpair() and core.pipe() (the ends
+** a child process gets, spawn.c), and read and write without waiting.
 **
 ** World events return fail + { kind, message }: "refused", "denied",
 ** "timeout" (a TCP connect the kernel gave up on), "closed", "unsupported",
@@ -27,6 +29,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -43,7 +46,8 @@
 #define MAX_ADDRS 32     /* addresses kept by core.resolve */
 #define ADDR_LEN 64      /* a numeric address: INET6_ADDRSTRLEN + "%" + scope */
 
-#define QMP_FD_MT "qmp.Fd"  /* a received file descriptor, owned until closed */
+#define FD_READ_SIZE 65536          /* fd:read()'s default max */
+#define FD_READ_MAX (1024 * 1024)   /* fd:read()'s largest max */
 
 struct qmp_conn {
   int fd;             /* -1 once closed */
@@ -60,7 +64,8 @@ struct qmp_conn {
 typedef struct qmp_conn Conn;
 
 typedef struct Fd {
-  int fd;             /* -1 once closed */
+  int fd;             /* -1 once closed (or released) */
+  int sock;           /* 1 a socket (send), 0 not (write), -1 not known yet */
 } Fd;
 
 static int setup_fd(int fd) {
@@ -703,10 +708,26 @@ static int conn_close(lua_State *L) {
 }
 
 /* {====================================================== */
-/* Received fds */
+/* qmp.Fd: received fds, socketpair and pipe ends */
 
 static Fd *tofd(lua_State *L) {
   return (Fd *)luaL_checkudata(L, 1, QMP_FD_MT);
+}
+
+/* Push a new, closed qmp.Fd (harmless first: the fd goes in afterwards). */
+static Fd *fd_new(lua_State *L, int sock) {
+  Fd *f = (Fd *)lua_newuserdatauv(L, sizeof(Fd), 0);
+  f->fd = -1;
+  f->sock = sock;
+  luaL_setmetatable(L, QMP_FD_MT);
+  return f;
+}
+
+/* For spawn.c (qmp.h): the fd of the qmp.Fd at idx, -1 when closed, -2
+** when idx holds no qmp.Fd. */
+int qmp_fd_get(lua_State *L, int idx) {
+  Fd *f = (Fd *)luaL_testudata(L, idx, QMP_FD_MT);
+  return f == NULL ? -2 : f->fd;
 }
 
 /*
@@ -721,9 +742,7 @@ static int conn_take_fds(lua_State *L) {
   int i, n = c->nfds;
   lua_createtable(L, n, 0);
   for (i = 0; i < n; i++) {
-    boxes[i] = (Fd *)lua_newuserdatauv(L, sizeof(Fd), 0);
-    boxes[i]->fd = -1;
-    luaL_setmetatable(L, QMP_FD_MT);
+    boxes[i] = fd_new(L, -1);
     lua_rawseti(L, -2, i + 1);  /* the list keeps it alive */
   }
   for (i = 0; i < n; i++) boxes[i]->fd = c->fds[i];
@@ -734,6 +753,134 @@ static int conn_take_fds(lua_State *L) {
 /* conn:dropped_fds() -> how many received fds were closed for lack of room */
 static int conn_dropped_fds(lua_State *L) {
   lua_pushinteger(L, toconn(L)->dropped);
+  return 1;
+}
+
+/* core.socketpair() -> a, b | nil, err: the two ends of a unix stream
+** socketpair as qmp.Fd objects, non-blocking and close-on-exec. */
+static int core_socketpair(lua_State *L) {
+  Fd *a = fd_new(L, 1), *b = fd_new(L, 1);
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) < 0)
+    return qmp_fail(L, "io", "socketpair: %s", strerror(errno));
+  a->fd = sv[0];
+  b->fd = sv[1];
+  return 2;
+}
+
+/* core.pipe() -> r, w | nil, err: a pipe's read and write ends as qmp.Fd
+** objects, non-blocking and close-on-exec. */
+static int core_pipe(lua_State *L) {
+  Fd *r = fd_new(L, 0), *w = fd_new(L, 0);
+  int p[2];
+  if (pipe2(p, O_CLOEXEC | O_NONBLOCK) < 0)
+    return qmp_fail(L, "io", "pipe: %s", strerror(errno));
+  r->fd = p[0];
+  w->fd = p[1];
+  return 2;
+}
+
+/* nil, err when the Fd is closed; 0 while it is open. */
+static int fd_unusable(lua_State *L, Fd *f) {
+  if (f->fd < 0) return qmp_fail(L, "closed", "the fd is closed");
+  return 0;
+}
+
+/*
+** fd:read([max]) -> text | false | nil, err.  Never waits (on a
+** non-blocking fd): 1 to max bytes (default 65536, at most 1 MiB), false
+** when none are there now, or "closed" ("end of file") at the end of the
+** stream or when the peer reset it; "io" for other failures.
+*/
+static int fd_read(lua_State *L) {
+  Fd *f = tofd(L);
+  lua_Integer max = luaL_optinteger(L, 2, FD_READ_SIZE);
+  luaL_Buffer b;
+  char *p;
+  ssize_t n;
+  int r;
+  luaL_argcheck(L, max >= 1 && max <= FD_READ_MAX, 2, "max must be 1 to 1048576 bytes");
+  if ((r = fd_unusable(L, f)) != 0) return r;
+  p = luaL_buffinitsize(L, &b, (size_t)max);
+  while ((n = read(f->fd, p, (size_t)max)) < 0 && errno == EINTR) {}
+  if (n > 0) {
+    luaL_pushresultsize(&b, (size_t)n);
+    return 1;
+  }
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  if (n == 0 || errno == ECONNRESET) return qmp_fail(L, "closed", "end of file");
+  return qmp_fail(L, "io", "read: %s", strerror(errno));
+}
+
+/* write() to a pipe whose reader is gone raises SIGPIPE, which would end
+** the process (send() has MSG_NOSIGNAL, write() nothing like it): the
+** signal is blocked for the call, and the one the call raised is taken
+** before it is unblocked.  One that was already pending stays so. */
+static ssize_t write_nosignal(int fd, const char *p, size_t n) {
+  sigset_t pipe_only, old, pending;
+  struct timespec now = {0, 0};
+  ssize_t r;
+  int err, was_pending;
+  sigemptyset(&pipe_only);
+  sigaddset(&pipe_only, SIGPIPE);
+  sigprocmask(SIG_BLOCK, &pipe_only, &old);
+  sigpending(&pending);
+  was_pending = sigismember(&pending, SIGPIPE);
+  r = write(fd, p, n);
+  err = errno;
+  if (r < 0 && err == EPIPE && !was_pending)
+    while (sigtimedwait(&pipe_only, NULL, &now) < 0 && errno == EINTR) {}
+  sigprocmask(SIG_SETMASK, &old, NULL);
+  errno = err;
+  return r;
+}
+
+/*
+** fd:write(text [, offset]) -> new_offset | nil, err.  Never waits (on a
+** non-blocking fd): writes what the fd takes now of text from the 0-based
+** offset (default 0) and returns where to go on from (#text when all is
+** written; offset unchanged when the fd is full).  Sockets use send() with
+** MSG_NOSIGNAL, other fds write(): neither raises SIGPIPE.  A reader that
+** is gone gives "closed"; other failures "io".
+*/
+static int fd_write(lua_State *L) {
+  Fd *f = tofd(L);
+  size_t len, off;
+  const char *text = luaL_checklstring(L, 2, &len);
+  lua_Integer o = luaL_optinteger(L, 3, 0);
+  int r;
+  luaL_argcheck(L, o >= 0 && (lua_Unsigned)o <= len, 3, "offset out of range");
+  if ((r = fd_unusable(L, f)) != 0) return r;
+  if (f->sock < 0) {
+    struct stat st;
+    f->sock = fstat(f->fd, &st) == 0 && S_ISSOCK(st.st_mode);
+  }
+  off = (size_t)o;
+  while (off < len) {
+    ssize_t n = f->sock ? send(f->fd, text + off, len - off, MSG_NOSIGNAL)
+                        : write_nosignal(f->fd, text + off, len - off);
+    if (n > 0) { off += (size_t)n; continue; }
+    if (n == 0 || errno == EAGAIN || errno == EWOULDBLOCK) break;
+    if (errno == EINTR) continue;
+    if (errno == EPIPE || errno == ECONNRESET)
+      return qmp_fail(L, "closed", "closed by the peer (%s)", strerror(errno));
+    return qmp_fail(L, "io", "write: %s", strerror(errno));
+  }
+  lua_pushinteger(L, (lua_Integer)off);
+  return 1;
+}
+
+/* fd:release() -> the descriptor, which the caller owns from now on (the
+** object is closed).  Raises when it is closed already. */
+static int fd_release(lua_State *L) {
+  Fd *f = tofd(L);
+  int fd = f->fd;
+  if (fd < 0) return luaL_error(L, "attempt to release a closed qmp.Fd");
+  f->fd = -1;
+  lua_pushinteger(L, fd);
   return 1;
 }
 
@@ -786,6 +933,9 @@ void qmp_transport_open(lua_State *L) {
     {NULL, NULL}
   };
   static const luaL_Reg fd_methods[] = {
+    {"read", fd_read},
+    {"write", fd_write},
+    {"release", fd_release},
     {"fileno", fd_fileno},
     {"close", fd_close},
     {NULL, NULL}
@@ -797,6 +947,8 @@ void qmp_transport_open(lua_State *L) {
     {"fdopen", core_fdopen},
     {"isfd", core_isfd},
     {"isatty", core_isatty},
+    {"socketpair", core_socketpair},
+    {"pipe", core_pipe},
     {NULL, NULL}
   };
   if (luaL_newmetatable(L, QMP_CONN_MT)) {
