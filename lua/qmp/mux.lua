@@ -119,6 +119,12 @@ local function describe(c)
   return ("client %d"):format(c.serial)
 end
 
+-- Bytes queued for c beyond the chunk being written: what max_buffer bounds
+-- (one message bigger than the bound still goes to a client that reads).
+local function unsent(c)
+  return c.queued - (c.chunk and #c.chunk - c.off or 0)
+end
+
 -- Queue text for c; it is written at the end of the step (one write for
 -- many messages), or when the socket takes more.
 function Mux:_send(c, text)
@@ -126,7 +132,8 @@ function Mux:_send(c, text)
   local out = c.out
   out[#out + 1] = text
   c.queued = c.queued + #text
-  if c.queued > self._max_buffer then
+  if unsent(c) > self._max_buffer then self:_flush(c) end   -- a client that reads takes it now
+  if not c.closed and unsent(c) > self._max_buffer then
     self.vm:report(errors.new("overflow", ("qmp.mux: %s cut: it left %d bytes unread (max_buffer %d)")
                                           :format(describe(c), c.queued, self._max_buffer)))
     self:_say("%s cut: it does not read (%d bytes queued)", describe(c), c.queued)
@@ -143,7 +150,8 @@ function Mux:_flush(c)
       local n = #out
       if n == 0 then break end
       local k, size = 0, 0
-      repeat k = k + 1; size = size + #out[k] until k == n or size >= CHUNK
+      local most = math.min(CHUNK, self._max_buffer)
+      repeat k = k + 1; size = size + #out[k] until k == n or size >= most
       c.chunk, c.off = k == 1 and out[1] or concat(out, "", 1, k), 0
       table.move(out, k + 1, n, 1)
       for i = n - k + 1, n do out[i] = nil end
@@ -215,19 +223,31 @@ end
 
 -- QEMU's checks of a request's members (qmp_dispatch_check_obj): the
 -- command's name and whether it goes out-of-band, or nil, the error's desc.
+-- The members are looked at in a fixed order, so that a request with two
+-- faults gets the same answer every time.
+local KNOWN = { ["exec-oob"] = true, execute = true, arguments = true, id = true }
+
 local function check_request(msg, oob_allowed)
   local exec
-  for k, v in pairs(msg) do
-    if k == "execute" or (k == "exec-oob" and oob_allowed) then
+  for _, k in ipairs({ "exec-oob", "execute" }) do
+    local v = msg[k]
+    if v ~= nil and (k == "execute" or oob_allowed) then
       if type(v) ~= "string" then return nil, nil, ("QMP input member '%s' must be a string"):format(k) end
       if exec then return nil, nil, ("QMP input member '%s' clashes with '%s'"):format(k, exec) end
       exec = k
-    elseif k == "arguments" then
-      if not is_object(v) then return nil, nil, "QMP input member 'arguments' must be an object" end
-    elseif k ~= "id" then
-      return nil, nil, ("QMP input member '%s' is unexpected"):format(tostring(k))
     end
   end
+  if msg.arguments ~= nil and not is_object(msg.arguments) then
+    return nil, nil, "QMP input member 'arguments' must be an object"
+  end
+  local unexpected
+  for k in pairs(msg) do
+    if not KNOWN[k] or (k == "exec-oob" and not oob_allowed) then
+      local name = tostring(k)
+      if not unexpected or name < unexpected then unexpected = name end
+    end
+  end
+  if unexpected then return nil, nil, ("QMP input member '%s' is unexpected"):format(unexpected) end
   if not exec then return nil, nil, "QMP input lacks member 'execute'" end
   return msg[exec], exec == "exec-oob"
 end
@@ -240,9 +260,10 @@ function Mux:_negotiate(c, args, id)
     if not is_array(v) then
       return self:_error(c, id, "GenericError", "Invalid parameter type for 'enable', expected: array")
     end
-    for _, cap in ipairs(v) do
+    for i, cap in ipairs(v) do
       if type(cap) ~= "string" then
-        return self:_error(c, id, "GenericError", "Invalid parameter type for 'null', expected: string")
+        return self:_error(c, id, "GenericError",
+                           ("Invalid parameter type for 'enable[%d]', expected: string"):format(i - 1))
       end
       if cap ~= "oob" then
         return self:_error(c, id, "GenericError", ("Parameter 'null' does not accept value '%s'"):format(cap))
@@ -274,6 +295,8 @@ function Mux:_forward(c, name, args, id, oob)
     if err == nil then return self:_reply(c, id, "return", value) end
     if err.kind == "qmp" then return self:_error(c, id, err.class, err.desc) end
     -- The upstream connection ended: every client is disconnected (step).
+    -- Anything else (a malformed reply) must still be answered.
+    if err.kind ~= "closed" then return self:_error(c, id, "GenericError", err.message) end
   end
   local ok, sent, err = pcall(self.vm.send, self.vm, name, args, { fds = fds, oob = oob }, answered)
   if not ok then   -- what QEMU would refuse too (a NUL in a string)
@@ -286,6 +309,9 @@ end
 function Mux:_request(c, msg)
   if not is_object(msg) then return self:_error(c, nil, "GenericError", "QMP input must be a JSON object") end
   local id = msg.id
+  if math.type(id) == "float" and (id ~= id or id == math.huge or id == -math.huge) then   -- 1e400
+    return self:_error(c, nil, "GenericError", "QMP input member 'id' is a number JSON cannot carry back")
+  end
   local name, oob, bad = check_request(msg, c.oob)
   if not name then return self:_error(c, id, "GenericError", bad) end
   if not c.negotiated then
@@ -305,8 +331,11 @@ function Mux:_read(c)
   end
   self._again[c.fd] = (not err and #list == READS) or nil
   if err and not c.closed then
-    if err.kind ~= "closed" then   -- QEMU answers and goes on; the framer here cannot
-      self:_error(c, nil, "GenericError", "JSON parse error, " .. tostring(err.message))
+    if err.kind ~= "closed" then   -- QEMU answers and reads on; the framer here cannot
+      local not_object = tostring(err.message):find("^expected a JSON object")
+      self:_error(c, nil, "GenericError", not_object and "QMP input must be a JSON object"
+                                          or "JSON parse error, " .. tostring(err.message))
+      self:_flush(c)   -- the answer first, as far as the socket takes it
     end
     self:_drop(c, err)
   end
