@@ -756,3 +756,48 @@ describe("qmp-lua commands through qmp-lua mux #qemu", function()
                    bg:out())
   end)
 end)
+
+describe("qmp-lua record and shell through qmp-lua mux #qemu", function()
+  it("record writes the stream it sees through the mux, events included", function()
+    local machine, _, dir = start_qemu()
+    local path = dir .. "/mux.sock"
+    start_mux(machine.sock, path)
+    local causer = negotiated(path)
+    local file = dir .. "/rec.qmprec"
+    local bg = runner.background("record", path, file, "--count", "1")
+    local deadline = socket.gettime() + WAIT
+    local running = false
+    repeat   -- the recorder says nothing when it is ready: cause events until it has one
+      assert.same({}, causer:call(running and '{"execute": "stop"}' or '{"execute": "cont"}')["return"])
+      running = not running
+    until proc.wait_until(function() return bg:status() ~= nil end, 0.3) or socket.gettime() > deadline
+    assert.equal(0, bg:status(), bg:err())
+    local text = tmp.read(file)
+    assert.matches('"qmp%-recording":1', text)
+    assert.matches('"event":"[RS][ET][SO][UP]', text)   -- RESUME or STOP, as the mux passed it on
+  end)
+
+  it("shell runs a command through the mux in a terminal, and Ctrl-D ends it", function()
+    local tmux = require "support.tmux"
+    local machine, _, dir = start_qemu()
+    local path = dir .. "/mux.sock"
+    start_mux(machine.sock, path)
+    local home = dir .. "/home"
+    assert(os.execute("mkdir " .. tmp.quote(home)))
+    tmp.write(home .. "/inputrc", "")
+    local pwd = assert(io.popen("pwd"))
+    local cwd = pwd:read("l")
+    pwd:close()
+    local term = tmux.start("muxshell", { cwd = cwd, width = 160, height = 40 },
+      ("HOME=%s INPUTRC=%s timeout --foreground 60 bin/qmp-lua shell %s; echo \"[shell exited $?]\"; sleep 60")
+        :format(tmp.quote(home), tmp.quote(home .. "/inputrc"), tmp.quote(path)))
+    cleanup(function() term:stop() end)
+    term:wait_for("connected to " .. path, tmux.WAIT, true)
+    term:wait_for("\nqmp>")
+    term:type("query-status")
+    term:keys("Enter")
+    term:wait_for('"status": "prelaunch"', tmux.WAIT, true)
+    term:keys("C-d")
+    term:wait_for("[shell exited 0]", tmux.WAIT, true)
+  end)
+end)
