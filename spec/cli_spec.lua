@@ -10,7 +10,7 @@ local socket = require "socket"
 
 local cleanup = require("support.cleanup")(after_each)
 
-local COMMANDS = { "shell", "events", "exec", "run", "job", "record", "mux", "completion" }
+local COMMANDS = { "shell", "events", "exec", "run", "job", "record", "mux", "launch", "completion" }
 
 -- {==================== running qmp-lua
 

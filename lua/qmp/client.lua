@@ -41,7 +41,7 @@ local WEAK_KEYS = { __mode = "k" }
 local CONNECT_OPTIONS = {
   timeout = true, name = true, negotiate = true, max_message = true, max_queue = true,
   allow_remote = true, expect_uid = true, events = true, reconnect = true, validate = true,
-  waiter = true, trace = true, clock = true,
+  waiter = true, trace = true, clock = true, explain_end = true,
 }
 local COMMAND_OPTIONS = { timeout = true, fds = true }
 local SEND_OPTIONS = { fds = true, oob = true }
@@ -75,6 +75,9 @@ local function check_connect(opts)
   if opts.name ~= nil and type(opts.name) ~= "string" then errors.raise("qmp.connect: name must be a string") end
   if opts.expect_uid ~= nil and math.type(opts.expect_uid) ~= "integer" then
     errors.raise("qmp.connect: expect_uid must be an integer")
+  end
+  if opts.explain_end ~= nil and type(opts.explain_end) ~= "function" then
+    errors.raise("qmp.connect: explain_end must be a function() -> text or nil")
   end
   if opts.trace ~= nil and type(opts.trace) ~= "function" then
     errors.raise("qmp.connect: trace must be a function(direction, text)")
@@ -247,7 +250,7 @@ function Client:_attempt()
     now = self._clock.now,
     target = self._target, timeout = self.default_timeout, name = self.name,
     max_message = opts.max_message, negotiate = opts.negotiate, expect_uid = opts.expect_uid,
-    stats = self._session_stats, trace = opts.trace, setup = setup,
+    stats = self._session_stats, trace = opts.trace, setup = setup, explain_end = opts.explain_end,
     wants = self._interest, interest = self._interest_set,
     check = opts.validate and function(ev) return self:_mismatch(ev) end,
     on_events = function(list, n) dispatch:push_list(list, n) end,

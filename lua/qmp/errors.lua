@@ -22,6 +22,7 @@ errors.kinds = {
   memory = "cJSON could not allocate while parsing a message (out of memory)",
   qmp = "QEMU answered with an error: err.class and err.desc",
   unsupported = "the connection cannot do that: exec-oob without oob, fds over TCP",
+  launch = "qmp.machine: QEMU could not be started, or exited before its monitor was ready (err.stderr, err.exit)",
   in_use = "qmp.mux: a socket someone listens on is at the path",
   exists = "qmp.mux: something that is not a socket is at the path (left alone)",
   io = "another socket error, or no file descriptor left for a new socket (EMFILE, ENFILE)",

@@ -19,6 +19,7 @@ local qmp = {
   Client = Client,
   loop = loop,               -- qmp.loop{ vm1, vm2 }: one poll loop for many VMs
   mux = require "qmp.mux",   -- qmp.mux(vm, { listen = path }): vm's monitor shared on a unix socket
+  machine = require "qmp.machine",  -- qmp.machine{ args = {...} }: launch a QEMU and own it
   policy = policy,           -- qmp.policy.resume_on_io_error(vm, opts): see README
   record = require "qmp.record",  -- qmp.record.open(path).trace for qmp.connect; qmp.record.run(address, path)
   replay = require "qmp.replay",  -- qmp.replay(path, opts): a client playing a recording

@@ -73,7 +73,8 @@ end
 -- message); the events not let in are counted in stats.skipped;
 -- check(ev) (optional, validation) -> the error to report for an event
 -- that does not match the live schema, counted in stats.invalid (the event
--- is let in all the same).
+-- is let in all the same); explain_end() (optional) -> text or nil: how
+-- the peer ended, added to the error when the session dies.
 function Session.start(p)
   local s = setmetatable({
     state = "connecting",
@@ -146,6 +147,8 @@ function Session:_die(err)
   self._pending, self._npending, self._out = {}, 0, {}
   local lost = err.kind == "closed" and err
     or errors.new("closed", "connection lost: " .. tostring(err), { cause = err })
+  local why = self._p.explain_end and self._p.explain_end()   -- how the peer ended, when its owner knows
+  if why then lost = errors.new("closed", lost.message .. " (" .. why .. ")", { cause = lost.cause }) end
   self._lost = lost  -- what every later command fails with
   for _, cmd in pairs(pending) do
     if cmd.name == "quit" and cmd.sent then

@@ -93,6 +93,7 @@ function cli.parse(cmd, argv)
       rest = rest or (cmd.options_end and #args >= cmd.options_end)
     elseif word == "--" then
       rest = true
+      args.dashdash = args.dashdash or #args + 1   -- where the words after "--" start (qmp-lua launch)
     else
       local name, value = word:match("^(%-%-[^=]+)=(.*)$")
       name = name or word
@@ -177,9 +178,11 @@ function cli.client_options(cmd, opts, address, extra)
 end
 
 --- Connect to address for cmd, or say why not on stderr: vm | nil.
+-- opts.vm, set by qmp-lua launch, is a client already connected: it is used.
 -- With reconnect, QEMU may come later: the first failure is told once
 -- ("waiting for ADDRESS: ...") and it waits until QEMU is up or a signal.
 function cli.open(cmd, opts, address, reconnect)
+  if opts.vm then return opts.vm end   -- a client already connected (qmp-lua launch)
   if not reconnect then
     local vm, err = qmp.connect(address, cli.client_options(cmd, opts, address))
     if not vm then cli.fail(err, address) end

@@ -111,8 +111,13 @@ function cmd.run(opts, args)
     cli.complain("%s: not watched: %s%s", vm.name, cli.describe(err), opts.follow and "; retrying" or "")
   end
   for _, address in ipairs(args) do
-    local vm, err = qmp.client(address, cli.client_options(cmd, opts, address,
-                                                           { reconnect = opts.follow and cli.RECONNECT or nil }))
+    local vm, err = opts.vm, nil   -- qmp-lua launch: its machine's client, connected already
+    if vm then
+      watched[vm] = true
+    else
+      vm, err = qmp.client(address, cli.client_options(cmd, opts, address,
+                                                       { reconnect = opts.follow and cli.RECONNECT or nil }))
+    end
     if vm then
       vm.on_error = function(e, v)
         if e.kind ~= "usage" then cli.complain("%s", cli.describe(e, v.name)) end  -- names: warn_unknown

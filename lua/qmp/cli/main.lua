@@ -8,7 +8,7 @@ local cli = require "qmp.cli.common"
 local errors = require "qmp.errors"
 local signals = require "qmp.signals"
 
-local COMMANDS = { "shell", "events", "exec", "run", "job", "record", "mux", "completion" }
+local COMMANDS = { "shell", "events", "exec", "run", "job", "record", "mux", "launch", "completion" }
 
 local function overview()
   local lines = { "usage: qmp-lua COMMAND [options] ARGS...", "",
