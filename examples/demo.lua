@@ -16,26 +16,27 @@ local function sh(cmd)
 end
 
 local dir = sh("mktemp -d"):gsub("%s+$", "")
-local pids = {}
+local machines, pids = {}, {}   -- the QEMUs and the tools the demo started
 
--- Start QEMU in the background with extra arguments; returns a connected client.
+-- A throwaway QEMU (qmp.machine: its monitor on a socketpair, no socket
+-- file); returns its client, connected and negotiated.
 local function start_qemu(name, args)
-  local sock = dir .. "/" .. name .. ".sock"
-  local pid = sh(("qemu-system-x86_64 -M pc -S -accel tcg -display none -nodefaults -no-user-config "
-    .. "-m 64 %s -qmp unix:%s,server=on,wait=off >%s/%s.log 2>&1 & echo $!")
-    :format(args, sock, dir, name)):match("%d+")
-  pids[#pids + 1] = pid
-  -- QEMU is still starting: with reconnect, connect retries until it is up
-  -- (and until our own quit, a lost connection would be retried too).
-  return assert(qmp.connect(sock, { name = name, timeout = 10, reconnect = { min = 0.05, max = 0.5 } }))
+  local words = { "-M", "pc", "-S", "-accel", "tcg", "-display", "none", "-nodefaults", "-no-user-config",
+                  "-m", "64" }
+  for word in args:gmatch("%S+") do words[#words + 1] = word end
+  local m = assert(qmp.machine({ args = words, client = { name = name, timeout = 10 } }))
+  machines[#machines + 1] = m
+  return m.vm
 end
 
--- Stop every QEMU we started that still runs (only while /proc says it is QEMU).
+-- Every QEMU goes (qmp.machine: quit, then SIGTERM, then SIGKILL), and every
+-- tool we started that still runs (only while /proc says it is ours).
 local function stop_all()
+  for _, m in ipairs(machines) do m:close() end
   for _, pid in ipairs(pids) do
     local comm = io.open("/proc/" .. pid .. "/comm")
     if comm then
-      if (comm:read("l") or ""):match("^qemu") then os.execute("kill " .. pid) end
+      if (comm:read("l") or ""):match("^lua") then os.execute("kill " .. pid) end
       comm:close()
     end
   end
@@ -47,7 +48,7 @@ end
 
 local function tour()
   heading("Act 1: a tour of the monitor")
-  local vm <close> = start_qemu("tour", "-device ide-cd,id=cd0,bus=ide.1")
+  local vm = start_qemu("tour", "-device ide-cd,id=cd0,bus=ide.1")
   local v = vm.greeting.QMP.version.qemu
   print(("connected to QEMU %d.%d.%d (oob %s); status %s"):format(v.major, v.minor, v.micro,
         vm.oob and "enabled" or "not offered", assert(vm:execute("query-status")).status))
@@ -93,7 +94,7 @@ local function recovery()
     .. "-blockdev driver=raw,node-name=disk0,file=d0 "
     .. "-device virtio-blk-pci,drive=disk0,cyls=2,heads=16,secs=63,rerror=stop,werror=stop")
     :format(boot_image())
-  local vm <close> = start_qemu("disk", args)
+  local vm = start_qemu("disk", args)
   local t0 = qmp.monotime()
   local function say(who, text) print(("[+%6.3f s] %-7s %s"):format(qmp.monotime() - t0, who, text)) end
   vm:on("*", function(ev) say("event", tostring(ev):match("^%S+ %S+ (.*)$")) end)
@@ -121,7 +122,7 @@ end
 
 local function sharing()
   heading("Act 3: one monitor, many tools")
-  local vm <close> = start_qemu("shared", "")
+  local vm = start_qemu("shared", "")
   local path = dir .. "/shared-mux.sock"
   local mux <close> = assert(qmp.mux(vm, { listen = path, log = function(line) print("  mux: " .. line) end }))
   print("the demo holds the monitor and shares it on " .. path)
