@@ -142,13 +142,13 @@ end
 -- until the owner closes it (an external loop may still be polling it).
 function Session:_die(err)
   if self.state == "dead" then return end
+  local why = self._p.explain_end and self._p.explain_end()   -- how the peer ended, when its owner knows
+  if why then err = errors.new(err.kind, err.message .. " (" .. why .. ")", { cause = err.cause }) end
   self.state, self.error = "dead", err
   local pending = self._pending
   self._pending, self._npending, self._out = {}, 0, {}
   local lost = err.kind == "closed" and err
     or errors.new("closed", "connection lost: " .. tostring(err), { cause = err })
-  local why = self._p.explain_end and self._p.explain_end()   -- how the peer ended, when its owner knows
-  if why then lost = errors.new("closed", lost.message .. " (" .. why .. ")", { cause = lost.cause }) end
   self._lost = lost  -- what every later command fails with
   for _, cmd in pairs(pending) do
     if cmd.name == "quit" and cmd.sent then

@@ -166,7 +166,7 @@ function cmd.run(opts, args)
   local live = 0
   for _, vm in ipairs(vms) do
     if watched[vm] and vm.state == "ready" then live = live + 1 end
-    vm:close()
+    if vm == opts.vm then loop:remove(vm) else vm:close() end   -- launch's client: its owner closes it
   end
   if not ok and err.kind == "interrupted" then
     cli.complain("events: %d event%s from %d VM%s watched; stopped by %s", seen, seen == 1 and "" or "s",

@@ -69,7 +69,7 @@ function cmd.run(opts, args)
     elseif vm:handlers() > 0 then status = serve(vm, address)
     else status = cli.OK end
   end
-  vm:close()
+  if not opts.vm then vm:close() end   -- launch's client: its owner closes it
   return status
 end
 

@@ -287,8 +287,9 @@ function cmd.run(opts, args)
   local self = Shell.new(vm, schema, rl.print_above,   -- whole lines, never garbling the typed one
                          { colour = cli.colour(opts),
                            below_echo = cli.is_tty(0) and "\n" or "" })   -- the terminal echoes ^C
+  local on_error = vm.on_error
   vm.on_error = function(err) if err.kind ~= "usage" then self:error(cli.describe(err)) end end
-  vm:on("*", function(ev) self:event(ev) end)
+  local printing = vm:on("*", function(ev) self:event(ev) end)
 
   local home = os.getenv("HOME")
   local histfile = home and home ~= "" and (home .. "/" .. HISTORY) or ""
@@ -312,7 +313,12 @@ function cmd.run(opts, args)
     readline.save_history()
   end
   io.stdout:write("\n")
-  vm:close()
+  if opts.vm then   -- launch's client: its owner closes it, after the shell is gone
+    printing:off()
+    vm.on_error = on_error
+  else
+    vm:close()
+  end
   if not ran then error(status, 0) end
   return status
 end
