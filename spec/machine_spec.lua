@@ -94,6 +94,15 @@ describe("qmp.machine #qemu", function()
     assert.same({}, children())
   end)
 
+  it("a bad argument without waiting: the client closes saying how QEMU ended, stderr holds why", function()
+    local m = assert(launch({ args = { "-no-such-option" }, wait = false }))
+    local _, err = m.vm:run({ timeout = 10 })
+    assert.are.equal("closed", err.kind)
+    assert.matches("exited with status 1", err.message, 1, true)
+    assert.are.equal(1, assert(m:wait(10)).status)
+    assert.matches("-no-such-option: invalid option", m:stderr(), 1, true)
+  end)
+
   it("a missing binary: a launch error", function()
     local before = open_fds()
     local m, err = qmp.machine({ binary = "/nonexistent/qemu", args = EMPTY })
@@ -370,15 +379,22 @@ describe("qmp.machine in qmp.loop #qemu", function()
         end
       end
     end)
-    -- Launch once both others flow; quit it (without waiting) a little later.
+    -- Launch once both others flow, without waiting for it (the loop
+    -- negotiates it while the others go on); quit it a little later.
+    local started_during = nil   -- the others' events while it started
     others[1].vm:after(0.2, function()
-      m = assert(launch({ args = EMPTY }))
+      m = assert(launch({ args = EMPTY, wait = false }))
+      assert.are_not.equal("ready", m.vm.state)   -- not negotiated yet: the loop does that
+      local before = others[1].events + others[2].events
       m.on_exit = function(exit)
         calls = calls + 1
         exit_in_loop = in_run and exit
       end
+      m.vm:on("qmp.connected", function()
+        started_during = others[1].events + others[2].events - before
+        m.vm:after(0.3, function() assert(m.vm:send("quit", function() end)) end)
+      end)
       loop:add(m.vm)
-      m.vm:after(0.3, function() assert(m.vm:send("quit", function() end)) end)
     end)
     in_run = true
     local ok, err = loop:run({ timeout = 10, done = function()
@@ -387,6 +403,7 @@ describe("qmp.machine in qmp.loop #qemu", function()
     in_run = false
     assert(ok, err)
     assert.are.equal(1, calls)
+    assert.is_not_nil(started_during, "the machine was negotiated in the loop")
     assert.is_truthy(exit_in_loop, "on_exit ran inside loop:run")
     assert.are.equal(0, exit_in_loop.status)
     assert.is_false(exists(m.pid))

@@ -23,7 +23,7 @@ local Machine = { __name = "qmp.Machine" }
 Machine.__index = Machine
 
 local OPTIONS = { binary = true, args = true, client = true, console = true, console_log = true,
-                  console_max = true, timeout = true }
+                  console_max = true, timeout = true, wait = true }
 local DEFAULT_BINARY = "qemu-system-x86_64"
 local MONITOR_FD, CONSOLE_FD = 3, 4   -- where QEMU finds them (-chardev socket,fd=N)
 local STDERR_MAX = 64 * 1024          -- bytes of stderr kept (the latest)
@@ -96,6 +96,7 @@ local function check_options(opts)
     errors.raise("qmp.machine: console_max must be a positive integer (bytes)")
   end
   errors.check_duration("qmp.machine", "timeout", opts.timeout, { optional = true })
+  if opts.wait ~= nil and type(opts.wait) ~= "boolean" then errors.raise("qmp.machine: wait must be a boolean") end
   return opts, args
 end
 
@@ -179,6 +180,7 @@ local function new(opts)
     m:close()
     return nil, why
   end
+  if opts.wait == false then return m end   -- m.vm connects in the background, as qmp.client's do
   return m:_started(opts.timeout or vm.default_timeout)
 end
 
