@@ -168,8 +168,12 @@ local function new(opts)
   for k, v in pairs(opts.client or {}) do client_opts[k] = v end
   client_opts.name = client_opts.name or ("%s (pid %d)"):format(binary, m.pid)
   client_opts.explain_end = function() return m:_explain_end() end
-  local vm
-  vm, err = Client.new({ fd = fds.monitor:release() }, client_opts)
+  local ok, vm
+  ok, vm, err = pcall(Client.new, { fd = fds.monitor:release() }, client_opts)
+  if not ok then   -- a mistake in opts.client: QEMU must not outlive it
+    m:close()
+    error(vm, 0)   -- the message already points at the caller's line
+  end
   if not vm then
     m:close()
     return nil, err
