@@ -324,6 +324,21 @@ describe("qmp.machine when QEMU is killed #qemu", function()
   end)
 end)
 
+describe("qmp.machine dropped without close #qemu", function()
+  it("has its QEMU killed and reaped by the garbage collector", function()
+    local pid
+    do
+      local m = assert(qmp.machine({ args = EMPTY }))
+      pid = m.pid
+      assert(m.vm:execute("query-status"))
+    end
+    collectgarbage("collect")
+    collectgarbage("collect")
+    assert.is_false(exists(pid))
+    assert.same({}, children())
+  end)
+end)
+
 describe("qmp.machine launched and closed 100 times #qemu", function()
   it("leaves no process, zombie or fd", function()
     local before = open_fds()
