@@ -437,6 +437,7 @@ end
 -- or signal = } | nil, err (interrupted: the ladder stops there).
 function Machine:shutdown(timeout)
   errors.check_duration("qmp.machine: shutdown", "timeout", timeout, { optional = true })
+  self:step()   -- an exit that already happened is "exited", not a step's doing
   if self.exit then return { how = "exited", status = self.exit.status, signal = self.exit.signal } end
   return self:_ladder(1, timeout or LADDER)
 end
@@ -447,6 +448,7 @@ end
 -- Idempotent; also <close>.  Collection of the machine kills QEMU too.
 function Machine:close()
   if self._closed then return nil end
+  self:step()   -- an exit that already happened is "exited", not a step's doing
   local before, ended = self.exit, nil   -- before: it had exited by itself
   if not before and self.vm then ended = self:_ladder(2, CLOSE_STEP) end
   self._closed = true
@@ -454,7 +456,7 @@ function Machine:close()
   if not ended then
     local exit = before or self._proc:poll()
     if exit then
-      self.exit = exit
+      self:_exited(exit)   -- the last of stderr and the console, and on_exit
       ended = { how = before and "exited" or "sigkill", status = exit.status, signal = exit.signal }
     end
   end
