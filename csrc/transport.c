@@ -768,13 +768,22 @@ static int core_socketpair(lua_State *L) {
   return 2;
 }
 
+/* What a pipe is asked to hold: a child writing stderr (QEMU's -trace)
+** while nobody reads waits once it is full; 1 MiB is the kernel's default
+** limit for an unprivileged process (/proc/sys/fs/pipe-max-size). */
+#define PIPE_ROOM (1 << 20)
+
 /* core.pipe() -> r, w | nil, err: a pipe's read and write ends as qmp.Fd
-** objects, non-blocking and close-on-exec. */
+** objects, non-blocking and close-on-exec, holding PIPE_ROOM bytes where
+** the kernel allows (else its default, 64 KiB). */
 static int core_pipe(lua_State *L) {
   Fd *r = fd_new(L, 0), *w = fd_new(L, 0);
   int p[2];
   if (pipe2(p, O_CLOEXEC | O_NONBLOCK) < 0)
     return qmp_fail(L, "io", "pipe: %s", strerror(errno));
+#if defined(F_SETPIPE_SZ)
+  (void)fcntl(p[1], F_SETPIPE_SZ, PIPE_ROOM);   /* a smaller pipe still works */
+#endif
   r->fd = p[0];
   w->fd = p[1];
   return 2;

@@ -106,6 +106,23 @@ describe("core.socketpair and core.pipe", function()
     end
     assert.is_truthy(tmp.read("/proc/self/fdinfo/" .. a:fileno()))
   end)
+
+  it("makes a pipe that holds 1 MiB where the kernel allows it (a child's stderr waits later)", function()
+    local limit = tonumber(tmp.read("/proc/sys/fs/pipe-max-size") or "")
+    local r, w = pipe()
+    local chunk, held = ("x"):rep(4096), 0
+    repeat
+      local off = assert(w:write(chunk))
+      held = held + off
+    until off < #chunk
+    if limit and limit >= 1 << 20 then
+      assert.are.equal(1 << 20, held)
+    else
+      assert.is_true(held >= 4096, held)   -- the kernel's own size
+    end
+    r:close()
+    w:close()
+  end)
 end)
 
 describe("qmp.Fd", function()
