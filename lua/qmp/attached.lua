@@ -63,8 +63,8 @@ function Attached:remove(part)
   return #parts
 end
 
--- Register fd for interest (or nothing: interest nil) in the set.
-function Attached:_want(wanted, fd, interest)
+-- Put fd (-1: none) with its interest in the set wanted.
+local function want(wanted, fd, interest)
   if fd >= 0 then wanted[fd] = interest end
 end
 
@@ -72,9 +72,9 @@ end
 -- or fd -1: none) and each part's fd.  The epoll fd to wait on, for "r".
 function Attached:sync(session, fd, interest)
   local wanted = {}
-  self:_want(wanted, fd, interest)
+  want(wanted, fd, interest)
   for _, part in ipairs(self._parts) do
-    self:_want(wanted, part:pollfd(), part:events())
+    want(wanted, part:pollfd(), part:events())
   end
   local poller, set = self._poller, self._set
   local renewed = session ~= self._session   -- its fd number may be an old one's
