@@ -85,10 +85,6 @@ local function next_message(conn)
   end
 end
 
--- The permission bits of path, as stat(1) prints them ("600").
-local function mode_of(path)
-  return sh("stat -c %a " .. tmp.quote(path))
-end
 
 -- A stale socket at path: bound, then closed without removing it.
 local function stale_socket(path)
@@ -210,7 +206,7 @@ describe("core.listen_unix()", function()
     assert.is_nil(refused)
     assert.equal("refused", err.kind)
     local l = listen(path)
-    assert.equal("600", mode_of(path))
+    assert.equal("600", tmp.mode(path))
     client(path)
     accept(l)
   end)

@@ -54,13 +54,6 @@ local function launch(opts)
   return m, err
 end
 
-local function stat_mode(path)
-  local p = assert(io.popen("stat -c %a " .. tmp.quote(path)))
-  local mode = p:read("l")
-  p:close()
-  return mode
-end
-
 describe("qmp.machine #qemu", function()
   it("launches QEMU, runs a command, and close leaves no process and no fd", function()
     local before = open_fds()
@@ -172,7 +165,7 @@ describe("qmp.machine's console #qemu", function()
     local m = assert(launch({ args = boot_sector.args(image), console = true, console_log = log }))
     assert.are.equal("login: ", m:console_wait("^login: $", 10))
     assert.are.equal(TEXT, tmp.read(log))
-    assert.are.equal("600", stat_mode(log))
+    assert.are.equal("600", tmp.mode(log))
     m:close()
     assert.are.equal(TEXT, tmp.read(log))
   end)

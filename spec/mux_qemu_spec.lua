@@ -86,12 +86,6 @@ local function direct_answer(direct, text)
   return assert(direct:call(text))
 end
 
-local function mode_of(path)
-  local status, out = proc.run("stat -c %a " .. tmp.quote(path))
-  assert.equal(0, status, out)
-  return (out:match("^(%d+)"))
-end
-
 local function literal(text)
   return (text:gsub("%p", "%%%0"))
 end
@@ -667,8 +661,8 @@ describe("qmp-lua mux: its socket #qemu", function()
     local machine, direct, dir = start_qemu()
     mux_under_umask(machine.sock, dir .. "/default.sock")
     mux_under_umask(direct, dir .. "/group.sock", "--mode", "0660")
-    assert.equal("600", mode_of(dir .. "/default.sock"))
-    assert.equal("660", mode_of(dir .. "/group.sock"))
+    assert.equal("600", tmp.mode(dir .. "/default.sock"))
+    assert.equal("660", tmp.mode(dir .. "/group.sock"))
     -- Each serves.
     for _, name in ipairs({ "default.sock", "group.sock" }) do
       local c = negotiated(dir .. "/" .. name)

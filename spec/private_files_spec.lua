@@ -4,13 +4,6 @@
 local core = require "qmp.core"
 local tmp = require "support.tmp"
 
-local function mode_of(path)
-  local p = assert(io.popen("stat -c %a " .. tmp.quote(path)))
-  local mode = p:read("l")
-  p:close()
-  return mode
-end
-
 -- Run Lua source in a child lua5.4 under umask 022 (the usual one): its status.
 local function under_umask_022(source)
   local cmd = ("umask 022; LUA_PATH_5_4='./lua/?.lua;./lua/?/init.lua;;' LUA_CPATH_5_4='./?.so;;' lua5.4 -e %s")
@@ -27,7 +20,7 @@ describe("private files", function()
   it("qmp.record.open creates the recording 0600 under umask 022", function()
     local path = dir .. "/incident.qmprec"
     assert.is_true(under_umask_022(("local r = assert(require('qmp').record.open(%q)); r:close('done')"):format(path)))
-    assert.are.equal("600", mode_of(path))
+    assert.are.equal("600", tmp.mode(path))
     assert.matches('^{"qmp%-recording":1', tmp.read(path))
   end)
 
@@ -39,7 +32,7 @@ describe("private files", function()
       local f = assert(core.private_file(path))
       f:write("new\n")
       f:close()
-      assert.are.equal(case[2], mode_of(path), "from " .. case[1])
+      assert.are.equal(case[2], tmp.mode(path), "from " .. case[1])
       assert.are.equal("new\n", tmp.read(path))   -- "w" truncates
     end
   end)
@@ -65,7 +58,7 @@ describe("private files", function()
     local ok = os.execute(("sh -c %s >/dev/null 2>&1"):format(
       tmp.quote(("umask 022; exec bin/qmp-lua record --quiet %s %s"):format(tmp.quote(srv.path), tmp.quote(path)))))
     assert.is_true(ok)
-    assert.are.equal("600", mode_of(path))
+    assert.are.equal("600", tmp.mode(path))
     assert.matches('"dir":"end"', tmp.read(path))
   end)
 end)

@@ -78,13 +78,6 @@ describe("qmp-lua shell and signals #qemu", function()
     term:wait_for("qmp> " .. text .. "\n" .. (shown or ""), nil, true)
   end
 
-  local function mode_of(path)
-    local p = assert(io.popen("stat -c %a " .. tmp.quote(path)))
-    local mode = p:read("l")
-    p:close()
-    return mode
-  end
-
   it("Ctrl-C cancels an empty or half-typed line, a command to a stopped QEMU and a Lua loop; Ctrl-D leaves", function()
     local term, f = start_shell()
     term:keys("C-c")
@@ -110,7 +103,7 @@ describe("qmp-lua shell and signals #qemu", function()
     assert.are.equal(0, status)
     assert_terminal_restored(stty)
     local history = f.home .. "/.qmp-lua_history"
-    assert.are.equal("600", mode_of(history))
+    assert.are.equal("600", tmp.mode(history))
     assert.matches("query%-status\nquery%-name\nwhile true do end\n1 %+ 1\n", tmp.read(history))
   end)
 
@@ -138,7 +131,7 @@ describe("qmp-lua shell and signals #qemu", function()
       assert.are.equal(case[2], status)
       assert_terminal_restored(stty)
       local history = f.home .. "/.qmp-lua_history"
-      assert.are.equal("600", mode_of(history))
+      assert.are.equal("600", tmp.mode(history))
       assert.are.equal("query-name\n", tmp.read(history))
       assert.not_matches("traceback", term:screen())
     end)

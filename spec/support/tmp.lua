@@ -46,6 +46,15 @@ function M.write(path, text)
   f:close()
 end
 
+-- The permission bits of path as stat(1) prints them ("600"), sockets
+-- included; nil when there is nothing at path.
+function M.mode(path)
+  local p = assert(io.popen("stat -c %a " .. M.quote(path) .. " 2>/dev/null"))
+  local mode = p:read("l")
+  p:close()
+  return mode
+end
+
 -- Any kind of file, sockets included (io.open cannot open those).
 function M.exists(path)
   return os.execute("test -e " .. M.quote(path)) == true
