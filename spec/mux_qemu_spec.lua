@@ -82,6 +82,15 @@ local function await_listened(listener, list, n)
 end
 
 -- QEMU's answer to text on its own monitor (direct: a raw client there).
+-- A QEMU (start_qemu) and a mux on it at dir/mux.sock: the mux's path,
+-- what start_qemu returns, and the mux's background process.
+local function muxed_qemu()
+  local machine, direct_path, dir = start_qemu()
+  local path = dir .. "/mux.sock"
+  local bg = start_mux(machine.sock, path)
+  return path, machine, direct_path, dir, bg
+end
+
 local function direct_answer(direct, text)
   return assert(direct:call(text))
 end
@@ -97,9 +106,7 @@ describe("qmp-lua mux: every client sees a QEMU monitor of its own #qemu", funct
   local NEGOTIATED = "Capabilities negotiation is already complete, command ignored"
 
   it("three plain clients and a library client at once: QEMU's greeting and negotiation rules", function()
-    local machine, direct_path, dir = start_qemu()
-    local path = dir .. "/mux.sock"
-    start_mux(machine.sock, path)
+    local path, _, direct_path = muxed_qemu()
     local direct = raw_client(direct_path)
     local truth = assert(direct:read())
     local clients = { raw_client(path), raw_client(path), raw_client(path) }
@@ -146,9 +153,7 @@ describe("qmp-lua mux: every client sees a QEMU monitor of its own #qemu", funct
   end)
 
   it("a command before negotiating gets what QEMU answers it, id and all", function()
-    local machine, direct_path, dir = start_qemu()
-    local path = dir .. "/mux.sock"
-    start_mux(machine.sock, path)
+    local path, machine, direct_path = muxed_qemu()
     local direct, c = raw_client(direct_path), raw_client(path)
     assert.same(assert(direct:read()), assert(c:read()))
     for _, text in ipairs({ '{"execute": "query-status", "id": "x"}',
@@ -162,9 +167,7 @@ describe("qmp-lua mux: every client sees a QEMU monitor of its own #qemu", funct
   end)
 
   it("two clients using the same id at the same time each get their own answers, in order", function()
-    local machine, _, dir = start_qemu()
-    local path = dir .. "/mux.sock"
-    start_mux(machine.sock, path)
+    local path = muxed_qemu()
     local a, b = negotiated(path), negotiated(path)
     -- Everything sent before anything is read: all four are in the mux at once.
     a:send('{"execute": "query-status", "id": "x"}\n{"execute": "query-version", "id": "x"}')
@@ -183,9 +186,7 @@ describe("qmp-lua mux: every client sees a QEMU monitor of its own #qemu", funct
   end)
 
   it("an object id comes back equal; a request without id gets a reply without id", function()
-    local machine, _, dir = start_qemu()
-    local path = dir .. "/mux.sock"
-    start_mux(machine.sock, path)
+    local path = muxed_qemu()
     local c = negotiated(path)
     local reply = assert(c:call('{"execute": "query-status", "id": {"a": [1, {"b": null}]}}'))
     assert.same({ a = { 1, { b = raw.null } } }, reply.id)
@@ -207,9 +208,7 @@ describe("qmp-lua mux: every client sees a QEMU monitor of its own #qemu", funct
   end)
 
   it("events reach every negotiated client in QEMU's order, from the moment each negotiated", function()
-    local machine, direct_path, dir = start_qemu()
-    local path = dir .. "/mux.sock"
-    start_mux(machine.sock, path)
+    local path, _, direct_path = muxed_qemu()
     local truth = negotiated(direct_path)          -- what QEMU sends a monitor of its own
     local one, two = negotiated(path), negotiated(path)
     local shy = raw_client(path)                   -- connected, never negotiates
@@ -250,9 +249,7 @@ describe("qmp-lua mux: every client sees a QEMU monitor of its own #qemu", funct
   end)
 
   it("a client leaving with commands in flight does not disturb the others", function()
-    local machine, _, dir = start_qemu()
-    local path = dir .. "/mux.sock"
-    local bg = start_mux(machine.sock, path)
+    local path, _, _, _, bg = muxed_qemu()
     local stay = negotiated(path)
     local leave = negotiated(path)
     local burst = {}
@@ -276,9 +273,7 @@ end)
 describe("qmp-lua mux: malformed requests #qemu", function()
   -- Send each text to QEMU's own monitor and through the mux: the same answer, decoded.
   local function same_answers(texts, negotiate)
-    local machine, direct_path, dir = start_qemu()
-    local path = dir .. "/mux.sock"
-    start_mux(machine.sock, path)
+    local path, _, direct_path = muxed_qemu()
     local direct, c
     if negotiate then
       direct, c = negotiated(direct_path), negotiated(path)
@@ -334,9 +329,7 @@ describe("qmp-lua mux: malformed requests #qemu", function()
   -- client (docs/decisions.md, "Sharing a monitor").
   it("a JSON value that is not an object gets QEMU's answer, then the client is disconnected", function()
     for _, text in ipairs({ '[1]', '7' }) do
-      local machine, direct_path, dir = start_qemu()
-      local path = dir .. "/mux.sock"
-      start_mux(machine.sock, path)
+      local path, _, direct_path = muxed_qemu()
       local direct, c = negotiated(direct_path), negotiated(path)
       assert.same(direct_answer(direct, text), assert(c:call(text)), text)
       local after, err = c:read()
@@ -346,9 +339,7 @@ describe("qmp-lua mux: malformed requests #qemu", function()
   end)
 
   it("a JSON parse error is answered before the client is disconnected", function()
-    local machine, _, dir = start_qemu()
-    local path = dir .. "/mux.sock"
-    start_mux(machine.sock, path)
+    local path = muxed_qemu()
     local c = negotiated(path)
     local reply, err = c:call('{"execute": }')
     assert(reply, "no answer, " .. tostring(err))
@@ -361,9 +352,7 @@ end)
 
 describe("qmp-lua mux: out-of-band commands #qemu", function()
   it("oob is granted to a client that asks, and exec-oob reaches QEMU; refused to one that did not", function()
-    local machine, direct_path, dir = start_qemu()
-    local path = dir .. "/mux.sock"
-    start_mux(machine.sock, path)
+    local path, _, direct_path = muxed_qemu()
     local pause = '{"exec-oob": "migrate-pause", "id": "o1"}'
     -- QEMU's answers on a monitor of its own, with oob and without (one client at a time there).
     local direct = negotiated(direct_path, { enable = { "oob" } })
@@ -405,9 +394,7 @@ describe("qmp-lua mux: fds passed with a command #qemu", function()
   end
 
   it("add-fd takes the fd sent with it, and blockdev-add opens /dev/fdset/1", function()
-    local machine, _, dir = start_qemu()
-    local path = dir .. "/mux.sock"
-    start_mux(machine.sock, path)
+    local path, _, _, dir = muxed_qemu()
     local _, fd = open_image(dir)
     local c = raw.fd_client(path)
     cleanup(function() c:close() end)
@@ -437,9 +424,7 @@ describe("qmp-lua mux: fds passed with a command #qemu", function()
   end)
 
   it("getfd takes the fd sent with it; closefd closes it", function()
-    local machine, _, dir = start_qemu()
-    local path = dir .. "/mux.sock"
-    start_mux(machine.sock, path)
+    local path, _, _, dir = muxed_qemu()
     local _, fd = open_image(dir)
     local c = raw.fd_client(path)
     cleanup(function() c:close() end)
@@ -563,9 +548,7 @@ end)
 
 describe("qmp-lua mux when QEMU goes away #qemu", function()
   it("without --reconnect: every client disconnected, exit status 2, the socket removed", function()
-    local machine, _, dir = start_qemu()
-    local path = dir .. "/mux.sock"
-    local bg = start_mux(machine.sock, path)
+    local path, machine, _, _, bg = muxed_qemu()
     local one, two = negotiated(path), negotiated(path)
     local shy = raw_client(path)
     assert(shy:read().QMP)
@@ -626,9 +609,7 @@ end)
 
 describe("qmp-lua mux when a client sends quit #qemu", function()
   it("QEMU quits, every negotiated client gets SHUTDOWN, all are disconnected, status 0", function()
-    local machine, _, dir = start_qemu()
-    local path = dir .. "/mux.sock"
-    local bg = start_mux(machine.sock, path)
+    local path, machine, _, _, bg = muxed_qemu()
     local quitter, other = negotiated(path), negotiated(path)
     local shy = raw_client(path)
     assert(shy:read().QMP)
@@ -726,9 +707,7 @@ describe("qmp-lua commands through qmp-lua mux #qemu", function()
   end)
 
   it("events --count 2 prints the two events another client causes, status 0", function()
-    local machine, _, dir = start_qemu()
-    local path = dir .. "/mux.sock"
-    start_mux(machine.sock, path)
+    local path = muxed_qemu()
     local causer = negotiated(path)
     local bg = runner.background("events", "--count", "2", path)
     -- The watcher says nothing when it is ready: cause events until it has two.
@@ -753,9 +732,7 @@ end)
 
 describe("qmp-lua record and shell through qmp-lua mux #qemu", function()
   it("record writes the stream it sees through the mux, events included", function()
-    local machine, _, dir = start_qemu()
-    local path = dir .. "/mux.sock"
-    start_mux(machine.sock, path)
+    local path, _, _, dir = muxed_qemu()
     local causer = negotiated(path)
     local file = dir .. "/rec.qmprec"
     local bg = runner.background("record", path, file, "--count", "1")
@@ -773,9 +750,7 @@ describe("qmp-lua record and shell through qmp-lua mux #qemu", function()
 
   it("shell runs a command through the mux in a terminal, and Ctrl-D ends it", function()
     local tmux = require "support.tmux"
-    local machine, _, dir = start_qemu()
-    local path = dir .. "/mux.sock"
-    start_mux(machine.sock, path)
+    local path, _, _, dir = muxed_qemu()
     local home = dir .. "/home"
     assert(os.execute("mkdir " .. tmp.quote(home)))
     tmp.write(home .. "/inputrc", "")
